@@ -1,0 +1,16 @@
+"""Framework-neutral core shared by both twins: configuration, schedules, parameter naming.
+
+Rule: nothing here imports torch or mindspore at import time, and nothing imports a twin
+or the parity harness.
+"""
+from ddpm_core.config import DiffusionConfig, TUTORIAL_DIFFUSION, TUTORIAL_UNET, UnetConfig
+from ddpm_core.schedules import DiffusionSchedule, make_schedule
+
+__all__ = [
+    "DiffusionConfig",
+    "DiffusionSchedule",
+    "TUTORIAL_DIFFUSION",
+    "TUTORIAL_UNET",
+    "UnetConfig",
+    "make_schedule",
+]

@@ -1,0 +1,181 @@
+"""Model and diffusion configuration both twins are built from, with the checks that
+turn a bad configuration or a bad input into one clear ``ValueError``.
+
+The ``Unet`` constructor defaults are the tutorial's class signature (``dim_mults=(1, 2, 4, 8)``,
+``channels=3``); ``TUTORIAL_UNET`` is the configuration the tutorial actually trains.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+ATTENTION_HEADS = 4
+ATTENTION_DIM_HEAD = 32
+LOSS_TYPES = ("huber", "l1", "l2")
+SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
+
+
+@dataclass(frozen=True)
+class UnetConfig:
+    """Arguments of ``Unet``: the tutorial's signature plus ``use_convnext``/``resnet_block_groups``."""
+
+    dim: int
+    init_dim: int | None = None
+    out_dim: int | None = None
+    dim_mults: tuple[int, ...] = (1, 2, 4, 8)
+    channels: int = 3
+    with_time_emb: bool = True
+    convnext_mult: int = 2
+    use_convnext: bool = True
+    resnet_block_groups: int = 8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dim_mults", tuple(int(m) for m in self.dim_mults))
+        check_unet_config(self)
+
+    @property
+    def resolved_init_dim(self) -> int:
+        return self.init_dim if self.init_dim is not None else self.dim // 3 * 2
+
+    @property
+    def resolved_out_dim(self) -> int:
+        return self.out_dim if self.out_dim is not None else self.channels
+
+    @property
+    def time_dim(self) -> int | None:
+        return self.dim * 4 if self.with_time_emb else None
+
+    @property
+    def dims(self) -> list[int]:
+        return [self.resolved_init_dim, *(self.dim * m for m in self.dim_mults)]
+
+    @property
+    def in_out(self) -> list[tuple[int, int]]:
+        dims = self.dims
+        return list(zip(dims[:-1], dims[1:]))
+
+    @property
+    def size_multiple(self) -> int:
+        """Image height and width must be multiples of this (one factor 2 per up stage)."""
+        return 2 ** (len(self.dim_mults) - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["dim_mults"] = list(self.dim_mults)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "UnetConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown Unet config keys: {', '.join(unknown)}")
+        return cls(**d)
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_unet_config(cfg: UnetConfig) -> None:
+    """Raise ``ValueError`` naming the problem if the Unet cannot be built from ``cfg``."""
+    _positive_int("dim", cfg.dim)
+    _positive_int("channels", cfg.channels)
+    _positive_int("convnext_mult", cfg.convnext_mult)
+    _positive_int("resnet_block_groups", cfg.resnet_block_groups)
+    if cfg.init_dim is not None:
+        _positive_int("init_dim", cfg.init_dim)
+    elif cfg.dim // 3 * 2 <= 0:
+        raise ValueError(f"dim={cfg.dim} gives init_dim = dim // 3 * 2 = 0; use dim >= 3 or pass init_dim")
+    if cfg.out_dim is not None:
+        _positive_int("out_dim", cfg.out_dim)
+    if not cfg.dim_mults:
+        raise ValueError("dim_mults must name at least one level")
+    for m in cfg.dim_mults:
+        _positive_int("each dim_mults entry", m)
+    if cfg.dim_mults[0] != 1:
+        raise ValueError(
+            f"dim_mults[0] must be 1: the final block takes dim={cfg.dim} channels but the up path "
+            f"ends with dim * dim_mults[0] = {cfg.dim * cfg.dim_mults[0]}"
+        )
+    if not cfg.use_convnext:
+        bad = sorted({c for c in [cfg.dim, *cfg.dims[1:]] if c % cfg.resnet_block_groups})
+        if bad:
+            raise ValueError(
+                f"resnet_block_groups={cfg.resnet_block_groups} must divide every block width; "
+                f"it does not divide {bad}"
+            )
+
+
+TUTORIAL_UNET = UnetConfig(dim=28, channels=1, dim_mults=(1, 2, 4))
+
+
+def check_unet_input(cfg: UnetConfig, x_shape: Sequence[int], t_shape: Sequence[int] | None) -> None:
+    """Raise ``ValueError`` if ``x``/``t`` of these shapes cannot go through a Unet built from ``cfg``."""
+    if len(x_shape) != 4:
+        raise ValueError(f"x must be (batch, channels, height, width), got shape {tuple(x_shape)}")
+    b, c, h, w = x_shape
+    if c != cfg.channels:
+        raise ValueError(f"x has {c} channels but the model was built with channels={cfg.channels}")
+    m = cfg.size_multiple
+    if h % m or w % m or h == 0 or w == 0:
+        raise ValueError(
+            f"image size {h}x{w} is not a multiple of {m}: with {len(cfg.dim_mults)} levels the "
+            f"down/up path halves and doubles the size {len(cfg.dim_mults) - 1} times"
+        )
+    if cfg.with_time_emb:
+        if t_shape is None:
+            raise ValueError("this model has a time embedding: pass timesteps t")
+        if tuple(t_shape) != (b,):
+            raise ValueError(f"t must have shape (batch,) = ({b},), got {tuple(t_shape)}")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The DDPM process: number of steps, beta schedule and training loss."""
+
+    timesteps: int = 200
+    schedule: str = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    loss_type: str = "huber"
+    p2_loss_weight_gamma: float = 0.0
+    p2_loss_weight_k: float = 1.0
+
+    def __post_init__(self) -> None:
+        _positive_int("timesteps", self.timesteps)
+        if self.timesteps < 2:
+            raise ValueError(f"timesteps must be at least 2, got {self.timesteps}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if not 0.0 < self.beta_start < self.beta_end < 1.0:
+            raise ValueError(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
+
+
+TUTORIAL_DIFFUSION = DiffusionConfig()
+
+
+def check_timestep_range(lo: int, hi: int, timesteps: int) -> None:
+    """Raise ``ValueError`` unless every timestep lies in [0, timesteps)."""
+    if lo < 0 or hi >= timesteps:
+        raise ValueError(f"timesteps must lie in [0, {timesteps}), got values from {lo} to {hi}")
+
+
+def check_noise_sequence(noise_shape: Sequence[int], steps: int, x_shape: Sequence[int]) -> None:
+    """Per-step sampling noise must be (steps, *x_shape): row k is used at the k-th sampling step."""
+    expected = (steps, *x_shape)
+    if tuple(noise_shape) != expected:
+        raise ValueError(f"per-step noise must have shape {expected} (steps, *x.shape), got {tuple(noise_shape)}")
+
+
+def check_same_shape(name: str, shape: Sequence[int], expected: Sequence[int]) -> None:
+    if tuple(shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(shape)}")

@@ -1,0 +1,148 @@
+"""THE parameter table of the U-Net: every parameter's PyTorch name, MindSpore name, shape and
+layout rule, derived from a ``UnetConfig`` by walking the architecture once.
+
+Naming rules (the only places the two frameworks' names differ):
+  * GroupNorm affine parameters: PyTorch ``weight``/``bias`` <-> MindSpore ``gamma``/``beta``.
+  * Everything else keeps its structural path (``downs.1.0.net.1.weight``) in both, which is
+    the name the tutorial's checkpoints carry after its rename loop.
+Layout rules: every tensor has the same layout in both frameworks today (``identity``); a
+rule that ever differs gets a named function in ``LAYOUT_RULES`` and is tested both ways.
+
+Tests check this table against both twins' live parameters for many configurations, so a
+twin that drifts from the other (or from the tutorial) fails there first.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ddpm_core.config import ATTENTION_DIM_HEAD, ATTENTION_HEADS, UnetConfig
+
+GROUP_NORM_RENAMES = {"weight": "gamma", "bias": "beta"}
+
+LAYOUT_RULES: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
+    "identity": (lambda a: a, lambda a: a),
+}
+"""rule name -> (torch layout -> ms layout, ms layout -> torch layout)."""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter: its name in each framework, its (PyTorch) shape, the module kind, the layout rule."""
+
+    torch_name: str
+    ms_name: str
+    shape: tuple[int, ...]
+    module: str
+    rule: str = "identity"
+
+
+def _param(prefix: str, leaf: str, shape: tuple[int, ...], module: str, rule: str = "identity") -> ParamSpec:
+    ms_leaf = GROUP_NORM_RENAMES[leaf] if module == "GroupNorm" else leaf
+    return ParamSpec(f"{prefix}.{leaf}", f"{prefix}.{ms_leaf}", shape, module, rule)
+
+
+def _conv(prefix: str, cin: int, cout: int, k: int, bias: bool = False, groups: int = 1) -> Iterator[ParamSpec]:
+    yield _param(prefix, "weight", (cout, cin // groups, k, k), "Conv2d")
+    if bias:
+        yield _param(prefix, "bias", (cout,), "Conv2d")
+
+
+def _conv_transpose(prefix: str, cin: int, cout: int, k: int) -> Iterator[ParamSpec]:
+    yield _param(prefix, "weight", (cin, cout, k, k), "ConvTranspose2d")
+
+
+def _dense(prefix: str, cin: int, cout: int) -> Iterator[ParamSpec]:
+    yield _param(prefix, "weight", (cout, cin), "Linear")
+    yield _param(prefix, "bias", (cout,), "Linear")
+
+
+def _group_norm(prefix: str, c: int) -> Iterator[ParamSpec]:
+    yield _param(prefix, "weight", (c,), "GroupNorm")
+    yield _param(prefix, "bias", (c,), "GroupNorm")
+
+
+def _convnext_block(p: str, din: int, dout: int, time_dim: int | None, mult: int) -> Iterator[ParamSpec]:
+    if time_dim is not None:
+        yield from _dense(f"{p}.mlp.1", time_dim, din)
+    yield from _conv(f"{p}.ds_conv", din, din, 7, groups=din)
+    yield from _group_norm(f"{p}.net.0", din)
+    yield from _conv(f"{p}.net.1", din, dout * mult, 3)
+    yield from _group_norm(f"{p}.net.3", dout * mult)
+    yield from _conv(f"{p}.net.4", dout * mult, dout, 3)
+    if din != dout:
+        yield from _conv(f"{p}.res_conv", din, dout, 1)
+
+
+def _resnet_block(p: str, din: int, dout: int, time_dim: int | None) -> Iterator[ParamSpec]:
+    if time_dim is not None:
+        yield from _dense(f"{p}.mlp.1", time_dim, dout)
+    for name, cin in (("block1", din), ("block2", dout)):
+        yield from _conv(f"{p}.{name}.proj", cin, dout, 3)
+        yield from _group_norm(f"{p}.{name}.norm", dout)
+    if din != dout:
+        yield from _conv(f"{p}.res_conv", din, dout, 1)
+
+
+def _linear_attention(p: str, dim: int) -> Iterator[ParamSpec]:
+    hidden = ATTENTION_HEADS * ATTENTION_DIM_HEAD
+    yield from _conv(f"{p}.fn.fn.to_qkv", dim, hidden * 3, 1)
+    yield from _conv(f"{p}.fn.fn.to_out.0", hidden, dim, 1, bias=True)
+    yield _param(f"{p}.fn.fn.to_out.1", "g", (1, dim, 1, 1), "LayerNorm")
+    yield from _group_norm(f"{p}.fn.norm", dim)
+
+
+def _attention(p: str, dim: int) -> Iterator[ParamSpec]:
+    hidden = ATTENTION_HEADS * ATTENTION_DIM_HEAD
+    yield from _conv(f"{p}.fn.fn.to_qkv", dim, hidden * 3, 1)
+    yield from _conv(f"{p}.fn.fn.to_out", hidden, dim, 1, bias=True)
+    yield from _group_norm(f"{p}.fn.norm", dim)
+
+
+def unet_parameters(cfg: UnetConfig) -> list[ParamSpec]:
+    """Every parameter of ``Unet(cfg)``, in registration (state_dict) order."""
+
+    def block(p: str, din: int, dout: int, time_dim: int | None) -> Iterator[ParamSpec]:
+        if cfg.use_convnext:
+            return _convnext_block(p, din, dout, time_dim, cfg.convnext_mult)
+        return _resnet_block(p, din, dout, time_dim)
+
+    td = cfg.time_dim
+    specs: list[ParamSpec] = [*_conv("init_conv", cfg.channels, cfg.resolved_init_dim, 7, bias=True)]
+    if td is not None:
+        specs += [*_dense("time_mlp.1", cfg.dim, td), *_dense("time_mlp.3", td, td)]
+    in_out = cfg.in_out
+    for i, (din, dout) in enumerate(in_out):
+        specs += [*block(f"downs.{i}.0", din, dout, td), *block(f"downs.{i}.1", dout, dout, td)]
+        specs += _linear_attention(f"downs.{i}.2", dout)
+        if i < len(in_out) - 1:
+            specs += _conv(f"downs.{i}.3", dout, dout, 4)
+    for i, (din, dout) in enumerate(reversed(in_out[1:])):
+        specs += [*block(f"ups.{i}.0", dout * 2, din, td), *block(f"ups.{i}.1", din, din, td)]
+        specs += _linear_attention(f"ups.{i}.2", din)
+        specs += _conv_transpose(f"ups.{i}.3", din, din, 4)
+    mid = cfg.dims[-1]
+    specs += [*block("mid_block1", mid, mid, td), *_attention("mid_attn", mid), *block("mid_block2", mid, mid, td)]
+    specs += [*block("final_conv.0", cfg.dim, cfg.dim, None), *_conv("final_conv.1", cfg.dim, cfg.resolved_out_dim, 1)]
+    return _registration_order(specs)
+
+
+_TOP_LEVEL_ORDER = ("init_conv", "time_mlp", "downs", "ups", "mid_block1", "mid_attn", "mid_block2", "final_conv")
+
+
+def _registration_order(specs: list[ParamSpec]) -> list[ParamSpec]:
+    """Both frameworks register ``downs`` and ``ups`` (empty) before the middle blocks."""
+    rank = {name: i for i, name in enumerate(_TOP_LEVEL_ORDER)}
+    return sorted(specs, key=lambda s: rank[s.torch_name.split(".", 1)[0]])
+
+
+def torch_to_ms_names(cfg: UnetConfig) -> dict[str, str]:
+    """PyTorch name -> MindSpore name for ``Unet(cfg)``."""
+    return {s.torch_name: s.ms_name for s in unet_parameters(cfg)}
+
+
+def parameter_count(cfg: UnetConfig) -> int:
+    """Number of scalar parameters in ``Unet(cfg)``."""
+    return int(sum(np.prod(s.shape) for s in unet_parameters(cfg)))

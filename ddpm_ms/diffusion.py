@@ -1,0 +1,152 @@
+"""DDPM forward process, losses and samplers (ancestral DDPM and DDIM) in MindSpore; mirrors
+ddpm_torch/diffusion.py.
+
+Every random draw can be injected: pass ``noise``/``t``/``img`` as numpy arrays or tensors and
+nothing is drawn from MindSpore's RNG. Per-step sampling noise is one array of shape
+(steps, *x.shape) in sampling order: row k is used at the k-th step (t = T-1-k for DDPM).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn, ops
+from tqdm.auto import tqdm
+
+from ddpm_core.config import (
+    TUTORIAL_DIFFUSION,
+    DiffusionConfig,
+    check_noise_sequence,
+    check_same_shape,
+    check_timestep_range,
+)
+from ddpm_core.schedules import ddim_plan, make_schedule
+
+ArrayLike = np.ndarray | Tensor
+FLOAT_DTYPES = (ms.float16, ms.bfloat16, ms.float32, ms.float64)
+_SMOOTH_L1 = nn.SmoothL1Loss(beta=1.0, reduction="none")
+
+
+def huber_loss(a: Tensor, b: Tensor) -> Tensor:
+    """The tutorial's ``nn.SmoothL1Loss()``: beta 1.0 and reduction 'none', passed explicitly."""
+    return _SMOOTH_L1(a, b)
+
+
+LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "huber": huber_loss,
+    "l1": lambda a, b: ops.abs(a - b),
+    "l2": lambda a, b: ops.square(a - b),
+}
+
+
+class GaussianDiffusion:
+    """The schedule tables of ``config`` as float32 tensors, and the DDPM math over them."""
+
+    def __init__(self, config: DiffusionConfig = TUTORIAL_DIFFUSION):
+        self.config = config
+        self.timesteps = config.timesteps
+        self.schedule = make_schedule(config)
+        for name, table in self.schedule.tables().items():
+            setattr(self, name, Tensor(table))
+
+    def tensor(self, x: ArrayLike, dtype: ms.Type | None = None) -> Tensor:
+        """``x`` (numpy or tensor) as a tensor."""
+        t = Tensor(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+        return t if dtype is None or t.dtype == dtype else t.astype(dtype)
+
+    def timesteps_tensor(self, t: ArrayLike, batch: int) -> Tensor:
+        """Validated int32 timesteps of shape (batch,)."""
+        t = self.tensor(t)
+        if t.dtype in FLOAT_DTYPES or t.dtype == ms.bool_:
+            raise ValueError(f"timesteps t must be integers, got {t.dtype}")
+        check_same_shape("t", t.shape, (batch,))
+        check_timestep_range(int(t.min()), int(t.max()), self.timesteps)
+        return t.astype(ms.int32)
+
+    def extract(self, a: Tensor, t: Tensor, x_shape: tuple[int, ...]) -> Tensor:
+        """``a[t]`` reshaped to (b, 1, 1, ...) for broadcasting against ``x_shape``."""
+        return a.gather(t, -1).reshape(t.shape[0], *((1,) * (len(x_shape) - 1)))
+
+    def sample_timesteps(self, batch: int, seed: int | None = None) -> Tensor:
+        """Uniform int32 timesteps in [0, T) from MindSpore's RNG."""
+        return ops.randint(0, self.timesteps, (batch,), seed=seed, dtype=ms.int32)
+
+    def q_sample(self, x_start: ArrayLike, t: ArrayLike, noise: ArrayLike | None = None) -> Tensor:
+        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise."""
+        x_start = self.tensor(x_start)
+        t = self.timesteps_tensor(t, x_start.shape[0])
+        noise = ops.standard_normal(x_start.shape).astype(x_start.dtype) if noise is None else self.tensor(noise, x_start.dtype)
+        check_same_shape("noise", noise.shape, x_start.shape)
+        return (self.extract(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
+                + self.extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise)
+
+    def p_losses(self, model: nn.Cell, x_start: ArrayLike, t: ArrayLike, noise: ArrayLike | None = None,
+                 loss_type: str | None = None) -> Tensor:
+        """Mean over the batch of (per-element loss(noise, model(x_t, t)) * p2_weight[t])."""
+        x_start = self.tensor(x_start)
+        noise = ops.standard_normal(x_start.shape).astype(x_start.dtype) if noise is None else self.tensor(noise, x_start.dtype)
+        t = self.timesteps_tensor(t, x_start.shape[0])
+        x_noisy = self.q_sample(x_start, t, noise)
+        predicted_noise = model(x_noisy, t)
+        loss = LOSSES[loss_type or self.config.loss_type](noise, predicted_noise)
+        loss = loss.reshape(loss.shape[0], -1)
+        loss = loss * self.extract(self.p2_loss_weight, t, loss.shape)
+        return loss.mean()
+
+    def p_sample(self, model: nn.Cell, x: ArrayLike, t: ArrayLike, t_index: int,
+                 noise: ArrayLike | None = None) -> Tensor:
+        """One ancestral step x_t -> x_{t-1}; at t_index 0 the mean alone."""
+        x = self.tensor(x)
+        t = self.timesteps_tensor(t, x.shape[0])
+        betas_t = self.extract(self.betas, t, x.shape)
+        sqrt_one_minus_alphas_cumprod_t = self.extract(self.sqrt_one_minus_alphas_cumprod, t, x.shape)
+        sqrt_recip_alphas_t = self.extract(self.sqrt_recip_alphas, t, x.shape)
+        model_mean = sqrt_recip_alphas_t * (x - betas_t * model(x, t) / sqrt_one_minus_alphas_cumprod_t)
+        if t_index == 0:
+            return model_mean
+        posterior_variance_t = self.extract(self.posterior_variance, t, x.shape)
+        noise = ops.standard_normal(x.shape).astype(x.dtype) if noise is None else self.tensor(noise, x.dtype)
+        return model_mean + ops.sqrt(posterior_variance_t) * noise
+
+    def p_sample_loop(self, model: nn.Cell, shape: tuple[int, ...], img: ArrayLike | None = None,
+                      noise: ArrayLike | None = None, progress: bool = False) -> list[np.ndarray]:
+        """All T states x_{T-1}, ..., x_0 (as the tutorial: the starting noise itself is not included)."""
+        shape = tuple(shape)
+        img = ops.standard_normal(shape).astype(ms.float32) if img is None else self.tensor(img, ms.float32)
+        check_same_shape("img", img.shape, shape)
+        if noise is not None:
+            noise = self.tensor(noise, img.dtype)
+            check_noise_sequence(noise.shape, self.timesteps, shape)
+        states = []
+        steps = range(self.timesteps - 1, -1, -1)
+        for k, i in enumerate(tqdm(steps, desc="sampling loop time step", total=self.timesteps, disable=not progress)):
+            t = ops.fill(ms.int32, (shape[0],), i)
+            img = self.p_sample(model, img, t, i, None if noise is None else noise[k])
+            states.append(img)
+        return list(ops.stack(states).asnumpy().copy())
+
+    def ddim_sample_loop(self, model: nn.Cell, shape: tuple[int, ...], steps: int, eta: float = 0.0,
+                         img: ArrayLike | None = None, noise: ArrayLike | None = None,
+                         progress: bool = False) -> list[np.ndarray]:
+        """DDIM (Song et al. 2021) over ``steps`` evenly spaced timesteps; eta=0 is deterministic."""
+        plan = ddim_plan(self.config, steps, eta)
+        coef = {name: Tensor(getattr(plan, name)) for name in
+                ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "sqrt_alphas_cumprod_prev", "dir_coef", "sigma")}
+        shape = tuple(shape)
+        img = ops.standard_normal(shape).astype(ms.float32) if img is None else self.tensor(img, ms.float32)
+        check_same_shape("img", img.shape, shape)
+        if noise is not None:
+            noise = self.tensor(noise, img.dtype)
+            check_noise_sequence(noise.shape, plan.steps, shape)
+        states = []
+        for k in tqdm(range(plan.steps), desc="DDIM", disable=not progress):
+            t = ops.fill(ms.int32, (shape[0],), int(plan.t[k]))
+            eps = model(img, t)
+            x0 = (img - coef["sqrt_one_minus_alphas_cumprod"][k] * eps) / coef["sqrt_alphas_cumprod"][k]
+            img = coef["sqrt_alphas_cumprod_prev"][k] * x0 + coef["dir_coef"][k] * eps
+            if plan.sigma[k] > 0:
+                step_noise = ops.standard_normal(shape).astype(img.dtype) if noise is None else noise[k]
+                img = img + coef["sigma"][k] * step_noise
+            states.append(img)
+        return list(ops.stack(states).asnumpy().copy())

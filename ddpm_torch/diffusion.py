@@ -1,0 +1,154 @@
+"""DDPM forward process, losses and samplers (ancestral DDPM and DDIM) in PyTorch; mirrors
+ddpm_ms/diffusion.py.
+
+Every random draw can be injected: pass ``noise``/``t``/``img`` as numpy arrays or tensors and
+nothing is drawn from torch's RNG. Per-step sampling noise is one array of shape
+(steps, *x.shape) in sampling order: row k is used at the k-th step (t = T-1-k for DDPM).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ddpm_core.config import (
+    TUTORIAL_DIFFUSION,
+    DiffusionConfig,
+    check_noise_sequence,
+    check_same_shape,
+    check_timestep_range,
+)
+from ddpm_core.schedules import ddim_plan, make_schedule
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+def huber_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """MindSpore ``nn.SmoothL1Loss()``: beta 1.0 and reduction 'none' (PyTorch's default is 'mean')."""
+    return nn.functional.smooth_l1_loss(a, b, reduction="none", beta=1.0)
+
+
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "huber": huber_loss,
+    "l1": lambda a, b: torch.abs(a - b),
+    "l2": lambda a, b: torch.square(a - b),
+}
+
+
+class GaussianDiffusion:
+    """The schedule tables of ``config`` as tensors on ``device``, and the DDPM math over them."""
+
+    def __init__(self, config: DiffusionConfig = TUTORIAL_DIFFUSION, device: str | torch.device = "cpu"):
+        self.config = config
+        self.timesteps = config.timesteps
+        self.device = torch.device(device)
+        self.schedule = make_schedule(config)
+        for name, table in self.schedule.tables().items():
+            setattr(self, name, torch.from_numpy(table).to(self.device))
+
+    def tensor(self, x: ArrayLike, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``x`` (numpy or tensor) as a tensor on this diffusion's device."""
+        t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+        return t.to(device=self.device, dtype=dtype or t.dtype)
+
+    def timesteps_tensor(self, t: ArrayLike, batch: int) -> torch.Tensor:
+        """Validated int32 timesteps of shape (batch,)."""
+        t = self.tensor(t)
+        if t.dtype.is_floating_point or t.dtype == torch.bool:
+            raise ValueError(f"timesteps t must be integers, got {t.dtype}")
+        check_same_shape("t", t.shape, (batch,))
+        check_timestep_range(int(t.min()), int(t.max()), self.timesteps)
+        return t.to(torch.int32)
+
+    def extract(self, a: torch.Tensor, t: torch.Tensor, x_shape: tuple[int, ...]) -> torch.Tensor:
+        """``a[t]`` reshaped to (b, 1, 1, ...) for broadcasting against ``x_shape``."""
+        return a.gather(-1, t.long()).reshape(t.shape[0], *((1,) * (len(x_shape) - 1)))
+
+    def sample_timesteps(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Uniform int32 timesteps in [0, T) from torch's RNG."""
+        return torch.randint(0, self.timesteps, (batch,), generator=generator, device=self.device, dtype=torch.int32)
+
+    def q_sample(self, x_start: ArrayLike, t: ArrayLike, noise: ArrayLike | None = None) -> torch.Tensor:
+        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise."""
+        x_start = self.tensor(x_start)
+        t = self.timesteps_tensor(t, x_start.shape[0])
+        noise = torch.randn_like(x_start) if noise is None else self.tensor(noise, x_start.dtype)
+        check_same_shape("noise", noise.shape, x_start.shape)
+        return (self.extract(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
+                + self.extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise)
+
+    def p_losses(self, model: nn.Module, x_start: ArrayLike, t: ArrayLike, noise: ArrayLike | None = None,
+                 loss_type: str | None = None) -> torch.Tensor:
+        """Mean over the batch of (per-element loss(noise, model(x_t, t)) * p2_weight[t])."""
+        x_start = self.tensor(x_start)
+        noise = torch.randn_like(x_start) if noise is None else self.tensor(noise, x_start.dtype)
+        t = self.timesteps_tensor(t, x_start.shape[0])
+        x_noisy = self.q_sample(x_start, t, noise)
+        predicted_noise = model(x_noisy, t)
+        loss = LOSSES[loss_type or self.config.loss_type](noise, predicted_noise)
+        loss = loss.reshape(loss.shape[0], -1)
+        loss = loss * self.extract(self.p2_loss_weight, t, loss.shape)
+        return loss.mean()
+
+    @torch.no_grad()
+    def p_sample(self, model: nn.Module, x: ArrayLike, t: ArrayLike, t_index: int,
+                 noise: ArrayLike | None = None) -> torch.Tensor:
+        """One ancestral step x_t -> x_{t-1}; at t_index 0 the mean alone."""
+        x = self.tensor(x)
+        t = self.timesteps_tensor(t, x.shape[0])
+        betas_t = self.extract(self.betas, t, x.shape)
+        sqrt_one_minus_alphas_cumprod_t = self.extract(self.sqrt_one_minus_alphas_cumprod, t, x.shape)
+        sqrt_recip_alphas_t = self.extract(self.sqrt_recip_alphas, t, x.shape)
+        model_mean = sqrt_recip_alphas_t * (x - betas_t * model(x, t) / sqrt_one_minus_alphas_cumprod_t)
+        if t_index == 0:
+            return model_mean
+        posterior_variance_t = self.extract(self.posterior_variance, t, x.shape)
+        noise = torch.randn_like(x) if noise is None else self.tensor(noise, x.dtype)
+        return model_mean + torch.sqrt(posterior_variance_t) * noise
+
+    @torch.no_grad()
+    def p_sample_loop(self, model: nn.Module, shape: tuple[int, ...], img: ArrayLike | None = None,
+                      noise: ArrayLike | None = None, progress: bool = False) -> list[np.ndarray]:
+        """All T states x_{T-1}, ..., x_0 (as the tutorial: the starting noise itself is not included)."""
+        shape = tuple(shape)
+        img = torch.randn(shape, device=self.device) if img is None else self.tensor(img, torch.float32)
+        check_same_shape("img", img.shape, shape)
+        if noise is not None:
+            noise = self.tensor(noise, img.dtype)
+            check_noise_sequence(noise.shape, self.timesteps, shape)
+        states = []
+        steps = range(self.timesteps - 1, -1, -1)
+        for k, i in enumerate(tqdm(steps, desc="sampling loop time step", total=self.timesteps, disable=not progress)):
+            t = torch.full((shape[0],), i, dtype=torch.int32, device=self.device)
+            img = self.p_sample(model, img, t, i, None if noise is None else noise[k])
+            states.append(img)
+        return list(torch.stack(states).cpu().numpy())
+
+    @torch.no_grad()
+    def ddim_sample_loop(self, model: nn.Module, shape: tuple[int, ...], steps: int, eta: float = 0.0,
+                         img: ArrayLike | None = None, noise: ArrayLike | None = None,
+                         progress: bool = False) -> list[np.ndarray]:
+        """DDIM (Song et al. 2021) over ``steps`` evenly spaced timesteps; eta=0 is deterministic."""
+        plan = ddim_plan(self.config, steps, eta)
+        coef = {name: self.tensor(getattr(plan, name)) for name in
+                ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "sqrt_alphas_cumprod_prev", "dir_coef", "sigma")}
+        shape = tuple(shape)
+        img = torch.randn(shape, device=self.device) if img is None else self.tensor(img, torch.float32)
+        check_same_shape("img", img.shape, shape)
+        if noise is not None:
+            noise = self.tensor(noise, img.dtype)
+            check_noise_sequence(noise.shape, plan.steps, shape)
+        states = []
+        for k in tqdm(range(plan.steps), desc="DDIM", disable=not progress):
+            t = torch.full((shape[0],), int(plan.t[k]), dtype=torch.int32, device=self.device)
+            eps = model(img, t)
+            x0 = (img - coef["sqrt_one_minus_alphas_cumprod"][k] * eps) / coef["sqrt_alphas_cumprod"][k]
+            img = coef["sqrt_alphas_cumprod_prev"][k] * x0 + coef["dir_coef"][k] * eps
+            if plan.sigma[k] > 0:
+                step_noise = torch.randn_like(img) if noise is None else noise[k]
+                img = img + coef["sigma"][k] * step_noise
+            states.append(img)
+        return list(torch.stack(states).cpu().numpy())
