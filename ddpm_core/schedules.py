@@ -7,6 +7,7 @@ identically for both twins (see docs/porting.md).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -146,3 +147,16 @@ def ddim_plan(cfg: DiffusionConfig, steps: int, eta: float = 0.0) -> DDIMPlan:
         dir_coef=dir_coef.astype(f32),
         sigma=sigma.astype(f32),
     )
+
+
+def cosine_decay_lr(min_lr: float, max_lr: float, total_step: int, step_per_epoch: int, decay_epoch: int) -> list[float]:
+    """MindSpore's ``nn.cosine_decay_lr`` list: one learning rate per global step, constant within an
+    epoch, cosine-decayed per epoch (the tutorial: ``min_lr=1e-7, max_lr=1e-4``)."""
+    if not 0.0 <= min_lr < max_lr:
+        raise ValueError(f"need 0 <= min_lr < max_lr, got {min_lr}, {max_lr}")
+    for name, value in (("total_step", total_step), ("step_per_epoch", step_per_epoch), ("decay_epoch", decay_epoch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    delta = 0.5 * (max_lr - min_lr)
+    return [min_lr + delta * (1 + math.cos(math.pi * min(i // step_per_epoch, decay_epoch) / decay_epoch))
+            for i in range(total_step)]
