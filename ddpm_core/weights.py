@@ -1,28 +1,89 @@
-"""The shared weight-conversion module: {name: ndarray} dictionaries in PyTorch or MindSpore naming,
-converted strictly through the parameter table in ``ddpm_core.naming``.
+"""The shared weight-conversion module: ``.pt``/``.pth``, ``.ckpt`` and ``.safetensors`` files <->
+``{name: ndarray}`` dictionaries in PyTorch or MindSpore naming, converted strictly through the
+parameter table in ``ddpm_core.naming`` (docs/weights.md).
 
-Strict means: a missing key, an unexpected key, a wrong shape, a dtype that is not floating point,
-or a non-finite value is an error, reported one line per offending key; nothing is dropped.
-Conversion is exact: values are only renamed (and re-laid out by a named rule), never cast.
+Rules it keeps:
+  * Strict: a missing key, an unexpected key, a wrong shape, a dtype that is not floating point,
+    or a non-finite value is an error, reported one line per offending key; nothing is dropped
+    silently. Training extras (optimizer state, step counters, a wrapper cell's name prefix) are
+    recognised by the named rules in ``TRAINING_SCALARS``/``OPTIMIZER_SLOTS`` and reported.
+  * Exact: values are only renamed (and re-laid out by a named rule); a cast happens only when
+    asked for (``dtype=``), and a cast that overflows is an error.
+  * Safe: PyTorch files are read with ``torch.load(weights_only=True)``; a file that cannot be
+    read is one ``WeightsError`` naming it; every write is atomic (``ddpm_core.atomic``).
+  * Framework-neutral: torch, mindspore and safetensors are imported inside the reader or writer
+    of their own format, never at import time.
 """
 from __future__ import annotations
 
-from typing import Mapping
+import hashlib
+import json
+import os
+import re
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ddpm_core.config import UnetConfig
+from ddpm_core.atomic import atomic_write
+from ddpm_core.config import TUTORIAL_UNET, UnetConfig
 from ddpm_core.naming import LAYOUT_RULES, ParamSpec, unet_parameters
 
 NAMINGS = ("torch", "ms")
+FORMATS = {".pt": "torch", ".pth": "torch", ".ckpt": "mindspore", ".safetensors": "safetensors"}
+"""file extension -> format. ``torch`` files are written in torch naming, ``mindspore`` in ms naming,
+``safetensors`` in the naming given (recorded in its metadata)."""
+FILE_NAMING = {"torch": "torch", "mindspore": "ms"}
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+BFLOAT16_FORMATS = ("torch", "mindspore")
+SAFETENSORS_FORMAT = "ddpm-parity-weights"
+SAFETENSORS_VERSION = "1"
+
+TRAINING_SCALARS = {
+    "global_step": "optimizer step counter (every nn.Optimizer)",
+    "learning_rate": "optimizer learning rate (every nn.Optimizer)",
+    "beta1_power": "Adam bias-correction power (nn.Adam)",
+    "beta2_power": "Adam bias-correction power (nn.Adam)",
+    "momentum": "momentum coefficient (nn.Momentum, nn.SGD)",
+    "scale_sense": "loss scale (nn.TrainOneStepWithLossScaleCell)",
+    "current_iterator_step": "dataset position (Model.train checkpoints)",
+    "last_overflow_iterator_step": "loss-scale overflow position (Model.train checkpoints)",
+    "epoch_num": "training progress (ModelCheckpoint append_info)",
+    "step_num": "training progress (ModelCheckpoint append_info)",
+}
+"""MindSpore training scalars, by last name segment (any wrapper prefix before it)."""
+
+OPTIMIZER_SLOTS = {
+    "moment1": "Adam first moment (nn.Adam, nn.AdaMax)",
+    "moment2": "Adam second moment (nn.Adam, nn.AdaMax)",
+    "adam_m": "AdamWeightDecay first moment",
+    "adam_v": "AdamWeightDecay second moment",
+    "moments": "Momentum velocity (nn.Momentum)",
+    "accum": "accumulator (nn.SGD, nn.Adagrad)",
+    "stat": "SGD state (nn.SGD)",
+    "moment": "RMSProp moment (nn.RMSProp)",
+    "mean_square": "RMSProp mean square (nn.RMSProp)",
+    "lamb_m": "Lamb first moment (nn.Lamb)",
+    "lamb_v": "Lamb second moment (nn.Lamb)",
+}
+"""MindSpore optimizer state ``[wrapper.]<slot>.<model parameter>`` (names as MindSpore 2.10 makes them)."""
+
+_MODEL_ENTRIES = ("model", "state_dict")
+"""A PyTorch checkpoint dict holding one of these entries keeps the weights there; the rest are extras."""
 
 
 class WeightsError(ValueError):
-    """Weights that do not fit a model: ``problems`` holds one message per offending key."""
+    """Weights that do not fit a model, or a file that cannot be read or written: ``problems`` holds
+    one message per offending key; ``hint`` (optional) says what to try."""
 
-    def __init__(self, problems: list[str], context: str = "weights do not match the model"):
-        self.problems = list(problems)
-        super().__init__(f"{context}:\n  " + "\n  ".join(self.problems))
+    def __init__(self, problems: list[str], context: str = "weights do not match the model", hint: str = ""):
+        self.problems, self.context, self.hint = list(problems), context, hint
+        lines = self.problems
+        text = f"{context}: {lines[0]}" if len(lines) == 1 else f"{context}:\n  " + "\n  ".join(lines)
+        super().__init__(text + (f"\n  hint: {hint}" if hint else ""))
 
 
 def _check_naming(naming: str) -> None:
@@ -40,7 +101,7 @@ def weight_problems(state: Mapping[str, np.ndarray], cfg: UnetConfig, naming: st
     """Every reason ``state`` is not exactly the parameters of ``Unet(cfg)`` in ``naming``; empty if it is."""
     expected = expected_parameters(cfg, naming)
     problems = [f"missing: {name} (expected shape {spec.shape})" for name, spec in expected.items() if name not in state]
-    problems += [f"unexpected: {name} (shape {tuple(np.shape(state[name]))})" for name in state if name not in expected]
+    problems += [f"unexpected: {name} (shape {np.shape(state[name])})" for name in state if name not in expected]
     for name, spec in expected.items():
         if name not in state:
             continue
@@ -90,3 +151,369 @@ def torch_to_ms(state: Mapping[str, np.ndarray], cfg: UnetConfig) -> dict[str, n
 def ms_to_torch(state: Mapping[str, np.ndarray], cfg: UnetConfig) -> dict[str, np.ndarray]:
     """MindSpore-named weights -> PyTorch-named weights (strict, exact)."""
     return convert(state, cfg, "ms", "torch")
+
+
+def detect_naming(names: list[str] | Mapping[str, Any]) -> str:
+    """``"ms"`` if any name ends in GroupNorm's MindSpore ``gamma``/``beta``, else ``"torch"``."""
+    return "ms" if any(n.rsplit(".", 1)[-1] in ("gamma", "beta") for n in names) else "torch"
+
+
+# ---------------------------------------------------------------- training extras
+@dataclass(frozen=True)
+class Skipped:
+    """A file entry that is not a model parameter, and the rule that recognised it."""
+
+    name: str
+    reason: str
+
+
+def _split_model(entries: Mapping[str, Any], cfg: UnetConfig) -> tuple[dict[str, Any], list[Skipped], str, list[str]]:
+    """``entries`` -> (model entries with the wrapper prefix removed, skipped extras, prefix, problems).
+
+    Model parameters are recognised by their full structural name (either naming) after one
+    wrapper prefix shared by all of them (``net.`` from a custom training cell, ``module.`` from
+    DataParallel); scalars and optimizer slots by the tables above. Everything else is kept, so
+    ``weight_problems`` reports it as unexpected.
+    """
+    known = {n for s in unet_parameters(cfg) for n in (s.torch_name, s.ms_name)}
+
+    def model_suffix(parts: list[str]) -> tuple[str, str] | None:
+        for i in range(len(parts)):
+            if ".".join(parts[i:]) in known:
+                return "".join(p + "." for p in parts[:i]), ".".join(parts[i:])
+        return None
+
+    skipped, slots, candidates = [], [], {}
+    for key in entries:
+        parts = key.split(".")
+        if parts[-1] in TRAINING_SCALARS:
+            skipped.append(Skipped(key, TRAINING_SCALARS[parts[-1]]))
+            continue
+        slot = next((j for j, p in enumerate(parts[:-1]) if p in OPTIMIZER_SLOTS and model_suffix(parts[j + 1:])),
+                    None)
+        if slot is not None:
+            slots.append((key, parts[slot], model_suffix(parts[slot + 1:])[0]))
+            continue
+        match = model_suffix(parts)
+        if match:
+            candidates[key] = match[0]
+    prefixes = Counter(candidates.values())
+    if len(prefixes) > 1:
+        found = ", ".join(f"{p!r} ({n})" for p, n in sorted(prefixes.items()))
+        return {}, skipped, "", [f"model parameters appear under several prefixes: {found}; "
+                                 "cannot tell which is the model"]
+    prefix = next(iter(prefixes), "")
+    model: dict[str, Any] = {}
+    problems: list[str] = []
+    unrecognised = set()
+    for key, slot_name, slot_prefix in slots:
+        if slot_prefix in ("", prefix):
+            skipped.append(Skipped(key, OPTIMIZER_SLOTS[slot_name]))
+        else:
+            unrecognised.add(key)
+    skip = {s.name for s in skipped}
+    for key, value in entries.items():
+        if key in skip:
+            continue
+        name = key[len(prefix):] if prefix and key.startswith(prefix) and key not in unrecognised else key
+        if name in model:
+            problems.append(f"duplicate: {name} appears both with and without the prefix {prefix!r}")
+        model[name] = value
+    return model, skipped, prefix, problems
+
+
+def describe_skipped(skipped: list[Skipped]) -> list[str]:
+    """One line per rule: how many entries it skipped, and their names (slots as ``slot.<parameter>``)."""
+    groups: dict[str, list[str]] = {}
+    for s in skipped:
+        groups.setdefault(s.reason, []).append(s.name)
+    lines = []
+    for reason, names in groups.items():
+        shown = ", ".join(names) if len(names) <= 4 else f"{names[0]}, ..., {names[-1]}"
+        lines.append(f"skipped {len(names)} {reason}: {shown}")
+    return lines
+
+
+# ---------------------------------------------------------------- dtypes and manifests
+def round_to_bfloat16(a: np.ndarray) -> np.ndarray:
+    """float32 values rounded (to nearest, ties to even) onto the bfloat16 grid, kept as float32."""
+    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    out = bits.astype(np.uint32).view(np.float32)
+    return np.where(np.isnan(a), np.float32(np.nan), out).reshape(np.shape(a))
+
+
+def cast_weights(state: Mapping[str, np.ndarray], dtype: str | None) -> dict[str, np.ndarray]:
+    """``state`` cast to ``dtype`` (``None``: unchanged). ``bfloat16`` values stay float32 in memory, on
+    the bfloat16 grid. A value that becomes inf (overflow) is an error naming each tensor."""
+    if dtype is None:
+        return dict(state)
+    if dtype not in DTYPES:
+        raise WeightsError([f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}"], "cannot cast")
+    out, problems = {}, []
+    for name, value in state.items():
+        value = np.asarray(value)
+        with np.errstate(over="ignore"):
+            cast = round_to_bfloat16(value) if dtype == "bfloat16" else value.astype(dtype)
+        overflow = int(np.count_nonzero(np.isfinite(value) & ~np.isfinite(cast)))
+        if overflow:
+            problems.append(f"overflow: {name}: {overflow} of {value.size} values (max |x| = "
+                            f"{float(np.max(np.abs(value))):.6g}) become inf in {dtype}")
+        out[name] = cast
+    if problems:
+        raise WeightsError(problems, f"cannot cast to {dtype}")
+    return out
+
+
+def tensor_digest(value: np.ndarray) -> str:
+    """sha256 of dtype, shape and the little-endian bytes of ``value``."""
+    value = np.asarray(value)
+    h = hashlib.sha256(f"{value.dtype.name}{list(value.shape)}".encode())
+    h.update(np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes())
+    return h.hexdigest()
+
+
+def manifest(state_torch_named: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """{torch name: sha256 of dtype, shape and little-endian values}, in the state's order."""
+    return {name: tensor_digest(value) for name, value in state_torch_named.items()}
+
+
+# ---------------------------------------------------------------- formats
+def format_of(path: str | os.PathLike) -> str:
+    """The format a path's extension names, or a ``WeightsError``."""
+    ext = Path(path).suffix.lower()
+    if ext not in FORMATS:
+        raise WeightsError([f"unknown extension {ext or '(none)'!r}; use one of {', '.join(FORMATS)}"], str(path))
+    return FORMATS[ext]
+
+
+@dataclass
+class _Raw:
+    entries: dict[str, Any]
+    dtypes: dict[str, str]
+    extras: list[Skipped] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def _one_line(e: BaseException) -> str:
+    """The exception's type and first sentence, for a one-line message."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    first = lines[0].split(". ")[0][:200] if lines else "no message"
+    return f"{type(e).__name__}: {first}"
+
+
+def _read_torch(path: Path) -> _Raw:
+    import pickle
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        glob = re.search(r"GLOBAL ([\w.]+)", text)
+        operand = re.search(r"Unsupported operand \d+", text)
+        if glob or operand or "Weights only load failed" in text:
+            detail = (f"the pickle references {glob.group(1)}, which is not allowed" if glob else
+                      operand.group(0) if operand else "it holds objects other than tensors and plain containers")
+            raise WeightsError([f"refused by torch.load(weights_only=True): {detail} (a file that would run code "
+                                "when loaded, or a corrupt one; only tensors and plain containers are accepted)"],
+                               f"cannot read {path}") from None
+        raise WeightsError([f"not a readable PyTorch file ({_one_line(e)})"], f"cannot read {path}") from None
+    except (RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+        raise WeightsError([f"truncated or not a PyTorch file ({_one_line(e)})"], f"cannot read {path}") from None
+    if not isinstance(obj, Mapping):
+        raise WeightsError([f"holds a {type(obj).__name__}, not a state_dict"], f"cannot read {path}")
+    extras = []
+    inner = [k for k in _MODEL_ENTRIES if isinstance(obj.get(k), Mapping)]
+    if len(inner) > 1:
+        raise WeightsError([f"holds both {inner[0]!r} and {inner[1]!r}: cannot tell which is the model"],
+                           f"cannot read {path}")
+    if inner:
+        extras = [Skipped(str(k), "training extra in the checkpoint dict") for k in obj if k != inner[0]]
+        obj = obj[inner[0]]
+    entries, dtypes = {}, {}
+    for name, value in obj.items():
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu()
+            dtypes[name] = str(value.dtype).removeprefix("torch.")
+            try:
+                value = value.numpy()
+            except TypeError:  # bfloat16 / float8: widened exactly to float32
+                value = value.float().numpy()
+        entries[str(name)] = value
+    return _Raw(entries, dtypes, extras)
+
+
+def _import_mindspore():
+    """MindSpore, with oneDNN's instruction set pinned before its first kernel (as ``ddpm_ms`` does)."""
+    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+    import mindspore
+
+    return mindspore
+
+
+def _read_mindspore(path: Path) -> _Raw:
+    ms = _import_mindspore()
+    try:
+        params = ms.load_checkpoint(str(path))
+    except (ValueError, RuntimeError, TypeError, OSError) as e:
+        raise WeightsError([f"truncated or not a MindSpore checkpoint ({_one_line(e)})"],
+                           f"cannot read {path}") from None
+    entries, dtypes = {}, {}
+    for name, p in params.items():
+        dtypes[name] = str(p.dtype).lower()
+        entries[name] = p.astype(ms.float32).asnumpy() if p.dtype == ms.bfloat16 else p.asnumpy()
+    return _Raw(entries, dtypes)
+
+
+def _read_safetensors(path: Path) -> _Raw:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            metadata = dict(f.metadata() or {})
+            entries = {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as e:  # safetensors raises its own SafetensorError (and TypeError for BF16 in numpy)
+        raise WeightsError([f"truncated or not a safetensors file ({_one_line(e)})"],
+                           f"cannot read {path}") from None
+    version = metadata.get("format_version", SAFETENSORS_VERSION)
+    if version != SAFETENSORS_VERSION:
+        raise WeightsError([f"format_version {version!r}; this reader knows {SAFETENSORS_VERSION!r}"],
+                           f"cannot read {path}")
+    return _Raw(entries, {k: v.dtype.name for k, v in entries.items()}, metadata=metadata)
+
+
+def _write_torch(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: UnetConfig, dtype: str | None):
+    import torch
+
+    tensors = {n: torch.from_numpy(np.array(v)) for n, v in state.items()}
+    if dtype == "bfloat16":
+        tensors = {n: t.to(torch.bfloat16) for n, t in tensors.items()}
+    torch.save(tensors, path)
+
+
+def _write_mindspore(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: UnetConfig, dtype: str | None):
+    ms = _import_mindspore()
+    items = []
+    for n, v in state.items():
+        t = ms.Tensor(np.array(v))
+        items.append({"name": n, "data": t.astype(ms.bfloat16) if dtype == "bfloat16" else t})
+    named = path.with_name(path.name + ".ckpt")  # ms.save_checkpoint appends .ckpt to any other name
+    try:
+        ms.save_checkpoint(items, str(named))
+        os.chmod(named, 0o600)  # MindSpore makes it read-only; atomic_write sets the final mode
+        os.replace(named, path)
+    finally:
+        if named.exists():
+            named.unlink()
+
+
+def _write_safetensors(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: UnetConfig, dtype: str | None):
+    from safetensors.numpy import save_file
+
+    metadata = {"format": SAFETENSORS_FORMAT, "format_version": SAFETENSORS_VERSION, "naming": naming,
+                "unet_config": cfg.to_json()}
+    save_file({n: np.ascontiguousarray(v) for n, v in state.items()}, path, metadata=metadata)
+
+
+_READERS: dict[str, Callable[[Path], _Raw]] = {
+    "torch": _read_torch, "mindspore": _read_mindspore, "safetensors": _read_safetensors,
+}
+_WRITERS: dict[str, Callable[..., None]] = {
+    "torch": _write_torch, "mindspore": _write_mindspore, "safetensors": _write_safetensors,
+}
+
+
+# ---------------------------------------------------------------- load / save
+@dataclass
+class LoadedWeights:
+    """What ``load_weights`` found: the model's weights in the requested naming and how it read them."""
+
+    state: dict[str, np.ndarray]
+    config: UnetConfig
+    naming: str
+    file_naming: str
+    skipped: list[Skipped]
+    prefix: str
+    dtype: str
+    """the file's dtype of the model tensors (``"mixed"`` if they differ); bfloat16 is widened exactly
+    to float32 in ``state``."""
+    path: str
+
+
+def _config_from(raw: _Raw, config: UnetConfig | None, path: Path) -> tuple[UnetConfig, bool]:
+    """(config, whether it was assumed) from the file's metadata, else ``config``, else the tutorial's."""
+    text = raw.metadata.get("unet_config")
+    if text is None:
+        return (config, False) if config is not None else (TUTORIAL_UNET, True)
+    try:
+        found = UnetConfig.from_dict(json.loads(text))
+    except (ValueError, TypeError) as e:
+        raise WeightsError([f"unet_config in the metadata is not a valid UnetConfig ({_one_line(e)})"],
+                           f"cannot read {path}") from None
+    if config is not None and config != found:
+        raise WeightsError([f"the file records {found}, but {config} was given"], f"config mismatch for {path}")
+    return found, False
+
+
+def load_weights(path: str | os.PathLike, naming: str = "torch", config: UnetConfig | None = None) -> LoadedWeights:
+    """Read a ``.pt``/``.pth``/``.ckpt``/``.safetensors`` file strictly; return its model weights in ``naming``.
+
+    The config comes from the safetensors metadata when present, else ``config``, else the tutorial's
+    ``TUTORIAL_UNET``. Training extras are skipped and listed; anything unrecognised is an error.
+    """
+    _check_naming(naming)
+    path = Path(path)
+    fmt = format_of(path)
+    if not path.is_file():
+        raise WeightsError(["no such file" if not path.exists() else "not a regular file"], f"cannot read {path}")
+    raw = _READERS[fmt](path)
+    cfg, assumed = _config_from(raw, config, path)
+    model, skipped, prefix, problems = _split_model(raw.entries, cfg)
+    file_naming = raw.metadata.get("naming") or detect_naming(model)
+    if file_naming not in NAMINGS:
+        raise WeightsError([f"metadata naming {file_naming!r} is not one of {NAMINGS}"], f"cannot read {path}")
+    problems += weight_problems(model, cfg, file_naming) if not problems else []
+    if problems:
+        where = f" (wrapper prefix {prefix!r} removed)" if prefix else ""
+        hint = ""
+        if assumed and any(p.startswith(("missing", "unexpected", "shape")) for p in problems):
+            hint = (f"no config given, so the tutorial's {TUTORIAL_UNET} was assumed; pass --config "
+                    "(config= in Python) with the model's UnetConfig if it differs")
+        if any(re.match(r"unexpected: \d", p) for p in problems):
+            hint += ("; " if hint else "") + ("names like '0.0.mlp.1.weight' come from a MindSpore model saved "
+                     "without the tutorial's rename loop: nn.CellList names collide and ms.save_checkpoint kept "
+                     "one tensor per name, so the file lacks weights; save from ddpm_ms.Unet or after the rename loop")
+        raise WeightsError(problems, f"{len(problems)} problem(s) with {file_naming}-named weights in {path}{where} "
+                           f"for {cfg}", hint)
+    dtypes = {raw.dtypes.get(prefix + n, raw.dtypes.get(n, "float32")) for n in model}
+    state = convert(model, cfg, file_naming, naming)
+    return LoadedWeights(state, cfg, naming, file_naming, raw.extras + skipped, prefix,
+                         dtypes.pop() if len(dtypes) == 1 else "mixed", str(path))
+
+
+def save_weights(state: Mapping[str, np.ndarray], path: str | os.PathLike, naming: str = "torch",
+                 config: UnetConfig = TUTORIAL_UNET, dtype: str | None = None) -> dict[str, np.ndarray]:
+    """Write ``state`` (in ``naming``, for ``Unet(config)``) to ``path`` atomically, strictly checked.
+
+    ``.pt``/``.pth`` get torch naming (``load_state_dict`` ready), ``.ckpt`` ms naming
+    (``ms.load_param_into_net`` ready), ``.safetensors`` keep ``naming`` and record it with the config.
+    ``dtype`` casts (``None`` keeps the dtype). Returns what was written, in the file's naming. If
+    anything fails the destination is untouched and no temporary file is left.
+    """
+    path = Path(path)
+    fmt = format_of(path)
+    if dtype == "bfloat16" and fmt not in BFLOAT16_FORMATS:
+        raise WeightsError([f"a {fmt} file cannot hold bfloat16 here (numpy has no bfloat16); "
+                            "use .pt or .ckpt, or another --dtype"], f"cannot write {path}")
+    file_naming = FILE_NAMING.get(fmt, naming)
+    out = cast_weights(convert(state, config, naming, file_naming), dtype)
+    check_weights(out, config, file_naming)
+    try:
+        atomic_write(path, lambda tmp: _WRITERS[fmt](tmp, out, file_naming, config, dtype))
+    except OSError as e:
+        raise WeightsError([_one_line(e)], f"cannot write {path}") from None
+    return out

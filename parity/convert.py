@@ -1,0 +1,123 @@
+"""``python -m parity.convert SRC [DST] [--config JSON_OR_PATH] [--dtype D] [--manifest [PATH]]``:
+move U-Net weights between PyTorch (.pt/.pth), MindSpore (.ckpt) and .safetensors files.
+
+A thin layer over ``ddpm_core.weights`` (docs/weights.md): formats come from the extensions, the
+checks are strict, the write is atomic. Expected failures (weights that do not fit, a file that
+cannot be read or written, a bad config) print one ``error: `` line per problem on stderr and
+exit with status 2, without a traceback. Notes (what was skipped, what was written) go to stderr;
+the manifest, when printed, is the only thing on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ddpm_core.atomic import atomic_write_bytes
+from ddpm_core.config import UnetConfig
+from ddpm_core.weights import (
+    DTYPES,
+    WeightsError,
+    cast_weights,
+    convert,
+    describe_skipped,
+    format_of,
+    load_weights,
+    manifest,
+    save_weights,
+)
+
+EXIT_ERROR = 2
+
+
+class UsageError(Exception):
+    """A bad command line (config, arguments): one line for the user."""
+
+
+def parse_config(text: str) -> UnetConfig:
+    """``--config``: a JSON object of ``UnetConfig`` fields, or the path of a file holding one."""
+    source = "--config"
+    if not text.lstrip().startswith("{"):
+        try:
+            text, source = Path(text).read_text(), f"--config file {text}"
+        except OSError as e:
+            raise UsageError(f"--config: cannot read {text}: {e.strerror or e}") from None
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{source}: not valid JSON ({e})") from None
+    if not isinstance(fields, dict):
+        raise UsageError(f"{source}: expected a JSON object of UnetConfig fields, got {type(fields).__name__}")
+    try:
+        return UnetConfig.from_dict(fields)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"{source}: {e}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m parity.convert", description=__doc__.split("\n\n")[0])
+    p.add_argument("src", help="source file: .pt/.pth (PyTorch), .ckpt (MindSpore) or .safetensors")
+    p.add_argument("dst", nargs="?", help="destination file; its extension picks the format")
+    p.add_argument("--config", help="UnetConfig as JSON or a JSON file path (default: the file's metadata, "
+                                    "else the tutorial's dim=28, channels=1, dim_mults=(1, 2, 4))")
+    p.add_argument("--dtype", choices=DTYPES, help="cast the weights (default: keep the source dtype)")
+    p.add_argument("--manifest", nargs="?", const="-", metavar="PATH",
+                   help="per-tensor sha256 in torch naming, as JSON: printed, or written to PATH")
+    return p
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.dst is None and args.manifest is None:
+        raise UsageError("give DST to convert to, or --manifest to print the manifest")
+    config = parse_config(args.config) if args.config is not None else None
+    if args.dst is not None:
+        format_of(args.dst)  # a wrong extension fails before the (slow) read
+    loaded = load_weights(args.src, naming="torch", config=config)
+    if loaded.prefix:
+        print(f"removed the wrapper prefix {loaded.prefix!r} from the model's parameter names", file=sys.stderr)
+    for line in describe_skipped(loaded.skipped):
+        print(line, file=sys.stderr)
+    dtype = args.dtype or ("bfloat16" if loaded.dtype == "bfloat16" else None)
+    state = cast_weights(loaded.state, dtype)
+    if args.dst is not None:
+        # a .safetensors destination keeps the source's naming (recorded in its metadata)
+        naming = loaded.file_naming
+        save_weights(convert(state, loaded.config, "torch", naming), args.dst, naming, loaded.config, dtype=dtype)
+        print(f"wrote {args.dst}: {len(state)} tensors, {dtype or loaded.dtype}, from {args.src} "
+              f"({loaded.file_naming} naming)", file=sys.stderr)
+    if args.manifest is not None:
+        text = json.dumps(manifest(state), indent=2) + "\n"
+        if args.manifest == "-":
+            sys.stdout.write(text)
+        else:
+            atomic_write_bytes(args.manifest, text.encode())
+            print(f"wrote the manifest to {args.manifest}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except WeightsError as e:
+        problems = e.problems
+        if len(problems) == 1:
+            print(f"error: {e.context}: {problems[0]}", file=sys.stderr)
+        else:
+            print(f"error: {e.context}:", file=sys.stderr)
+            for problem in problems:
+                print(f"error: {problem}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        return EXIT_ERROR
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as e:
+        print(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""parity.convert: the CLI over ddpm_core.weights, and the tutorial's own MindSpore checkpoint moved to a
+PyTorch model that predicts the same noise (docs/weights.md)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ddpm_core.config import TUTORIAL_UNET, UnetConfig
+from ddpm_core.naming import unet_parameters
+from ddpm_core.weights import load_weights, manifest, save_weights
+from parity.convert import main
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = UnetConfig(dim=16, channels=3, dim_mults=(1, 2), use_convnext=False, resnet_block_groups=4)
+SMALL_JSON = json.dumps(SMALL.to_dict())
+TUTORIAL_TOLERANCE = 1e-5
+"""max |eps_torch - eps_tutorial| on CPU float32: the twins share the math, only kernels differ."""
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "parity.convert", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def random_weights(cfg: UnetConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {s.torch_name: rng.standard_normal(s.shape).astype(np.float32) for s in unet_parameters(cfg)}
+
+
+@pytest.fixture(scope="module")
+def tutorial_ckpt(tmp_path_factory):
+    """The tutorial's model (rename loop included) with its norms moved off 1/0, saved as the tutorial
+    user would: ``ms.save_checkpoint(unet_model, path)``; and its noise predictions."""
+    import mindspore as ms
+
+    from tests.tutorial.tutorial_code import build_tutorial_unet
+
+    model = build_tutorial_unet()
+    rng = np.random.default_rng(0)
+    for p in model.trainable_params():
+        if p.name.rsplit(".", 1)[-1] in ("gamma", "beta", "g"):
+            p.set_data(ms.Tensor(p.asnumpy() + 0.1 * rng.standard_normal(p.shape).astype(np.float32)))
+    path = tmp_path_factory.mktemp("tutorial") / "tutorial.ckpt"
+    ms.save_checkpoint(model, str(path))
+    x = rng.standard_normal((3, 1, 28, 28)).astype(np.float32)
+    t = np.array([0, 100, 199], np.int32)
+    eps = model(ms.Tensor(x), ms.Tensor(t)).asnumpy()
+    return path, x, t, eps
+
+
+def torch_predictions(pt_path: Path, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The tutorial's ``Unet`` in PyTorch, loaded exactly as a user would, strictly."""
+    import torch
+
+    import ddpm_torch
+
+    model = ddpm_torch.Unet(dim=28, channels=1, dim_mults=(1, 2, 4))
+    model.load_state_dict(torch.load(pt_path, weights_only=True), strict=True)
+    with torch.no_grad():
+        return model(torch.from_numpy(x), torch.from_numpy(t.astype(np.int64))).numpy()
+
+
+def test_tutorial_ckpt_to_pt_predicts_the_same_noise(tutorial_ckpt, tmp_path):
+    ckpt, x, t, eps = tutorial_ckpt
+    loaded = load_weights(ckpt)  # no config: the tutorial's
+    assert loaded.config == TUTORIAL_UNET and loaded.file_naming == "ms" and loaded.skipped == []
+    save_weights(loaded.state, tmp_path / "api.pt", "torch", loaded.config)
+
+    run = cli(ckpt, tmp_path / "cli.pt", "--manifest", tmp_path / "manifest.json")
+    assert run.returncode == 0, run.stderr
+    assert f"wrote {tmp_path / 'cli.pt'}: 166 tensors, float32" in run.stderr
+    assert json.loads((tmp_path / "manifest.json").read_text()) == manifest(loaded.state)
+
+    for pt in ("api.pt", "cli.pt"):
+        diff = float(np.max(np.abs(torch_predictions(tmp_path / pt, x, t) - eps)))
+        print(f"{pt}: max |eps_torch - eps_tutorial| = {diff:.3g}")
+        assert diff <= TUTORIAL_TOLERANCE, f"{pt}: max abs difference {diff:.3g} > {TUTORIAL_TOLERANCE}"
+
+
+def test_pt_to_ckpt_loads_strictly_into_mindspore(tmp_path):
+    import mindspore as ms
+    import torch
+
+    import ddpm_ms
+    import ddpm_torch
+
+    torch.manual_seed(0)
+    torch.save(ddpm_torch.Unet.from_config(SMALL).state_dict(), tmp_path / "w.pt")
+    assert main([str(tmp_path / "w.pt"), str(tmp_path / "w.ckpt"), "--config", SMALL_JSON]) == 0
+    net = ddpm_ms.Unet.from_config(SMALL)
+    not_loaded, unused = ms.load_param_into_net(net, ms.load_checkpoint(str(tmp_path / "w.ckpt")), strict_load=True)
+    assert not_loaded == [] and unused == []
+    src = torch.load(tmp_path / "w.pt", weights_only=True)
+    live = {p.name: p.asnumpy() for p in net.get_parameters()}
+    for s in unet_parameters(SMALL):
+        assert np.array_equal(live[s.ms_name], src[s.torch_name].numpy()), s.ms_name
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path):
+    import torch
+
+    marker = tmp_path / "PWNED"
+
+    class RunsCode:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"init_conv.weight": RunsCode()}, tmp_path / "evil.pt")
+    run = cli(tmp_path / "evil.pt", tmp_path / "out.ckpt")
+    assert run.returncode == 2 and not marker.exists() and not (tmp_path / "out.ckpt").exists()
+    assert run.stderr.splitlines()[0].startswith(f"error: cannot read {tmp_path / 'evil.pt'}: refused by torch.load")
+    assert "Traceback" not in run.stderr
+
+    run = cli(tmp_path / "evil.pt", tmp_path / "out.pt", "--config", '{"dim": 16, "dim_mults": [2]}')
+    assert run.returncode == 2 and run.stderr.splitlines() == [
+        "error: --config: dim_mults[0] must be 1: the final block takes dim=16 channels but the up path ends "
+        "with dim * dim_mults[0] = 32"]
+
+
+def test_cli_manifest_only_prints_json(tmp_path):
+    state = random_weights(SMALL)
+    save_weights(state, tmp_path / "w.safetensors", "torch", SMALL)
+    run = cli(tmp_path / "w.safetensors", "--manifest")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == manifest(state)
+
+
+# ---------------------------------------------------------------- in process (no interpreter start-up)
+def test_ckpt_to_safetensors_to_pt_keeps_values_and_naming(tmp_path, capsys):
+    state = random_weights(SMALL)
+    save_weights(state, tmp_path / "w.ckpt", "torch", SMALL)
+    assert main([str(tmp_path / "w.ckpt"), str(tmp_path / "w.safetensors"), "--config", SMALL_JSON]) == 0
+    assert load_weights(tmp_path / "w.safetensors").file_naming == "ms"  # keeps the source's naming
+    assert main([str(tmp_path / "w.safetensors"), str(tmp_path / "w.pt"), "--manifest"]) == 0  # config from metadata
+    out = capsys.readouterr()
+    assert json.loads(out.out) == manifest(state)
+    assert "wrote" in out.err and "(ms naming)" in out.err
+    assert manifest(load_weights(tmp_path / "w.pt", config=SMALL).state) == manifest(state)
+
+
+def test_config_from_a_file_and_dtype(tmp_path, capsys):
+    (tmp_path / "cfg.json").write_text(SMALL_JSON)
+    save_weights(random_weights(SMALL), tmp_path / "w.pt", "torch", SMALL)
+    assert main([str(tmp_path / "w.pt"), str(tmp_path / "h.pt"), "--config", str(tmp_path / "cfg.json"),
+                 "--dtype", "float16"]) == 0
+    assert load_weights(tmp_path / "h.pt", config=SMALL).dtype == "float16"
+    assert main([str(tmp_path / "h.pt"), str(tmp_path / "b.ckpt"), "--config", SMALL_JSON, "--dtype", "bfloat16"]) == 0
+    assert main([str(tmp_path / "b.ckpt"), str(tmp_path / "b.pt"), "--config", SMALL_JSON]) == 0  # bfloat16 kept
+    assert load_weights(tmp_path / "b.pt", config=SMALL).dtype == "bfloat16"
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("args, first_line", [
+    (["{dir}/nothere.ckpt", "{dir}/x.pt"], "error: cannot read {dir}/nothere.ckpt: no such file"),
+    (["{dir}/w.pt", "{dir}/x.npy"], "error: {dir}/x.npy: unknown extension '.npy'; use one of .pt"),
+    (["{dir}/w.pt"], "error: give DST to convert to, or --manifest to print the manifest"),
+    (["{dir}/w.pt", "{dir}/x.pt", "--config", "{{dim: 8"], "error: --config: not valid JSON"),
+    (["{dir}/w.pt", "{dir}/x.pt", "--config", "{dir}/none.json"], "error: --config: cannot read {dir}/none.json"),
+    (["{dir}/w.pt", "{dir}/x.pt", "--config", '{{"dims": 8}}'], "error: --config: unknown Unet config keys: dims"),
+    (["{dir}/w.pt", "{dir}/x.pt"], "error: 220 problem(s) with torch-named weights in {dir}/w.pt for UnetConfig("),
+    (["{dir}/w.pt", "{dir}/x.safetensors", "--config", SMALL_JSON.replace("{", "{{").replace("}", "}}"),
+      "--dtype", "bfloat16"], "error: cannot write {dir}/x.safetensors: a safetensors file cannot hold bfloat16"),
+])
+def test_cli_error_messages(tmp_path, capsys, args, first_line):
+    save_weights(random_weights(SMALL), tmp_path / "w.pt", "torch", SMALL)
+    assert main([a.format(dir=tmp_path) for a in args]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(first_line.format(dir=tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pt"]
+
+
+def test_cli_reports_wrong_config_with_a_hint(tmp_path, capsys):
+    save_weights(random_weights(SMALL), tmp_path / "w.pt", "torch", SMALL)
+    assert main([str(tmp_path / "w.pt"), str(tmp_path / "x.ckpt")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert all(line.startswith(("error: ", "hint: ")) for line in err)
+    assert err[-1].startswith("hint: no config given") and "--config" in err[-1]
