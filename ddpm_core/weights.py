@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import warnings
@@ -322,7 +323,7 @@ def _read_torch(path: Path) -> _Raw:
                                 "when loaded, or a corrupt one; only tensors and plain containers are accepted)"],
                                f"cannot read {path}") from None
         raise WeightsError([f"not a readable PyTorch file ({_one_line(e)})"], f"cannot read {path}") from None
-    except (RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+    except Exception as e:  # the zip and pickle readers raise many types for damaged bytes
         raise WeightsError([f"truncated or not a PyTorch file ({_one_line(e)})"], f"cannot read {path}") from None
     if not isinstance(obj, Mapping):
         raise WeightsError([f"holds a {type(obj).__name__}, not a state_dict"], f"cannot read {path}")
@@ -357,11 +358,15 @@ def _import_mindspore():
 
 def _read_mindspore(path: Path) -> _Raw:
     ms = _import_mindspore()
+    quiet = logging.root.manager.disable
+    logging.disable(logging.ERROR)  # MindSpore logs its own "[ERROR] Failed to read" before raising
     try:
         params = ms.load_checkpoint(str(path))
     except (ValueError, RuntimeError, TypeError, OSError) as e:
         raise WeightsError([f"truncated or not a MindSpore checkpoint ({_one_line(e)})"],
                            f"cannot read {path}") from None
+    finally:
+        logging.disable(quiet)
     entries, dtypes = {}, {}
     for name, p in params.items():
         dtypes[name] = str(p.dtype).lower()

@@ -292,6 +292,8 @@ def ms_trained(tmp_path_factory):
          rng.standard_normal((2, 3, 8, 8)).astype(np.float32))
     trained = ms_to_torch({name: p.asnumpy() for name, p in model.parameters_and_names()}, CONVNEXT)
     ms.save_checkpoint(optimizer, str(folder / "optimizer.ckpt"))
+    ms.save_checkpoint(nn.TrainOneStepCell(nn.WithLossCell(model, nn.MSELoss()), optimizer),
+                       str(folder / "train_one_step.ckpt"))  # these wrappers add no prefix (auto_prefix=False)
 
     class TrainState(nn.Cell):  # a cell holding both, as one would write to save "everything"
         def __init__(self, network, opt):
@@ -302,7 +304,8 @@ def ms_trained(tmp_path_factory):
     return folder, trained
 
 
-@pytest.mark.parametrize("file, prefix", [("optimizer.ckpt", ""), ("train_state.ckpt", "optimizer.")])
+@pytest.mark.parametrize("file, prefix", [("optimizer.ckpt", ""), ("train_one_step.ckpt", ""),
+                                          ("train_state.ckpt", "optimizer.")])
 def test_mindspore_adam_checkpoint_extras_are_skipped_and_reported(ms_trained, file, prefix):
     folder, trained = ms_trained
     loaded = load_weights(folder / file, config=CONVNEXT)
