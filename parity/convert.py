@@ -56,7 +56,8 @@ def parse_config(text: str) -> UnetConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m parity.convert", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m parity.convert", description="Move U-Net weights between PyTorch (.pt/.pth), MindSpore (.ckpt) and .safetensors "
+                                "files, strictly and exactly (docs/weights.md).")
     p.add_argument("src", help="source file: .pt/.pth (PyTorch), .ckpt (MindSpore) or .safetensors")
     p.add_argument("dst", nargs="?", help="destination file; its extension picks the format")
     p.add_argument("--config", help="UnetConfig as JSON or a JSON file path (default: the file's metadata, "
