@@ -1,5 +1,168 @@
-"""Shared fixtures. ``twin`` runs a behaviour test once per framework."""
+"""Shared fixtures. ``twin`` runs a behaviour test once per framework.
+
+A ``Twin`` adapter hides the framework behind numpy: build a Unet from a ``UnetConfig``, load a
+``{torch_name: ndarray}`` weight dict (through ``ddpm_core.naming``), run a forward pass numpy in /
+numpy out, list the live parameters. Tests written against it run unchanged for both twins.
+"""
 import os
 
 # MindSpore's oneDNN must see this before its first CPU kernel (docs/performance.md).
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+
+import functools  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import mindspore as ms  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import ddpm_ms  # noqa: E402
+import ddpm_torch  # noqa: E402
+from ddpm_core.config import TUTORIAL_DIFFUSION, DiffusionConfig, UnetConfig  # noqa: E402
+from ddpm_core.naming import LAYOUT_RULES, unet_parameters  # noqa: E402
+
+# In a process where MindSpore has run a CPU kernel, PyTorch's intra-op thread pool fights MindSpore's
+# runtime threads: on the 2-core CI machine a tutorial-config forward took 3-5 s with 2 torch threads and
+# 0.15-0.25 s with 1 (measured). The tests use tiny tensors; one thread loses nothing.
+torch.set_num_threads(1)
+
+NORM_MODULES = ("GroupNorm", "LayerNorm")
+
+
+class Twin:
+    """What a behaviour test needs from one framework, numpy in and numpy out."""
+
+    name: str
+    Unet: type
+    GaussianDiffusion: type
+
+    def build(self, cfg: UnetConfig) -> Any:
+        return self.Unet.from_config(cfg)
+
+    def diffusion(self, cfg: DiffusionConfig = TUTORIAL_DIFFUSION) -> Any:
+        return self.GaussianDiffusion(cfg)
+
+    def build_loaded(self, cfg: UnetConfig, weights: dict[str, np.ndarray]) -> Any:
+        model = self.build(cfg)
+        self.load(model, weights)
+        return model
+
+    def forward(self, model: Any, x: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
+        """``model(x, t)`` on tensors made from the arrays as they are (dtypes kept)."""
+        return self.to_numpy(model(self.tensor(x), None if t is None else self.tensor(t)))
+
+    def __repr__(self) -> str:
+        return f"Twin({self.name})"
+
+
+class TorchTwin(Twin):
+    name = "torch"
+    Unet = ddpm_torch.Unet
+    GaussianDiffusion = ddpm_torch.GaussianDiffusion
+
+    def tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+    def load(self, model: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
+        """Strict: every key present, no extra key, every shape equal (``load_state_dict`` checks all)."""
+        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()}, strict=True)
+
+    def forward(self, model: Any, x: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
+        with torch.no_grad():
+            return super().forward(model, x, t)
+
+    def parameters(self, model: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+        return [(n, tuple(p.shape)) for n, p in model.named_parameters()]
+
+    def table_names(self, cfg: UnetConfig) -> list[tuple[str, tuple[int, ...]]]:
+        return [(s.torch_name, s.shape) for s in unet_parameters(cfg)]
+
+    def toy_model(self) -> Callable:
+        """eps(x, t) = 0.9 x + 0.001 t: cheap, with the numpy twin ``toy_model_np``."""
+        return lambda x, t: x * 0.9 + t.to(x.dtype).reshape(-1, 1, 1, 1) * 0.001
+
+
+class MsTwin(Twin):
+    name = "ms"
+    Unet = ddpm_ms.Unet
+    GaussianDiffusion = ddpm_ms.GaussianDiffusion
+
+    def tensor(self, a: np.ndarray) -> ms.Tensor:
+        return ms.Tensor(np.ascontiguousarray(a))
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return x.asnumpy() if isinstance(x, ms.Tensor) else np.asarray(x)
+
+    def load(self, model: ms.nn.Cell, weights: dict[str, np.ndarray]) -> None:
+        """Strict, through the parameter table: torch name -> ms name, layout rule, shape checked."""
+        specs = unet_parameters(model.config)
+        params = {p.name: p for p in model.get_parameters()}
+        assert sorted(params) == sorted(s.ms_name for s in specs), "live MindSpore names differ from the table"
+        assert sorted(weights) == sorted(s.torch_name for s in specs), "weight keys differ from the table"
+        for s in specs:
+            arr = LAYOUT_RULES[s.rule][0](np.array(weights[s.torch_name], dtype=np.float32))
+            assert tuple(params[s.ms_name].shape) == arr.shape, f"{s.ms_name}: {params[s.ms_name].shape} != {arr.shape}"
+            params[s.ms_name].set_data(ms.Tensor(arr))
+
+    def parameters(self, model: ms.nn.Cell) -> list[tuple[str, tuple[int, ...]]]:
+        return [(p.name, tuple(p.shape)) for p in model.get_parameters()]
+
+    def table_names(self, cfg: UnetConfig) -> list[tuple[str, tuple[int, ...]]]:
+        return [(s.ms_name, s.shape) for s in unet_parameters(cfg)]
+
+    def toy_model(self) -> Callable:
+        return lambda x, t: x * 0.9 + t.astype(x.dtype).reshape(-1, 1, 1, 1) * 0.001
+
+
+def toy_model_np(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The numpy twin of ``Twin.toy_model`` (float64)."""
+    return x * 0.9 + t.astype(np.float64).reshape(-1, 1, 1, 1) * 0.001
+
+
+TWINS = {"torch": TorchTwin(), "ms": MsTwin()}
+
+
+@pytest.fixture(params=sorted(TWINS, reverse=True))
+def twin(request) -> Twin:
+    """Each twin in turn: ``torch`` then ``ms``."""
+    return TWINS[request.param]
+
+
+@pytest.fixture(scope="session")
+def torch_twin() -> Twin:
+    return TWINS["torch"]
+
+
+@pytest.fixture(scope="session")
+def ms_twin() -> Twin:
+    return TWINS["ms"]
+
+
+@functools.lru_cache(maxsize=None)
+def seeded_weights(cfg: UnetConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic ``{torch_name: float32 ndarray}`` for ``Unet(cfg)``: PyTorch's default init under
+    ``torch.manual_seed(seed)``, then every norm gain/bias moved off 1/0 by 0.1 * N(0, 1) (seeded) so a
+    swapped or dropped norm parameter cannot hide behind the identity init. Arrays are read-only."""
+    torch.manual_seed(seed)
+    model = ddpm_torch.Unet.from_config(cfg)
+    gen = torch.Generator().manual_seed(seed + 1)
+    norm_names = {s.torch_name for s in unet_parameters(cfg) if s.module in NORM_MODULES}
+    out = {}
+    for name, p in model.state_dict().items():
+        a = p.detach().clone()
+        if name in norm_names:
+            a += 0.1 * torch.randn(a.shape, generator=gen)
+        arr = a.numpy().astype(np.float32)
+        arr.setflags(write=False)
+        out[name] = arr
+    return out
+
+
+@pytest.fixture(scope="session")
+def make_weights() -> Callable[..., dict[str, np.ndarray]]:
+    """``make_weights(cfg, seed=0)`` -> cached deterministic torch-named weights (see ``seeded_weights``)."""
+    return lambda cfg, seed=0: dict(seeded_weights(cfg, seed))
