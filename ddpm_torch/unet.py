@@ -25,6 +25,8 @@ from ddpm_torch.layers import (
     gelu,
 )
 
+INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
 
 class Unet(nn.Module):
     """``Unet(dim, init_dim, out_dim, dim_mults, channels, with_time_emb, convnext_mult)`` as in the tutorial;
@@ -116,7 +118,7 @@ class Unet(nn.Module):
         check_unet_input(self.config, tuple(x.shape), None if time is None else tuple(time.shape))
         if x.dtype != self.init_conv.weight.dtype:
             raise ValueError(f"x is {x.dtype} but the model's weights are {self.init_conv.weight.dtype}")
-        if time is not None and (time.dtype.is_floating_point or time.dtype.is_complex):
+        if time is not None and time.dtype not in INTEGER_DTYPES:
             raise ValueError(f"timesteps t must be an integer tensor, got {time.dtype}")
 
         x = self.init_conv(x)
