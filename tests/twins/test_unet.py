@@ -80,13 +80,14 @@ ERROR_MODEL = UnetConfig(dim=8, channels=1, dim_mults=(1, 2, 4))
         ((2, 1, 8, 10), np.float32, np.array([1, 2], np.int32), "image size 8x10 is not a multiple of 4"),
         ((2, 3, 8, 8), np.float32, np.array([1, 2], np.int32), "x has 3 channels but the model was built with channels=1"),
         ((2, 1, 8, 8), np.float32, np.array([1.0, 2.0], np.float32), "timesteps t must be an integer tensor"),
+        ((2, 1, 8, 8), np.float32, np.array([True, False]), "timesteps t must be an integer tensor"),
         ((2, 1, 8, 8), np.float64, np.array([1, 2], np.int32), "x is .*[Ff]loat64.* but the model's weights are .*[Ff]loat32"),
         ((2, 1, 8, 8), np.float32, np.array([[1], [2]], np.int32), r"t must have shape \(batch,\) = \(2,\), got \(2, 1\)"),
         ((2, 1, 8, 8), np.float32, np.array([1, 2, 3], np.int32), r"t must have shape \(batch,\) = \(2,\), got \(3,\)"),
         ((2, 1, 8, 8), np.float32, None, "this model has a time embedding: pass timesteps t"),
         ((1, 8, 8), np.float32, np.array([1], np.int32), r"x must be \(batch, channels, height, width\)"),
     ],
-    ids=["size", "size-nonsquare", "channels", "float-t", "float64-x", "t-2d", "t-batch", "t-missing", "x-3d"],
+    ids=["size", "size-nonsquare", "channels", "float-t", "bool-t", "float64-x", "t-2d", "t-batch", "t-missing", "x-3d"],
 )
 def test_bad_input_raises_clear_value_error(twin, x_shape, x_dtype, t, match):
     model = twin.build(ERROR_MODEL)
