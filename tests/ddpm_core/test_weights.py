@@ -12,6 +12,7 @@ import pytest
 
 from ddpm_core.config import TUTORIAL_UNET, DiffusionConfig, UnetConfig
 from ddpm_core.naming import unet_parameters
+from ddpm_core import formats
 from ddpm_core import weights as W
 from ddpm_core.weights import (
     WeightsError,
@@ -252,13 +253,13 @@ def test_failed_write_leaves_destination_untouched(tmp_path, ext, monkeypatch):
     bad.pop("init_conv.weight")
     with pytest.raises(WeightsError, match="missing: init_conv.weight"):
         save_weights(bad, dst, "torch", CONVNEXT)
-    fmt = W.FORMATS[ext]
+    fmt = formats.FORMATS[ext]
 
     def half_written(path, *args):
         Path(path).write_bytes(b"partial")
         raise RuntimeError("disk full")
 
-    monkeypatch.setitem(W._WRITERS, fmt, half_written)
+    monkeypatch.setitem(formats.WRITERS, fmt, half_written)
     with pytest.raises(RuntimeError, match="disk full"):
         save_weights(random_weights(CONVNEXT), dst, "torch", CONVNEXT)
     assert dst.read_bytes() == b"old content" and files_in(tmp_path) == [dst.name]

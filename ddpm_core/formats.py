@@ -1,0 +1,201 @@
+"""Weight files on disk: the readers and writers of ``.pt``/``.pth`` (PyTorch), ``.ckpt`` (MindSpore)
+and ``.safetensors``, and the error type every weight problem is reported with.
+
+Rules it keeps: each framework (and safetensors) is imported inside the reader or writer of its own
+format, never at import time; PyTorch files are read with ``torch.load(weights_only=True)``; a file
+that cannot be read is one ``WeightsError`` naming it. ``ddpm_core.weights`` builds the strict,
+atomic ``load_weights``/``save_weights`` on top of these.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from ddpm_core.config import UnetConfig
+
+FORMATS = {".pt": "torch", ".pth": "torch", ".ckpt": "mindspore", ".safetensors": "safetensors"}
+"""file extension -> format. ``torch`` files are written in torch naming, ``mindspore`` in ms naming,
+``safetensors`` in the naming given (recorded in its metadata)."""
+SAFETENSORS_FORMAT = "ddpm-parity-weights"
+SAFETENSORS_VERSION = "1"
+BFLOAT16_FORMATS = ("torch", "mindspore")
+_MODEL_ENTRIES = ("model", "state_dict")
+"""A PyTorch checkpoint dict holding one of these entries keeps the weights there; the rest are extras."""
+
+
+class WeightsError(ValueError):
+    """Weights that do not fit a model, or a file that cannot be read or written: ``problems`` holds
+    one message per offending key; ``hint`` (optional) says what to try."""
+
+    def __init__(self, problems: list[str], context: str = "weights do not match the model", hint: str = ""):
+        self.problems, self.context, self.hint = list(problems), context, hint
+        lines = self.problems
+        text = f"{context}: {lines[0]}" if len(lines) == 1 else f"{context}:\n  " + "\n  ".join(lines)
+        super().__init__(text + (f"\n  hint: {hint}" if hint else ""))
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file entry that is not a model parameter, and the rule that recognised it."""
+
+    name: str
+    reason: str
+
+
+def format_of(path: str | os.PathLike) -> str:
+    """The format a path's extension names, or a ``WeightsError``."""
+    ext = Path(path).suffix.lower()
+    if ext not in FORMATS:
+        raise WeightsError([f"unknown extension {ext or '(none)'!r}; use one of {', '.join(FORMATS)}"], str(path))
+    return FORMATS[ext]
+
+
+@dataclass
+class RawFile:
+    entries: dict[str, Any]
+    dtypes: dict[str, str]
+    extras: list[Skipped] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def one_line(e: BaseException) -> str:
+    """The exception's type and first sentence, for a one-line message."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    first = lines[0].split(". ")[0][:200] if lines else "no message"
+    return f"{type(e).__name__}: {first}"
+
+
+def _read_torch(path: Path) -> RawFile:
+    import pickle
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        glob = re.search(r"GLOBAL ([\w.]+)", text)
+        operand = re.search(r"Unsupported operand \d+", text)
+        if glob or operand or "Weights only load failed" in text:
+            detail = (f"the pickle references {glob.group(1)}, which is not allowed" if glob else
+                      operand.group(0) if operand else "it holds objects other than tensors and plain containers")
+            raise WeightsError([f"refused by torch.load(weights_only=True): {detail} (a file that would run code "
+                                "when loaded, or a corrupt one; only tensors and plain containers are accepted)"],
+                               f"cannot read {path}") from None
+        raise WeightsError([f"not a readable PyTorch file ({one_line(e)})"], f"cannot read {path}") from None
+    except Exception as e:  # the zip and pickle readers raise many types for damaged bytes
+        raise WeightsError([f"truncated or not a PyTorch file ({one_line(e)})"], f"cannot read {path}") from None
+    if not isinstance(obj, Mapping):
+        raise WeightsError([f"holds a {type(obj).__name__}, not a state_dict"], f"cannot read {path}")
+    extras = []
+    inner = [k for k in _MODEL_ENTRIES if isinstance(obj.get(k), Mapping)]
+    if len(inner) > 1:
+        raise WeightsError([f"holds both {inner[0]!r} and {inner[1]!r}: cannot tell which is the model"],
+                           f"cannot read {path}")
+    if inner:
+        extras = [Skipped(str(k), "training extra in the checkpoint dict") for k in obj if k != inner[0]]
+        obj = obj[inner[0]]
+    entries, dtypes = {}, {}
+    for name, value in obj.items():
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu()
+            dtypes[name] = str(value.dtype).removeprefix("torch.")
+            try:
+                value = value.numpy()
+            except TypeError:  # bfloat16 / float8: widened exactly to float32
+                value = value.float().numpy()
+        entries[str(name)] = value
+    return RawFile(entries, dtypes, extras)
+
+
+def _import_mindspore():
+    """MindSpore, with oneDNN's instruction set pinned before its first kernel (as ``ddpm_ms`` does)."""
+    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+    import mindspore
+
+    return mindspore
+
+
+def _read_mindspore(path: Path) -> RawFile:
+    ms = _import_mindspore()
+    quiet = logging.root.manager.disable
+    logging.disable(logging.ERROR)  # MindSpore logs its own "[ERROR] Failed to read" before raising
+    try:
+        params = ms.load_checkpoint(str(path))
+    except (ValueError, RuntimeError, TypeError, OSError) as e:
+        raise WeightsError([f"truncated or not a MindSpore checkpoint ({one_line(e)})"],
+                           f"cannot read {path}") from None
+    finally:
+        logging.disable(quiet)
+    entries, dtypes = {}, {}
+    for name, p in params.items():
+        dtypes[name] = str(p.dtype).lower()
+        entries[name] = p.astype(ms.float32).asnumpy() if p.dtype == ms.bfloat16 else p.asnumpy()
+    return RawFile(entries, dtypes)
+
+
+def _read_safetensors(path: Path) -> RawFile:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            metadata = dict(f.metadata() or {})
+            entries = {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as e:  # safetensors raises its own SafetensorError (and TypeError for BF16 in numpy)
+        raise WeightsError([f"truncated or not a safetensors file ({one_line(e)})"],
+                           f"cannot read {path}") from None
+    version = metadata.get("format_version", SAFETENSORS_VERSION)
+    if version != SAFETENSORS_VERSION:
+        raise WeightsError([f"format_version {version!r}; this reader knows {SAFETENSORS_VERSION!r}"],
+                           f"cannot read {path}")
+    return RawFile(entries, {k: v.dtype.name for k, v in entries.items()}, metadata=metadata)
+
+
+def _write_torch(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: UnetConfig, dtype: str | None):
+    import torch
+
+    tensors = {n: torch.from_numpy(np.array(v)) for n, v in state.items()}
+    if dtype == "bfloat16":
+        tensors = {n: t.to(torch.bfloat16) for n, t in tensors.items()}
+    torch.save(tensors, path)
+
+
+def _write_mindspore(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: UnetConfig, dtype: str | None):
+    ms = _import_mindspore()
+    items = []
+    for n, v in state.items():
+        t = ms.Tensor(np.array(v))
+        items.append({"name": n, "data": t.astype(ms.bfloat16) if dtype == "bfloat16" else t})
+    named = path.with_name(path.name + ".ckpt")  # ms.save_checkpoint appends .ckpt to any other name
+    try:
+        ms.save_checkpoint(items, str(named))
+        os.chmod(named, 0o600)  # MindSpore makes it read-only; atomic_write sets the final mode
+        os.replace(named, path)
+    finally:
+        if named.exists():
+            named.unlink()
+
+
+def _write_safetensors(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: UnetConfig, dtype: str | None):
+    from safetensors.numpy import save_file
+
+    metadata = {"format": SAFETENSORS_FORMAT, "format_version": SAFETENSORS_VERSION, "naming": naming,
+                "unet_config": cfg.to_json()}
+    save_file({n: np.ascontiguousarray(v) for n, v in state.items()}, path, metadata=metadata)
+
+
+READERS: dict[str, Callable[[Path], RawFile]] = {
+    "torch": _read_torch, "mindspore": _read_mindspore, "safetensors": _read_safetensors,
+}
+WRITERS: dict[str, Callable[..., None]] = {
+    "torch": _write_torch, "mindspore": _write_mindspore, "safetensors": _write_safetensors,
+}
