@@ -10,6 +10,7 @@ with the learning rate given as one float or as MindSpore's per-global-step list
 """
 from __future__ import annotations
 
+import copy
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -45,7 +46,7 @@ class MindSporeAdam(torch.optim.Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
-        state_dict = dict(state_dict)
+        state_dict = copy.deepcopy(dict(state_dict))  # never alias another optimizer's moments
         extra = state_dict.pop("mindspore_adam")
         super().load_state_dict(state_dict)
         self.global_step = int(extra["global_step"])
