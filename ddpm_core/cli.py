@@ -1,0 +1,171 @@
+"""The command lines of both twins, defined once so their options and defaults cannot drift:
+``train``, ``sample`` and ``noise_strip`` parsers, and the guard that turns a user's mistake into
+one line on stderr and exit status 2.
+
+Rule: a twin's ``main`` only adds its framework; every option, default and help text lives here.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+EXIT_USAGE = 2
+JIT_CHOICES = ("auto", "on", "off")
+JIT_HELP = ("compile the U-Net into a graph: 'auto' is on for MindSpore (ms.jit, ~5-10x faster than "
+            "PyNative on CPU) and off for PyTorch (eager is fast; 'on' uses torch.compile, which needs a C++ "
+            "compiler and minutes to compile)")
+
+
+class UserError(Exception):
+    """A problem with the user's input (a file, a folder, an option); printed as one line, exit 2."""
+
+
+def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Call ``main(argv)``; a ``UserError`` (or a ``WeightsError`` from reading weights) becomes ``error: <message>`` on stderr and status 2,
+    without a traceback. Anything else is a bug and keeps its traceback."""
+    from ddpm_core.weights import WeightsError
+
+    try:
+        return int(main(argv) or 0)
+    except (UserError, WeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _diffusion_options(p: argparse.ArgumentParser, required_defaults: bool) -> None:
+    """T, schedule (and for training, loss). ``required_defaults`` False leaves them None (taken from
+    the model's config file when there is one)."""
+    from ddpm_core.config import LOSS_TYPES, SCHEDULES
+
+    d = (lambda v: v) if required_defaults else (lambda v: None)
+    p.add_argument("--timesteps", type=positive_int, default=d(200), help="diffusion steps T (tutorial: 200)")
+    p.add_argument("--schedule", choices=SCHEDULES, default=d("linear"), help="beta schedule (tutorial: linear)")
+    if required_defaults:
+        p.add_argument("--loss", choices=LOSS_TYPES, default="huber", help="training loss (tutorial: huber)")
+
+
+def train_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, description="Train the tutorial's DDPM on Fashion-MNIST or a folder of images (docs/training.md).")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="DIR", help="Fashion-MNIST IDX files (plain or .gz) or ROOT/<class>/<image>")
+    g.add_argument("--data-format", choices=("auto", "fashion-mnist", "image-folder"), default="auto",
+                   help="default: detected from the folder")
+    g.add_argument("--image-size", type=positive_int, default=28,
+                   help="train at this size; images are resized and center-cropped (tutorial: 28)")
+    g.add_argument("--channels", type=positive_int, default=None,
+                   help="1 (grayscale) or 3 (RGB); default 1 for Fashion-MNIST, 3 for image folders")
+    g.add_argument("--workers", type=non_negative_int, default=0,
+                   help="data-loading workers (0: in the main process)")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", metavar="RUN_DIR", help="new run folder: log, checkpoints, exported weights")
+    g.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last complete checkpoint")
+    g.add_argument("--epochs", type=positive_int, default=10, help="epochs; also sets the learning-rate decay (tutorial: 10)")
+    g.add_argument("--max-steps", type=positive_int, default=None,
+                   help="stop after this many global steps in all (the schedule still spans --epochs)")
+    g.add_argument("--save-every", type=positive_int, default=1000, help="checkpoint every N steps (and at the end)")
+    g.add_argument("--keep", type=positive_int, default=2, help="checkpoints to keep (the newest)")
+    g.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seeds the initial weights and the per-step tape (batches, flips, t, noise)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--jit", choices=JIT_CHOICES, default="auto", help=JIT_HELP)
+    g = p.add_argument_group("optimizer")
+    g.add_argument("--batch-size", type=positive_int, default=16, help="global batch size (tutorial: 16)")
+    g.add_argument("--lr", type=float, default=1e-4, help="max_lr of nn.cosine_decay_lr (tutorial: 1e-4)")
+    g.add_argument("--min-lr", type=float, default=1e-7, help="min_lr of nn.cosine_decay_lr (tutorial: 1e-7)")
+    g = p.add_argument_group("model")
+    g.add_argument("--dim", type=positive_int, default=None, help="U-Net base width (tutorial: dim=image_size)")
+    g.add_argument("--dim-mults", type=int_list, default=(1, 2, 4), help="comma-separated (tutorial: 1,2,4)")
+    g.add_argument("--init-weights", metavar="PATH", default=None,
+                   help="start from these weights (.pt/.ckpt/.safetensors) instead of the seeded initialisation")
+    _diffusion_options(p, required_defaults=True)
+    return p
+
+
+RESUME_OVERRIDABLE = ("data", "workers", "max_steps", "save_every", "keep", "no_progress")
+"""Options ``--resume`` may change: they do not move the loss curve (the data must still hold the same examples)."""
+
+
+def explicit_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """The destinations of the options actually written in ``argv``."""
+    probe = argparse.ArgumentParser(add_help=False)
+    for action in parser._actions:
+        if action.option_strings and not isinstance(action, argparse._HelpAction):
+            kwargs = {"dest": action.dest, "default": argparse.SUPPRESS}
+            if action.nargs == 0:
+                kwargs["action"] = "store_const"
+                kwargs["const"] = True
+            probe.add_argument(*action.option_strings, **kwargs)
+    known, _ = probe.parse_known_args(list(argv))
+    return set(vars(known))
+
+
+def sample_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Sample images from trained weights and save a grid and a GIF.")
+    p.add_argument("--weights", required=True, metavar="PATH", help=".pt, .ckpt or .safetensors (a run's model.*)")
+    p.add_argument("--config", metavar="PATH", default=None,
+                   help="config.json of the run (Unet and diffusion); default: the safetensors metadata, "
+                        "config.json beside the weights, else the tutorial's")
+    p.add_argument("--n", type=positive_int, default=64, help="number of samples (tutorial: 64)")
+    p.add_argument("--out", default="samples.png", help="grid of the final samples (PNG)")
+    p.add_argument("--gif", default=None, help="animated GIF of the denoising of --gif-index samples")
+    p.add_argument("--gif-index", type=int_list, default=(0,), help="samples shown in the GIF, side by side")
+    p.add_argument("--gif-frames", type=positive_int, default=40, help="frames in the GIF (the states are subsampled)")
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
+    p.add_argument("--steps", type=positive_int, default=None, help="DDIM steps (default 50; DDPM always uses T)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0: deterministic)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="sample i's noise depends on (seed, i) only")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="samples denoised at once")
+    p.add_argument("--image-size", type=positive_int, default=None,
+                   help="default: the run's (config.json), else the model's dim (the tutorial's dim=image_size)")
+    p.add_argument("--scale", type=positive_int, default=2, help="pixel scale of the pictures")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--jit", choices=JIT_CHOICES, default="auto", help=JIT_HELP)
+    _diffusion_options(p, required_defaults=False)
+    return p
+
+
+def noise_strip_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="The tutorial's forward-diffusion figure: one image at several t.")
+    p.add_argument("image", help="any image file")
+    p.add_argument("--out", default="strip.png", help="output PNG")
+    p.add_argument("--image-size", type=positive_int, default=128, help="resize + center crop (tutorial: 128)")
+    p.add_argument("--t", type=int_list, default=(0, 50, 100, 150, 199), help="timesteps shown (tutorial: 0,50,100,150,199)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--scale", type=positive_int, default=1)
+    _diffusion_options(p, required_defaults=True)
+    return p

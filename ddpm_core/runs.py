@@ -1,0 +1,388 @@
+"""A training run, framework-neutral: its folder, its settings, its log, its checkpoints and the loop
+that drives a twin's ``Trainer`` and ``TrainingData`` through the per-step tape (docs/training.md).
+
+RUN_DIR layout:
+  run.json                  the resolved settings (written once, atomically); ``--resume`` reads them back
+  config.json               {"unet", "diffusion", "image_size"}: what ``sample --config`` reads
+  log.jsonl                 one line per step: {"step", "epoch", "loss", "lr"} (append-only, flushed per line)
+  checkpoints/step_NNNNNNNNN.{pt|ckpt}   model + optimizer + progress after NNNNNNNNN steps
+  latest.json               {"step", "checkpoint", "sha256", "bytes"}: written after its checkpoint, atomically
+  model.{pt|ckpt}, model.safetensors    the final weights, exported through ``ddpm_core.weights``
+
+Rules it keeps:
+  * a file is either complete or absent: checkpoints, pointer, settings and exports go through
+    ``ddpm_core.atomic``; the pointer names a checkpoint only after that checkpoint is in place, so a run
+    killed at any instant resumes from the last complete checkpoint;
+  * resuming replays nothing and skips nothing: the log is cut back to the checkpoint's step and the tape
+    is a function of (seed, step), so the resumed loss curve equals an uninterrupted one exactly, given the
+    same numerics (library versions, oneDNN instruction set, PyTorch threads: recorded in each checkpoint,
+    and a warning if they changed);
+  * ``DDPM_KILL_AT`` (``after-step:K``, ``during-save:K``, ``before-pointer:K``) sends the process a real
+    SIGKILL at that point; the tests use it to interrupt runs deterministically.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ddpm_core.atomic import atomic_write, atomic_write_bytes
+from ddpm_core.cli import RESUME_OVERRIDABLE, UserError, explicit_options, train_parser
+from ddpm_core.config import DiffusionConfig, UnetConfig
+from ddpm_core.datasets import DataSpec, make_stage_dir, prepare_data
+from ddpm_core.schedules import cosine_decay_lr
+from ddpm_core.train_tape import (
+    TAPE_VERSION,
+    apply_flips,
+    batch_indices,
+    step_draws,
+    steps_per_epoch,
+    to_model_range,
+)
+
+CHECKPOINT_FORMAT = "ddpm-parity-train-state"
+CHECKPOINT_VERSION = 1
+KILL_ENV = "DDPM_KILL_AT"
+
+
+class RunError(UserError):
+    """A run folder that cannot be started or resumed."""
+
+
+class Trainer(Protocol):
+    """What each twin's ``train.Trainer`` provides (mirrored in ddpm_torch/train.py and ddpm_ms/train.py)."""
+
+    framework: str
+    naming: str
+    checkpoint_ext: str
+
+    def step(self, x_start: np.ndarray, t: np.ndarray, noise: np.ndarray) -> float: ...
+    def lr_position(self) -> int: ...
+    def numerics(self) -> dict[str, Any]: ...
+    def state(self) -> dict[str, np.ndarray]: ...
+    def save_checkpoint(self, path: Path, meta: dict[str, Any]) -> None: ...
+    def load_checkpoint(self, path: Path) -> dict[str, Any]: ...
+
+
+# ---------------------------------------------------------------- hooks and small helpers
+def kill_point(where: str, step: int) -> None:
+    """SIGKILL this process if ``DDPM_KILL_AT`` names ``where:step`` (a testing hook)."""
+    if os.environ.get(KILL_ENV) == f"{where}:{step}":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RunError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+
+
+# ---------------------------------------------------------------- the run folder
+class RunDir:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+        self.settings_file = self.path / "run.json"
+        self.config_file = self.path / "config.json"
+        self.log_file = self.path / "log.jsonl"
+        self.latest_file = self.path / "latest.json"
+
+    def create(self) -> None:
+        if self.settings_file.exists():
+            raise RunError(f"{self.path}: already holds a run; continue it with --resume {self.path}, or pick a new --out")
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def remove_stale_temporaries(self) -> None:
+        """Temporary files a killed process left behind (``.NAME.XXXX.tmp``, and MindSpore's ``*.tmp.ckpt``)."""
+        for folder in (self.path, self.checkpoints):
+            if folder.is_dir():
+                for f in folder.iterdir():
+                    if f.name.startswith(".") and ".tmp" in f.name and f.is_file():
+                        f.unlink()
+
+    def latest(self) -> dict[str, Any] | None:
+        """The pointer to the last complete checkpoint, verified; None if no checkpoint was completed."""
+        if not self.latest_file.exists():
+            return None
+        pointer = read_json(self.latest_file)
+        path = self.path / pointer["checkpoint"]
+        if not path.is_file():
+            raise RunError(f"{self.latest_file}: names {path}, which does not exist")
+        if path.stat().st_size != pointer["bytes"] or sha256_file(path) != pointer["sha256"]:
+            raise RunError(f"{path}: does not match the sha256 recorded in {self.latest_file}; the file was changed")
+        return pointer
+
+    def write_checkpoint(self, trainer: Trainer, step: int, meta: dict[str, Any], keep: int) -> Path:
+        path = self.checkpoints / f"step_{step:09d}{trainer.checkpoint_ext}"
+
+        def write(tmp: Path) -> None:
+            trainer.save_checkpoint(tmp, meta)
+            kill_point("during-save", step)
+
+        atomic_write(path, write)
+        kill_point("before-pointer", step)
+        write_json(self.latest_file, {"step": step, "checkpoint": str(path.relative_to(self.path)),
+                                      "bytes": path.stat().st_size, "sha256": sha256_file(path),
+                                      "framework": trainer.framework})
+        old = sorted(self.checkpoints.glob(f"step_*{trainer.checkpoint_ext}"))
+        for f in old[:-keep]:
+            f.unlink()
+        return path
+
+    def cut_log(self, step: int) -> None:
+        """Keep the log lines of steps before ``step`` (dropping a half-written last line), atomically."""
+        if not self.log_file.exists():
+            return
+        kept = []
+        for line in self.log_file.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] < step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue
+        atomic_write_bytes(self.log_file, "".join(x + "\n" for x in kept).encode())
+
+    def read_log(self) -> list[dict[str, Any]]:
+        if not self.log_file.exists():
+            return []
+        return [json.loads(line) for line in self.log_file.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------- settings
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything that decides the loss curve, resolved (no None left), as stored in run.json."""
+
+    framework: str
+    data: str
+    data_format: str
+    image_size: int
+    channels: int
+    workers: int
+    epochs: int
+    max_steps: int | None
+    save_every: int
+    keep: int
+    seed: int
+    batch_size: int
+    lr: float
+    min_lr: float
+    dim: int
+    dim_mults: tuple[int, ...]
+    timesteps: int
+    schedule: str
+    loss: str
+    jit: str
+    init_weights: str | None
+    no_progress: bool
+    examples: int = 0
+    tape_version: int = TAPE_VERSION
+
+    def unet_config(self) -> UnetConfig:
+        return UnetConfig(dim=self.dim, channels=self.channels, dim_mults=tuple(self.dim_mults))
+
+    def diffusion_config(self) -> DiffusionConfig:
+        return DiffusionConfig(timesteps=self.timesteps, schedule=self.schedule, loss_type=self.loss)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(self.examples, self.batch_size)
+
+    @property
+    def schedule_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    @property
+    def end_step(self) -> int:
+        return min(self.schedule_steps, self.max_steps or self.schedule_steps)
+
+    def learning_rates(self) -> list[float]:
+        spe = self.steps_per_epoch
+        return cosine_decay_lr(self.min_lr, self.lr, self.schedule_steps, spe, self.epochs)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["dim_mults"] = list(self.dim_mults)
+        return d
+
+
+def _settings_from_args(args: Any, framework: str) -> Settings:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings) if hasattr(args, f.name)}
+    values["dim_mults"] = tuple(values["dim_mults"])
+    if values["dim"] is None:
+        values["dim"] = args.image_size
+    return Settings(framework=framework, **values)
+
+
+def _check_settings(s: Settings) -> None:
+    try:
+        cfg = s.unet_config()
+        s.diffusion_config()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if s.image_size % cfg.size_multiple:
+        raise UserError(f"--image-size {s.image_size} is not a multiple of {cfg.size_multiple}: --dim-mults "
+                        f"{','.join(map(str, s.dim_mults))} halves the image {len(s.dim_mults) - 1} time(s)")
+    if not 0.0 <= s.min_lr < s.lr:
+        raise UserError(f"need 0 <= --min-lr < --lr, got {s.min_lr} and {s.lr}")
+
+
+def _resume_settings(parser, argv: Sequence[str], args: Any, framework: str) -> tuple[RunDir, Settings]:
+    run = RunDir(args.resume)
+    if not run.settings_file.exists():
+        raise RunError(f"{run.path}: not a run folder (no run.json); start a run with --out")
+    if args.out is not None and Path(args.out).resolve() != run.path.resolve():
+        raise RunError("--resume RUN_DIR continues RUN_DIR in place; leave out --out")
+    stored = read_json(run.settings_file)
+    if stored.get("framework") != framework:
+        raise RunError(f"{run.path}: was trained with {stored.get('framework')}; resume it with "
+                       f"python -m ddpm_{stored.get('framework')}.train")
+    explicit = explicit_options(parser, argv) - {"resume", "out"}
+    changed = sorted(k for k in explicit if k not in RESUME_OVERRIDABLE and k in stored
+                     and _jsonable(getattr(args, k)) != stored[k])
+    if changed:
+        raise RunError(f"--resume keeps the run's settings; these differ from {run.settings_file}: "
+                       + ", ".join(f"--{k.replace('_', '-')}" for k in changed)
+                       + f" (only {', '.join('--' + k.replace('_', '-') for k in RESUME_OVERRIDABLE)} may change)")
+    for k in explicit & set(RESUME_OVERRIDABLE):
+        stored[k] = _jsonable(getattr(args, k))
+    stored["dim_mults"] = tuple(stored["dim_mults"])
+    return run, Settings(**stored)
+
+
+def _jsonable(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+# ---------------------------------------------------------------- the loop
+def train_main(argv: Sequence[str] | None, prog: str, framework: str,
+               open_data: Callable[[DataSpec, int], Any], make_trainer: Callable[..., Trainer]) -> int:
+    """``python -m ddpm_<twin>.train``: parse, prepare the data, build or restore the trainer, run the loop."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = train_parser(prog)
+    args = parser.parse_args(argv)
+    if args.resume:
+        run, settings = _resume_settings(parser, argv, args, framework)
+    else:
+        if not args.out:
+            parser.error("--out RUN_DIR is required (or --resume RUN_DIR)")
+        if not args.data:
+            parser.error("--data DIR is required")
+        run, settings = RunDir(args.out), _settings_from_args(args, framework)
+    with make_stage_dir() as stage:
+        spec = prepare_data(settings.data, settings.data_format, settings.image_size, settings.channels, stage)
+        if args.resume and spec.examples != settings.examples:
+            raise RunError(f"{spec.source}: holds {spec.examples} examples, but the run was started on "
+                           f"{settings.examples}; the tape (and the loss curve) would change")
+        try:
+            steps_per_epoch(spec.examples, settings.batch_size)
+        except ValueError as e:
+            raise UserError(f"{spec.source}: {e}") from None
+        settings = dataclasses.replace(settings, data_format=spec.format, channels=spec.channels,
+                                       examples=spec.examples)
+        _check_settings(settings)
+        if not args.resume:
+            run.create()
+            write_json(run.settings_file, settings.to_json())
+            write_json(run.config_file, {"unet": settings.unet_config().to_dict(),
+                                         "diffusion": dataclasses.asdict(settings.diffusion_config()),
+                                         "image_size": settings.image_size})
+        run.remove_stale_temporaries()
+        data = open_data(spec, settings.workers)
+        return _loop(run, settings, data, make_trainer)
+
+
+def _loop(run: RunDir, s: Settings, data: Any, make_trainer: Callable[..., Trainer]) -> int:
+    from tqdm.auto import tqdm
+
+    lrs = s.learning_rates()
+    weights = None
+    if s.init_weights:
+        from ddpm_core.weights import load_weights
+
+        weights = load_weights(s.init_weights, naming="torch", config=s.unet_config()).state
+    trainer = make_trainer(s.unet_config(), s.diffusion_config(), lrs, seed=s.seed, weights=weights, jit=s.jit)
+    pointer = run.latest()
+    start = 0
+    if pointer is not None:
+        meta = trainer.load_checkpoint(run.path / pointer["checkpoint"])
+        start = int(meta["step"])
+        if meta["tape"] != {"version": TAPE_VERSION, "seed": s.seed, "next_step": start}:
+            raise RunError(f"{pointer['checkpoint']}: its tape {meta['tape']} does not continue this run")
+        if trainer.lr_position() != start:
+            raise RunError(f"{pointer['checkpoint']}: the optimizer is at step {trainer.lr_position()}, not {start}")
+        if meta.get("numerics") != trainer.numerics():
+            print(f"warning: the run began with {meta.get('numerics')} and continues with {trainer.numerics()}; "
+                  "the losses may differ from an uninterrupted run in the last bits", file=sys.stderr)
+    run.cut_log(start)
+    end = s.end_step
+    spe = s.steps_per_epoch
+    shape = (s.channels, s.image_size, s.image_size)
+    indices = np.stack([batch_indices(s.seed, k, s.examples, s.batch_size) for k in range(start, end)]) \
+        if end > start else np.zeros((0, s.batch_size), np.int64)
+    bar = tqdm(total=end, initial=start, disable=s.no_progress, desc=f"train[{s.framework}]", unit="step",
+               dynamic_ncols=True)
+    with open(run.log_file, "a") as log:
+        for step, images in zip(range(start, end), data.batches(indices)):
+            draws = step_draws(s.seed, step, s.batch_size, shape, s.timesteps)
+            x_start = to_model_range(apply_flips(images, draws.flips))
+            loss = trainer.step(x_start, draws.t, draws.noise)
+            log.write(json.dumps({"step": step, "epoch": step // spe, "loss": loss, "lr": lrs[step]}) + "\n")
+            log.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", epoch=step // spe, refresh=False)
+            kill_point("after-step", step + 1)
+            done = step + 1
+            if done % s.save_every == 0 or done == end:
+                run.write_checkpoint(trainer, done, _meta(s, trainer, done, lrs), s.keep)
+    bar.close()
+    if end > start and not math.isfinite(loss):
+        print(f"warning: the last loss is {loss}", file=sys.stderr)
+    export(run, trainer, s.unet_config())
+    print(f"{s.framework}: {end} steps in {run.path} (log.jsonl, checkpoints/, model{trainer.checkpoint_ext}, "
+          "model.safetensors)", file=sys.stderr)
+    return 0
+
+
+def _meta(s: Settings, trainer: Trainer, step: int, lrs: list[float]) -> dict[str, Any]:
+    return {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "framework": trainer.framework,
+        "step": step, "epoch": step // s.steps_per_epoch, "lr_position": trainer.lr_position(),
+        "next_lr": lrs[step] if step < len(lrs) else None,
+        "tape": {"version": TAPE_VERSION, "seed": s.seed, "next_step": step},
+        "numerics": trainer.numerics(),
+        "settings": s.to_json(),
+    }
+
+
+def export(run: RunDir, trainer: Trainer, cfg: UnetConfig) -> None:
+    """RUN_DIR/model.{pt|ckpt} in the twin's format and RUN_DIR/model.safetensors, via ``ddpm_core.weights``."""
+    from ddpm_core.weights import save_weights
+
+    state = trainer.state()
+    save_weights(state, run.path / f"model{trainer.checkpoint_ext}", trainer.naming, cfg)
+    save_weights(state, run.path / "model.safetensors", trainer.naming, cfg)

@@ -1,0 +1,168 @@
+"""Sampling and the forward-diffusion strip, framework-neutral: which config, which noise, which chunks,
+which pictures. Each twin's ``sample.py`` / ``noise_strip.py`` supplies only the model and the math.
+
+Rules it keeps:
+  * sample i depends on (seed, i) only (``ddpm_core.images.sample_noise``), so ``--n``, ``--batch-size``
+    and the framework do not change it: the same weights and seed give the same samples in both twins,
+    up to float rounding;
+  * the config comes from, in order: ``--config``, the weights file's own metadata (safetensors), a
+    ``config.json`` beside the weights (a run folder's, also for ``checkpoints/*``), else the tutorial's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddpm_core.cli import UserError, noise_strip_parser, sample_parser
+from ddpm_core.config import TUTORIAL_DIFFUSION, DiffusionConfig, UnetConfig
+from ddpm_core.datasets import DataError, check_image_files
+from ddpm_core.images import (
+    sample_noise,
+    save_gif,
+    save_grid,
+    save_png,
+    strip_noise,
+    tile,
+    to_uint8,
+)
+
+DDIM_DEFAULT_STEPS = 50
+CHUNK_BYTES = 1 << 30
+"""Per chunk of samples, the per-step noise and the returned states together stay under this."""
+
+
+def read_config_file(path: Path) -> tuple[UnetConfig | None, DiffusionConfig | None, int | None]:
+    """A run's config.json ({"unet", "diffusion", "image_size"}) or a bare UnetConfig dict."""
+    try:
+        d = json.loads(Path(path).read_text())
+        if "unet" not in d and "diffusion" not in d:
+            return UnetConfig.from_dict(d), None, None
+        unet = UnetConfig.from_dict(d["unet"]) if "unet" in d else None
+        diffusion = DiffusionConfig(**d["diffusion"]) if "diffusion" in d else None
+        return unet, diffusion, d.get("image_size")
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise UserError(f"{path}: not a usable config file ({type(e).__name__}: {e})") from None
+
+
+def find_config(weights: Path) -> Path | None:
+    """config.json beside the weights, or beside the run folder of a ``checkpoints/`` file."""
+    for folder in (weights.parent, weights.parent.parent if weights.parent.name == "checkpoints" else None):
+        if folder is not None and (folder / "config.json").is_file():
+            return folder / "config.json"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    state: dict[str, np.ndarray]  # PyTorch names
+    unet: UnetConfig
+    diffusion: DiffusionConfig
+    image_size: int
+
+
+def resolve(args: Any) -> Resolved:
+    """The weights and every config ``sample`` needs, with the command line's overrides."""
+    from ddpm_core.weights import load_weights
+
+    weights = Path(args.weights)
+    if args.config and not Path(args.config).is_file():
+        raise UserError(f"{args.config}: config file not found")
+    found = Path(args.config) if args.config else find_config(weights)
+    unet, diffusion, image_size = read_config_file(found) if found else (None, None, None)
+    loaded = load_weights(weights, naming="torch", config=unet)
+    overrides = {k: v for k, v in (("timesteps", args.timesteps), ("schedule", args.schedule)) if v is not None}
+    try:
+        diffusion = dataclasses.replace(diffusion or TUTORIAL_DIFFUSION, **overrides)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    size = args.image_size or image_size or loaded.config.dim  # the tutorial trains at image_size == dim
+    if size % loaded.config.size_multiple:
+        raise UserError(f"--image-size {size} is not a multiple of {loaded.config.size_multiple} for this model")
+    return Resolved(loaded.state, loaded.config, diffusion, size)
+
+
+def chunk_size(requested: int, steps: int, shape: tuple[int, int, int]) -> int:
+    per_sample = 2 * (steps + 1) * int(np.prod(shape)) * 4
+    return max(1, min(requested, CHUNK_BYTES // per_sample))
+
+
+Denoise = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""(x_T (b, C, H, W), per-step noise (steps, b, C, H, W)) -> states (steps, b, C, H, W), denoising order."""
+
+
+def sample_main(argv: Sequence[str] | None, prog: str, framework: str,
+                make_denoiser: Callable[..., Denoise]) -> int:
+    """``python -m ddpm_<twin>.sample``: a grid PNG of ``--n`` samples and a GIF of the chosen ones."""
+    args = sample_parser(prog).parse_args(argv)
+    r = resolve(args)
+    unet, diffusion = r.unet, r.diffusion
+    if args.sampler == "ddpm":
+        if args.steps not in (None, diffusion.timesteps):
+            raise UserError(f"--sampler ddpm takes all T={diffusion.timesteps} steps; use --sampler ddim for --steps {args.steps}")
+        steps = diffusion.timesteps
+    else:
+        steps = args.steps or min(DDIM_DEFAULT_STEPS, diffusion.timesteps)
+        if steps > diffusion.timesteps:
+            raise UserError(f"--steps {steps} exceeds T={diffusion.timesteps}")
+        if not args.eta >= 0:
+            raise UserError(f"--eta must be >= 0, got {args.eta}")
+    bad = [i for i in args.gif_index if not 0 <= i < args.n]
+    if args.gif and bad:
+        raise UserError(f"--gif-index {','.join(map(str, bad))} outside the {args.n} samples")
+    shape = (unet.channels, r.image_size, r.image_size)
+    denoise = make_denoiser(r.state, unet, diffusion, args.sampler, steps, args.eta, args.jit, not args.no_progress)
+    chunk = chunk_size(args.batch_size, steps, shape)
+    finals, gif_states = [], {}
+    for first in range(0, args.n, chunk):
+        idx = range(first, min(args.n, first + chunk))
+        drawn = [sample_noise(args.seed, i, steps, shape) for i in idx]
+        start = np.stack([d[0] for d in drawn])
+        noise = np.stack([d[1] for d in drawn], axis=1)
+        states = np.asarray(denoise(start, noise))
+        finals.append(states[-1])
+        for j, i in enumerate(idx):
+            if i in args.gif_index:
+                gif_states[i] = np.concatenate([start[None, j], states[:, j]])
+    samples = np.concatenate(finals)
+    save_grid(args.out, samples, args.scale)
+    print(f"{framework}: {args.n} samples ({args.sampler}, {steps} steps, seed {args.seed}) -> {args.out}", file=sys.stderr)
+    if args.gif:
+        frames = save_gif(args.gif, np.stack([gif_states[i] for i in args.gif_index], axis=1), args.gif_frames, args.scale)
+        print(f"{framework}: denoising of sample(s) {','.join(map(str, args.gif_index))}, {frames} frames -> {args.gif}",
+              file=sys.stderr)
+    return 0
+
+
+LoadImage = Callable[[str, int], np.ndarray]
+"""(path, size) -> (3, size, size) float32 in [0, 1], read by the framework's transforms."""
+
+
+def noise_strip_main(argv: Sequence[str] | None, prog: str, framework: str, load_image: LoadImage,
+                     make_q_sample: Callable[[DiffusionConfig], Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]]) -> int:
+    """``python -m ddpm_<twin>.noise_strip IMAGE``: the image at each ``--t``, side by side (the tutorial's figure)."""
+    args = noise_strip_parser(prog).parse_args(argv)
+    try:
+        diffusion = DiffusionConfig(timesteps=args.timesteps, schedule=args.schedule)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    bad = [t for t in args.t if not 0 <= t < diffusion.timesteps]
+    if bad:
+        raise UserError(f"--t {','.join(map(str, bad))} outside [0, {diffusion.timesteps})")
+    path = Path(args.image)
+    if not path.is_file():
+        raise DataError(f"{path}: image not found")
+    check_image_files([str(path)])
+    x01 = load_image(str(path), args.image_size)
+    x_start = (x01 * 2 - 1).astype(np.float32)[None]
+    q_sample = make_q_sample(diffusion)
+    noisy = [q_sample(x_start, np.array([t], np.int32), strip_noise(args.seed, k, x_start.shape[1:]))[0]
+             for k, t in enumerate(args.t)]
+    save_png(args.out, tile(to_uint8(np.stack(noisy)), len(noisy), args.scale))
+    print(f"{framework}: {path} at t = {','.join(map(str, args.t))} -> {args.out}", file=sys.stderr)
+    return 0

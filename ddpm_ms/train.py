@@ -1,0 +1,146 @@
+"""``python -m ddpm_ms.train --data DIR --out RUN_DIR``: the tutorial's training in MindSpore; mirrors
+ddpm_torch/train.py.
+
+The loop, the run folder and the options are shared (``ddpm_core.runs``, ``ddpm_core.cli``); this file
+holds what is MindSpore's own: the ``Trainer`` (model, the tutorial's ``nn.Adam`` over its
+``cosine_decay_lr`` list, one training step), its checkpoint file, and ``train_steps`` for training
+parity. Nothing here draws from MindSpore's RNG except the seeded initial weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn
+
+from ddpm_core.cli import run_main
+from ddpm_core.config import DiffusionConfig, UnetConfig
+from ddpm_core.runs import CHECKPOINT_FORMAT, RunError, train_main
+from ddpm_core.weights import ms_to_torch, torch_to_ms
+from ddpm_ms.data import open_data
+from ddpm_ms.diffusion import GaussianDiffusion
+from ddpm_ms.optim import make_optimizer, make_train_step
+from ddpm_ms.unet import Unet
+
+META_KEY = "ddpm_meta"
+
+
+class _Jitted:
+    """``model``'s forward as one ``ms.jit`` graph, still a "model" to the diffusion and the train step
+    (callable, ``set_train``). A plain function is jitted, not a wrapper ``Cell``: a wrapper cell would
+    prefix every parameter name with its attribute name."""
+
+    def __init__(self, model: nn.Cell):
+        self.model = model
+
+        @ms.jit
+        def forward(x, t):
+            return model(x, t)
+
+        self.forward = forward
+
+    def __call__(self, x, t):
+        return self.forward(x, t)
+
+    def set_train(self, mode: bool = True) -> None:
+        self.model.set_train(mode)
+
+
+def compiled(model: nn.Cell, jit: str) -> nn.Cell | _Jitted:
+    """``jit`` "on"/"auto": the forward as an ``ms.jit`` graph; "off": PyNative (see ``--jit``)."""
+    return _Jitted(model) if jit in ("on", "auto") else model
+
+
+class Trainer:
+    """The U-Net, its diffusion, the tutorial's ``nn.Adam`` over the per-step learning rates, and one step.
+
+    ``weights`` (PyTorch names) replaces the seeded initialisation (``ms.set_seed(seed)``)."""
+
+    framework = "ms"
+    naming = "ms"
+    checkpoint_ext = ".ckpt"
+
+    def __init__(self, unet_config: UnetConfig, diffusion_config: DiffusionConfig, lrs: Sequence[float],
+                 seed: int = 0, weights: dict[str, np.ndarray] | None = None, jit: str = "off"):
+        ms.set_seed(seed)
+        self.config = unet_config
+        self.model = Unet.from_config(unet_config)
+        if weights is not None:
+            state = torch_to_ms(weights, unet_config)
+            for p in self.model.get_parameters():
+                p.set_data(Tensor(np.array(state[p.name], dtype=np.float32)))
+        self.diffusion = GaussianDiffusion(diffusion_config)
+        self.optimizer = make_optimizer(self.model, list(lrs))
+        self._step = make_train_step(compiled(self.model, jit), self.diffusion, self.optimizer)
+
+    def step(self, x_start: np.ndarray, t: np.ndarray, noise: np.ndarray) -> float:
+        return float(self._step(x_start, t, noise).asnumpy())
+
+    def lr_position(self) -> int:
+        return int(self.optimizer.global_step.asnumpy().reshape(-1)[0])
+
+    def numerics(self) -> dict[str, Any]:
+        """What decides the last bits of a step on CPU: the library and oneDNN's instruction set."""
+        return {"mindspore": str(ms.__version__), "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA")}
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The model's weights, MindSpore names, copied (``asnumpy`` can alias a Parameter's memory)."""
+        return {p.name: np.array(p.asnumpy(), copy=True) for p in self.model.get_parameters()}
+
+    def _saved(self) -> list[ms.Parameter]:
+        """Model weights, Adam moments (``moment1.*``, ``moment2.*``), ``beta1_power``, ``beta2_power``,
+        ``global_step`` (the learning-rate position) and the ``learning_rate`` list: the optimizer's parameters."""
+        return list(self.optimizer.get_parameters())
+
+    def save_checkpoint(self, path: Path, meta: dict[str, Any]) -> None:
+        named = path.with_name(path.name + ".ckpt")  # ms.save_checkpoint appends .ckpt to any other name
+        try:
+            ms.save_checkpoint([{"name": p.name, "data": p} for p in self._saved()], str(named),
+                               append_dict={META_KEY: json.dumps(meta)})
+            os.chmod(named, 0o600)  # MindSpore makes it read-only; the atomic write sets the final mode
+            os.replace(named, path)
+        finally:
+            if named.exists():
+                named.unlink()
+
+    def load_checkpoint(self, path: Path) -> dict[str, Any]:
+        try:
+            saved = ms.load_checkpoint(str(path))
+            meta = json.loads(saved.pop(META_KEY))
+        except (ValueError, RuntimeError, TypeError, KeyError, OSError) as e:
+            raise RunError(f"{path}: not a readable training checkpoint ({type(e).__name__}: {e})") from None
+        if meta.get("format") != CHECKPOINT_FORMAT or meta.get("framework") != self.framework:
+            raise RunError(f"{path}: not a {self.framework} training checkpoint of this project")
+        params = self._saved()
+        if sorted(saved) != sorted(p.name for p in params):
+            raise RunError(f"{path}: its entries do not match this model and optimizer")
+        for p in params:
+            value = saved[p.name].asnumpy()
+            if value.shape != tuple(p.shape):
+                raise RunError(f"{path}: {p.name} has shape {value.shape}, expected {tuple(p.shape)}")
+            p.set_data(Tensor(np.array(value, copy=True), dtype=p.dtype))
+        return meta
+
+
+def train_steps(unet_config: UnetConfig, diffusion_config: DiffusionConfig, weights: dict[str, np.ndarray],
+                x_starts: np.ndarray, ts: np.ndarray, noises: np.ndarray,
+                lrs: Sequence[float]) -> tuple[list[float], dict[str, np.ndarray]]:
+    """Train from ``weights`` (PyTorch names) on a given tape: step k uses ``x_starts[k]`` (in [-1, 1]),
+    ``ts[k]``, ``noises[k]`` and learning rate ``lrs[k]``. Returns the loss of every step and the final
+    weights (PyTorch names, copied). The same function in ddpm_torch/train.py is its parity twin."""
+    trainer = Trainer(unet_config, diffusion_config, lrs, weights=weights)
+    losses = [trainer.step(x, t, n) for x, t, n in zip(x_starts, ts, noises)]
+    return losses, ms_to_torch(trainer.state(), unet_config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(lambda a: train_main(a, "python -m ddpm_ms.train", "ms", open_data, Trainer), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

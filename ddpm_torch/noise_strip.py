@@ -1,0 +1,40 @@
+"""``python -m ddpm_torch.noise_strip IMAGE --out strip.png``: the tutorial's forward-diffusion figure (the image
+at t = 0, 50, 100, 150, 199 side by side); mirrors ddpm_ms/noise_strip.py.
+
+The image is read and transformed as the tutorial's cat: ``Resize(image_size, BILINEAR)``, ``CenterCrop``,
+``ToTensor`` (here torchvision's), then scaled to [-1, 1]; the tutorial's random flip is left out so the
+figure is reproducible.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from torchvision import transforms
+
+from ddpm_core.cli import run_main
+from ddpm_core.config import DiffusionConfig
+from ddpm_core.sampling import noise_strip_main
+from ddpm_torch.data import load_image as load_pil
+from ddpm_torch.diffusion import GaussianDiffusion
+
+
+def load_image(path: str, size: int) -> np.ndarray:
+    """(3, size, size) float32 in [0, 1]."""
+    transform = transforms.Compose([transforms.Resize(size, transforms.InterpolationMode.BILINEAR),
+                                    transforms.CenterCrop(size), transforms.ToTensor()])
+    return transform(load_pil(path)).numpy()
+
+
+def make_q_sample(config: DiffusionConfig) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    diffusion = GaussianDiffusion(config)
+    return lambda x, t, noise: diffusion.q_sample(x, t, noise).numpy()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(lambda a: noise_strip_main(a, "python -m ddpm_torch.noise_strip", "torch", load_image,
+                                               make_q_sample), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""``python -m ddpm_torch.sample --weights PATH --n 64 --out samples.png --gif denoise.gif``; mirrors
+ddpm_ms/sample.py.
+
+Weights in any format ``ddpm_core.weights`` reads (a model trained by either twin); the noise of sample i
+depends on (seed, i) only, so both twins draw the same samples from the same weights (``ddpm_core.sampling``).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ddpm_core.cli import run_main
+from ddpm_core.config import DiffusionConfig, UnetConfig
+from ddpm_core.sampling import Denoise, sample_main
+from ddpm_torch.diffusion import GaussianDiffusion
+from ddpm_torch.train import compiled
+from ddpm_torch.unet import Unet
+
+
+def load_model(state: dict[str, np.ndarray], cfg: UnetConfig) -> Unet:
+    """``Unet(cfg)`` holding ``state`` (PyTorch names, strict), in eval mode."""
+    model = Unet.from_config(cfg)
+    model.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}, strict=True)
+    return model.eval()
+
+
+def make_denoiser(state: dict[str, np.ndarray], cfg: UnetConfig, diffusion_config: DiffusionConfig, sampler: str,
+                  steps: int, eta: float, jit: str, progress: bool) -> Denoise:
+    model = compiled(load_model(state, cfg), jit)
+    diffusion = GaussianDiffusion(diffusion_config)
+
+    def denoise(start: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        if sampler == "ddpm":
+            states = diffusion.p_sample_loop(model, start.shape, img=start, noise=noise, progress=progress)
+        else:
+            states = diffusion.ddim_sample_loop(model, start.shape, steps, eta, img=start, noise=noise, progress=progress)
+        return np.stack(states)
+
+    return denoise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(lambda a: sample_main(a, "python -m ddpm_torch.sample", "torch", make_denoiser), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

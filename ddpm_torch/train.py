@@ -1,0 +1,103 @@
+"""``python -m ddpm_torch.train --data DIR --out RUN_DIR``: the tutorial's training in PyTorch; mirrors
+ddpm_ms/train.py.
+
+The loop, the run folder and the options are shared (``ddpm_core.runs``, ``ddpm_core.cli``); this file
+holds what is PyTorch's own: the ``Trainer`` (model, ``MindSporeAdam`` over the tutorial's
+``cosine_decay_lr`` list, one training step), its checkpoint file, and ``train_steps`` for training
+parity. Nothing here draws from torch's RNG except the seeded initial weights.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ddpm_core.cli import run_main
+from ddpm_core.config import DiffusionConfig, UnetConfig
+from ddpm_core.runs import CHECKPOINT_FORMAT, RunError, train_main
+from ddpm_torch.data import open_data
+from ddpm_torch.diffusion import GaussianDiffusion
+from ddpm_torch.optim import make_optimizer, make_train_step
+from ddpm_torch.unet import Unet
+
+
+def compiled(model: nn.Module, jit: str) -> nn.Module:
+    """``jit`` "on": ``torch.compile(model)``; "auto"/"off": the eager model (see ``--jit``)."""
+    return torch.compile(model) if jit == "on" else model
+
+
+class Trainer:
+    """The U-Net, its diffusion, MindSpore's Adam rule over the per-step learning rates, and one step.
+
+    ``weights`` (PyTorch names) replaces the seeded initialisation (``torch.manual_seed(seed)``)."""
+
+    framework = "torch"
+    naming = "torch"
+    checkpoint_ext = ".pt"
+
+    def __init__(self, unet_config: UnetConfig, diffusion_config: DiffusionConfig, lrs: Sequence[float],
+                 seed: int = 0, weights: dict[str, np.ndarray] | None = None, jit: str = "off"):
+        torch.manual_seed(seed)
+        self.model = Unet.from_config(unet_config)
+        if weights is not None:
+            self.model.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in weights.items()},
+                                       strict=True)
+        self.diffusion = GaussianDiffusion(diffusion_config)
+        self.optimizer = make_optimizer(self.model, list(lrs))
+        self._step = make_train_step(compiled(self.model, jit), self.diffusion, self.optimizer)
+
+    def step(self, x_start: np.ndarray, t: np.ndarray, noise: np.ndarray) -> float:
+        return float(self._step(x_start, t, noise))
+
+    def lr_position(self) -> int:
+        return self.optimizer.global_step
+
+    def numerics(self) -> dict[str, Any]:
+        """What decides the last bits of a step on CPU: the library, oneDNN's instruction set, the threads."""
+        return {"torch": str(torch.__version__), "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+                "threads": torch.get_num_threads()}
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The model's weights, PyTorch names, copied."""
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
+
+    def save_checkpoint(self, path: Path, meta: dict[str, Any]) -> None:
+        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "torch_rng_state": torch.get_rng_state(), "meta": meta}, path)
+
+    def load_checkpoint(self, path: Path) -> dict[str, Any]:
+        try:
+            state = torch.load(path, weights_only=True, map_location="cpu")
+            meta = state["meta"]
+        except Exception as e:  # noqa: BLE001 - a damaged zip or pickle raises many types
+            raise RunError(f"{path}: not a readable training checkpoint ({type(e).__name__}: {e})") from None
+        if meta.get("format") != CHECKPOINT_FORMAT or meta.get("framework") != self.framework:
+            raise RunError(f"{path}: not a {self.framework} training checkpoint of this project")
+        self.model.load_state_dict(state["model"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng_state"])
+        return meta
+
+
+def train_steps(unet_config: UnetConfig, diffusion_config: DiffusionConfig, weights: dict[str, np.ndarray],
+                x_starts: np.ndarray, ts: np.ndarray, noises: np.ndarray,
+                lrs: Sequence[float]) -> tuple[list[float], dict[str, np.ndarray]]:
+    """Train from ``weights`` (PyTorch names) on a given tape: step k uses ``x_starts[k]`` (in [-1, 1]),
+    ``ts[k]``, ``noises[k]`` and learning rate ``lrs[k]``. Returns the loss of every step and the final
+    weights (PyTorch names, copied). The same function in ddpm_ms/train.py is its parity twin."""
+    trainer = Trainer(unet_config, diffusion_config, lrs, weights=weights)
+    losses = [trainer.step(x, t, n) for x, t, n in zip(x_starts, ts, noises)]
+    return losses, trainer.state()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(lambda a: train_main(a, "python -m ddpm_torch.train", "torch", open_data, Trainer), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

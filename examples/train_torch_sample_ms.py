@@ -1,0 +1,50 @@
+"""Train the tutorial's DDPM in PyTorch, convert the weights, sample them in MindSpore.
+
+    python examples/train_torch_sample_ms.py --data ~/data/fashion-mnist   # the real thing (10 epochs: hours)
+    python examples/train_torch_sample_ms.py                               # no data: a 1-minute tiny demo
+
+Each step is one command line, printed before it runs; copy them. Outputs go to --out (default ./example_torch_to_ms).
+"""
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from ddpm_core.datasets import write_synthetic_fashion_mnist
+
+TINY = ["--max-steps", "20", "--dim", "8", "--timesteps", "20", "--batch-size", "8", "--save-every", "10"]
+
+
+def run(*cmd: str) -> None:
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run([sys.executable, *cmd], check=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="Fashion-MNIST folder (train-images-idx3-ubyte[.gz], ...); default: synthetic")
+    p.add_argument("--out", default="example_torch_to_ms")
+    args = p.parse_args()
+    out = Path(args.out)
+    data, options = args.data, []
+    if data is None:  # no data given: tiny synthetic garments and a tiny model, so this runs in about a minute
+        data, options = str(write_synthetic_fashion_mnist(tempfile.mkdtemp(prefix="fashion-"))), TINY
+
+    # 1. train in PyTorch (tutorial defaults: batch 16, Adam, cosine_decay_lr 1e-4 -> 1e-7, T=200, Huber)
+    run("-m", "ddpm_torch.train", "--data", data, "--out", str(out / "run"), *options)
+    # (interrupted? `python -m ddpm_torch.train --resume RUN_DIR` continues from the last checkpoint)
+
+    # 2. convert the PyTorch weights to a MindSpore checkpoint (a .pt carries no config: pass the run's)
+    unet = json.dumps(json.loads((out / "run" / "config.json").read_text())["unet"])
+    run("-m", "parity.convert", str(out / "run" / "model.pt"), str(out / "model.ckpt"), "--config", unet)
+
+    # 3. sample in MindSpore: a grid of 16 and the denoising of two of them as a GIF
+    run("-m", "ddpm_ms.sample", "--weights", str(out / "model.ckpt"), "--config", str(out / "run" / "config.json"),
+        "--n", "16", "--out", str(out / "samples.png"), "--gif", str(out / "denoise.gif"), "--gif-index", "0,5")
+    print(f"done: {out / 'samples.png'}, {out / 'denoise.gif'}, training log {out / 'run' / 'log.jsonl'}")
+
+
+if __name__ == "__main__":
+    main()

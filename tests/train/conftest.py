@@ -1,0 +1,114 @@
+"""Fixtures for the training, sampling and data tests: tiny Fashion-MNIST IDX files (plain and .gz),
+tiny image folders, the CLI modules of each twin, and small trained runs shared by several tests.
+
+Everything is made here in temporary folders: the tests need no dataset and no network.
+"""
+from __future__ import annotations
+
+import gzip
+import importlib
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+TWIN_NAMES = ("torch", "ms")
+TINY = ["--image-size", "8", "--dim", "8", "--dim-mults", "1,2", "--timesteps", "10", "--batch-size", "4",
+        "--jit", "off", "--no-progress"]
+"""Options of a tiny training run: 8x8 images, an 8-wide two-level U-Net, T=10, batch 4, PyNative."""
+FASHION_EXAMPLES = 12
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
+    """An unsigned-byte IDX file (the Fashion-MNIST format), gzip-compressed if ``gz``."""
+    array = np.asarray(array, dtype=np.uint8)
+    data = struct.pack(">I", 0x0800 | array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape) + array.tobytes()
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def make_fashion_mnist(folder: Path, n: int = FASHION_EXAMPLES, gz: bool = False, seed: int = 0) -> Path:
+    """``n`` random 28x28 images with labels, named as Fashion-MNIST's training split."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 28, 28))
+    images[:, 0, 0] = np.arange(n)  # each image tells its index
+    suffix = ".gz" if gz else ""
+    write_idx(folder / f"train-images-idx3-ubyte{suffix}", images, gz)
+    write_idx(folder / f"train-labels-idx1-ubyte{suffix}", np.arange(n) % 10, gz)
+    return folder
+
+
+def make_image_folder(folder: Path, per_class: int = 3, classes: tuple[str, ...] = ("b", "a"),
+                      size: tuple[int, int] = (12, 10), seed: int = 0) -> Path:
+    """ROOT/<class>/<image>.png of random RGB images (width, height = ``size``)."""
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (folder / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (size[1], size[0], 3)).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / c / f"img{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def fashion_dir(tmp_path_factory) -> Path:
+    return make_fashion_mnist(tmp_path_factory.mktemp("fashion"))
+
+
+@pytest.fixture(scope="session")
+def fashion_gz_dir(tmp_path_factory) -> Path:
+    return make_fashion_mnist(tmp_path_factory.mktemp("fashion_gz"), gz=True)
+
+
+@pytest.fixture(scope="session")
+def image_dir(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("images") / "root")
+
+
+def twin_module(twin: str, name: str):
+    """``ddpm_<twin>.<name>`` (train, sample, noise_strip, data)."""
+    return importlib.import_module(f"ddpm_{twin}.{name}")
+
+
+@pytest.fixture(params=TWIN_NAMES)
+def twin_name(request) -> str:
+    """Each twin in turn, by package suffix."""
+    return request.param
+
+
+def run_cli(twin: str, name: str, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 240) -> subprocess.CompletedProcess:
+    """``python -m ddpm_<twin>.<name> ARGS`` in a subprocess (for real exit codes and real SIGKILLs).
+
+    The subprocess computes with the same numerics as this process: oneDNN's instruction set (set by
+    tests/conftest.py) and one PyTorch thread (``OMP_NUM_THREADS=1``, as ``torch.set_num_threads(1)`` there),
+    so a run continued here is comparable bit for bit with one begun there."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                "OMP_NUM_THREADS": str(torch.get_num_threads()), **(env or {})}
+    return subprocess.run([sys.executable, "-m", f"ddpm_{twin}.{name}", *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def train(twin: str, *args: str) -> int:
+    """The twin's training CLI, in this process."""
+    return twin_module(twin, "train").main(list(args))
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory) -> dict[str, Path]:
+    """A 2-step tiny run of each twin on the same data: {"torch": RUN_DIR, "ms": RUN_DIR}."""
+    data = make_fashion_mnist(tmp_path_factory.mktemp("fashion_runs"))
+    runs = {}
+    for twin in TWIN_NAMES:
+        out = tmp_path_factory.mktemp(f"run_{twin}") / "run"
+        assert train(twin, "--data", str(data), "--out", str(out), "--max-steps", "2", *TINY) == 0
+        runs[twin] = out
+    return runs
