@@ -25,6 +25,8 @@ from ddpm_core.schedules import ddim_plan, make_schedule
 
 ArrayLike = np.ndarray | Tensor
 FLOAT_DTYPES = (ms.float16, ms.bfloat16, ms.float32, ms.float64)
+DDIM_COEFS = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "sqrt_alphas_cumprod_prev", "dir_coef", "sigma")
+"""The ``DDIMPlan`` fields one DDIM step takes, in ``ddim_step``'s argument order."""
 _SMOOTH_L1 = nn.SmoothL1Loss(beta=1.0, reduction="none")
 
 
@@ -94,24 +96,68 @@ class GaussianDiffusion:
         loss = loss * self.extract(self.p2_loss_weight, t, loss.shape)
         return loss.mean()
 
+    def p_mean(self, model: nn.Cell, x: Tensor, t: Tensor) -> Tensor:
+        """Mean of p(x_{t-1} | x_t) from the model's noise prediction; pure tensor math (jit-safe, no checks)."""
+        betas_t = self.extract(self.betas, t, x.shape)
+        sqrt_one_minus_alphas_cumprod_t = self.extract(self.sqrt_one_minus_alphas_cumprod, t, x.shape)
+        sqrt_recip_alphas_t = self.extract(self.sqrt_recip_alphas, t, x.shape)
+        return sqrt_recip_alphas_t * (x - betas_t * model(x, t) / sqrt_one_minus_alphas_cumprod_t)
+
+    def p_step(self, model: nn.Cell, x: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """mean + sqrt(posterior_variance_t) * noise for a batch of (possibly different) timesteps; pure tensor
+        math (jit-safe, no checks). posterior_variance[0] is exactly 0, so rows at t = 0 get the mean alone,
+        bit for bit what ``p_sample`` returns at t_index 0."""
+        return self.p_mean(model, x, t) + ops.sqrt(self.extract(self.posterior_variance, t, x.shape)) * noise
+
     def p_sample(self, model: nn.Cell, x: ArrayLike, t: ArrayLike, t_index: int,
                  noise: ArrayLike | None = None) -> Tensor:
         """One ancestral step x_t -> x_{t-1}; at t_index 0 the mean alone."""
         x = self.tensor(x)
         t = self.timesteps_tensor(t, x.shape[0])
-        betas_t = self.extract(self.betas, t, x.shape)
-        sqrt_one_minus_alphas_cumprod_t = self.extract(self.sqrt_one_minus_alphas_cumprod, t, x.shape)
-        sqrt_recip_alphas_t = self.extract(self.sqrt_recip_alphas, t, x.shape)
-        model_mean = sqrt_recip_alphas_t * (x - betas_t * model(x, t) / sqrt_one_minus_alphas_cumprod_t)
+        model_mean = self.p_mean(model, x, t)
         if t_index == 0:
             return model_mean
         posterior_variance_t = self.extract(self.posterior_variance, t, x.shape)
         noise = ops.standard_normal(x.shape).astype(x.dtype) if noise is None else self.tensor(noise, x.dtype)
         return model_mean + ops.sqrt(posterior_variance_t) * noise
 
+    def ddim_step(self, model: nn.Cell, x: Tensor, t: Tensor, sqrt_alphas_cumprod: Tensor,
+                  sqrt_one_minus_alphas_cumprod: Tensor, sqrt_alphas_cumprod_prev: Tensor, dir_coef: Tensor,
+                  sigma: Tensor, noise: Tensor | None = None) -> Tensor:
+        """One DDIM step with this step's plan coefficients (0-d tensors); ``noise`` None adds nothing.
+        Pure tensor math (jit-safe, no checks)."""
+        eps = model(x, t)
+        x0 = (x - sqrt_one_minus_alphas_cumprod * eps) / sqrt_alphas_cumprod
+        x = sqrt_alphas_cumprod_prev * x0 + dir_coef * eps
+        if noise is not None:
+            x = x + sigma * noise
+        return x
+
+    def compiled(self, kind: str, model: nn.Cell) -> Callable:
+        """``p_step`` (kind "ddpm") or ``ddim_step`` with noise (kind "ddim") for ``model`` as one ``ms.jit``
+        graph. Cached per (kind, model): MindSpore compiles once per input shape and jit object, so one
+        compiled step serves every step of every loop on this diffusion (weights are read at run time)."""
+        cache = self.__dict__.setdefault("_compiled", {})
+        key = (kind, id(model))
+        if key not in cache:
+            if kind == "ddpm":
+                def step(x, t, noise):
+                    return self.p_step(model, x, t, noise)
+            elif kind == "ddim":
+                def step(x, t, a, s, a_prev, d, sigma, noise):
+                    return self.ddim_step(model, x, t, a, s, a_prev, d, sigma, noise)
+            else:
+                raise ValueError(f"kind must be 'ddpm' or 'ddim', got {kind!r}")
+            cache[key] = (model, ms.jit(step))
+        return cache[key][1]
+
     def p_sample_loop(self, model: nn.Cell, shape: tuple[int, ...], img: ArrayLike | None = None,
-                      noise: ArrayLike | None = None, progress: bool = False) -> list[np.ndarray]:
-        """All T states x_{T-1}, ..., x_0 (as the tutorial: the starting noise itself is not included)."""
+                      noise: ArrayLike | None = None, progress: bool = False,
+                      compiled: bool = False) -> list[np.ndarray]:
+        """All T states x_{T-1}, ..., x_0 (as the tutorial: the starting noise itself is not included).
+
+        ``compiled=True`` runs every step through one ``ms.jit`` graph of ``p_step`` (compiled on the first
+        step, about 10x faster per step on CPU); the default runs ``p_sample`` op by op (PyNative)."""
         shape = tuple(shape)
         img = ops.standard_normal(shape).astype(ms.float32) if img is None else self.tensor(img, ms.float32)
         check_same_shape("img", img.shape, shape)
@@ -122,17 +168,21 @@ class GaussianDiffusion:
         steps = range(self.timesteps - 1, -1, -1)
         for k, i in enumerate(tqdm(steps, desc="sampling loop time step", total=self.timesteps, disable=not progress)):
             t = ops.fill(ms.int32, (shape[0],), i)
-            img = self.p_sample(model, img, t, i, None if noise is None else noise[k])
+            if compiled:
+                step_noise = ops.standard_normal(shape).astype(img.dtype) if noise is None else noise[k]
+                img = self.compiled("ddpm", model)(img, t, step_noise)
+            else:
+                img = self.p_sample(model, img, t, i, None if noise is None else noise[k])
             states.append(img)
         return list(ops.stack(states).asnumpy().copy())
 
     def ddim_sample_loop(self, model: nn.Cell, shape: tuple[int, ...], steps: int, eta: float = 0.0,
                          img: ArrayLike | None = None, noise: ArrayLike | None = None,
-                         progress: bool = False) -> list[np.ndarray]:
-        """DDIM (Song et al. 2021) over ``steps`` evenly spaced timesteps; eta=0 is deterministic."""
+                         progress: bool = False, compiled: bool = False) -> list[np.ndarray]:
+        """DDIM (Song et al. 2021) over ``steps`` evenly spaced timesteps; eta=0 is deterministic.
+        ``compiled=True`` runs every step through one ``ms.jit`` graph of ``ddim_step``."""
         plan = ddim_plan(self.config, steps, eta)
-        coef = {name: Tensor(getattr(plan, name)) for name in
-                ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "sqrt_alphas_cumprod_prev", "dir_coef", "sigma")}
+        coef = {name: Tensor(getattr(plan, name)) for name in DDIM_COEFS}
         shape = tuple(shape)
         img = ops.standard_normal(shape).astype(ms.float32) if img is None else self.tensor(img, ms.float32)
         check_same_shape("img", img.shape, shape)
@@ -142,11 +192,13 @@ class GaussianDiffusion:
         states = []
         for k in tqdm(range(plan.steps), desc="DDIM", disable=not progress):
             t = ops.fill(ms.int32, (shape[0],), int(plan.t[k]))
-            eps = model(img, t)
-            x0 = (img - coef["sqrt_one_minus_alphas_cumprod"][k] * eps) / coef["sqrt_alphas_cumprod"][k]
-            img = coef["sqrt_alphas_cumprod_prev"][k] * x0 + coef["dir_coef"][k] * eps
+            step_noise = None
             if plan.sigma[k] > 0:
                 step_noise = ops.standard_normal(shape).astype(img.dtype) if noise is None else noise[k]
-                img = img + coef["sigma"][k] * step_noise
+            if compiled:
+                zeros = ops.zeros(shape, img.dtype) if step_noise is None else step_noise
+                img = self.compiled("ddim", model)(img, t, *(coef[n][k] for n in DDIM_COEFS), zeros)
+            else:
+                img = self.ddim_step(model, img, t, *(coef[n][k] for n in DDIM_COEFS), step_noise)
             states.append(img)
         return list(ops.stack(states).asnumpy().copy())

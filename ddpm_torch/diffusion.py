@@ -31,6 +31,9 @@ def huber_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return nn.functional.smooth_l1_loss(a, b, reduction="none", beta=1.0)
 
 
+DDIM_COEFS = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "sqrt_alphas_cumprod_prev", "dir_coef", "sigma")
+"""The ``DDIMPlan`` fields one DDIM step takes, in ``ddim_step``'s argument order."""
+
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "huber": huber_loss,
     "l1": lambda a, b: torch.abs(a - b),
@@ -93,26 +96,63 @@ class GaussianDiffusion:
         loss = loss * self.extract(self.p2_loss_weight, t, loss.shape)
         return loss.mean()
 
+    def p_mean(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Mean of p(x_{t-1} | x_t) from the model's noise prediction; pure tensor math (no checks)."""
+        betas_t = self.extract(self.betas, t, x.shape)
+        sqrt_one_minus_alphas_cumprod_t = self.extract(self.sqrt_one_minus_alphas_cumprod, t, x.shape)
+        sqrt_recip_alphas_t = self.extract(self.sqrt_recip_alphas, t, x.shape)
+        return sqrt_recip_alphas_t * (x - betas_t * model(x, t) / sqrt_one_minus_alphas_cumprod_t)
+
+    def p_step(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """mean + sqrt(posterior_variance_t) * noise for a batch of (possibly different) timesteps; pure tensor
+        math (no checks). posterior_variance[0] is exactly 0, so rows at t = 0 get the mean alone,
+        bit for bit what ``p_sample`` returns at t_index 0."""
+        return self.p_mean(model, x, t) + torch.sqrt(self.extract(self.posterior_variance, t, x.shape)) * noise
+
     @torch.no_grad()
     def p_sample(self, model: nn.Module, x: ArrayLike, t: ArrayLike, t_index: int,
                  noise: ArrayLike | None = None) -> torch.Tensor:
         """One ancestral step x_t -> x_{t-1}; at t_index 0 the mean alone."""
         x = self.tensor(x)
         t = self.timesteps_tensor(t, x.shape[0])
-        betas_t = self.extract(self.betas, t, x.shape)
-        sqrt_one_minus_alphas_cumprod_t = self.extract(self.sqrt_one_minus_alphas_cumprod, t, x.shape)
-        sqrt_recip_alphas_t = self.extract(self.sqrt_recip_alphas, t, x.shape)
-        model_mean = sqrt_recip_alphas_t * (x - betas_t * model(x, t) / sqrt_one_minus_alphas_cumprod_t)
+        model_mean = self.p_mean(model, x, t)
         if t_index == 0:
             return model_mean
         posterior_variance_t = self.extract(self.posterior_variance, t, x.shape)
         noise = torch.randn_like(x) if noise is None else self.tensor(noise, x.dtype)
         return model_mean + torch.sqrt(posterior_variance_t) * noise
 
+    def ddim_step(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor, sqrt_alphas_cumprod: torch.Tensor,
+                  sqrt_one_minus_alphas_cumprod: torch.Tensor, sqrt_alphas_cumprod_prev: torch.Tensor,
+                  dir_coef: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """One DDIM step with this step's plan coefficients (0-d tensors); ``noise`` None adds nothing.
+        Pure tensor math (no checks)."""
+        eps = model(x, t)
+        x0 = (x - sqrt_one_minus_alphas_cumprod * eps) / sqrt_alphas_cumprod
+        x = sqrt_alphas_cumprod_prev * x0 + dir_coef * eps
+        if noise is not None:
+            x = x + sigma * noise
+        return x
+
+    def compiled(self, kind: str, model: nn.Module) -> Callable:
+        """``p_step`` (kind "ddpm") or ``ddim_step`` with noise (kind "ddim") for ``model``, the mirror of the
+        MindSpore twin's ``ms.jit`` graphs. Not compiled here: eager PyTorch is already fast on CPU and
+        ``torch.compile`` needs a C++ toolchain; the same step functions run eagerly, so ``compiled=True``
+        runs the same arithmetic in both twins."""
+        if kind == "ddpm":
+            return lambda x, t, noise: self.p_step(model, x, t, noise)
+        if kind == "ddim":
+            return lambda x, t, a, s, a_prev, d, sigma, noise: self.ddim_step(model, x, t, a, s, a_prev, d, sigma, noise)
+        raise ValueError(f"kind must be 'ddpm' or 'ddim', got {kind!r}")
+
     @torch.no_grad()
     def p_sample_loop(self, model: nn.Module, shape: tuple[int, ...], img: ArrayLike | None = None,
-                      noise: ArrayLike | None = None, progress: bool = False) -> list[np.ndarray]:
-        """All T states x_{T-1}, ..., x_0 (as the tutorial: the starting noise itself is not included)."""
+                      noise: ArrayLike | None = None, progress: bool = False,
+                      compiled: bool = False) -> list[np.ndarray]:
+        """All T states x_{T-1}, ..., x_0 (as the tutorial: the starting noise itself is not included).
+
+        ``compiled=True`` runs every step through ``p_step`` (the MindSpore twin's compiled path; eager
+        here, same results); the default runs ``p_sample``."""
         shape = tuple(shape)
         img = torch.randn(shape, device=self.device) if img is None else self.tensor(img, torch.float32)
         check_same_shape("img", img.shape, shape)
@@ -123,18 +163,22 @@ class GaussianDiffusion:
         steps = range(self.timesteps - 1, -1, -1)
         for k, i in enumerate(tqdm(steps, desc="sampling loop time step", total=self.timesteps, disable=not progress)):
             t = torch.full((shape[0],), i, dtype=torch.int32, device=self.device)
-            img = self.p_sample(model, img, t, i, None if noise is None else noise[k])
+            if compiled:
+                step_noise = torch.randn_like(img) if noise is None else noise[k]
+                img = self.compiled("ddpm", model)(img, t, step_noise)
+            else:
+                img = self.p_sample(model, img, t, i, None if noise is None else noise[k])
             states.append(img)
         return list(torch.stack(states).cpu().numpy())
 
     @torch.no_grad()
     def ddim_sample_loop(self, model: nn.Module, shape: tuple[int, ...], steps: int, eta: float = 0.0,
                          img: ArrayLike | None = None, noise: ArrayLike | None = None,
-                         progress: bool = False) -> list[np.ndarray]:
-        """DDIM (Song et al. 2021) over ``steps`` evenly spaced timesteps; eta=0 is deterministic."""
+                         progress: bool = False, compiled: bool = False) -> list[np.ndarray]:
+        """DDIM (Song et al. 2021) over ``steps`` evenly spaced timesteps; eta=0 is deterministic.
+        ``compiled=True`` runs every step through ``compiled("ddim", model)`` (eager here, see ``compiled``)."""
         plan = ddim_plan(self.config, steps, eta)
-        coef = {name: self.tensor(getattr(plan, name)) for name in
-                ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "sqrt_alphas_cumprod_prev", "dir_coef", "sigma")}
+        coef = {name: self.tensor(getattr(plan, name)) for name in DDIM_COEFS}
         shape = tuple(shape)
         img = torch.randn(shape, device=self.device) if img is None else self.tensor(img, torch.float32)
         check_same_shape("img", img.shape, shape)
@@ -144,11 +188,13 @@ class GaussianDiffusion:
         states = []
         for k in tqdm(range(plan.steps), desc="DDIM", disable=not progress):
             t = torch.full((shape[0],), int(plan.t[k]), dtype=torch.int32, device=self.device)
-            eps = model(img, t)
-            x0 = (img - coef["sqrt_one_minus_alphas_cumprod"][k] * eps) / coef["sqrt_alphas_cumprod"][k]
-            img = coef["sqrt_alphas_cumprod_prev"][k] * x0 + coef["dir_coef"][k] * eps
+            step_noise = None
             if plan.sigma[k] > 0:
                 step_noise = torch.randn_like(img) if noise is None else noise[k]
-                img = img + coef["sigma"][k] * step_noise
+            if compiled:
+                zeros = torch.zeros_like(img) if step_noise is None else step_noise
+                img = self.compiled("ddim", model)(img, t, *(coef[n][k] for n in DDIM_COEFS), zeros)
+            else:
+                img = self.ddim_step(model, img, t, *(coef[n][k] for n in DDIM_COEFS), step_noise)
             states.append(img)
         return list(torch.stack(states).cpu().numpy())
