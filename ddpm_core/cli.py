@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 
 EXIT_USAGE = 2
 JIT_CHOICES = ("auto", "on", "off")
-JIT_HELP = ("compile the U-Net into a graph: 'auto' is on for MindSpore (ms.jit, ~5-10x faster than "
-            "PyNative on CPU) and off for PyTorch (eager is fast; 'on' uses torch.compile, which needs a C++ "
+JIT_HELP = ("compile the U-Net into a graph: 'auto' is on for MindSpore (ms.jit: a few seconds to compile, "
+            "then several times faster than PyNative on CPU) and off for PyTorch (eager is fast; 'on' uses torch.compile, which needs a C++ "
             "compiler and minutes to compile)")
 
 
@@ -66,7 +66,7 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def _diffusion_options(p: argparse.ArgumentParser, required_defaults: bool) -> None:
+def _diffusion_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, required_defaults: bool) -> None:
     """T, schedule (and for training, loss). ``required_defaults`` False leaves them None (taken from
     the model's config file when there is one)."""
     from ddpm_core.config import LOSS_TYPES, SCHEDULES
@@ -112,7 +112,7 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     g.add_argument("--dim-mults", type=int_list, default=(1, 2, 4), help="comma-separated (tutorial: 1,2,4)")
     g.add_argument("--init-weights", metavar="PATH", default=None,
                    help="start from these weights (.pt/.ckpt/.safetensors) instead of the seeded initialisation")
-    _diffusion_options(p, required_defaults=True)
+    _diffusion_options(p.add_argument_group("diffusion"), required_defaults=True)
     return p
 
 

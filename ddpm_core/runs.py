@@ -320,13 +320,13 @@ def _loop(run: RunDir, s: Settings, data: Any, make_trainer: Callable[..., Train
     from tqdm.auto import tqdm
 
     lrs = s.learning_rates()
+    pointer = run.latest()
     weights = None
-    if s.init_weights:
+    if s.init_weights and pointer is None:  # a checkpoint, when there is one, replaces the initial weights
         from ddpm_core.weights import load_weights
 
         weights = load_weights(s.init_weights, naming="torch", config=s.unet_config()).state
     trainer = make_trainer(s.unet_config(), s.diffusion_config(), lrs, seed=s.seed, weights=weights, jit=s.jit)
-    pointer = run.latest()
     start = 0
     if pointer is not None:
         meta = trainer.load_checkpoint(run.path / pointer["checkpoint"])

@@ -194,3 +194,15 @@ def test_parity_train_steps_agree(make_weights):
     print(f"\ntrain_steps parity: loss diff per step {loss_diff.tolist()}, final weights max abs {weight_diff:.3g} "
           f"(weights moved up to {moved:.3g})")
     assert loss_diff.max() <= 1e-5 and weight_diff <= 1e-5 and moved > 1e-4
+
+
+def test_same_init_weights_give_the_same_losses_in_both_twins(tmp_path, fashion_dir, trained_runs):
+    """The CLIs end to end: the same --init-weights, --seed and data (Fashion-MNIST at its own 28x28, so no
+    resizer is involved) give both twins the same batches, flips, t and noise, hence the same losses."""
+    init = str(trained_runs["ms"] / "model.safetensors")
+    options = [*TINY, "--image-size", "28", "--max-steps", "2", "--lr", "1e-3", "--init-weights", init]
+    for twin in ("torch", "ms"):
+        assert train(twin, "--data", str(fashion_dir), "--out", str(tmp_path / twin), *options) == 0
+    a, b = losses(tmp_path / "torch"), losses(tmp_path / "ms")
+    assert [r[:2] for r in a] == [r[:2] for r in b] and [r[3] for r in a] == [r[3] for r in b]
+    assert max(abs(x[2] - y[2]) for x, y in zip(a, b)) <= 1e-5
