@@ -135,11 +135,17 @@ class GaussianDiffusion:
 
     def compiled(self, kind: str, model: nn.Cell) -> Callable:
         """``p_step`` (kind "ddpm") or ``ddim_step`` with noise (kind "ddim") for ``model`` as one ``ms.jit``
-        graph. Cached per (kind, model): MindSpore compiles once per input shape and jit object, so one
-        compiled step serves every step of every loop on this diffusion (weights are read at run time)."""
+        graph, cached per (kind, model): MindSpore compiles once per input shape and jit object, so one
+        compiled step serves every step of every loop on this diffusion.
+
+        Weights updated in place (optimizer steps, ``Parameter.copy_``) are read when the graph runs. A
+        parameter whose storage is replaced (``set_data``, ``load_param_into_net``) is not: MindSpore 2.10's
+        graph keeps the old storage, so the cache key includes every parameter's data pointer and such a
+        change compiles a fresh graph instead of sampling with stale weights."""
         cache = self.__dict__.setdefault("_compiled", {})
+        storage = tuple(p.data_ptr() for p in model.get_parameters())
         key = (kind, id(model))
-        if key not in cache:
+        if key not in cache or cache[key][1] != storage:
             if kind == "ddpm":
                 def step(x, t, noise):
                     return self.p_step(model, x, t, noise)
@@ -148,8 +154,8 @@ class GaussianDiffusion:
                     return self.ddim_step(model, x, t, a, s, a_prev, d, sigma, noise)
             else:
                 raise ValueError(f"kind must be 'ddpm' or 'ddim', got {kind!r}")
-            cache[key] = (model, ms.jit(step))
-        return cache[key][1]
+            cache[key] = (model, storage, ms.jit(step))
+        return cache[key][2]
 
     def p_sample_loop(self, model: nn.Cell, shape: tuple[int, ...], img: ArrayLike | None = None,
                       noise: ArrayLike | None = None, progress: bool = False,
@@ -166,11 +172,12 @@ class GaussianDiffusion:
             check_noise_sequence(noise.shape, self.timesteps, shape)
         states = []
         steps = range(self.timesteps - 1, -1, -1)
+        step = self.compiled("ddpm", model) if compiled else None
         for k, i in enumerate(tqdm(steps, desc="sampling loop time step", total=self.timesteps, disable=not progress)):
             t = ops.fill(ms.int32, (shape[0],), i)
-            if compiled:
+            if step is not None:
                 step_noise = ops.standard_normal(shape).astype(img.dtype) if noise is None else noise[k]
-                img = self.compiled("ddpm", model)(img, t, step_noise)
+                img = step(img, t, step_noise)
             else:
                 img = self.p_sample(model, img, t, i, None if noise is None else noise[k])
             states.append(img)
@@ -190,14 +197,15 @@ class GaussianDiffusion:
             noise = self.tensor(noise, img.dtype)
             check_noise_sequence(noise.shape, plan.steps, shape)
         states = []
+        step = self.compiled("ddim", model) if compiled else None
         for k in tqdm(range(plan.steps), desc="DDIM", disable=not progress):
             t = ops.fill(ms.int32, (shape[0],), int(plan.t[k]))
             step_noise = None
             if plan.sigma[k] > 0:
                 step_noise = ops.standard_normal(shape).astype(img.dtype) if noise is None else noise[k]
-            if compiled:
+            if step is not None:
                 zeros = ops.zeros(shape, img.dtype) if step_noise is None else step_noise
-                img = self.compiled("ddim", model)(img, t, *(coef[n][k] for n in DDIM_COEFS), zeros)
+                img = step(img, t, *(coef[n][k] for n in DDIM_COEFS), zeros)
             else:
                 img = self.ddim_step(model, img, t, *(coef[n][k] for n in DDIM_COEFS), step_noise)
             states.append(img)

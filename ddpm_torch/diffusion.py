@@ -161,11 +161,12 @@ class GaussianDiffusion:
             check_noise_sequence(noise.shape, self.timesteps, shape)
         states = []
         steps = range(self.timesteps - 1, -1, -1)
+        step = self.compiled("ddpm", model) if compiled else None
         for k, i in enumerate(tqdm(steps, desc="sampling loop time step", total=self.timesteps, disable=not progress)):
             t = torch.full((shape[0],), i, dtype=torch.int32, device=self.device)
-            if compiled:
+            if step is not None:
                 step_noise = torch.randn_like(img) if noise is None else noise[k]
-                img = self.compiled("ddpm", model)(img, t, step_noise)
+                img = step(img, t, step_noise)
             else:
                 img = self.p_sample(model, img, t, i, None if noise is None else noise[k])
             states.append(img)
@@ -186,14 +187,15 @@ class GaussianDiffusion:
             noise = self.tensor(noise, img.dtype)
             check_noise_sequence(noise.shape, plan.steps, shape)
         states = []
+        step = self.compiled("ddim", model) if compiled else None
         for k in tqdm(range(plan.steps), desc="DDIM", disable=not progress):
             t = torch.full((shape[0],), int(plan.t[k]), dtype=torch.int32, device=self.device)
             step_noise = None
             if plan.sigma[k] > 0:
                 step_noise = torch.randn_like(img) if noise is None else noise[k]
-            if compiled:
+            if step is not None:
                 zeros = torch.zeros_like(img) if step_noise is None else step_noise
-                img = self.compiled("ddim", model)(img, t, *(coef[n][k] for n in DDIM_COEFS), zeros)
+                img = step(img, t, *(coef[n][k] for n in DDIM_COEFS), zeros)
             else:
                 img = self.ddim_step(model, img, t, *(coef[n][k] for n in DDIM_COEFS), step_noise)
             states.append(img)
