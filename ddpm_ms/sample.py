@@ -16,7 +16,6 @@ from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.sampling import Denoise, sample_main
 from ddpm_core.weights import torch_to_ms
 from ddpm_ms.diffusion import GaussianDiffusion
-from ddpm_ms.train import compiled
 from ddpm_ms.unet import Unet
 
 
@@ -32,14 +31,18 @@ def load_model(state: dict[str, np.ndarray], cfg: UnetConfig) -> Unet:
 
 def make_denoiser(state: dict[str, np.ndarray], cfg: UnetConfig, diffusion_config: DiffusionConfig, sampler: str,
                   steps: int, eta: float, jit: str, progress: bool) -> Denoise:
-    model = compiled(load_model(state, cfg), jit)
+    """--jit auto/on: every sampling step runs as one ``ms.jit`` graph (the diffusion's ``compiled=True``)."""
+    model = load_model(state, cfg)
     diffusion = GaussianDiffusion(diffusion_config)
+    graph = jit != "off"
 
     def denoise(start: np.ndarray, noise: np.ndarray) -> np.ndarray:
         if sampler == "ddpm":
-            states = diffusion.p_sample_loop(model, start.shape, img=start, noise=noise, progress=progress)
+            states = diffusion.p_sample_loop(model, start.shape, img=start, noise=noise, progress=progress,
+                                             compiled=graph)
         else:
-            states = diffusion.ddim_sample_loop(model, start.shape, steps, eta, img=start, noise=noise, progress=progress)
+            states = diffusion.ddim_sample_loop(model, start.shape, steps, eta, img=start, noise=noise,
+                                                progress=progress, compiled=graph)
         return np.stack(states)
 
     return denoise

@@ -33,7 +33,9 @@ META_KEY = "ddpm_meta"
 class _Jitted:
     """``model``'s forward as one ``ms.jit`` graph, still a "model" to the diffusion and the train step
     (callable, ``set_train``). A plain function is jitted, not a wrapper ``Cell``: a wrapper cell would
-    prefix every parameter name with its attribute name."""
+    prefix every parameter name with its attribute name. The graph reads in-place updates (the optimizer's)
+    but not storage replaced by ``set_data`` after it was compiled (MindSpore 2.10), so the ``Trainer``
+    builds a fresh one whenever it loads weights."""
 
     def __init__(self, model: nn.Cell):
         self.model = model
@@ -76,6 +78,7 @@ class Trainer:
                 p.set_data(Tensor(np.array(state[p.name], dtype=np.float32)))
         self.diffusion = GaussianDiffusion(diffusion_config)
         self.optimizer = make_optimizer(self.model, list(lrs))
+        self.jit = jit
         self._step = make_train_step(compiled(self.model, jit), self.diffusion, self.optimizer)
 
     def step(self, x_start: np.ndarray, t: np.ndarray, noise: np.ndarray) -> float:
@@ -124,16 +127,17 @@ class Trainer:
             if value.shape != tuple(p.shape):
                 raise RunError(f"{path}: {p.name} has shape {value.shape}, expected {tuple(p.shape)}")
             p.set_data(Tensor(np.array(value, copy=True), dtype=p.dtype))
+        self._step = make_train_step(compiled(self.model, self.jit), self.diffusion, self.optimizer)
         return meta
 
 
 def train_steps(unet_config: UnetConfig, diffusion_config: DiffusionConfig, weights: dict[str, np.ndarray],
                 x_starts: np.ndarray, ts: np.ndarray, noises: np.ndarray,
-                lrs: Sequence[float]) -> tuple[list[float], dict[str, np.ndarray]]:
+                lrs: Sequence[float], jit: str = "off") -> tuple[list[float], dict[str, np.ndarray]]:
     """Train from ``weights`` (PyTorch names) on a given tape: step k uses ``x_starts[k]`` (in [-1, 1]),
     ``ts[k]``, ``noises[k]`` and learning rate ``lrs[k]``. Returns the loss of every step and the final
-    weights (PyTorch names, copied). The same function in ddpm_torch/train.py is its parity twin."""
-    trainer = Trainer(unet_config, diffusion_config, lrs, weights=weights)
+    weights (PyTorch names, copied); ``jit`` as ``--jit``. The same function in ddpm_torch/train.py is its parity twin."""
+    trainer = Trainer(unet_config, diffusion_config, lrs, weights=weights, jit=jit)
     losses = [trainer.step(x, t, n) for x, t, n in zip(x_starts, ts, noises)]
     return losses, ms_to_torch(trainer.state(), unet_config)
 

@@ -28,14 +28,18 @@ def load_model(state: dict[str, np.ndarray], cfg: UnetConfig) -> Unet:
 
 def make_denoiser(state: dict[str, np.ndarray], cfg: UnetConfig, diffusion_config: DiffusionConfig, sampler: str,
                   steps: int, eta: float, jit: str, progress: bool) -> Denoise:
+    """--jit on: the U-Net through ``torch.compile``; auto/off: eager (the diffusion's eager step functions)."""
     model = compiled(load_model(state, cfg), jit)
     diffusion = GaussianDiffusion(diffusion_config)
+    graph = False
 
     def denoise(start: np.ndarray, noise: np.ndarray) -> np.ndarray:
         if sampler == "ddpm":
-            states = diffusion.p_sample_loop(model, start.shape, img=start, noise=noise, progress=progress)
+            states = diffusion.p_sample_loop(model, start.shape, img=start, noise=noise, progress=progress,
+                                             compiled=graph)
         else:
-            states = diffusion.ddim_sample_loop(model, start.shape, steps, eta, img=start, noise=noise, progress=progress)
+            states = diffusion.ddim_sample_loop(model, start.shape, steps, eta, img=start, noise=noise,
+                                                progress=progress, compiled=graph)
         return np.stack(states)
 
     return denoise

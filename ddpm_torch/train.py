@@ -49,6 +49,7 @@ class Trainer:
                                        strict=True)
         self.diffusion = GaussianDiffusion(diffusion_config)
         self.optimizer = make_optimizer(self.model, list(lrs))
+        self.jit = jit
         self._step = make_train_step(compiled(self.model, jit), self.diffusion, self.optimizer)
 
     def step(self, x_start: np.ndarray, t: np.ndarray, noise: np.ndarray) -> float:
@@ -81,16 +82,17 @@ class Trainer:
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng_state"])
+        self._step = make_train_step(compiled(self.model, self.jit), self.diffusion, self.optimizer)
         return meta
 
 
 def train_steps(unet_config: UnetConfig, diffusion_config: DiffusionConfig, weights: dict[str, np.ndarray],
                 x_starts: np.ndarray, ts: np.ndarray, noises: np.ndarray,
-                lrs: Sequence[float]) -> tuple[list[float], dict[str, np.ndarray]]:
+                lrs: Sequence[float], jit: str = "off") -> tuple[list[float], dict[str, np.ndarray]]:
     """Train from ``weights`` (PyTorch names) on a given tape: step k uses ``x_starts[k]`` (in [-1, 1]),
     ``ts[k]``, ``noises[k]`` and learning rate ``lrs[k]``. Returns the loss of every step and the final
-    weights (PyTorch names, copied). The same function in ddpm_ms/train.py is its parity twin."""
-    trainer = Trainer(unet_config, diffusion_config, lrs, weights=weights)
+    weights (PyTorch names, copied); ``jit`` as ``--jit``. The same function in ddpm_ms/train.py is its parity twin."""
+    trainer = Trainer(unet_config, diffusion_config, lrs, weights=weights, jit=jit)
     losses = [trainer.step(x, t, n) for x, t, n in zip(x_starts, ts, noises)]
     return losses, trainer.state()
 

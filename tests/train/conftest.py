@@ -11,6 +11,7 @@ import os
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -59,18 +60,26 @@ def make_image_folder(folder: Path, per_class: int = 3, classes: tuple[str, ...]
 
 
 @pytest.fixture(scope="session")
-def fashion_dir(tmp_path_factory) -> Path:
-    return make_fashion_mnist(tmp_path_factory.mktemp("fashion"))
+def session_dir() -> Path:
+    """A private folder for the session's shared data and runs. Not under pytest's basetemp: a pytest
+    started meanwhile on the same machine prunes the oldest basetemp folders, even one still in use."""
+    with tempfile.TemporaryDirectory(prefix="ddpm-train-tests-") as d:
+        yield Path(d)
 
 
 @pytest.fixture(scope="session")
-def fashion_gz_dir(tmp_path_factory) -> Path:
-    return make_fashion_mnist(tmp_path_factory.mktemp("fashion_gz"), gz=True)
+def fashion_dir(session_dir) -> Path:
+    return make_fashion_mnist(session_dir / "fashion")
 
 
 @pytest.fixture(scope="session")
-def image_dir(tmp_path_factory) -> Path:
-    return make_image_folder(tmp_path_factory.mktemp("images") / "root")
+def fashion_gz_dir(session_dir) -> Path:
+    return make_fashion_mnist(session_dir / "fashion_gz", gz=True)
+
+
+@pytest.fixture(scope="session")
+def image_dir(session_dir) -> Path:
+    return make_image_folder(session_dir / "images" / "root")
 
 
 def twin_module(twin: str, name: str):
@@ -103,12 +112,12 @@ def train(twin: str, *args: str) -> int:
 
 
 @pytest.fixture(scope="session")
-def trained_runs(tmp_path_factory) -> dict[str, Path]:
+def trained_runs(session_dir, fashion_dir) -> dict[str, Path]:
     """A 2-step tiny run of each twin on the same data: {"torch": RUN_DIR, "ms": RUN_DIR}."""
-    data = make_fashion_mnist(tmp_path_factory.mktemp("fashion_runs"))
+    data = fashion_dir
     runs = {}
     for twin in TWIN_NAMES:
-        out = tmp_path_factory.mktemp(f"run_{twin}") / "run"
+        out = session_dir / f"run_{twin}"
         assert train(twin, "--data", str(data), "--out", str(out), "--max-steps", "2", *TINY) == 0
         runs[twin] = out
     return runs
