@@ -136,11 +136,14 @@ def _read_mindspore(path: Path) -> RawFile:
                            f"cannot read {path}") from None
     finally:
         logging.disable(quiet)
-    entries, dtypes = {}, {}
+    entries, dtypes, extras = {}, {}, []
     for name, p in params.items():
+        if not isinstance(p, ms.Tensor):  # append_dict / training metadata saved as strings or numbers
+            extras.append(Skipped(name, f"non-tensor checkpoint entry ({type(p).__name__})"))
+            continue
         dtypes[name] = str(p.dtype).lower()
         entries[name] = p.astype(ms.float32).asnumpy() if p.dtype == ms.bfloat16 else p.asnumpy()
-    return RawFile(entries, dtypes)
+    return RawFile(entries, dtypes, extras)
 
 
 def _read_safetensors(path: Path) -> RawFile:

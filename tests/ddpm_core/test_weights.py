@@ -369,3 +369,17 @@ def test_importing_the_core_imports_no_framework():
             "print(sorted(m for m in ('torch', 'mindspore', 'safetensors') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_mindspore_checkpoint_with_string_entries_is_read_and_reports_them(tmp_path):
+    """ms.save_checkpoint(append_dict=...) stores strings beside tensors (training metadata)."""
+    import mindspore as ms
+
+    cfg = CONVNEXT
+    state = W.torch_to_ms(random_weights(cfg), cfg)
+    path = tmp_path / "with_meta.ckpt"
+    ms.save_checkpoint([{"name": n, "data": ms.Tensor(v)} for n, v in state.items()], str(path),
+                       append_dict={"run_note": "epoch 3", "epoch_num": 3})
+    loaded = W.load_weights(path, "ms", cfg)
+    assert all(np.array_equal(loaded.state[n], state[n]) for n in state)
+    assert "run_note" in {s.name for s in loaded.skipped}
