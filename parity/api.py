@@ -1,0 +1,207 @@
+"""The Python API for users' own test suites: compare a PyTorch twin and a MindSpore twin that hold the
+same weights, get the report, or assert parity.
+
+    report = parity.check_models(torch_model, ms_model, seed=0, batch=2)
+    parity.assert_parity(torch_model, ms_model)   # AssertionError carrying report.text()
+
+Rules: the models are ``ddpm_torch.Unet`` / ``ddpm_ms.Unet`` (or subclasses; anything with the same
+``config``, parameter names and call signature); their weights are compared first and are left as
+found (the optimizer check restores them). Everything random comes from the tape (parity.tape).
+This is the same code path as ``python -m parity.check``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Sequence
+
+import numpy as np
+
+from ddpm_core.config import TUTORIAL_DIFFUSION, DiffusionConfig
+from parity.initial import weights_hash
+from parity.localise import localise
+from parity.probes import Oracle, diagnose
+from parity.report import Report
+from parity.settings import check_settings
+from parity.suite import CHECKS, RunSpec, compare_outputs, run_side, teacher_forced
+from parity.tape import TapeSpec, make_tape, tape_hash
+from parity.tolerances import device_class, tolerance
+
+
+def default_image_size(size_multiple: int) -> int:
+    """The tutorial's 28, rounded up to a multiple the U-Net accepts."""
+    return int(math.ceil(28 / size_multiple) * size_multiple)
+
+
+def make_spec(unet: Any, diffusion: DiffusionConfig = TUTORIAL_DIFFUSION, seed: int = 0, batch: int = 2,
+              image_size: int | None = None, adam_steps: int = 3, ddim_steps: int = 20,
+              ddim_etas: Sequence[float] = (0.0, 0.5), pred_timesteps: Sequence[int] | None = None,
+              checks: Sequence[str] = CHECKS) -> RunSpec:
+    """A validated ``RunSpec`` (``ValueError`` naming the problem otherwise)."""
+    size = image_size or default_image_size(unet.size_multiple)
+    if size % unet.size_multiple:
+        raise ValueError(f"image size {size} is not a multiple of {unet.size_multiple} (dim_mults={unet.dim_mults})")
+    tape = TapeSpec(seed, batch, unet.channels, size, diffusion.timesteps, adam_steps, min(ddim_steps, diffusion.timesteps),
+                    None if pred_timesteps is None else tuple(int(t) for t in pred_timesteps))
+    return RunSpec(unet, diffusion, tape, tuple(checks), tuple(float(e) for e in ddim_etas))
+
+
+def _device_of(torch_model: Any) -> str:
+    p = next(torch_model.parameters(), None)
+    return str(p.device) if p is not None else "cpu"
+
+
+def explain(report: Report, outputs: tuple[dict, dict], tape: dict, spec: RunSpec, side_t: Any, model_t: Any,
+            side_m: Any, model_m: Any, device: str) -> None:
+    """On failure: the first diverging module (forward hooks), and the diffusion math against its oracle."""
+    failed = {r.output for r in report.failures}
+    forward_outputs = {"weights", "prediction", "loss", "grad", "adam", "ddpm_one_step", "ddpm_trajectory",
+                       "ddim_trajectory"}
+    if (failed & forward_outputs or report.settings) and model_t is not None:
+        ts = [int(t) for t in tape["pred_t"]]
+        bad = [r.label for r in report.failures if r.output == "prediction"]
+        k = next((i for i, t in enumerate(ts) if f"prediction t={t}" in bad), min(1, len(ts) - 1))
+        x, t = tape["pred_x"][k], np.full(spec.tape.batch, ts[k], np.int32)
+        finding = localise(side_t, model_t, side_m, model_m, x, t, tolerance("module", "float32", device))
+        if finding is not None:
+            report.findings.append(finding)
+        else:
+            report.diagnoses.append(f"every module of the U-Net agrees on the prediction input (t={ts[k]}): the "
+                                    "difference is outside the network's forward pass")
+    math_row = next((r for r in report.failures if r.output == "diffusion_math"), None)
+    if math_row is not None:
+        oracle = Oracle(spec.diffusion)
+        expected = oracle.expected(tape, spec.loss_types, spec.tape.ddim_steps, spec.ddim_etas)
+        for member in [m for m in math_row.summary.members if not m.passed][:3]:
+            name, want = member.name, expected.get(member.name)
+            got = [out.get(f"probe/{name}") for out in outputs]
+            if want is None or any(g is None for g in got):
+                continue
+            dev = [float(np.max(np.abs(np.asarray(g, np.float64) - want))) for g in got]
+            sides = [label for label, d in zip(("PyTorch", "MindSpore"), dev) if d >= 0.1 * max(dev)]
+            for label in sides:
+                g = got[0] if label == "PyTorch" else got[1]
+                words = diagnose(name, g, oracle, tape) or f"max abs {max(dev):.2e} from the numpy oracle"
+                report.diagnoses.append(f"{label} diffusion math, {name}: {words}")
+    one_step = next((r for r in report.failures if r.output == "ddpm_one_step"), None)
+    if one_step is not None and not report.findings and not report.diagnoses:
+        report.diagnoses.append(f"DDPM one step: {one_step.summary.first_failure.describe()} while the predictions "
+                                "agree: look at the sampler step (coefficients, per-step noise)")
+
+
+def check_models(torch_model: Any, ms_model: Any, *, diffusion: DiffusionConfig = TUTORIAL_DIFFUSION, seed: int = 0,
+                 batch: int = 2, image_size: int | None = None, adam_steps: int = 3, ddim_steps: int = 20,
+                 ddim_etas: Sequence[float] = (0.0, 0.5), pred_timesteps: Sequence[int] | None = None,
+                 checks: Sequence[str] = CHECKS, ms_mode: str = "graph", progress: bool = False,
+                 environment: dict | None = None, title: str | None = None, spec: RunSpec | None = None,
+                 parallel: bool = True, sides: tuple[Any, Any] | None = None) -> Report:
+    """Run every check on two models holding the same weights; return the ``Report`` (never raises
+    for a numeric mismatch; ``ValueError`` for a bad configuration).
+
+    ``checks`` picks a subset of ``parity.suite.CHECKS``; ``ms_mode="pynative"`` runs MindSpore's
+    samplers op by op instead of through compiled steps; ``parallel`` runs PyTorch in a worker thread
+    alongside MindSpore; ``sides`` (a ``TorchSide``, ``MsSide`` pair) lets repeated calls on the same
+    model objects reuse MindSpore's compiled steps; ``spec`` overrides the individual run options."""
+    from parity.side_ms import MsSide
+    from parity.side_torch import TorchSide
+
+    if ms_mode not in ("graph", "pynative"):
+        raise ValueError(f"ms_mode must be 'graph' or 'pynative', got {ms_mode!r}")
+    cfg = torch_model.config
+    if getattr(ms_model, "config", None) != cfg:
+        raise ValueError(f"the models differ in configuration: PyTorch {cfg}, MindSpore {getattr(ms_model, 'config', None)}")
+    spec = spec or make_spec(cfg, diffusion, seed, batch, image_size, adam_steps, ddim_steps, ddim_etas,
+                             pred_timesteps, checks)
+    import mindspore as ms
+
+    tdev, mdev = _device_of(torch_model), ms.get_context("device_target")
+    device = device_class(tdev, mdev)
+    if sides is None:  # pass the same sides to later calls to reuse MindSpore's compiled steps
+        sides = (TorchSide(tdev), MsSide(mdev))
+    side_t, side_m = sides
+    for side in sides:
+        side.compiled, side.progress = ms_mode == "graph", progress
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    tape = make_tape(spec.tape)
+    if environment is None:
+        from parity.env import fingerprint
+
+        environment = fingerprint({"device": tdev}, {"device": mdev}, ms_mode)
+    report = Report(title or describe_run(spec), spec.to_dict(), tape_hash(tape),
+                    weights_hash(side_t.state(torch_model)), environment, timings=timings)
+    if "settings" in spec.checks:
+        report.settings, report.settings_pairs = check_settings(side_t, torch_model, side_m, ms_model)
+        timings["settings"] = round(time.perf_counter() - t0, 3)
+    d_t, d_m = side_t.diffusion(spec.diffusion), side_m.diffusion(spec.diffusion)
+    out_t, out_m, stepped = _run_both(side_t, torch_model, d_t, side_m, ms_model, d_m, tape, spec, timings, parallel)
+    one_step = None
+    if stepped is not None:
+        one_step = (stepped, out_m["ddpm/trajectory"], "PyTorch stepping from MindSpore's states")
+    report.rows = compare_outputs(out_t, out_m, spec, device, one_step)
+    if not report.passed:
+        explain(report, (out_t, out_m), tape, spec, side_t, torch_model, side_m, ms_model, device)
+    timings["total"] = round(time.perf_counter() - t0, 3)
+    return report
+
+
+def _run_both(side_t: Any, model_t: Any, d_t: Any, side_m: Any, model_m: Any, d_m: Any, tape: dict, spec: RunSpec,
+              timings: dict, parallel: bool) -> tuple[dict, dict, np.ndarray | None]:
+    """Both sides' outputs and PyTorch's teacher-forced steps from MindSpore's trajectory.
+
+    ``parallel``: the PyTorch side runs in a worker thread (one intra-op thread, no progress bar) while
+    MindSpore runs here; each framework is used from one thread only, and every input comes from the
+    tape, so the numbers do not depend on the interleaving."""
+    trajectory: Future = Future()
+
+    def torch_work() -> tuple[dict, np.ndarray | None]:
+        out = run_side(side_t, model_t, d_t, tape, spec, timings)
+        if "ddpm" not in spec.checks:
+            return out, None
+        reference = trajectory.result()
+        t1 = time.perf_counter()
+        stepped = teacher_forced(side_t, model_t, d_t, tape, reference)
+        timings["torch/teacher_forced"] = round(time.perf_counter() - t1, 3)
+        return out, stepped
+
+    if not parallel:
+        out_m = run_side(side_m, model_m, d_m, tape, spec, timings, trajectory.set_result)
+        out_t, stepped = torch_work()
+        return out_t, out_m, stepped
+    import torch
+
+    threads, progress = torch.get_num_threads(), side_t.progress
+    torch.set_num_threads(1)
+    side_t.progress = False
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="parity-torch") as pool:
+            job = pool.submit(torch_work)
+            try:
+                out_m = run_side(side_m, model_m, d_m, tape, spec, timings, trajectory.set_result)
+            except BaseException as e:
+                if not trajectory.done():
+                    trajectory.set_exception(e)
+                raise
+            if not trajectory.done():
+                trajectory.set_exception(RuntimeError("MindSpore produced no DDPM trajectory"))
+            out_t, stepped = job.result()
+    finally:
+        torch.set_num_threads(threads)
+        side_t.progress = progress
+    return out_t, out_m, stepped
+
+
+def describe_run(spec: RunSpec) -> str:
+    u, d, t = spec.unet, spec.diffusion, spec.tape
+    return (f"parity.check: Unet(dim={u.dim}, channels={u.channels}, dim_mults={u.dim_mults}"
+            f"{'' if u.use_convnext else ', use_convnext=False'}), T={d.timesteps} {d.schedule}, {d.loss_type} loss; "
+            f"batch {t.batch}, {t.image_size}x{t.image_size}, seed {t.seed}")
+
+
+def assert_parity(torch_model: Any, ms_model: Any, **options: Any) -> Report:
+    """``check_models`` and raise ``AssertionError(report.text())`` unless everything passes."""
+    report = check_models(torch_model, ms_model, **options)
+    if not report.passed:
+        raise AssertionError(report.text())
+    return report

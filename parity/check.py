@@ -1,0 +1,284 @@
+"""``python -m parity.check``: prove the twins match, or name the first layer where they part.
+
+    python -m parity.check [options]                                  both twins in this process
+    python -m parity.check record --framework ms|torch --out G.npz    one twin, outputs to a golden file
+    python -m parity.check compare G.npz --framework torch|ms         the other twin against it
+
+With no arguments it needs no data and no files: the tutorial's U-Net (dim 28, 1 channel,
+dim_mults (1, 2, 4)), T=200 linear, Huber loss, seeded initial weights computed in numpy
+(parity.initial) and moved through ddpm_core.weights.torch_to_ms, one random tape (parity.tape).
+
+Exit codes: 0 every check passes; 1 a numeric or settings mismatch; 2 a structural problem (weights
+that do not map, a bad input file, a bad config: one line "error: ..."); 3 the environment refuses a
+fair comparison (a requested device is missing). ``record`` and ``compare`` import only the framework
+they run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from ddpm_core.config import LOSS_TYPES, SCHEDULES, TUTORIAL_UNET, DiffusionConfig, UnetConfig
+from parity.env import MS_DEVICES, EnvironmentRefused, fingerprint
+from parity.report import EXIT_ENVIRONMENT, EXIT_STRUCTURAL, Report
+from parity.suite import CHECKS
+
+FRAMEWORKS = ("torch", "ms")
+
+
+def _csv(kind: type) -> Any:
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+    return parse
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("what to run")
+    g.add_argument("--seed", type=int, default=0, help="seed of the tape and the initial weights (default 0)")
+    g.add_argument("--batch", type=int, default=2, help="images per batch (default 2)")
+    g.add_argument("--image-size", type=int, default=None, help="height = width (default 28, rounded up to fit)")
+    g.add_argument("--timesteps", type=int, default=200, help="diffusion steps T (default 200)")
+    g.add_argument("--schedule", choices=SCHEDULES, default="linear")
+    g.add_argument("--loss-type", choices=LOSS_TYPES, default="huber", help="loss for gradients and Adam")
+    g.add_argument("--config", default=None, help="UnetConfig fields as JSON text or a JSON file "
+                   "(default: the tutorial's {\"dim\": 28, \"channels\": 1, \"dim_mults\": [1, 2, 4]})")
+    g.add_argument("--weights", default=None, help="a .pt/.pth/.ckpt/.safetensors file to check instead of seeded "
+                   "initial weights")
+    g.add_argument("--ddim-steps", type=int, default=20)
+    g.add_argument("--ddim-eta", type=_csv(float), default=(0.0, 0.5), help="comma-separated (default 0,0.5)")
+    g.add_argument("--adam-steps", type=int, default=3)
+    g.add_argument("--pred-timesteps", type=_csv(int), default=None,
+                   help="comma-separated prediction timesteps (default 0, T//2, T-1 and two from the tape)")
+    g.add_argument("--checks", type=_csv(str), default=CHECKS, help=f"subset of {','.join(CHECKS)}")
+
+
+def _device_options(p: argparse.ArgumentParser, frameworks: Sequence[str] = FRAMEWORKS) -> None:
+    g = p.add_argument_group("devices and output")
+    if "torch" in frameworks:
+        g.add_argument("--torch-device", default="cpu", help="cpu, cuda or cuda:N (TF32 is switched off)")
+    if "ms" in frameworks:
+        g.add_argument("--ms-device", default="CPU", choices=MS_DEVICES,
+                       help="MindSpore device target (Ascend: precision mode must_keep_origin_dtype)")
+        g.add_argument("--ms-mode", choices=("graph", "pynative"), default="graph",
+                       help="graph: sampling steps compiled with ms.jit (default); pynative: op by op")
+    g.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per framework (default: 1 each for the two-framework check, which runs "
+                        "them side by side; the framework's own default for record/compare)")
+    g.add_argument("--json", default=None, help="write every figure, the environment and the hashes here")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def parse_config(text: str | None) -> UnetConfig | None:
+    """``--config`` as JSON text or a JSON file -> UnetConfig (ValueError naming the problem)."""
+    if text is None:
+        return None
+    source = text
+    if not text.lstrip().startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise ValueError(f"--config: {text!r} is neither JSON text nor a readable file")
+        source = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(source)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--config is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError("--config must be a JSON object of UnetConfig fields")
+    try:
+        return UnetConfig.from_dict(data)
+    except TypeError as e:
+        raise ValueError(f"--config: {e}") from None
+
+
+def _weights(args: argparse.Namespace) -> tuple[UnetConfig, dict, str]:
+    """(config, PyTorch-named weights, where they came from)."""
+    cfg = parse_config(args.config)
+    if args.weights:
+        from ddpm_core.weights import load_weights
+
+        loaded = load_weights(args.weights, naming="torch", config=cfg)
+        return loaded.config, loaded.state, f"{args.weights} ({loaded.file_naming} naming)"
+    from parity.initial import initial_weights
+
+    cfg = cfg or TUTORIAL_UNET
+    return cfg, initial_weights(cfg, args.seed), f"seeded numpy init (seed {args.seed})"
+
+
+def _spec(args: argparse.Namespace, cfg: UnetConfig):
+    from parity.api import make_spec
+
+    diffusion = DiffusionConfig(timesteps=args.timesteps, schedule=args.schedule, loss_type=args.loss_type)
+    return make_spec(cfg, diffusion, args.seed, args.batch, args.image_size, args.adam_steps, args.ddim_steps,
+                     args.ddim_eta, args.pred_timesteps, args.checks)
+
+
+def _finish(report: Report, args: argparse.Namespace) -> int:
+    print(report.text(), flush=True)
+    if args.json:
+        report.write_json(args.json)
+    return report.exit_code
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from parity.env import setup_mindspore, setup_torch
+
+    t0 = time.perf_counter()
+    cfg, state, source = _weights(args)  # structural problems first: they need no framework
+    spec = _spec(args, cfg)
+    torch_info = setup_torch(args.torch_device, args.threads or 1)
+    ms_info = setup_mindspore(args.ms_device, args.threads or 1)
+    from parity.api import check_models, describe_run
+    from parity.side_ms import MsSide
+    from parity.side_torch import TorchSide
+
+    side_t, side_m = TorchSide(args.torch_device), MsSide(args.ms_device)
+    model_t, model_m = side_t.build(cfg), side_m.build(cfg)
+    side_t.load(model_t, state)
+    side_m.load(model_m, state)  # through ddpm_core.weights.torch_to_ms
+    env = fingerprint(torch_info, ms_info, args.ms_mode)
+    env["weights_source"] = source
+    report = check_models(model_t, model_m, spec=spec, ms_mode=args.ms_mode, progress=not args.no_progress,
+                          environment=env, title=describe_run(spec), sides=(side_t, side_m))
+    report.timings["wall_including_setup"] = round(time.perf_counter() - t0, 3)
+    return _finish(report, args)
+
+
+def _setup_one(framework: str, args: argparse.Namespace) -> tuple[Any, dict]:
+    from parity import env
+
+    if framework == "torch":
+        info = env.setup_torch(args.torch_device, args.threads)
+        from parity.side_torch import TorchSide
+
+        return TorchSide(args.torch_device, compiled=True, progress=not args.no_progress), info
+    info = env.setup_mindspore(args.ms_device, args.threads)
+    from parity.side_ms import MsSide
+
+    return MsSide(args.ms_device, compiled=args.ms_mode == "graph", progress=not args.no_progress), info
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from parity.golden import save_golden
+    from parity.suite import run_side
+    from parity.tape import make_tape
+
+    cfg, state, source = _weights(args)
+    spec = _spec(args, cfg)
+    side, info = _setup_one(args.framework, args)
+    model = side.build(cfg)
+    side.load(model, state)
+    tape = make_tape(spec.tape)
+    timings: dict[str, float] = {}
+    outputs = run_side(side, model, side.diffusion(spec.diffusion), tape, spec, timings)
+    env = fingerprint(info if args.framework == "torch" else None, info if args.framework == "ms" else None,
+                      getattr(args, "ms_mode", None))
+    env["weights_source"] = source
+    manifest = save_golden(args.out, args.framework, spec, tape, state, outputs, env, {"timings_s": timings})
+    print(f"recorded {len(outputs)} outputs of {side.label} to {args.out}\n"
+          f"tape {manifest['tape_sha256'][:16]}  weights {manifest['weights_sha256'][:16]}", flush=True)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from parity.api import describe_run, explain
+    from parity.golden import GoldenError, load_golden
+    from parity.suite import compare_outputs, run_side, teacher_forced
+    from parity.tolerances import device_class
+
+    golden = load_golden(args.golden)
+    if golden.framework == args.framework:
+        raise GoldenError(f"{args.golden} was recorded with {golden.framework}; compare it with the other "
+                          f"framework (--framework {'ms' if golden.framework == 'torch' else 'torch'})")
+    side, info = _setup_one(args.framework, args)
+    spec = golden.spec()
+    model = side.build(spec.unet)
+    side.load(model, golden.weights)
+    diffusion = side.diffusion(spec.diffusion)
+    timings: dict[str, float] = {}
+    live = run_side(side, model, diffusion, golden.tape, spec, timings)
+    genv = golden.manifest.get("environment", {})
+    if args.framework == "torch":
+        a, b = live, golden.outputs
+        tdev, mdev = args.torch_device, genv.get("mindspore_setup", {}).get("device", "CPU")
+    else:
+        a, b = golden.outputs, live
+        tdev, mdev = genv.get("torch_setup", {}).get("device", "cpu"), args.ms_device
+    one_step = None
+    if "ddpm/trajectory" in golden.outputs:
+        stepped = teacher_forced(side, model, diffusion, golden.tape, golden.outputs["ddpm/trajectory"])
+        one_step = ((stepped, b["ddpm/trajectory"], "PyTorch stepping from MindSpore's recorded states")
+                    if args.framework == "torch" else
+                    (a["ddpm/trajectory"], stepped, "MindSpore stepping from PyTorch's recorded states"))
+    device = device_class(tdev, mdev)
+    env = fingerprint(info if args.framework == "torch" else None, info if args.framework == "ms" else None,
+                      getattr(args, "ms_mode", None))
+    env["golden"] = {"path": str(args.golden), "framework": golden.framework, "environment": genv}
+    from parity.initial import weights_hash
+    from parity.tape import tape_hash
+
+    report = Report(describe_run(spec).replace("parity.check:", "parity.check compare:"), spec.to_dict(),
+                    tape_hash(golden.tape), weights_hash(golden.weights), env, timings=timings, mode="compare")
+    report.spec["checks"] = [c for c in spec.checks if c != "settings"]  # needs both frameworks in one process
+    report.rows = compare_outputs(a, b, spec, device, one_step)
+    if not report.passed:
+        explain(report, (a, b), golden.tape, spec, None, None, None, None, device)
+    return _finish(report, args)
+
+
+def build_parser(command: str) -> argparse.ArgumentParser:
+    if command == "record":
+        p = argparse.ArgumentParser(prog="python -m parity.check record",
+                                    description="Run one twin and save its outputs, tape and weights to a golden file.")
+        p.add_argument("--framework", choices=FRAMEWORKS, required=True)
+        p.add_argument("--out", required=True, help="golden file to write (.npz)")
+        _run_options(p)
+        _device_options(p)
+        return p
+    if command == "compare":
+        p = argparse.ArgumentParser(prog="python -m parity.check compare",
+                                    description="Run the other twin against a golden file and report.")
+        p.add_argument("golden", help="a golden file written by `record`")
+        p.add_argument("--framework", choices=FRAMEWORKS, required=True)
+        _device_options(p)
+        return p
+    p = argparse.ArgumentParser(prog="python -m parity.check", description=__doc__.split("\n\n")[0],
+                                epilog="subcommands: record, compare (python -m parity.check record --help)")
+    _run_options(p)
+    _device_options(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("GLOG_v", "3")  # MindSpore: errors only, so the table stays readable
+    command = argv[0] if argv and argv[0] in ("record", "compare") else "check"
+    args = build_parser(command).parse_args(argv[1:] if command != "check" else argv)
+    try:
+        return {"check": cmd_check, "record": cmd_record, "compare": cmd_compare}[command](args)
+    except EnvironmentRefused as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except (ValueError, OSError, KeyError) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_STRUCTURAL
+
+
+def _one_line(e: BaseException) -> str:
+    problems = getattr(e, "problems", None)
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    first = text.splitlines()[0] if text else type(e).__name__
+    if problems:
+        first = first.rstrip(":") + f": {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+    return first
+
+
+if __name__ == "__main__":
+    sys.exit(main())

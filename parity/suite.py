@@ -1,0 +1,236 @@
+"""What a parity run computes on one side, and how the two sides' outputs become compared rows.
+
+Rule: ``run_side`` is the only code that drives a twin, through the side interface (numpy in, numpy
+out), so ``check`` (both sides in one process), ``record`` and ``compare`` (one side each, across
+machines) compute exactly the same outputs. Outputs are a flat ``{path: ndarray}`` (``predict/t=100``,
+``grad/downs.1.0.net.1.weight``, ``ddpm/trajectory``, ...) that ``record`` saves as is. In every
+comparison ``a`` is PyTorch and ``b`` MindSpore, the reference.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from ddpm_core.config import LOSS_TYPES, DiffusionConfig, UnetConfig
+from ddpm_core.schedules import cosine_decay_lr
+from parity.compare import Comparison, Summary, compare
+from parity.probes import run_probes
+from parity.tape import TapeSpec
+from parity.tolerances import tolerance
+
+CHECKS = ("settings", "weights", "predict", "loss", "grad", "ddpm", "ddim", "probes", "adam")
+TUTORIAL_LR = dict(min_lr=1e-7, max_lr=1e-4, total_step=10 * 3750, step_per_epoch=3750, decay_epoch=10)
+"""The tutorial's ``nn.cosine_decay_lr`` arguments (Fashion-MNIST: 60000 / 16 = 3750 steps per epoch)."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that decides what a run computes (recorded in the golden file's manifest)."""
+
+    unet: UnetConfig
+    diffusion: DiffusionConfig
+    tape: TapeSpec
+    checks: tuple[str, ...] = CHECKS
+    ddim_etas: tuple[float, ...] = (0.0, 0.5)
+    loss_types: tuple[str, ...] = LOSS_TYPES
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.checks if c not in CHECKS]
+        if unknown:
+            raise ValueError(f"unknown check(s) {unknown}; choose from {', '.join(CHECKS)}")
+        if self.unet.channels != self.tape.channels:
+            raise ValueError(f"tape has {self.tape.channels} channel(s), the model {self.unet.channels}")
+
+    @property
+    def lrs(self) -> list[float]:
+        return cosine_decay_lr(**TUTORIAL_LR)[: self.tape.adam_steps]
+
+    def to_dict(self) -> dict:
+        return {"unet": self.unet.to_dict(), "diffusion": vars(self.diffusion).copy(), "tape": self.tape.to_dict(),
+                "checks": list(self.checks), "ddim_etas": list(self.ddim_etas), "loss_types": list(self.loss_types),
+                "lrs": self.lrs}
+
+
+def run_side(side: Any, model: Any, diffusion: Any, tape: Mapping[str, np.ndarray], spec: RunSpec,
+             timings: dict[str, float] | None = None,
+             on_trajectory: Callable[[np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
+    """Every output of one side for ``spec``. Leaves the model's weights as it found them.
+    ``on_trajectory`` receives the DDPM trajectory as soon as it exists (the other side's teacher-forced
+    check can start while this side goes on)."""
+    timings = {} if timings is None else timings
+    tape = {k: np.array(v) for k, v in tape.items()}  # writable copies: no side can alter the shared tape
+    checks, out = spec.checks, {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[f"{side.name}/{stage}"] = round(now - clock, 3)
+        clock = now
+
+    w0 = side.state(model)
+    if "weights" in checks:
+        out.update({f"weights/{n}": v for n, v in w0.items()})
+    if "predict" in checks:
+        x, ts = tape["pred_x"], tape["pred_t"]
+        k, b = x.shape[:2]
+        y = side.predict(model, x.reshape(k * b, *x.shape[2:]), np.repeat(ts, b)).reshape(x.shape)
+        out.update({f"predict/t={int(t)}": y[i] for i, t in enumerate(ts)})
+        lap("predict")
+    batch0 = (tape["train_x0"][0], tape["train_t"][0], tape["train_noise"][0])
+    if "grad" in checks:
+        loss, grads = side.loss_and_grads(model, diffusion, *batch0, spec.diffusion.loss_type)
+        out["grad_loss"] = loss
+        out.update({f"grad/{n}": g for n, g in grads.items()})
+        lap("grad")
+    if "loss" in checks:  # the training loss type's value is the one the gradient call returned
+        for lt in spec.loss_types:
+            same = lt == spec.diffusion.loss_type and "grad_loss" in out
+            out[f"loss/{lt}"] = out["grad_loss"] if same else side.loss(model, diffusion, *batch0, lt)
+        lap("loss")
+    if "ddpm" in checks:
+        out["ddpm/trajectory"] = side.ddpm(model, diffusion, tape["x_T"], tape["ddpm_noise"])
+        if on_trajectory is not None:
+            on_trajectory(out["ddpm/trajectory"])
+        lap("ddpm")
+    if "ddim" in checks:
+        for eta in spec.ddim_etas:
+            out[f"ddim/eta={eta:g}"] = side.ddim(model, diffusion, tape["x_T"], spec.tape.ddim_steps, eta,
+                                                 tape["ddim_noise"])
+        lap("ddim")
+    if "probes" in checks:
+        probes = run_probes(side, diffusion, tape, spec.diffusion, spec.loss_types, spec.tape.ddim_steps, spec.ddim_etas)
+        out.update({f"probe/{n}": v for n, v in probes.items()})
+        lap("probes")
+    if "adam" in checks:
+        batches = list(zip(tape["train_x0"], tape["train_t"], tape["train_noise"]))
+        rules = ("mindspore", "torch") if side.name == "torch" else ("mindspore",)
+        for rule in rules:
+            prefix = "adam" if rule == "mindspore" else "adam_torch_rule"
+            try:
+                states = side.adam(model, diffusion, batches, spec.lrs, spec.diffusion.loss_type, rule)
+            finally:
+                side.load(model, w0)
+            for k, state in enumerate(states, 1):
+                out.update({f"{prefix}/step{k}/{n}": state[n].astype(np.float64) - w0[n] for n in state})
+        lap("adam")
+    return out
+
+
+def teacher_forced(side: Any, model: Any, diffusion: Any, tape: Mapping[str, np.ndarray],
+                   reference: np.ndarray) -> np.ndarray:
+    """One step of ``side`` from every state of the other side's trajectory ``reference`` (T, B, ...):
+    row k steps from x_T (k = 0) or reference[k-1], at t = T-1-k, with the tape's noise of step k."""
+    T = reference.shape[0]
+    tape = {k: np.array(v) for k, v in tape.items()}
+    xs = np.concatenate([tape["x_T"][None], reference[:-1]])
+    return side.ddpm_one_step(model, diffusion, xs, np.arange(T - 1, -1, -1, dtype=np.int32), tape["ddpm_noise"])
+
+
+@dataclass
+class Row:
+    """One line of the report: a label, the tolerance entry it used, its comparisons."""
+
+    label: str
+    output: str
+    summary: Summary
+    gate: bool = True
+    note: str = ""
+    steps: list[int] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.summary.passed
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "output": self.output, "gate": self.gate, "note": self.note,
+                **self.summary.to_dict()}
+
+
+def _pairs(prefix: str, a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], label: str, device: str,
+           output: str, gate: bool = True, note: str = "") -> Row | None:
+    def match(k: str) -> bool:  # a prefix ending in "/" groups tensors; anything else is one exact key
+        return k.startswith(prefix) if prefix.endswith("/") else k == prefix
+
+    names = [k for k in b if match(k)] + [k for k in a if match(k) and k not in b]
+    if not names:
+        return None
+    tol = tolerance(output, "float32", device)
+    each = tol if tol.aggregate_over == "each" else tol.elementwise_only()
+    members = []
+    for n in names:
+        short = n[len(prefix):] or n
+        if n not in a or n not in b:
+            missing = "PyTorch" if n not in a else "MindSpore"
+            members.append(Comparison(short, tol, problem=f"missing in {missing}"))
+        else:
+            members.append(compare(short, a[n], b[n], each))
+    both = [n for n in names if n in a and n in b]
+    if tol.aggregate_over == "all" and both:
+        members.append(compare(f"(all {len(both)} tensors)", np.concatenate([np.ravel(a[n]) for n in both]),
+                               np.concatenate([np.ravel(b[n]) for n in both]), tol))
+    return Row(label, output, Summary(label, members), gate and tol.gate, note)
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+
+
+def _steps(label: str, output: str, a: np.ndarray, b: np.ndarray, names: list[str], device: str,
+           note: str = "") -> Row:
+    """One comparison per sampler step. The atol is in units of the reference state's RMS (at least 1):
+    states stay ~N(0, 1) under the linear schedule, but grow ~100x in the first steps of a cosine
+    schedule (beta_T = 0.9999), and their rounding errors with them."""
+    tol = tolerance(output, "float32", device)
+    members = []
+    for k in range(min(len(a), len(b))):
+        scale = max(1.0, _rms(b[k]))
+        c = compare(names[k], a[k], b[k], replace(tol, atol=tol.atol * scale))
+        c.scale = scale
+        members.append(c)
+    if a.shape != b.shape:
+        members.insert(0, compare("shape", a, b, tol))
+    return Row(label, output, Summary(label, members), tol.gate, note)
+
+
+def compare_outputs(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], spec: RunSpec, device: str,
+                    one_step: tuple[np.ndarray, np.ndarray, str] | None = None) -> list[Row]:
+    """Rows for every output both sides computed. ``one_step`` = (PyTorch values, MindSpore values,
+    who stepped) of the teacher-forced DDPM check."""
+    T, rows = spec.diffusion.timesteps, []
+
+    def add(row: Row | None) -> None:
+        if row is not None:
+            rows.append(row)
+
+    add(_pairs("weights/", a, b, f"weights ({sum(k.startswith('weights/') for k in b)} tensors)", device, "weights"))
+    for key in [k for k in b if k.startswith("predict/")]:
+        add(_pairs(key, a, b, f"prediction {key.split('/')[1]}", device, "prediction"))
+    for lt in spec.loss_types:
+        add(_pairs(f"loss/{lt}", a, b, f"loss {lt}", device, "loss"))
+    add(_pairs("grad/", a, b, f"gradients ({sum(k.startswith('grad/') for k in b)} tensors)", device, "grad"))
+    for k in range(1, spec.tape.adam_steps + 1):
+        add(_pairs(f"adam/step{k}/", a, b, f"Adam step {k}: MindSporeAdam vs nn.Adam", device, "adam",
+                   note="parameter change w_k - w_0"))
+    last = spec.tape.adam_steps
+    if any(k.startswith(f"adam_torch_rule/step{last}/") for k in a) and any(k.startswith(f"adam/step{last}/") for k in b):
+        a_torch = {f"adam/step{last}/" + k.split("/", 2)[2]: v for k, v in a.items()
+                   if k.startswith(f"adam_torch_rule/step{last}/")}
+        add(_pairs(f"adam/step{last}/", a_torch, b, f"Adam step {last}: torch.optim.Adam vs nn.Adam", device,
+                   "adam_torch_rule", gate=False, note="information: expected to differ (eps placement)"))
+    step_names = [f"step {k} (t={T - 1 - k})" for k in range(T)]
+    if one_step is not None:
+        add(_steps("DDPM one step (teacher-forced)", "ddpm_one_step", one_step[0], one_step[1], step_names, device,
+                   note=one_step[2]))
+    if "ddpm/trajectory" in a and "ddpm/trajectory" in b:
+        add(_steps(f"DDPM trajectory ({T} steps)", "ddpm_trajectory", a["ddpm/trajectory"], b["ddpm/trajectory"],
+                   step_names, device, note="free-running; drift per step in --json"))
+    for key in [k for k in b if k.startswith("ddim/") and k in a]:
+        n = b[key].shape[0]
+        add(_steps(f"DDIM {key.split('/')[1]} ({n} steps)", "ddim_trajectory", a[key], b[key],
+                   [f"step {k}" for k in range(n)], device))
+    add(_pairs("probe/", a, b, "diffusion math (toy model)", device, "diffusion_math"))
+    return rows
