@@ -81,7 +81,13 @@ def setup_mindspore(device: str = "CPU", threads: int | None = None) -> dict[str
     if not available:
         raise EnvironmentRefused(f"MindSpore device {device} requested, but it is not available in this "
                                  f"MindSpore {ms.__version__} installation")
-    ms.set_device(device)
+    current = ms.get_context("device_target")
+    if current != device:
+        try:
+            ms.set_device(device)
+        except RuntimeError:  # the runtime already ran a kernel on another device in this process
+            raise EnvironmentRefused(f"MindSpore already runs on {current} in this process; run the check in a "
+                                     f"fresh process to use {device}") from None
     info: dict[str, Any] = {"device": device}
     if device == "GPU":
         dc.gpu.op_precision.matmul_allow_tf32(False)
