@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Sequence
 
 import numpy as np
@@ -95,14 +94,16 @@ def check_models(torch_model: Any, ms_model: Any, *, diffusion: DiffusionConfig 
                  ddim_etas: Sequence[float] = (0.0, 0.5), pred_timesteps: Sequence[int] | None = None,
                  checks: Sequence[str] = CHECKS, ms_mode: str = "graph", progress: bool = False,
                  environment: dict | None = None, title: str | None = None, spec: RunSpec | None = None,
-                 parallel: bool = True, sides: tuple[Any, Any] | None = None) -> Report:
+                 worker: bool = False, sides: tuple[Any, Any] | None = None) -> Report:
     """Run every check on two models holding the same weights; return the ``Report`` (never raises
     for a numeric mismatch; ``ValueError`` for a bad configuration).
 
     ``checks`` picks a subset of ``parity.suite.CHECKS``; ``ms_mode="pynative"`` runs MindSpore's
-    samplers op by op instead of through compiled steps; ``parallel`` runs PyTorch in a worker thread
-    alongside MindSpore; ``sides`` (a ``TorchSide``, ``MsSide`` pair) lets repeated calls on the same
-    model objects reuse MindSpore's compiled steps; ``spec`` overrides the individual run options."""
+    samplers op by op instead of through compiled steps; ``worker=True`` runs the PyTorch side in a
+    process of its own alongside MindSpore, rebuilt from ``torch_model.config`` and its weights (only for
+    an unmodified ``ddpm_torch.Unet``: the CLI's case); ``sides`` (a ``TorchSide``, ``MsSide`` pair) lets
+    repeated calls on the same model objects reuse MindSpore's compiled steps; ``spec`` overrides the
+    individual run options."""
     from parity.side_ms import MsSide
     from parity.side_torch import TorchSide
 
@@ -129,13 +130,23 @@ def check_models(torch_model: Any, ms_model: Any, *, diffusion: DiffusionConfig 
         from parity.env import fingerprint
 
         environment = fingerprint({"device": tdev}, {"device": mdev}, ms_mode)
-    report = Report(title or describe_run(spec), spec.to_dict(), tape_hash(tape),
-                    weights_hash(side_t.state(torch_model)), environment, timings=timings)
-    if "settings" in spec.checks:
-        report.settings, report.settings_pairs = check_settings(side_t, torch_model, side_m, ms_model)
-        timings["settings"] = round(time.perf_counter() - t0, 3)
-    d_t, d_m = side_t.diffusion(spec.diffusion), side_m.diffusion(spec.diffusion)
-    out_t, out_m, stepped = _run_both(side_t, torch_model, d_t, side_m, ms_model, d_m, tape, spec, timings, parallel)
+    state_t = side_t.state(torch_model)
+    pool = None
+    if worker:  # started first, so that its imports and PyTorch's work overlap MindSpore's
+        from parity.worker import TorchWorker
+
+        pool = TorchWorker(spec, state_t, tape_hash(tape), tdev, threads=1)
+    report = Report(title or describe_run(spec), spec.to_dict(), tape_hash(tape), weights_hash(state_t), environment,
+                    timings=timings)
+    try:
+        if "settings" in spec.checks:
+            report.settings, report.settings_pairs = check_settings(side_t, torch_model, side_m, ms_model)
+            timings["settings"] = round(time.perf_counter() - t0, 3)
+        d_t, d_m = side_t.diffusion(spec.diffusion), side_m.diffusion(spec.diffusion)
+        out_t, out_m, stepped = _run_both(side_t, torch_model, d_t, side_m, ms_model, d_m, tape, spec, timings, pool)
+    finally:
+        if pool is not None:
+            pool.close()
     one_step = None
     if stepped is not None:
         one_step = (stepped, out_m["ddpm/trajectory"], "PyTorch stepping from MindSpore's states")
@@ -147,48 +158,33 @@ def check_models(torch_model: Any, ms_model: Any, *, diffusion: DiffusionConfig 
 
 
 def _run_both(side_t: Any, model_t: Any, d_t: Any, side_m: Any, model_m: Any, d_m: Any, tape: dict, spec: RunSpec,
-              timings: dict, parallel: bool) -> tuple[dict, dict, np.ndarray | None]:
-    """Both sides' outputs and PyTorch's teacher-forced steps from MindSpore's trajectory.
-
-    ``parallel``: the PyTorch side runs in a worker thread (one intra-op thread, no progress bar) while
-    MindSpore runs here; each framework is used from one thread only, and every input comes from the
-    tape, so the numbers do not depend on the interleaving."""
-    trajectory: Future = Future()
-
-    def torch_work() -> tuple[dict, np.ndarray | None]:
-        out = run_side(side_t, model_t, d_t, tape, spec, timings)
-        if "ddpm" not in spec.checks:
-            return out, None
-        reference = trajectory.result()
-        t1 = time.perf_counter()
-        stepped = teacher_forced(side_t, model_t, d_t, tape, reference)
-        timings["torch/teacher_forced"] = round(time.perf_counter() - t1, 3)
-        return out, stepped
-
-    if not parallel:
-        out_m = run_side(side_m, model_m, d_m, tape, spec, timings, trajectory.set_result)
-        out_t, stepped = torch_work()
+              timings: dict, worker: Any) -> tuple[dict, dict, np.ndarray | None]:
+    """Both sides' outputs and PyTorch's teacher-forced steps from MindSpore's trajectory: in this process
+    one after the other, or with PyTorch in ``worker`` (a ``parity.worker.TorchWorker``) meanwhile."""
+    if worker is None:
+        out_m = run_side(side_m, model_m, d_m, tape, spec, timings)
+        out_t = run_side(side_t, model_t, d_t, tape, spec, timings)
+        stepped = None
+        if "ddpm" in spec.checks:
+            t1 = time.perf_counter()
+            stepped = teacher_forced(side_t, model_t, d_t, tape, out_m["ddpm/trajectory"])
+            timings["torch/teacher_forced"] = round(time.perf_counter() - t1, 3)
         return out_t, out_m, stepped
-    import torch
+    sent: list[bool] = []
 
-    threads, progress = torch.get_num_threads(), side_t.progress
-    torch.set_num_threads(1)
-    side_t.progress = False
+    def send(trajectory: np.ndarray) -> None:
+        sent.append(True)
+        worker.send_trajectory(trajectory)
+
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="parity-torch") as pool:
-            job = pool.submit(torch_work)
-            try:
-                out_m = run_side(side_m, model_m, d_m, tape, spec, timings, trajectory.set_result)
-            except BaseException as e:
-                if not trajectory.done():
-                    trajectory.set_exception(e)
-                raise
-            if not trajectory.done():
-                trajectory.set_exception(RuntimeError("MindSpore produced no DDPM trajectory"))
-            out_t, stepped = job.result()
+        out_m = run_side(side_m, model_m, d_m, tape, spec, timings, send)
     finally:
-        torch.set_num_threads(threads)
-        side_t.progress = progress
+        if "ddpm" in spec.checks and not sent:
+            worker.send_trajectory(None)  # release the worker
+    t1 = time.perf_counter()
+    out_t, stepped = worker.result()
+    timings.update(worker.timings)
+    timings["waited_for_torch_worker"] = round(time.perf_counter() - t1, 3)
     return out_t, out_m, stepped
 
 

@@ -60,7 +60,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checks", type=_csv(str), default=CHECKS, help=f"subset of {','.join(CHECKS)}")
 
 
-def _device_options(p: argparse.ArgumentParser, frameworks: Sequence[str] = FRAMEWORKS) -> None:
+def _device_options(p: argparse.ArgumentParser, frameworks: Sequence[str] = FRAMEWORKS, both: bool = False) -> None:
     g = p.add_argument_group("devices and output")
     if "torch" in frameworks:
         g.add_argument("--torch-device", default="cpu", help="cpu, cuda or cuda:N (TF32 is switched off)")
@@ -70,9 +70,13 @@ def _device_options(p: argparse.ArgumentParser, frameworks: Sequence[str] = FRAM
         g.add_argument("--ms-mode", choices=("graph", "pynative"), default="graph",
                        help="graph: sampling steps compiled with ms.jit (default); pynative: op by op")
     g.add_argument("--threads", type=int, default=None,
-                   help="CPU threads per framework (default: 1 each for the two-framework check, which runs "
-                        "them side by side; the framework's own default for record/compare)")
+                   help="CPU threads of MindSpore (default 1), and of PyTorch with --in-process or in record/compare (default: "
+                        "PyTorch's; its worker process uses 1)")
     g.add_argument("--json", default=None, help="write every figure, the environment and the hashes here")
+    if both:
+        g.add_argument("--in-process", action="store_true",
+                       help="run the PyTorch side in this process after MindSpore (default: in a worker process "
+                            "alongside it)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -133,7 +137,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     cfg, state, source = _weights(args)  # structural problems first: they need no framework
     spec = _spec(args, cfg)
-    torch_info = setup_torch(args.torch_device, args.threads or 1)
+    torch_info = setup_torch(args.torch_device, args.threads if args.in_process else 1)
     ms_info = setup_mindspore(args.ms_device, args.threads or 1)
     from parity.api import check_models, describe_run
     from parity.side_ms import MsSide
@@ -145,8 +149,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     side_m.load(model_m, state)  # through ddpm_core.weights.torch_to_ms
     env = fingerprint(torch_info, ms_info, args.ms_mode)
     env["weights_source"] = source
+    env["torch_side"] = "this process" if args.in_process else "a worker process (1 thread), alongside MindSpore"
     report = check_models(model_t, model_m, spec=spec, ms_mode=args.ms_mode, progress=not args.no_progress,
-                          environment=env, title=describe_run(spec), sides=(side_t, side_m))
+                          environment=env, title=describe_run(spec), sides=(side_t, side_m),
+                          worker=not args.in_process)
     report.timings["wall_including_setup"] = round(time.perf_counter() - t0, 3)
     return _finish(report, args)
 
@@ -159,7 +165,7 @@ def _setup_one(framework: str, args: argparse.Namespace) -> tuple[Any, dict]:
         from parity.side_torch import TorchSide
 
         return TorchSide(args.torch_device, compiled=True, progress=not args.no_progress), info
-    info = env.setup_mindspore(args.ms_device, args.threads)
+    info = env.setup_mindspore(args.ms_device, args.threads or 1)
     from parity.side_ms import MsSide
 
     return MsSide(args.ms_device, compiled=args.ms_mode == "graph", progress=not args.no_progress), info
@@ -249,10 +255,10 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--framework", choices=FRAMEWORKS, required=True)
         _device_options(p)
         return p
-    p = argparse.ArgumentParser(prog="python -m parity.check", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m parity.check", description=__doc__.split("\n\n")[0].replace("``", ""),
                                 epilog="subcommands: record, compare (python -m parity.check record --help)")
     _run_options(p)
-    _device_options(p)
+    _device_options(p, both=True)
     return p
 
 

@@ -114,8 +114,10 @@ def run_side(side: Any, model: Any, diffusion: Any, tape: Mapping[str, np.ndarra
                 states = side.adam(model, diffusion, batches, spec.lrs, spec.diffusion.loss_type, rule)
             finally:
                 side.load(model, w0)
+            if prefix == "adam":
+                out.update({f"adam/step0/{n}": v for n, v in w0.items()})
             for k, state in enumerate(states, 1):
-                out.update({f"{prefix}/step{k}/{n}": state[n].astype(np.float64) - w0[n] for n in state})
+                out.update({f"{prefix}/step{k}/{n}": v for n, v in state.items()})
         lap("adam")
     return out
 
@@ -196,11 +198,25 @@ def _steps(label: str, output: str, a: np.ndarray, b: np.ndarray, names: list[st
     return Row(label, output, Summary(label, members), tol.gate, note)
 
 
+def _updates(out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Adam states after k steps -> the parameter change w_k - w_0 (float64, exact), step0 dropped."""
+    res = {}
+    for key, value in out.items():
+        parts = key.split("/", 2)
+        if parts[0] in ("adam", "adam_torch_rule") and len(parts) == 3 and parts[1].startswith("step"):
+            if parts[1] != "step0" and f"adam/step0/{parts[2]}" in out:
+                res[key] = value.astype(np.float64) - out[f"adam/step0/{parts[2]}"].astype(np.float64)
+            continue
+        res[key] = value
+    return res
+
+
 def compare_outputs(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], spec: RunSpec, device: str,
                     one_step: tuple[np.ndarray, np.ndarray, str] | None = None) -> list[Row]:
     """Rows for every output both sides computed. ``one_step`` = (PyTorch values, MindSpore values,
     who stepped) of the teacher-forced DDPM check."""
     T, rows = spec.diffusion.timesteps, []
+    a, b = _updates(a), _updates(b)
 
     def add(row: Row | None) -> None:
         if row is not None:
