@@ -68,6 +68,7 @@ class TorchWorker:
         self._proc.start()
         child.close()
         self.timings: dict[str, float] = {}
+        self._done = False
 
     def send_trajectory(self, trajectory: np.ndarray | None) -> None:
         self._trajectories.put(trajectory)  # a feeder thread writes it: MindSpore goes on meanwhile
@@ -80,11 +81,15 @@ class TorchWorker:
         if kind == "error":
             raise RuntimeError(f"the PyTorch worker process failed: {value}\n{extra}")
         self.timings.update(extra)
+        self._done = True
         return value
 
     def close(self) -> None:
+        """Wait briefly for a worker that delivered its result; stop one that did not (the parent failed)."""
         self._conn.close()
-        self._trajectories.close()
-        self._proc.join(timeout=10)
+        self._proc.join(timeout=10 if self._done else 0)
         if self._proc.is_alive():
             self._proc.terminate()
+            self._proc.join(timeout=10)
+        self._trajectories.close()
+        self._trajectories.cancel_join_thread()
