@@ -3,7 +3,12 @@
 Rule: nothing here imports torch or mindspore at import time, and nothing imports a twin
 or the parity harness.
 """
-from ddpm_core.config import DiffusionConfig, TUTORIAL_DIFFUSION, TUTORIAL_UNET, UnetConfig
+from ddpm_core.config import (
+    TUTORIAL_DIFFUSION,
+    TUTORIAL_UNET,
+    DiffusionConfig,
+    UnetConfig,
+)
 from ddpm_core.schedules import DiffusionSchedule, make_schedule
 
 __all__ = [

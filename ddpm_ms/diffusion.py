@@ -35,11 +35,17 @@ def huber_loss(a: Tensor, b: Tensor) -> Tensor:
     return _SMOOTH_L1(a, b)
 
 
-LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "huber": huber_loss,
-    "l1": lambda a, b: ops.abs(a - b),
-    "l2": lambda a, b: ops.square(a - b),
-}
+def l1_loss(a: Tensor, b: Tensor) -> Tensor:
+    return ops.abs(a - b)
+
+
+def l2_loss(a: Tensor, b: Tensor) -> Tensor:
+    return ops.square(a - b)
+
+
+LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"huber": huber_loss, "l1": l1_loss, "l2": l2_loss}
+"""Named functions, not lambdas: ``ms.jit`` reads a function's source to compile it, and the source line of a
+lambda inside this dict does not parse on its own (``loss`` runs inside the compiled training step)."""
 
 
 class GaussianDiffusion:
@@ -80,8 +86,7 @@ class GaussianDiffusion:
         t = self.timesteps_tensor(t, x_start.shape[0])
         noise = ops.standard_normal(x_start.shape).astype(x_start.dtype) if noise is None else self.tensor(noise, x_start.dtype)
         check_same_shape("noise", noise.shape, x_start.shape)
-        return (self.extract(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
-                + self.extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise)
+        return self.noised(x_start, t, noise)
 
     def p_losses(self, model: nn.Cell, x_start: ArrayLike, t: ArrayLike, noise: ArrayLike | None = None,
                  loss_type: str | None = None) -> Tensor:
@@ -89,8 +94,17 @@ class GaussianDiffusion:
         x_start = self.tensor(x_start)
         noise = ops.standard_normal(x_start.shape).astype(x_start.dtype) if noise is None else self.tensor(noise, x_start.dtype)
         t = self.timesteps_tensor(t, x_start.shape[0])
-        x_noisy = self.q_sample(x_start, t, noise)
-        predicted_noise = model(x_noisy, t)
+        check_same_shape("noise", noise.shape, x_start.shape)
+        return self.loss(model, x_start, t, noise, loss_type)
+
+    def noised(self, x_start: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """``q_sample`` on validated tensors; pure tensor math (jit-safe, no checks)."""
+        return (self.extract(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
+                + self.extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise)
+
+    def loss(self, model: nn.Cell, x_start: Tensor, t: Tensor, noise: Tensor, loss_type: str | None = None) -> Tensor:
+        """``p_losses`` on validated tensors; pure tensor math (jit-safe, no checks)."""
+        predicted_noise = model(self.noised(x_start, t, noise), t)
         loss = LOSSES[loss_type or self.config.loss_type](noise, predicted_noise)
         loss = loss.reshape(loss.shape[0], -1)
         loss = loss * self.extract(self.p2_loss_weight, t, loss.shape)

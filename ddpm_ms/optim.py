@@ -3,15 +3,25 @@ ddpm_torch/optim.py.
 
 ``nn.Adam`` is MindSpore's own (eps added to the uncorrected sqrt(v), see ddpm_torch/optim.py);
 its hyper-parameters are passed explicitly so a changed default cannot move the numbers.
+
+The training step's fast path (``fast=True``, the default) is one ``ms.jit`` graph of forward, loss,
+gradients and the ``nn.Adam`` update; ``fast=False`` runs the same functions op by op (PyNative), as the
+tutorial does. Both validate their inputs before any graph runs, and agree to float32 rounding
+(tests/parity/test_bench.py); docs/performance.md has the measurements.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import mindspore as ms
-from mindspore import Tensor, nn
+from mindspore import Tensor, nn, ops
 
+from ddpm_core.config import check_same_shape
 from ddpm_ms.diffusion import ArrayLike, GaussianDiffusion
+
+JIT_LEVEL = "O0"
+"""``ms.jit`` level of the compiled training step: "O1" (operator fusion) measured no faster on CPU and
+compiles longer (docs/performance.md)."""
 
 
 def make_optimizer(model: nn.Cell, lr: float | Sequence[float]) -> nn.Adam:
@@ -36,20 +46,42 @@ def loss_and_grads(model: nn.Cell, diffusion: GaussianDiffusion, x_start: ArrayL
 
 
 def make_train_step(model: nn.Cell, diffusion: GaussianDiffusion, optimizer: nn.Optimizer,
-                    loss_type: str | None = None) -> Callable[[ArrayLike, ArrayLike, ArrayLike], Tensor]:
+                    loss_type: str | None = None, fast: bool = True) -> Callable[[ArrayLike, ArrayLike, ArrayLike], Tensor]:
     """``step(x_start, t, noise) -> loss``: forward, loss, gradients and one optimizer update (the tutorial's
-    ``train_step``)."""
+    ``train_step``).
+
+    ``fast=True``: the four as one ``ms.jit`` graph, compiled on the first call and reused while the input
+    shapes stay the same (compiling costs tens of seconds for the tutorial's U-Net on CPU, so a run of a few
+    steps is quicker with ``fast=False``). A parameter updated in place (``copy_``, ``assign_value``) is seen by
+    the graph; one whose storage is replaced (``set_data``, ``load_param_into_net``, as when resuming) is not:
+    MindSpore 2.10's graph would go on training the old storage, so such a change compiles a fresh graph.
+    ``fast=False``: op by op (PyNative). A ``model`` that is not an ``nn.Cell`` (e.g. a forward already wrapped
+    in ``ms.jit``) always takes the op-by-op step."""
 
     def forward(x, tt, n):
-        return diffusion.p_losses(model, x, tt, n, loss_type)
+        return diffusion.loss(model, x, tt, n, loss_type)
 
     grad_fn = ms.value_and_grad(forward, None, optimizer.parameters, has_aux=False)
+
+    def train(x, tt, n):
+        loss, grads = grad_fn(x, tt, n)
+        return ops.depend(loss, optimizer(grads))
+
+    compiled: dict[str, Any] = {}
+
+    def run(x: Tensor, tt: Tensor, n: Tensor) -> Tensor:
+        if not (fast and isinstance(model, nn.Cell)):
+            return train(x, tt, n)
+        storage = tuple(p.data_ptr() for p in optimizer.get_parameters())  # model weights and Adam's state
+        if compiled.get("storage") != storage:
+            compiled.update(storage=storage, graph=ms.jit(train, jit_level=JIT_LEVEL))
+        return compiled["graph"](x, tt, n)
 
     def step(x_start: ArrayLike, t: ArrayLike, noise: ArrayLike) -> Tensor:
         model.set_train()
         x = diffusion.tensor(x_start, ms.float32)
-        loss, grads = grad_fn(x, diffusion.timesteps_tensor(t, x.shape[0]), diffusion.tensor(noise, ms.float32))
-        optimizer(grads)
-        return loss
+        noise = diffusion.tensor(noise, ms.float32)
+        check_same_shape("noise", noise.shape, x.shape)
+        return run(x, diffusion.timesteps_tensor(t, x.shape[0]), noise)
 
     return step

@@ -34,11 +34,17 @@ def huber_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 DDIM_COEFS = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "sqrt_alphas_cumprod_prev", "dir_coef", "sigma")
 """The ``DDIMPlan`` fields one DDIM step takes, in ``ddim_step``'s argument order."""
 
-LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "huber": huber_loss,
-    "l1": lambda a, b: torch.abs(a - b),
-    "l2": lambda a, b: torch.square(a - b),
-}
+def l1_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.abs(a - b)
+
+
+def l2_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.square(a - b)
+
+
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"huber": huber_loss, "l1": l1_loss,
+                                                                           "l2": l2_loss}
+"""Named functions, as in the MindSpore twin (where ``ms.jit`` cannot compile a lambda defined in a dict)."""
 
 
 class GaussianDiffusion:
@@ -80,8 +86,7 @@ class GaussianDiffusion:
         t = self.timesteps_tensor(t, x_start.shape[0])
         noise = torch.randn_like(x_start) if noise is None else self.tensor(noise, x_start.dtype)
         check_same_shape("noise", noise.shape, x_start.shape)
-        return (self.extract(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
-                + self.extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise)
+        return self.noised(x_start, t, noise)
 
     def p_losses(self, model: nn.Module, x_start: ArrayLike, t: ArrayLike, noise: ArrayLike | None = None,
                  loss_type: str | None = None) -> torch.Tensor:
@@ -89,8 +94,17 @@ class GaussianDiffusion:
         x_start = self.tensor(x_start)
         noise = torch.randn_like(x_start) if noise is None else self.tensor(noise, x_start.dtype)
         t = self.timesteps_tensor(t, x_start.shape[0])
-        x_noisy = self.q_sample(x_start, t, noise)
-        predicted_noise = model(x_noisy, t)
+        check_same_shape("noise", noise.shape, x_start.shape)
+        return self.loss(model, x_start, t, noise, loss_type)
+
+    def noised(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """``q_sample`` on validated tensors; pure tensor math (jit-safe, no checks)."""
+        return (self.extract(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
+                + self.extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise)
+
+    def loss(self, model: nn.Module, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, loss_type: str | None = None) -> torch.Tensor:
+        """``p_losses`` on validated tensors; pure tensor math (jit-safe, no checks)."""
+        predicted_noise = model(self.noised(x_start, t, noise), t)
         loss = LOSSES[loss_type or self.config.loss_type](noise, predicted_noise)
         loss = loss.reshape(loss.shape[0], -1)
         loss = loss * self.extract(self.p2_loss_weight, t, loss.shape)

@@ -1,0 +1,209 @@
+"""The fast paths keep parity, and ``python -m parity.bench`` reports every figure consistently.
+
+Fast paths: MindSpore's compiled training step (one ``ms.jit`` graph of forward, loss, gradients and
+``nn.Adam``) against its PyNative step and against the torch twin with ``MindSporeAdam``; the torch
+channels-last step and sampler against plain NCHW. The bench runs once, as a tiny smoke configuration:
+a benchmark, not a timed test (nothing here asserts a speed).
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+import pytest
+import torch
+
+import ddpm_ms
+import ddpm_torch
+from ddpm_core.config import DiffusionConfig, UnetConfig
+from ddpm_core.weights import ms_to_torch
+from ddpm_ms.optim import make_optimizer as ms_optimizer
+from ddpm_ms.optim import make_train_step as ms_train_step
+from ddpm_torch.optim import make_optimizer as torch_optimizer
+from ddpm_torch.optim import make_train_step as torch_train_step
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = UnetConfig(dim=8, channels=1, dim_mults=(1, 2))
+SHORT = DiffusionConfig(timesteps=10)
+SHAPE = (2, 1, 8, 8)
+LRS = [1e-3, 5e-4, 2e-4]
+COMPILED_VS_PYNATIVE = 1e-5
+"""max |w_compiled - w_pynative| after 3 Adam steps: graph mode may order float32 sums differently
+(measured: losses within 1 ulp, weights within 2e-6)."""
+MS_VS_TORCH = 1e-5
+"""The brief's bound for the compiled MindSpore step against the torch twin with MindSporeAdam."""
+FAST_VS_EAGER = 1e-5
+"""torch channels-last against NCHW: the same math, oneDNN's NHWC kernels sum in another order."""
+
+
+def batches(n: int = 3) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    return [(rng.uniform(-1, 1, SHAPE).astype(np.float32), rng.integers(0, SHORT.timesteps, SHAPE[0]).astype(np.int32),
+             rng.standard_normal(SHAPE).astype(np.float32)) for _ in range(n)]
+
+
+def train_ms(ms_twin, weights, fast: bool) -> tuple[list[float], dict[str, np.ndarray]]:
+    model = ms_twin.build_loaded(SMALL, weights)
+    step = ms_train_step(model, ddpm_ms.GaussianDiffusion(SHORT), ms_optimizer(model, LRS), fast=fast)
+    losses = [float(step(*b).asnumpy()) for b in batches()]
+    return losses, ms_to_torch({p.name: p.asnumpy().copy() for p in model.get_parameters()}, SMALL)
+
+
+def train_torch(torch_twin, weights, fast: bool) -> tuple[list[float], dict[str, np.ndarray]]:
+    model = torch_twin.build_loaded(SMALL, weights)
+    step = torch_train_step(model, ddpm_torch.GaussianDiffusion(SHORT), torch_optimizer(model, LRS), fast=fast)
+    losses = [float(step(*b)) for b in batches()]
+    return losses, {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def assert_same_training(a, b, tolerance: float, what: str) -> None:
+    np.testing.assert_allclose(a[0], b[0], rtol=0, atol=tolerance, err_msg=f"{what}: losses")
+    assert sorted(a[1]) == sorted(b[1])
+    for name in a[1]:
+        diff = float(np.max(np.abs(a[1][name] - b[1][name])))
+        assert diff <= tolerance, f"{what}: {name} differs by {diff:.3g} (> {tolerance}) after {len(LRS)} steps"
+
+
+@pytest.fixture(scope="module")
+def trained(ms_twin, torch_twin, make_weights):
+    """(losses, weights) after 3 steps from the same seeded weights, for each twin and path."""
+    weights = make_weights(SMALL)
+    return {"ms_fast": train_ms(ms_twin, weights, True), "ms_pynative": train_ms(ms_twin, weights, False),
+            "torch_fast": train_torch(torch_twin, weights, True), "torch_eager": train_torch(torch_twin, weights, False),
+            "start": weights}
+
+
+def test_ms_compiled_training_step_equals_pynative(trained):
+    assert_same_training(trained["ms_fast"], trained["ms_pynative"], COMPILED_VS_PYNATIVE, "ms compiled vs PyNative")
+    moved = max(float(np.max(np.abs(trained["ms_fast"][1][k] - trained["start"][k]))) for k in trained["start"])
+    assert moved > 100 * COMPILED_VS_PYNATIVE, "the weights must have moved, or the comparison proves nothing"
+
+
+def test_ms_compiled_training_step_matches_torch_twin(trained):
+    assert_same_training(trained["ms_fast"], trained["torch_fast"], MS_VS_TORCH, "ms compiled vs torch fast")
+    assert_same_training(trained["ms_fast"], trained["torch_eager"], MS_VS_TORCH, "ms compiled vs torch eager")
+
+
+def test_torch_fast_training_step_equals_eager(trained):
+    assert_same_training(trained["torch_fast"], trained["torch_eager"], FAST_VS_EAGER, "torch fast vs eager")
+
+
+def test_ms_compiled_step_follows_replaced_parameter_storage(ms_twin, make_weights):
+    """``set_data`` after the graph was compiled (as when resuming) must not leave the graph training the old
+    storage: the step recompiles, and ends where an in-place update (``copy_``, which every path sees) ends.
+    (PyNative's ``nn.Adam`` itself keeps updating the old storage after a ``set_data``: measured, not tested.)"""
+    weights = make_weights(SMALL)
+    results = {}
+    for fast, how in ((True, "set_data"), (True, "copy_"), (False, "copy_")):
+        model = ms_twin.build_loaded(SMALL, weights)
+        step = ms_train_step(model, ddpm_ms.GaussianDiffusion(SHORT), ms_optimizer(model, LRS), fast=fast)
+        b = batches(2)
+        step(*b[0])
+        getattr(model.init_conv.weight, how)(ms.Tensor(np.full(model.init_conv.weight.shape, 0.01, np.float32)))
+        loss = float(step(*b[1]).asnumpy())
+        results[fast, how] = (loss, model.init_conv.weight.asnumpy().copy())
+    reference = results[False, "copy_"]
+    assert np.max(np.abs(reference[1] - 0.01)) > 10 * COMPILED_VS_PYNATIVE, "the second step must move the weight"
+    for key, (loss, weight) in results.items():
+        assert abs(loss - reference[0]) <= COMPILED_VS_PYNATIVE, key
+        np.testing.assert_allclose(weight, reference[1], rtol=0, atol=COMPILED_VS_PYNATIVE, err_msg=str(key))
+
+
+@pytest.mark.parametrize("twin_name", ["torch", "ms"])
+def test_fast_step_still_refuses_bad_input_before_running(twin_name, ms_twin, torch_twin):
+    twin = {"ms": ms_twin, "torch": torch_twin}[twin_name]
+    model = twin.build(SMALL)
+    make = (ms_train_step, ms_optimizer) if twin_name == "ms" else (torch_train_step, torch_optimizer)
+    step = make[0](model, twin.GaussianDiffusion(SHORT), make[1](model, LRS), fast=True)
+    x, t, noise = batches(1)[0]
+    with pytest.raises(ValueError, match="timesteps"):
+        step(x, t.astype(np.float32), noise)
+    with pytest.raises(ValueError, match="noise"):
+        step(x, t, noise[:1])
+
+
+def test_ms_compiled_sampling_compiles_one_graph_for_all_steps():
+    """Every step of a compiled DDPM loop reuses one graph: one compile for the first loop, none after."""
+    from mindspore.graph.api import ms_compile_cache  # MindSpore's set of compiled phases
+
+    model = ddpm_ms.Unet.from_config(SMALL)
+    model.set_train(False)
+    diffusion = ddpm_ms.GaussianDiffusion(SHORT)
+    before = len(ms_compile_cache)
+    diffusion.p_sample_loop(model, SHAPE, compiled=True)
+    assert len(ms_compile_cache) - before == 1
+    diffusion.p_sample_loop(model, SHAPE, compiled=True)
+    assert len(ms_compile_cache) - before == 1
+
+
+def test_torch_channels_last_sampling_equals_nchw(torch_twin, make_weights):
+    """The torch fast path's model (channels-last weights, as ``make_train_step(fast=True)`` leaves it) samples
+    what the NCHW model samples."""
+    nchw = torch_twin.build_loaded(SMALL, make_weights(SMALL)).eval()
+    nhwc = torch_twin.build_loaded(SMALL, make_weights(SMALL)).eval().to(memory_format=torch.channels_last)
+    diffusion = ddpm_torch.GaussianDiffusion(SHORT)
+    rng = np.random.default_rng(1)
+    img, noise = rng.standard_normal(SHAPE).astype(np.float32), rng.standard_normal((10, *SHAPE)).astype(np.float32)
+    fast = np.stack(diffusion.p_sample_loop(nhwc, SHAPE, img=img, noise=noise))
+    eager = np.stack(diffusion.p_sample_loop(nchw, SHAPE, img=img, noise=noise))
+    np.testing.assert_allclose(fast, eager, rtol=0, atol=FAST_VS_EAGER)
+
+
+# ------------------------------------------------------------------------------------ the bench, smoke-sized
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, "-m", "parity.bench", "--batch", "2", "--train-steps", "1", "--sample-steps", "2",
+         "--repeats", "1", "--image-size", "8", "--model-config", SMALL.to_json(), "--no-check", "--quiet-wait", "0",
+         "--json", str(out / "bench.json"), "--markdown", str(out / "bench.md")],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text()
+
+
+def test_bench_json_has_every_figure_for_every_configuration(smoke):
+    report, _ = smoke
+    assert set(report) >= {"date", "settings", "machine", "environment", "results", "parity_check", "targets",
+                           "data_parallel"}
+    assert list(report["results"]) == ["tutorial", "ms_pynative", "ms_compiled", "torch_eager", "torch_fast"]
+    for name, r in report["results"].items():
+        for key in ("label", "isa", "setup_s", "warmup_train_s", "warmup_sample_s", "train_s", "sample_s",
+                    "train_images_per_s", "sample_images_per_s", "train_vs_tutorial", "sample_vs_tutorial",
+                    "train_fraction_of_peak", "sample_fraction_of_peak", "peak_rss_mib", "load_1min", "foreign_cores",
+                    "foreign_cores_max", "idle_cpu_s"):
+            assert r.get(key) is not None, f"{name}: {key} missing"
+        assert r["isa"] == "AVX2" and r["peak_rss_mib"] > 0 and len(r["train_s"]) == len(r["sample_s"]) == 1
+    m = report["machine"]
+    assert m["flops_per_image_train_step"] > m["flops_per_image_forward"] > 0 and m["peak_flops_measured"] > 0
+    assert report["parity_check"]["wall_s"] is None and report["data_parallel"]["workers"] == [1]
+
+
+def test_bench_ratios_are_consistent(smoke):
+    report, _ = smoke
+    res, s = report["results"], report["settings"]
+    base = res["tutorial"]
+    for name, r in res.items():
+        train = s["batch"] * s["train_steps"] / r["train_s"][0]
+        sample = s["batch"] / (r["sample_s"][0] * 200 / s["sample_steps"])
+        assert r["train_images_per_s"]["median"] == pytest.approx(train)
+        assert r["sample_images_per_s"]["median"] == pytest.approx(sample)
+        assert r["train_vs_tutorial"] == pytest.approx(train / base["train_images_per_s"]["median"])
+        assert r["sample_vs_tutorial"] == pytest.approx(sample / base["sample_images_per_s"]["median"])
+        flops = report["machine"]["flops_per_image_train_step"]
+        assert r["train_fraction_of_peak"] == pytest.approx(train * flops / report["machine"]["peak_flops_measured"])
+    assert res["tutorial"]["train_vs_tutorial"] == pytest.approx(1.0)
+    by_name = {t["target"]: t for t in report["targets"]}
+    ratio = by_name["ms compiled sampling vs ms PyNative"]
+    assert ratio["value"] == pytest.approx(res["ms_compiled"]["sample_images_per_s"]["median"]
+                                           / res["ms_pynative"]["sample_images_per_s"]["median"])
+    assert ratio["met"] == (ratio["value"] >= ratio["threshold"])
+
+
+def test_bench_markdown_names_every_configuration_and_the_extrapolation(smoke):
+    report, text = smoke
+    for r in report["results"].values():
+        assert r["label"] in text
+    assert "scaled by 200/2" in text and "| target |" in text
