@@ -105,8 +105,11 @@ class MsSide:
         return self.numpy(loss), {names.get(n, n): self.numpy(g) for n, g in grads.items()}
 
     def adam(self, model: nn.Cell, diffusion: Any, batches: Sequence[tuple[np.ndarray, ...]], lrs: Sequence[float],
-             loss_type: str, rule: str = "mindspore") -> list[dict[str, np.ndarray]]:
-        """The state after each training step of the twin's ``make_train_step`` with ``nn.Adam``."""
+             loss_type: str, rule: str = "mindspore",
+             first_grads: dict[str, np.ndarray] | None = None) -> list[dict[str, np.ndarray]]:
+        """The state after each training step of the twin's ``make_train_step`` with ``nn.Adam``;
+        ``first_grads`` (PyTorch-named, the first batch's gradient at these weights) makes step 1 the
+        optimizer update alone."""
         if rule != "mindspore":
             raise ValueError("the MindSpore side has only MindSpore's Adam rule")
         optimizer = make_optimizer(model, [float(v) for v in lrs])
@@ -114,9 +117,13 @@ class MsSide:
         # to compile, far more than the few steps here
         plain = {"fast": False} if "fast" in inspect.signature(make_train_step).parameters else {}
         step = make_train_step(model, diffusion, optimizer, loss_type, **plain)
+        names = self._ms_to_torch_names(model)
         states = []
-        for x0, t, noise in batches:
-            step(x0, t, noise)
+        for k, (x0, t, noise) in enumerate(batches):
+            if k == 0 and first_grads is not None:
+                optimizer(tuple(self.tensor(first_grads[names.get(p.name, p.name)]) for p in optimizer.parameters))
+            else:
+                step(x0, t, noise)
             states.append(self.state(model))
         model.set_train(False)
         return states

@@ -75,9 +75,11 @@ class TorchSide:
         return self.numpy(loss), {name: self.numpy(g) for name, g in grads.items()}
 
     def adam(self, model: nn.Module, diffusion: Any, batches: Sequence[tuple[np.ndarray, ...]], lrs: Sequence[float],
-             loss_type: str, rule: str = "mindspore") -> list[dict[str, np.ndarray]]:
+             loss_type: str, rule: str = "mindspore",
+             first_grads: dict[str, np.ndarray] | None = None) -> list[dict[str, np.ndarray]]:
         """The state after each training step (the twin's ``make_train_step``). ``rule="torch"`` uses
-        ``torch.optim.Adam`` with the same per-step learning rates."""
+        ``torch.optim.Adam`` with the same per-step learning rates. ``first_grads`` (the gradient of the
+        first batch at these weights, already computed) makes step 1 the optimizer update alone."""
         optimizer = make_optimizer(model, list(lrs) if rule == "mindspore" else float(lrs[0]), rule=rule)
         step = make_train_step(model, diffusion, optimizer, loss_type)
         states = []
@@ -85,7 +87,14 @@ class TorchSide:
             if rule == "torch":
                 for group in optimizer.param_groups:
                     group["lr"] = float(lrs[min(k, len(lrs) - 1)])
-            step(x0, t, noise)
+            if k == 0 and first_grads is not None:
+                optimizer.zero_grad(set_to_none=True)
+                for name, p in model.named_parameters():
+                    p.grad = self.tensor(first_grads[name])
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                step(x0, t, noise)
             states.append(self.state(model))
         model.eval()
         return states

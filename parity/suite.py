@@ -81,6 +81,7 @@ def run_side(side: Any, model: Any, diffusion: Any, tape: Mapping[str, np.ndarra
         out.update({f"predict/t={int(t)}": y[i] for i, t in enumerate(ts)})
         lap("predict")
     batch0 = (tape["train_x0"][0], tape["train_t"][0], tape["train_noise"][0])
+    grads = None
     if "grad" in checks:
         loss, grads = side.loss_and_grads(model, diffusion, *batch0, spec.diffusion.loss_type)
         out["grad_loss"] = loss
@@ -110,8 +111,8 @@ def run_side(side: Any, model: Any, diffusion: Any, tape: Mapping[str, np.ndarra
         rules = ("mindspore", "torch") if side.name == "torch" else ("mindspore",)
         for rule in rules:
             prefix = "adam" if rule == "mindspore" else "adam_torch_rule"
-            try:
-                states = side.adam(model, diffusion, batches, spec.lrs, spec.diffusion.loss_type, rule)
+            try:  # step 1's gradient is the one just compared (same batch, same weights): not computed twice
+                states = side.adam(model, diffusion, batches, spec.lrs, spec.diffusion.loss_type, rule, grads)
             finally:
                 side.load(model, w0)
             if prefix == "adam":
