@@ -65,6 +65,9 @@ def explain(report: Report, outputs: tuple[dict, dict], tape: dict, spec: RunSpe
         finding = localise(side_t, model_t, side_m, model_m, x, t, tolerance("module", "float32", device))
         if finding is not None:
             report.findings.append(finding)
+        elif failed <= {"grad", "adam"}:
+            report.diagnoses.append(f"every module of the U-Net agrees on the prediction input (t={ts[k]}): the "
+                                    "difference is in the backward pass or the optimizer")
         else:
             report.diagnoses.append(f"every module of the U-Net agrees on the prediction input (t={ts[k]}): the "
                                     "difference is outside the network's forward pass")
