@@ -76,24 +76,17 @@ def _lrs() -> list[float]:
     return cosine_decay_lr(1e-7, 1e-4, 10 * 3750, 3750, 10)  # the tutorial's learning-rate list
 
 
-def _tutorial_module():
-    """tests/tutorial/tutorial_code.py, the tutorial's code as written (imported from the repository)."""
-    if not (REPO / "tests" / "tutorial" / "tutorial_code.py").is_file():
-        raise RuntimeError(f"{REPO / 'tests/tutorial/tutorial_code.py'} not found: the tutorial baseline needs a "
-                           "source checkout")
-    sys.path.insert(0, str(REPO))
-    from tests.tutorial import tutorial_code
-
-    return tutorial_code
-
-
 def _tutorial(name: str, cfg: UnetConfig, batch: int, size: int) -> tuple[Callable, Callable]:
     """The tutorial's model (rename loop included), ``nn.Adam`` over its lr list, ``train_step`` and
     ``p_sample_loop``, exactly as written."""
     import mindspore as ms
     from mindspore import nn
 
-    tut = _tutorial_module()
+    if not (REPO / "tests" / "tutorial" / "tutorial_code.py").is_file():
+        raise RuntimeError("tests/tutorial/tutorial_code.py not found: the tutorial baseline needs a source checkout")
+    sys.path.insert(0, str(REPO))
+    from tests.tutorial import tutorial_code as tut
+
     ms.set_seed(0)
     unet_model = tut.Unet(dim=cfg.dim, channels=cfg.channels, dim_mults=cfg.dim_mults)
     name_list = [name for name, _ in unet_model.parameters_and_names()]
@@ -164,28 +157,28 @@ def _twin(name: str, cfg: UnetConfig, batch: int, size: int) -> tuple[Callable, 
 
 
 def _machine(cfg: UnetConfig, batch: int, size: int) -> dict[str, Any]:
-    """FLOPs per image (torch.utils.flop_counter on the torch twin: convolutions and matrix products only)
-    and the machine's measured float32 peak (the best of a 2048^3 matmul, every core)."""
+    """FLOPs per image and the machine's float32 peak (the best of twenty 2048^3 matmuls, every core).
+
+    The forward is counted with torch.utils.flop_counter on the torch twin (convolutions and matrix products);
+    a training step is taken as 3 x forward (the backward's input and weight gradients each cost a forward):
+    FlopCounterMode's own count for the backward of a grouped convolution is wrong in torch 2.14 (it counts
+    a depthwise 7x7 backward as ~29 forwards)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     import ddpm_torch
-    from ddpm_torch.diffusion import GaussianDiffusion
 
-    model, diffusion = ddpm_torch.Unet.from_config(cfg), GaussianDiffusion()
-    x, t, noise = (torch.from_numpy(a) for a in _inputs(batch, cfg, size))
+    x, t, _ = (torch.from_numpy(a) for a in _inputs(batch, cfg, size))
     with FlopCounterMode(display=False) as fwd, torch.no_grad():
-        model(x, t)
-    with FlopCounterMode(display=False) as train:
-        diffusion.loss(model, x, t, noise).backward()
+        ddpm_torch.Unet.from_config(cfg)(x, t)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     best = float("inf")
-    for _ in range(8):
+    for _ in range(20):
         t0 = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - t0)
-    return {"flops_per_image_forward": fwd.get_total_flops() / batch,
-            "flops_per_image_train_step": train.get_total_flops() / batch,
+    forward = fwd.get_total_flops() / batch
+    return {"flops_per_image_forward": forward, "flops_per_image_train_step": 3 * forward,
             "peak_flops_measured": 2 * 2048**3 / best, "torch_threads": torch.get_num_threads()}
 
 
@@ -263,12 +256,12 @@ class Worker:
         env["ONEDNN_MAX_CPU_ISA"] = "AVX2"  # what ddpm_ms/__init__ sets; the tutorial itself sets nothing
         if name == "tutorial_default_isa":
             env.pop("ONEDNN_MAX_CPU_ISA")
-        self.name = name
-        self.log = log_dir / f"{name}.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "parity.bench", "--worker", name, "--batch", str(args.batch),
-             "--image-size", str(args.image_size), "--model-config", args.model_config.to_json()],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(self.log, "wb"), text=True, env=env, cwd=REPO)
+        self.name, self.log = name, log_dir / f"{name}.log"
+        with open(self.log, "wb") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "parity.bench", "--worker", name, "--batch", str(args.batch),
+                 "--image-size", str(args.image_size), "--model-config", args.model_config.to_json()],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=REPO)
 
     def read(self) -> dict[str, Any]:
         for line in self.proc.stdout:
@@ -439,8 +432,8 @@ def markdown(report: dict[str, Any]) -> str:
     if k < T:
         lines += ["", f"Sampling was timed over {k} of the {T} steps (a T={k} schedule: the same work per step) and "
                       f"scaled by {T}/{k}."]
-    lines += ["", f"FLOPs per image, counted with torch.utils.flop_counter on ddpm_torch (convolutions and matrix "
-                  f"products only): forward {m['flops_per_image_forward'] / 1e9:.3f} G, training step "
+    lines += ["", f"FLOPs per image: forward {m['flops_per_image_forward'] / 1e9:.3f} G (torch.utils.flop_counter on "
+                  f"ddpm_torch: convolutions and matrix products), training step 3 × forward = "
                   f"{m['flops_per_image_train_step'] / 1e9:.3f} G, {T}-step sampling "
                   f"{m['flops_per_image_forward'] * T / 1e9:.1f} G. Peak: {m['peak_flops_measured'] / 1e9:.0f} GFLOP/s, "
                   f"measured (float32 2048² matmul in torch, {m['torch_threads']} threads).",
@@ -498,18 +491,6 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("torch", "mindspore"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     if args.worker:
@@ -517,7 +498,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="parity-bench-") as tmp:
-        machine = {**_cpu(), **_versions()}
+        from importlib.metadata import version
+
+        machine = {**_cpu(), "torch": version("torch"), "mindspore": version("mindspore")}
+        wait_quiet([], args.quiet_wait)
         probe = Worker("machine", args, Path(tmp))
         machine.update(probe.read())
         probe.proc.wait()
