@@ -18,10 +18,14 @@ Rules it keeps:
     same numerics (library versions, oneDNN instruction set, PyTorch threads: recorded in each checkpoint,
     and a warning if they changed);
   * ``DDPM_KILL_AT`` (``after-step:K``, ``during-save:K``, ``before-pointer:K``) sends the process a real
-    SIGKILL at that point; the tests use it to interrupt runs deterministically.
+    SIGKILL at that point (in a data-parallel job, only rank ``DDPM_KILL_RANK`` when that is set); the tests
+    use it to interrupt runs deterministically;
+  * data parallel (``torchrun`` / ``msrun``, ddpm_core/distributed.py): every rank runs this loop on its slice
+    of each global batch; rank 0 alone writes the run folder, and every rank resumes from the same checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -39,11 +43,13 @@ from ddpm_core.atomic import atomic_write, atomic_write_bytes
 from ddpm_core.cli import RESUME_OVERRIDABLE, UserError, explicit_options, train_parser
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.datasets import DataSpec, make_stage_dir, prepare_data
+from ddpm_core.distributed import World
 from ddpm_core.schedules import cosine_decay_lr
 from ddpm_core.train_tape import (
     TAPE_VERSION,
     apply_flips,
     batch_indices,
+    shard,
     step_draws,
     steps_per_epoch,
     to_model_range,
@@ -52,6 +58,7 @@ from ddpm_core.train_tape import (
 CHECKPOINT_FORMAT = "ddpm-parity-train-state"
 CHECKPOINT_VERSION = 1
 KILL_ENV = "DDPM_KILL_AT"
+KILL_RANK_ENV = "DDPM_KILL_RANK"
 
 
 class RunError(UserError):
@@ -74,9 +81,10 @@ class Trainer(Protocol):
 
 
 # ---------------------------------------------------------------- hooks and small helpers
-def kill_point(where: str, step: int) -> None:
-    """SIGKILL this process if ``DDPM_KILL_AT`` names ``where:step`` (a testing hook)."""
-    if os.environ.get(KILL_ENV) == f"{where}:{step}":
+def kill_point(where: str, step: int, rank: int = 0) -> None:
+    """SIGKILL this process if ``DDPM_KILL_AT`` names ``where:step`` and ``DDPM_KILL_RANK`` (if set) names
+    ``rank`` (a testing hook)."""
+    if os.environ.get(KILL_ENV) == f"{where}:{step}" and os.environ.get(KILL_RANK_ENV, str(rank)) == str(rank):
         sys.stdout.flush()
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)
@@ -111,9 +119,12 @@ class RunDir:
         self.log_file = self.path / "log.jsonl"
         self.latest_file = self.path / "latest.json"
 
-    def create(self) -> None:
+    def check_new(self) -> None:
         if self.settings_file.exists():
             raise RunError(f"{self.path}: already holds a run; continue it with --resume {self.path}, or pick a new --out")
+
+    def create(self) -> None:
+        self.check_new()
         self.checkpoints.mkdir(parents=True, exist_ok=True)
 
     def remove_stale_temporaries(self) -> None:
@@ -280,8 +291,10 @@ def _jsonable(v: Any) -> Any:
 
 # ---------------------------------------------------------------- the loop
 def train_main(argv: Sequence[str] | None, prog: str, framework: str,
-               open_data: Callable[[DataSpec, int], Any], make_trainer: Callable[..., Trainer]) -> int:
-    """``python -m ddpm_<twin>.train``: parse, prepare the data, build or restore the trainer, run the loop."""
+               open_data: Callable[[DataSpec, int], Any], make_trainer: Callable[..., Trainer], dist: Any) -> int:
+    """``python -m ddpm_<twin>.train``: parse, prepare the data, build or restore the trainer, run the loop.
+    ``dist`` is the twin's ``distributed`` module (``init``, ``barrier``, ``shutdown``, ``PEER_FAILURES``):
+    under ``torchrun`` / ``msrun`` this process is one rank of a data-parallel job."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = train_parser(prog)
     args = parser.parse_args(argv)
@@ -293,6 +306,25 @@ def train_main(argv: Sequence[str] | None, prog: str, framework: str,
         if not args.data:
             parser.error("--data DIR is required")
         run, settings = RunDir(args.out), _settings_from_args(args, framework)
+    world = dist.init()
+    try:
+        try:
+            world.check_batch(settings.batch_size)
+        except ValueError as e:
+            raise UserError(f"--batch-size: {e}") from None
+        return _prepare(run, settings, args, open_data, make_trainer, world, dist)
+    except dist.PEER_FAILURES as e:
+        if not world.distributed:
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise RunError(f"rank {world.rank} of {world.size}: a collective operation failed ({first}): another worker "
+                       f"has stopped or is unreachable; after fixing the cause, continue with --resume {run.path}") from None
+    finally:
+        dist.shutdown(world)
+
+
+def _prepare(run: RunDir, settings: Settings, args: Any, open_data: Callable[[DataSpec, int], Any],
+             make_trainer: Callable[..., Trainer], world: World, dist: Any) -> int:
     with make_stage_dir() as stage:
         spec = prepare_data(settings.data, settings.data_format, settings.image_size, settings.channels, stage)
         if args.resume and spec.examples != settings.examples:
@@ -306,17 +338,23 @@ def train_main(argv: Sequence[str] | None, prog: str, framework: str,
                                        examples=spec.examples)
         _check_settings(settings)
         if not args.resume:
-            run.create()
-            write_json(run.settings_file, settings.to_json())
-            write_json(run.config_file, {"unet": settings.unet_config().to_dict(),
-                                         "diffusion": dataclasses.asdict(settings.diffusion_config()),
-                                         "image_size": settings.image_size})
-        run.remove_stale_temporaries()
+            dist.barrier(world)  # no rank has written yet: each sees the folder as the user left it
+            run.check_new()
+            dist.barrier(world)
+            if world.is_main:
+                run.create()
+                write_json(run.settings_file, settings.to_json())
+                write_json(run.config_file, {"unet": settings.unet_config().to_dict(),
+                                             "diffusion": dataclasses.asdict(settings.diffusion_config()),
+                                             "image_size": settings.image_size})
+        if world.is_main:
+            run.remove_stale_temporaries()
+        dist.barrier(world)
         data = open_data(spec, settings.workers)
-        return _loop(run, settings, data, make_trainer)
+        return _loop(run, settings, data, make_trainer, world)
 
 
-def _loop(run: RunDir, s: Settings, data: Any, make_trainer: Callable[..., Trainer]) -> int:
+def _loop(run: RunDir, s: Settings, data: Any, make_trainer: Callable[..., Trainer], world: World) -> int:
     from tqdm.auto import tqdm
 
     lrs = s.learning_rates()
@@ -326,7 +364,8 @@ def _loop(run: RunDir, s: Settings, data: Any, make_trainer: Callable[..., Train
         from ddpm_core.weights import load_weights
 
         weights = load_weights(s.init_weights, naming="torch", config=s.unet_config()).state
-    trainer = make_trainer(s.unet_config(), s.diffusion_config(), lrs, seed=s.seed, weights=weights, jit=s.jit)
+    trainer = make_trainer(s.unet_config(), s.diffusion_config(), lrs, seed=s.seed, weights=weights, jit=s.jit,
+                           world=world)
     start = 0
     if pointer is not None:
         meta = trainer.load_checkpoint(run.path / pointer["checkpoint"])
@@ -338,32 +377,39 @@ def _loop(run: RunDir, s: Settings, data: Any, make_trainer: Callable[..., Train
         if meta.get("numerics") != trainer.numerics():
             print(f"warning: the run began with {meta.get('numerics')} and continues with {trainer.numerics()}; "
                   "the losses may differ from an uninterrupted run in the last bits", file=sys.stderr)
-    run.cut_log(start)
+    if world.is_main:
+        run.cut_log(start)
     end = s.end_step
     spe = s.steps_per_epoch
     shape = (s.channels, s.image_size, s.image_size)
-    indices = np.stack([batch_indices(s.seed, k, s.examples, s.batch_size) for k in range(start, end)]) \
-        if end > start else np.zeros((0, s.batch_size), np.int64)
-    bar = tqdm(total=end, initial=start, disable=s.no_progress, desc=f"train[{s.framework}]", unit="step",
-               dynamic_ncols=True)
-    with open(run.log_file, "a") as log:
+    r, n = world.rank, world.size
+    indices = np.stack([shard(batch_indices(s.seed, k, s.examples, s.batch_size), r, n) for k in range(start, end)]) \
+        if end > start else np.zeros((0, s.batch_size // n), np.int64)
+    bar = tqdm(total=end, initial=start, disable=s.no_progress or not world.is_main, desc=f"train[{s.framework}]",
+               unit="step", dynamic_ncols=True)
+    with open(run.log_file, "a") if world.is_main else contextlib.nullcontext() as log:
         for step, images in zip(range(start, end), data.batches(indices)):
             draws = step_draws(s.seed, step, s.batch_size, shape, s.timesteps)
-            x_start = to_model_range(apply_flips(images, draws.flips))
-            loss = trainer.step(x_start, draws.t, draws.noise)
+            x_start = to_model_range(apply_flips(images, shard(draws.flips, r, n)))
+            loss = trainer.step(x_start, shard(draws.t, r, n), shard(draws.noise, r, n))
+            kill_point("after-step", step + 1, r)
+            done = step + 1
+            if not world.is_main:
+                continue
             log.write(json.dumps({"step": step, "epoch": step // spe, "loss": loss, "lr": lrs[step]}) + "\n")
             log.flush()
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", epoch=step // spe, refresh=False)
-            kill_point("after-step", step + 1)
-            done = step + 1
             if done % s.save_every == 0 or done == end:
                 run.write_checkpoint(trainer, done, _meta(s, trainer, done, lrs), s.keep)
     bar.close()
+    if not world.is_main:
+        return 0
     if end > start and not math.isfinite(loss):
         print(f"warning: the last loss is {loss}", file=sys.stderr)
     export(run, trainer, s.unet_config())
-    print(f"{s.framework}: {end} steps in {run.path} (log.jsonl, checkpoints/, model{trainer.checkpoint_ext}, "
+    workers = f", {n} workers" if world.distributed else ""
+    print(f"{s.framework}: {end} steps in {run.path}{workers} (log.jsonl, checkpoints/, model{trainer.checkpoint_ext}, "
           "model.safetensors)", file=sys.stderr)
     return 0
 

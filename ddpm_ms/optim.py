@@ -17,6 +17,8 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from ddpm_core.config import check_same_shape
+from ddpm_core.distributed import World
+from ddpm_ms import distributed
 from ddpm_ms.diffusion import ArrayLike, GaussianDiffusion
 
 JIT_LEVEL = "O0"
@@ -46,9 +48,14 @@ def loss_and_grads(model: nn.Cell, diffusion: GaussianDiffusion, x_start: ArrayL
 
 
 def make_train_step(model: nn.Cell, diffusion: GaussianDiffusion, optimizer: nn.Optimizer,
-                    loss_type: str | None = None, fast: bool = True) -> Callable[[ArrayLike, ArrayLike, ArrayLike], Tensor]:
+                    loss_type: str | None = None, fast: bool = True,
+                    world: World = World()) -> Callable[[ArrayLike, ArrayLike, ArrayLike], Tensor]:
     """``step(x_start, t, noise) -> loss``: forward, loss, gradients and one optimizer update (the tutorial's
     ``train_step``).
+
+    In a data-parallel job (``world``, see ddpm_ms/distributed.py) each rank passes its slice of the global
+    batch: ``nn.DistributedGradReducer`` averages the gradients over the ranks before ``nn.Adam`` applies
+    them, so every rank makes the same update, and the loss returned is the ranks' mean (the global batch's loss).
 
     ``fast=True``: the four as one ``ms.jit`` graph, compiled on the first call and reused while the input
     shapes stay the same (compiling costs tens of seconds for the tutorial's U-Net on CPU, so a run of a few
@@ -62,10 +69,13 @@ def make_train_step(model: nn.Cell, diffusion: GaussianDiffusion, optimizer: nn.
         return diffusion.loss(model, x, tt, n, loss_type)
 
     grad_fn = ms.value_and_grad(forward, None, optimizer.parameters, has_aux=False)
+    reducer = distributed.grad_reducer(optimizer.parameters, world)
 
     def train(x, tt, n):
         loss, grads = grad_fn(x, tt, n)
-        return ops.depend(loss, optimizer(grads))
+        if reducer is not None:
+            grads = reducer(grads)
+        return ops.depend(distributed.mean(loss, world), optimizer(grads))
 
     compiled: dict[str, Any] = {}
 

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ddpm_core.distributed import World
+from ddpm_torch import distributed
 from ddpm_torch.diffusion import ArrayLike, GaussianDiffusion
 
 
@@ -101,8 +103,13 @@ def loss_and_grads(model: nn.Module, diffusion: GaussianDiffusion, x_start: Arra
 
 
 def make_train_step(model: nn.Module, diffusion: GaussianDiffusion, optimizer: torch.optim.Optimizer,
-                    loss_type: str | None = None, fast: bool = True) -> Callable[[ArrayLike, ArrayLike, ArrayLike], torch.Tensor]:
+                    loss_type: str | None = None, fast: bool = True,
+                    world: World = World()) -> Callable[[ArrayLike, ArrayLike, ArrayLike], torch.Tensor]:
     """``step(x_start, t, noise) -> loss``: forward, loss, backward and one optimizer update.
+
+    In a data-parallel job (``world``, see ddpm_torch/distributed.py) each rank passes its slice of the global
+    batch: ``DistributedDataParallel`` averages the gradients over the ranks in the backward pass, every rank
+    applies the same update, and the loss returned is the ranks' mean (the global batch's loss).
 
     ``fast=True`` first moves ``model``'s weights to channels-last (NHWC strides, the same values, the same
     Parameter objects, so the optimizer is unaffected): every convolution and its gradients then run oneDNN's
@@ -110,13 +117,14 @@ def make_train_step(model: nn.Module, diffusion: GaussianDiffusion, optimizer: t
     NCHW, as built. The two agree to float32 rounding (tests/parity/test_bench.py)."""
     if fast:
         model.to(memory_format=torch.channels_last)
+    forward = distributed.data_parallel(model, world)
 
     def step(x_start: ArrayLike, t: ArrayLike, noise: ArrayLike) -> torch.Tensor:
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        loss = diffusion.p_losses(model, x_start, t, noise, loss_type)
+        loss = diffusion.p_losses(forward, x_start, t, noise, loss_type)
         loss.backward()
         optimizer.step()
-        return loss.detach()
+        return distributed.mean(loss.detach(), world)
 
     return step

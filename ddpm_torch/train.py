@@ -19,7 +19,10 @@ from torch import nn
 
 from ddpm_core.cli import run_main
 from ddpm_core.config import DiffusionConfig, UnetConfig
+from ddpm_core.distributed import World
+from ddpm_core.train_tape import shard
 from ddpm_core.runs import CHECKPOINT_FORMAT, RunError, train_main
+from ddpm_torch import distributed
 from ddpm_torch.data import open_data
 from ddpm_torch.diffusion import GaussianDiffusion
 from ddpm_torch.optim import make_optimizer, make_train_step
@@ -41,7 +44,8 @@ class Trainer:
     checkpoint_ext = ".pt"
 
     def __init__(self, unet_config: UnetConfig, diffusion_config: DiffusionConfig, lrs: Sequence[float],
-                 seed: int = 0, weights: dict[str, np.ndarray] | None = None, jit: str = "off"):
+                 seed: int = 0, weights: dict[str, np.ndarray] | None = None, jit: str = "off",
+                 world: World = World()):
         torch.manual_seed(seed)
         self.model = Unet.from_config(unet_config)
         if weights is not None:
@@ -49,8 +53,8 @@ class Trainer:
                                        strict=True)
         self.diffusion = GaussianDiffusion(diffusion_config)
         self.optimizer = make_optimizer(self.model, list(lrs))
-        self.jit = jit
-        self._step = make_train_step(compiled(self.model, jit), self.diffusion, self.optimizer)
+        self.jit, self.world = jit, world
+        self._step = make_train_step(compiled(self.model, jit), self.diffusion, self.optimizer, world=world)
 
     def step(self, x_start: np.ndarray, t: np.ndarray, noise: np.ndarray) -> float:
         return float(self._step(x_start, t, noise))
@@ -61,7 +65,7 @@ class Trainer:
     def numerics(self) -> dict[str, Any]:
         """What decides the last bits of a step on CPU: the library, oneDNN's instruction set, the threads."""
         return {"torch": str(torch.__version__), "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
-                "threads": torch.get_num_threads()}
+                "threads": torch.get_num_threads(), "workers": self.world.size}
 
     def state(self) -> dict[str, np.ndarray]:
         """The model's weights, PyTorch names, copied."""
@@ -82,23 +86,25 @@ class Trainer:
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng_state"])
-        self._step = make_train_step(compiled(self.model, self.jit), self.diffusion, self.optimizer)
+        self._step = make_train_step(compiled(self.model, self.jit), self.diffusion, self.optimizer, world=self.world)
         return meta
 
 
 def train_steps(unet_config: UnetConfig, diffusion_config: DiffusionConfig, weights: dict[str, np.ndarray],
                 x_starts: np.ndarray, ts: np.ndarray, noises: np.ndarray,
-                lrs: Sequence[float], jit: str = "off") -> tuple[list[float], dict[str, np.ndarray]]:
+                lrs: Sequence[float], jit: str = "off", world: World = World()) -> tuple[list[float], dict[str, np.ndarray]]:
     """Train from ``weights`` (PyTorch names) on a given tape: step k uses ``x_starts[k]`` (in [-1, 1]),
     ``ts[k]``, ``noises[k]`` and learning rate ``lrs[k]``. Returns the loss of every step and the final
-    weights (PyTorch names, copied); ``jit`` as ``--jit``. The same function in ddpm_ms/train.py is its parity twin."""
-    trainer = Trainer(unet_config, diffusion_config, lrs, weights=weights, jit=jit)
-    losses = [trainer.step(x, t, n) for x, t, n in zip(x_starts, ts, noises)]
+    weights (PyTorch names, copied); ``jit`` as ``--jit``. In a data-parallel job (``world``) every rank passes
+    the whole tape and computes its slice of each batch (``train_tape.shard``); the losses are the global batch's. The same function in ddpm_ms/train.py is its parity twin."""
+    trainer = Trainer(unet_config, diffusion_config, lrs, weights=weights, jit=jit, world=world)
+    r, n = world.rank, world.size
+    losses = [trainer.step(shard(x, r, n), shard(t, r, n), shard(e, r, n)) for x, t, e in zip(x_starts, ts, noises)]
     return losses, trainer.state()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(lambda a: train_main(a, "python -m ddpm_torch.train", "torch", open_data, Trainer), argv)
+    return run_main(lambda a: train_main(a, "python -m ddpm_torch.train", "torch", open_data, Trainer, distributed), argv)
 
 
 if __name__ == "__main__":
