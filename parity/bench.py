@@ -379,15 +379,185 @@ def run_check(enabled: bool, quiet_wait: float) -> dict[str, Any]:
             "foreign_cores": window.cores(), "output_tail": (proc.stdout + proc.stderr)[-2000:] if proc.returncode else ""}
 
 
-def data_parallel_scaling(workers: Sequence[int]) -> dict[str, Any]:
-    """The hook for data-parallel scaling (N = ``--workers``): once ``ddpm_torch.train`` runs under
-    ``torchrun --nproc_per_node N`` and ``ddpm_ms.train`` under ``msrun --worker_num N``, time the same number of
-    images per worker at each N and report throughput(N) / (N * throughput(1)). Neither twin launches
-    data-parallel training yet, so this reports that and measures nothing."""
-    if list(workers) == [1]:
-        return {"workers": [1], "note": "one worker only (--workers 1)"}
-    return {"workers": list(workers), "efficiency": None,
-            "note": "not available: ddpm_torch.train / ddpm_ms.train have no data-parallel (torchrun/msrun) mode yet"}
+# ------------------------------------------------------------------------------- data-parallel scaling
+DP_CONFIGS: dict[str, str] = {"torch": "torch_fast", "ms": "ms_compiled"}
+"""Framework -> the fast-path configuration its data-parallel jobs run (``Trainer``'s defaults are those paths:
+channels-last eager in torch, the one-graph ``ms.jit`` step in MindSpore)."""
+DP_WARMUP_STEPS = 2  # the first step compiles (MindSpore) or builds DDP's buckets (torch); the second settles
+DP_JOB_TIMEOUT_S = 1800.0
+PARENT_ENV, LAUNCH_ENV = "PARITY_BENCH_PARENT", "PARITY_BENCH_LAUNCHED_AT"
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and every live process descended from it (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def _set_threads(framework: str, threads: int) -> int:
+    """Give this process ``threads`` intra-op threads (torch: ``set_num_threads``; MindSpore: its CPU kernel
+    thread pool, ``device_context.cpu.op_tuning.threads_num``); returns the count the framework reports or was
+    given. ``OMP_NUM_THREADS`` is set by the parent before the process starts."""
+    if framework == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        return torch.get_num_threads()
+    import mindspore as ms
+
+    ms.device_context.cpu.op_tuning.threads_num(threads)
+    return threads
+
+
+def dp_worker(framework: str, cfg: UnetConfig, batch: int, steps: int, repeats: int, size: int, threads: int,
+              quiet_wait: float, out: str) -> int:
+    """One rank of a data-parallel timing job (or the whole job, unlaunched): ``DP_WARMUP_STEPS`` warm-up steps,
+    then ``repeats`` x ``steps`` steps of the twin's ``Trainer`` on a per-rank batch of ``batch``. Rank 0 waits
+    for a quiet machine before each repetition, times it between two barriers and writes every figure to
+    ``out`` (atomically). Under msrun the scheduler process runs this too and exits inside ``init``."""
+    import importlib
+    import resource
+
+    from ddpm_core.config import TUTORIAL_DIFFUSION
+
+    distributed = importlib.import_module(f"ddpm_{framework}.distributed")
+    world = distributed.init()  # first: msrun's scheduler serves here and never returns
+    reported_threads = _set_threads(framework, threads)
+    trainer = importlib.import_module(f"ddpm_{framework}.train").Trainer(cfg, TUTORIAL_DIFFUSION, _lrs(), world=world)
+    x, t, noise = _inputs(batch, cfg, size)
+    startup = time.time() - float(os.environ[LAUNCH_ENV])
+    warmup = []
+    for _ in range(DP_WARMUP_STEPS):
+        t0 = time.perf_counter()
+        trainer.step(x, t, noise)  # returns the global mean loss: every rank has finished the step
+        warmup.append(time.perf_counter() - t0)
+    ours = [p for p in _tree(int(os.environ[PARENT_ENV])) if p != os.getpid()] if world.is_main else []
+    train_s, foreign, load, quiet = [], [], [], []
+    for _ in range(repeats):
+        if world.is_main:
+            quiet.append(wait_quiet(ours, quiet_wait))
+        distributed.barrier(world)
+        load0, window, t0 = os.getloadavg()[0], Foreign(ours), time.perf_counter()
+        for _ in range(steps):
+            trainer.step(x, t, noise)
+        distributed.barrier(world)
+        train_s.append(time.perf_counter() - t0)
+        foreign.append(window.cores())
+        load += [load0, os.getloadavg()[0]]
+    if world.is_main:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        result = {"framework": framework, "workers": world.size, "launcher": world.launcher, "threads": threads,
+                  "threads_reported": reported_threads, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                  "startup_s": startup, "warmup_step_s": warmup, "train_s": train_s, "foreign_cores": foreign,
+                  "quiet_wait_cores": quiet, "load": load, "rank0_peak_rss_mib": r.ru_maxrss / 1024}
+        atomic_write_bytes(out, (json.dumps(result) + "\n").encode())
+    distributed.shutdown(world)
+    return 0
+
+
+def dp_plan(workers: Sequence[int], cores: int) -> list[tuple[int, int]]:
+    """The (workers, intra-op threads per worker) jobs to time: each N with ``cores // N`` threads (at least 1), so
+    N workers do not oversubscribe the cores, and 1 worker also with each of those thread counts, so every N
+    has a 1-worker baseline with the same threads per worker as well as the all-cores one."""
+    threads = {n: max(1, cores // n) for n in sorted(set(workers))}
+    return sorted({(1, k) for k in threads.values()} | set(threads.items()), key=lambda j: (j[0], -j[1]))
+
+
+def _dp_job(framework: str, workers: int, threads: int, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+    """Launch one timing job (torchrun / msrun for N > 1, a plain process for N = 1) and return rank 0's figures
+    with the job's wall time and the CPU other processes used over the whole job."""
+    from ddpm_core.distributed import free_port, msrun_command, torchrun_command
+
+    tag = f"dp_{framework}_{workers}x{threads}"
+    out, log = log_dir / f"{tag}.json", log_dir / f"{tag}.log"
+    worker_args = ["--dp-worker", framework, "--dp-out", str(out), "--threads", str(threads), "--batch", str(args.batch),
+                   "--train-steps", str(args.train_steps), "--repeats", str(args.repeats), "--image-size",
+                   str(args.image_size), "--model-config", args.model_config.to_json(), "--quiet-wait",
+                   str(args.quiet_wait)]
+    if workers == 1:
+        command = [sys.executable, "-m", "parity.bench", *worker_args]
+    elif framework == "torch":
+        command = torchrun_command(workers, "parity.bench", worker_args, free_port(), python=sys.executable)
+    else:
+        command = msrun_command(workers, "parity.bench", worker_args, free_port(), str(log_dir / tag),
+                                python=sys.executable)
+    env = dict(os.environ, GLOG_v="3", ONEDNN_MAX_CPU_ISA="AVX2", OMP_NUM_THREADS=str(threads),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),  # msrun runs "python"
+               DDPM_DIST_TIMEOUT=str(300 + args.quiet_wait), **{PARENT_ENV: str(os.getpid())})
+    wait_quiet([], args.quiet_wait)
+    env[LAUNCH_ENV] = repr(time.time())
+    load0, window, t0 = os.getloadavg()[0], Foreign([]), time.perf_counter()
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                start_new_session=True)
+        try:
+            status = proc.wait(timeout=DP_JOB_TIMEOUT_S + args.repeats * args.quiet_wait)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)  # the launcher's whole session: it and the workers it started
+            status = proc.wait()
+    wall = time.perf_counter() - t0
+    if status != 0 or not out.is_file():
+        tails = [f.read_text(errors="replace")[-2000:] for f in [log, *sorted((log_dir / tag).glob("*.log"))] if f.is_file()]
+        raise RuntimeError(f"data-parallel job {tag} exited with status {status}:\n" + "\n".join(tails))
+    result = json.loads(out.read_text())
+    result.update(launcher=result["launcher"] if workers > 1 else "none (plain process)", job_wall_s=wall,
+                  job_foreign_cores=window.cores(), load=[load0, *result["load"], os.getloadavg()[0]])
+    return result
+
+
+def scaling_efficiency(throughput_n: float, workers: int, throughput_1: float) -> float:
+    """throughput(N) / (N x throughput(1)): 1.0 when N workers each train as fast as one alone (weak scaling)."""
+    return throughput_n / (workers * throughput_1)
+
+
+def summarise_scaling(jobs: Sequence[dict[str, Any]], batch: int, steps: int, cores: int) -> list[dict[str, Any]]:
+    """Per job: global images/s (N x ``batch`` x ``steps`` per repetition; median, min, max) and, for every N, its
+    efficiency against the 1-worker job with the same threads per worker and against the 1-worker job on all
+    cores (``cores // 1`` threads); None where that baseline was not measured."""
+    medians = {(j["framework"], j["workers"], j["threads"]): statistics.median(
+        [j["workers"] * batch * steps / s for s in j["train_s"]]) for j in jobs}
+    out = []
+    for j in jobs:
+        fw, n, k = j["framework"], j["workers"], j["threads"]
+        ips = _stats([n * batch * steps / s for s in j["train_s"]])
+        same, full = medians.get((fw, 1, k)), medians.get((fw, 1, cores))
+        out.append({**j, "config": DP_CONFIGS[fw], "images_per_s": ips,
+                    "images_per_s_per_worker": ips["median"] / n,
+                    "efficiency_same_threads": None if same is None else scaling_efficiency(ips["median"], n, same),
+                    "efficiency_vs_all_cores": None if full is None else scaling_efficiency(ips["median"], n, full),
+                    "load_1min": {"min": min(j["load"]), "max": max(j["load"])},
+                    "foreign_cores_max": max(j["foreign_cores"])})
+    return out
+
+
+def data_parallel_scaling(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+    """Weak scaling of each framework's fast training path (``DP_CONFIGS``, those in ``--configs``) over
+    ``--workers``: every job of ``dp_plan`` in turn, each with a fixed per-worker batch of ``--batch``."""
+    frameworks = [fw for fw, config in DP_CONFIGS.items() if config in args.configs]
+    cores = os.cpu_count() or 1
+    base = {"workers": args.workers, "cores": cores, "per_worker_batch": args.batch, "warmup_steps": DP_WARMUP_STEPS,
+            "jobs": []}
+    if args.workers == [1] or not frameworks:
+        why = "one worker only (--workers 1)" if frameworks else "neither torch_fast nor ms_compiled is in --configs"
+        return {**base, "note": f"not measured: {why}"}
+    jobs = [_dp_job(fw, n, k, args, log_dir) for fw in frameworks for n, k in dp_plan(args.workers, cores)]
+    return {**base, "jobs": summarise_scaling(jobs, args.batch, args.train_steps, cores),
+            "note": (f"weak scaling, {args.batch} images per worker per step; N > 1 launched by torchrun / msrun, "
+                     f"N = 1 as a plain process; each worker of N gets {cores} // N intra-op threads (OMP_NUM_THREADS "
+                     f"and the framework's own setting)")}
 
 
 def _cpu() -> dict[str, Any]:
@@ -444,8 +614,27 @@ def markdown(report: dict[str, Any]) -> str:
     for t in report["targets"]:
         met = "—" if t["met"] is None else ("yes" if t["met"] else "no")
         lines.append(f"| {t['target']} | {_opt(t['value'], '{:.2f}')} | {t['threshold']:g} {t['unit']} | {met} |")
-    lines += ["", f"Data-parallel scaling: {report['data_parallel']['note']}."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", *dp_markdown(report["data_parallel"])]) + "\n"
+
+
+def dp_markdown(dp: dict[str, Any]) -> list[str]:
+    """The data-parallel scaling table (or the line saying why there is none)."""
+    if not dp["jobs"]:
+        return [f"Data-parallel scaling: {dp['note']}."]
+    lines = [f"Data-parallel scaling ({dp['note']}; efficiency = images/s(N) / (N × images/s(1)), against 1 worker "
+             f"with the same threads per worker and against 1 worker on all {dp['cores']} cores; start-up = launch to "
+             f"rank 0's trainer built; warm-up = the first {dp['warmup_steps']} steps, excluded):", "",
+             "| configuration | workers × threads | launcher | train images/s (all workers) | per worker "
+             "| efficiency: same threads / all cores | start-up / warm-up (s) | load (1 min) | other processes (cores, max) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for j in dp["jobs"]:
+        lines.append(
+            f"| {CONFIGS[j['config']]} | {j['workers']} × {j['threads']} | {j['launcher']} | {_fmt(j['images_per_s'])} "
+            f"| {j['images_per_s_per_worker']:.1f} | {_opt(j['efficiency_same_threads'], '{:.2f}')} / "
+            f"{_opt(j['efficiency_vs_all_cores'], '{:.2f}')} | {j['startup_s']:.1f} / "
+            f"{' + '.join(f'{w:.1f}' for w in j['warmup_step_s'])} | {j['load_1min']['min']:.2f}–{j['load_1min']['max']:.2f} "
+            f"| {j['foreign_cores_max']:.2f} |")
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -460,13 +649,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="both: also the tutorial under oneDNN's default instruction set (slow: 10-20 s per step)")
     p.add_argument("--quiet-wait", type=float, default=60.0,
                    help="seconds to wait, before each measurement, for other processes to go quiet (default 60; 0: never)")
-    p.add_argument("--workers", default="1", help="data-parallel worker counts, e.g. 1,2 (see data_parallel_scaling)")
+    p.add_argument("--workers", default="1",
+                   help="data-parallel worker counts to time, e.g. 1,2 (weak scaling of torch_fast / ms_compiled; default 1: none)")
     p.add_argument("--image-size", type=int, default=28)
     p.add_argument("--model-config", default=TUTORIAL_UNET.to_json(), help="UnetConfig fields as JSON (default: the tutorial's)")
     p.add_argument("--no-check", action="store_true", help="do not time python -m parity.check")
     p.add_argument("--json", default=None, help="write every figure here (atomically)")
     p.add_argument("--markdown", default=None, help="write the Markdown table here (atomically)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--dp-worker", choices=tuple(DP_CONFIGS), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--dp-out", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     return p
 
 
@@ -475,9 +668,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     try:
         args.model_config = UnetConfig.from_dict(json.loads(args.model_config))
-        args.workers = [int(v) for v in args.workers.split(",")]
+        args.workers = sorted({int(v) for v in args.workers.split(",")})
     except (ValueError, TypeError) as e:
         p.error(str(e))
+    if args.workers[0] < 1 or 1 not in args.workers:
+        p.error("--workers: positive counts including 1 (the baseline of the scaling efficiency), e.g. 1,2")
     args.configs = [c for c in args.configs.split(",") if c]
     if args.isa == "both" and "tutorial_default_isa" not in args.configs:
         args.configs.append("tutorial_default_isa")
@@ -493,6 +688,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
+    if args.dp_worker:
+        return dp_worker(args.dp_worker, args.model_config, args.batch, args.train_steps, args.repeats,
+                         args.image_size, args.threads, args.quiet_wait, args.dp_out)
     if args.worker:
         return worker(args.worker, args.model_config, args.batch, args.image_size)
     import tempfile
@@ -506,14 +704,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         machine.update(probe.read())
         probe.proc.wait()
         results = summarise(measure(args, Path(tmp)), args, machine)
+        scaling = data_parallel_scaling(args, Path(tmp))
     check = run_check(not args.no_check, args.quiet_wait)
-    settings = {k: v for k, v in vars(args).items() if k not in ("worker", "json", "markdown")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("worker", "dp_worker", "dp_out", "threads", "json",
+                                                                 "markdown")}
     settings["model_config"] = args.model_config.to_dict()
     report = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "settings": settings,
               "machine": machine, "environment": {"python": sys.version.split()[0], "platform": platform.platform(),
                                                   "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
               "results": results, "parity_check": check, "targets": targets(results, check),
-              "data_parallel": data_parallel_scaling(args.workers)}
+              "data_parallel": scaling}
     text = markdown(report)
     print(text, end="")
     if args.json:
