@@ -1,6 +1,7 @@
 """``python -m parity.check``: prove the twins match, or name the first layer where they part.
 
     python -m parity.check [options]                                  both twins in this process
+    python -m parity.check --train-steps K --workers N                and K training steps, 1 process vs N workers
     python -m parity.check record --framework ms|torch --out G.npz    one twin, outputs to a golden file
     python -m parity.check compare G.npz --framework torch|ms         the other twin against it
 
@@ -24,7 +25,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ddpm_core.config import LOSS_TYPES, SCHEDULES, TUTORIAL_UNET, DiffusionConfig, UnetConfig
+from ddpm_core.distributed import World
 from parity.env import MS_DEVICES, EnvironmentRefused, fingerprint
+from parity.distributed import DEFAULT_TIMEOUT_S
 from parity.report import EXIT_ENVIRONMENT, EXIT_STRUCTURAL, Report
 from parity.suite import CHECKS
 
@@ -54,7 +57,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    "initial weights")
     g.add_argument("--ddim-steps", type=int, default=20)
     g.add_argument("--ddim-eta", type=_csv(float), default=(0.0, 0.5), help="comma-separated (default 0,0.5)")
-    g.add_argument("--adam-steps", type=int, default=3)
+    g.add_argument("--train-steps", "--adam-steps", dest="train_steps", type=int, default=3,
+                   help="training steps K of the Adam check and of --workers (default 3; --adam-steps is the old name)")
     g.add_argument("--pred-timesteps", type=_csv(int), default=None,
                    help="comma-separated prediction timesteps (default 0, T//2, T-1 and two from the tape)")
     g.add_argument("--checks", type=_csv(str), default=CHECKS, help=f"subset of {','.join(CHECKS)}")
@@ -120,7 +124,7 @@ def _spec(args: argparse.Namespace, cfg: UnetConfig):
     from parity.api import make_spec
 
     diffusion = DiffusionConfig(timesteps=args.timesteps, schedule=args.schedule, loss_type=args.loss_type)
-    return make_spec(cfg, diffusion, args.seed, args.batch, args.image_size, args.adam_steps, args.ddim_steps,
+    return make_spec(cfg, diffusion, args.seed, args.batch, args.image_size, args.train_steps, args.ddim_steps,
                      args.ddim_eta, args.pred_timesteps, args.checks)
 
 
@@ -137,6 +141,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     cfg, state, source = _weights(args)  # structural problems first: they need no framework
     spec = _spec(args, cfg)
+    if args.workers < 1:
+        raise ValueError(f"--workers must be a positive integer, got {args.workers}")
+    try:
+        World(0, args.workers).check_batch(spec.tape.batch)
+    except ValueError as e:
+        raise ValueError(f"--batch {spec.tape.batch} with --workers {args.workers}: {e}") from None
     torch_info = setup_torch(args.torch_device, args.threads if args.in_process else 1)
     ms_info = setup_mindspore(args.ms_device, args.threads or 1)
     from parity.api import check_models, describe_run
@@ -153,8 +163,29 @@ def cmd_check(args: argparse.Namespace) -> int:
     report = check_models(model_t, model_m, spec=spec, ms_mode=args.ms_mode, progress=not args.no_progress,
                           environment=env, title=describe_run(spec), sides=(side_t, side_m),
                           worker=not args.in_process)
+    if args.workers > 1:
+        _training_parity(report, spec, state, args)
     report.timings["wall_including_setup"] = round(time.perf_counter() - t0, 3)
     return _finish(report, args)
+
+
+def _training_parity(report: Report, spec: Any, state: dict, args: argparse.Namespace) -> None:
+    """Rows of K training steps of each twin, one process against ``--workers`` under torchrun / msrun."""
+    from parity.distributed import run_training, training_rows
+    from parity.tape import make_tape
+    from parity.tolerances import device_class
+
+    def progress(line: str) -> None:
+        if not args.no_progress:
+            print(line, file=sys.stderr, flush=True)
+
+    runs = run_training(spec, state, make_tape(spec.tape), args.workers,
+                        {"torch": args.torch_device, "ms": args.ms_device}, report.timings, args.launch_timeout,
+                        progress=progress)
+    report.rows += training_rows(runs, state, spec.tape.adam_steps, args.workers,
+                                 device_class(args.torch_device, args.ms_device))
+    report.spec["workers"] = args.workers
+    report.title += f"; training parity over {args.workers} workers"
 
 
 def _setup_one(framework: str, args: argparse.Namespace) -> tuple[Any, dict]:
@@ -258,6 +289,12 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m parity.check", description=__doc__.split("\n\n")[0].replace("``", ""),
                                 epilog="subcommands: record, compare (python -m parity.check record --help)")
     _run_options(p)
+    g = p.add_argument_group("data-parallel training")
+    g.add_argument("--workers", type=int, default=1,
+                   help="N > 1: also train --train-steps steps of each twin as 1 process and as N workers (torchrun, "
+                        "msrun) and compare; the batch must split evenly (default 1: off)")
+    g.add_argument("--launch-timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                   help=f"seconds a training run may take before it is stopped and fails (default {DEFAULT_TIMEOUT_S:g})")
     _device_options(p, both=True)
     return p
 

@@ -153,8 +153,11 @@ class Row:
                 **self.summary.to_dict()}
 
 
-def _pairs(prefix: str, a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], label: str, device: str,
+def pairs_row(prefix: str, a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], label: str, device: str,
            output: str, gate: bool = True, note: str = "") -> Row | None:
+    """One row comparing the outputs under ``prefix`` (a group if it ends in "/", else one exact key) with the
+    ``output`` tolerance; a tensor on one side only fails as missing; None if neither side has any."""
+
     def match(k: str) -> bool:  # a prefix ending in "/" groups tensors; anything else is one exact key
         return k.startswith(prefix) if prefix.endswith("/") else k == prefix
 
@@ -223,20 +226,20 @@ def compare_outputs(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], sp
         if row is not None:
             rows.append(row)
 
-    add(_pairs("weights/", a, b, f"weights ({sum(k.startswith('weights/') for k in b)} tensors)", device, "weights"))
+    add(pairs_row("weights/", a, b, f"weights ({sum(k.startswith('weights/') for k in b)} tensors)", device, "weights"))
     for key in [k for k in b if k.startswith("predict/")]:
-        add(_pairs(key, a, b, f"prediction {key.split('/')[1]}", device, "prediction"))
+        add(pairs_row(key, a, b, f"prediction {key.split('/')[1]}", device, "prediction"))
     for lt in spec.loss_types:
-        add(_pairs(f"loss/{lt}", a, b, f"loss {lt}", device, "loss"))
-    add(_pairs("grad/", a, b, f"gradients ({sum(k.startswith('grad/') for k in b)} tensors)", device, "grad"))
+        add(pairs_row(f"loss/{lt}", a, b, f"loss {lt}", device, "loss"))
+    add(pairs_row("grad/", a, b, f"gradients ({sum(k.startswith('grad/') for k in b)} tensors)", device, "grad"))
     for k in range(1, spec.tape.adam_steps + 1):
-        add(_pairs(f"adam/step{k}/", a, b, f"Adam step {k}: MindSporeAdam vs nn.Adam", device, "adam",
+        add(pairs_row(f"adam/step{k}/", a, b, f"Adam step {k}: MindSporeAdam vs nn.Adam", device, "adam",
                    note="parameter change w_k - w_0"))
     last = spec.tape.adam_steps
     if any(k.startswith(f"adam_torch_rule/step{last}/") for k in a) and any(k.startswith(f"adam/step{last}/") for k in b):
         a_torch = {f"adam/step{last}/" + k.split("/", 2)[2]: v for k, v in a.items()
                    if k.startswith(f"adam_torch_rule/step{last}/")}
-        add(_pairs(f"adam/step{last}/", a_torch, b, f"Adam step {last}: torch.optim.Adam vs nn.Adam", device,
+        add(pairs_row(f"adam/step{last}/", a_torch, b, f"Adam step {last}: torch.optim.Adam vs nn.Adam", device,
                    "adam_torch_rule", gate=False, note="information: expected to differ (eps placement)"))
     step_names = [f"step {k} (t={T - 1 - k})" for k in range(T)]
     if one_step is not None:
@@ -249,5 +252,5 @@ def compare_outputs(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], sp
         n = b[key].shape[0]
         add(_steps(f"DDIM {key.split('/')[1]} ({n} steps)", "ddim_trajectory", a[key], b[key],
                    [f"step {k}" for k in range(n)], device))
-    add(_pairs("probe/", a, b, "diffusion math (toy model)", device, "diffusion_math"))
+    add(pairs_row("probe/", a, b, "diffusion math (toy model)", device, "diffusion_math"))
     return rows
