@@ -56,8 +56,7 @@ def data_parallel(model: nn.Module, world: World) -> nn.Module:
     # A channels-last 1x1 kernel's gradient may come back with contiguous strides (both describe the same
     # memory order); DDP then copies it into its bucket and warns about the speed, once per such weight.
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                               broadcast_buffers=False)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def shutdown(world: World) -> None:

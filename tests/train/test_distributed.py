@@ -1,0 +1,116 @@
+"""Data-parallel training through the frameworks' own launchers (``torchrun``, ``msrun``), 2 workers on CPU:
+the split changes nothing but rounding (same loss curve and weights as one process), a worker that dies
+stops the whole job, and ``--resume`` finishes it exactly as an uninterrupted 2-worker run would."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ddpm_core.distributed import free_port, msrun_command, torchrun_command
+from ddpm_core.weights import load_weights
+from tests.train.conftest import REPO, TINY, run_cli, train
+
+WORKERS = 2
+COMMON = ["--epochs", "2", "--save-every", "2", *TINY]
+"""6 steps of a global batch of 4 (2 per worker), a checkpoint every 2 steps."""
+LAUNCH_TIMEOUT_S = 300
+LOSS_RTOL = 1e-6
+WEIGHT_ATOL = 5e-6
+"""1 vs 2 workers differ only in the order of float32 sums: measured (6 steps, this tiny model) losses within
+6e-8 and weights within 5.5e-7 of each other, against weight changes of ~1e-3; a worker on the wrong slice
+moves the weights by the size of the change itself."""
+
+
+def launch(twin: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m ddpm_<twin>.train ARGS`` as a 2-worker job of the twin's launcher."""
+    module = f"ddpm_{twin}.train"
+    port = free_port()
+    command = (torchrun_command(WORKERS, module, args, port, python=sys.executable) if twin == "torch"
+               else msrun_command(WORKERS, module, args, port, str(log_dir), python=sys.executable))
+    full_env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+                "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True,
+                          timeout=LAUNCH_TIMEOUT_S, check=False)
+
+
+def log_of(run: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())]
+
+
+def weights_of(run: Path) -> dict[str, np.ndarray]:
+    return load_weights(run / "model.safetensors").state
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, fashion_gz_dir):
+    """Per twin, made on first use: the 1-process run and the uninterrupted 2-worker run of ``COMMON``."""
+    made: dict[tuple[str, int], Path] = {}
+
+    def get(twin: str, workers: int) -> Path:
+        if (twin, workers) not in made:
+            out = tmp_path_factory.mktemp(f"{twin}_{workers}") / "run"
+            args = ["--data", str(fashion_gz_dir), "--out", str(out), *COMMON]
+            if workers == 1:
+                done = run_cli(twin, "train", *args)
+            else:
+                done = launch(twin, args, out.parent / "msrun_log")
+            assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+            made[twin, workers] = out
+        return made[twin, workers]
+
+    return get
+
+
+@pytest.mark.parametrize("twin", ["torch", "ms"])
+def test_two_workers_train_like_one_process(runs, twin):
+    """Same global batch, seed and tape: the 2-worker loss curve and final weights are the 1-process ones."""
+    one, two = runs(twin, 1), runs(twin, WORKERS)
+    a, b = log_of(two), log_of(one)
+    assert [s for s, _ in a] == [s for s, _ in b] == list(range(6))
+    np.testing.assert_allclose([x for _, x in a], [x for _, x in b], rtol=LOSS_RTOL, atol=0)
+    w1, w2 = weights_of(one), weights_of(two)
+    assert sorted(w1) == sorted(w2)
+    for name in w1:
+        np.testing.assert_allclose(w2[name], w1[name], rtol=0, atol=WEIGHT_ATOL, err_msg=name)
+    assert json.loads((two / "run.json").read_text())["batch_size"] == 4  # global, split over the workers
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == sorted(
+        p.name for p in (one / "checkpoints").iterdir())  # rank 0 alone wrote them, under the same names
+
+
+@pytest.mark.parametrize("twin", ["torch", "ms"])
+def test_a_dead_worker_stops_the_job_and_resume_finishes_it(tmp_path, runs, fashion_gz_dir, twin):
+    """Rank 1 is SIGKILLed after step 3: the launcher stops rank 0 too and exits non-zero (no hang); the run
+    keeps its step-2 checkpoint, and a 2-worker ``--resume`` ends exactly as the uninterrupted 2-worker run."""
+    out = tmp_path / "run"
+    args = ["--data", str(fashion_gz_dir), "--out", str(out), *COMMON]
+    t0 = time.monotonic()
+    killed = launch(twin, args, tmp_path / "log1", env={"DDPM_KILL_AT": "after-step:3", "DDPM_KILL_RANK": "1"})
+    elapsed = time.monotonic() - t0
+    assert killed.returncode != 0, (killed.stdout + killed.stderr)[-3000:]
+    assert elapsed < LAUNCH_TIMEOUT_S - 60
+    assert json.loads((out / "latest.json").read_text())["step"] == 2
+    assert [s for s, _ in log_of(out)][:2] == [0, 1]
+
+    resumed = launch(twin, ["--resume", str(out)], tmp_path / "log2")
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    whole = runs(twin, WORKERS)
+    assert log_of(out) == log_of(whole)
+    a, b = weights_of(out), weights_of(whole)
+    assert all(np.array_equal(a[k], b[k]) for k in b)
+
+
+def test_a_batch_that_does_not_split_is_one_line_and_exit_2(tmp_path, fashion_dir):
+    args = ["--data", str(fashion_dir), "--out", str(tmp_path / "run"), *COMMON, "--batch-size", "3", "--max-steps", "1"]
+    done = launch("torch", args, tmp_path / "log")
+    assert done.returncode != 0
+    assert "error: --batch-size: the global batch size 3 does not split evenly over 2 workers" in done.stderr
+    assert 'File "' + str(REPO) not in done.stderr  # torchrun prints its own traceback; none from our code
+    assert not (tmp_path / "run" / "run.json").exists()
