@@ -15,7 +15,7 @@ import pytest
 
 from ddpm_core.distributed import free_port, msrun_command, torchrun_command
 from ddpm_core.weights import load_weights
-from tests.train.conftest import REPO, TINY, run_cli, train
+from tests.train.conftest import REPO, TINY, run_cli
 
 WORKERS = 2
 COMMON = ["--epochs", "2", "--save-every", "2", *TINY]
@@ -50,29 +50,61 @@ def weights_of(run: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, fashion_gz_dir):
-    """Per twin, made on first use: the 1-process run and the uninterrupted 2-worker run of ``COMMON``."""
-    made: dict[tuple[str, int], Path] = {}
+def one_process(tmp_path_factory, fashion_gz_dir):
+    """Per twin, made on first use: the 1-process run of ``COMMON``."""
+    made: dict[str, Path] = {}
 
-    def get(twin: str, workers: int) -> Path:
-        if (twin, workers) not in made:
-            out = tmp_path_factory.mktemp(f"{twin}_{workers}") / "run"
-            args = ["--data", str(fashion_gz_dir), "--out", str(out), *COMMON]
-            if workers == 1:
-                done = run_cli(twin, "train", *args)
-            else:
-                done = launch(twin, args, out.parent / "msrun_log")
+    def get(twin: str) -> Path:
+        if twin not in made:
+            out = tmp_path_factory.mktemp(f"{twin}_1") / "run"
+            done = run_cli(twin, "train", "--data", str(fashion_gz_dir), "--out", str(out), *COMMON)
             assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-            made[twin, workers] = out
-        return made[twin, workers]
+            made[twin] = out
+        return made[twin]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory, fashion_gz_dir):
+    """Per twin, made on first use: a 2-worker run whose rank 1 is SIGKILLed after step 3, then resumed with
+    2 workers. Returns (run folder, the killed job's result, its wall time in s). (One launch pair per twin
+    covers both the failure and the parity of the split: an msrun job costs 30-60 s here.)"""
+    made: dict[str, tuple[Path, subprocess.CompletedProcess, float, dict]] = {}
+
+    def get(twin: str):
+        if twin not in made:
+            root = tmp_path_factory.mktemp(f"{twin}_2")
+            out = root / "run"
+            t0 = time.monotonic()
+            killed = launch(twin, ["--data", str(fashion_gz_dir), "--out", str(out), *COMMON], root / "log1",
+                            env={"DDPM_KILL_AT": "after-step:3", "DDPM_KILL_RANK": "1"})
+            elapsed = time.monotonic() - t0
+            after_kill = {"latest": json.loads((out / "latest.json").read_text()), "log": log_of(out)}
+            resumed = launch(twin, ["--resume", str(out)], root / "log2")
+            assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+            made[twin] = (out, killed, elapsed, after_kill)
+        return made[twin]
 
     return get
 
 
 @pytest.mark.parametrize("twin", ["torch", "ms"])
-def test_two_workers_train_like_one_process(runs, twin):
-    """Same global batch, seed and tape: the 2-worker loss curve and final weights are the 1-process ones."""
-    one, two = runs(twin, 1), runs(twin, WORKERS)
+def test_a_dead_worker_stops_the_job(killed_and_resumed, twin):
+    """Rank 1 dies after step 3: the launcher stops rank 0 too and exits non-zero well before any timeout,
+    and the run keeps its last complete checkpoint (step 2) for ``--resume``."""
+    _, killed, elapsed, after_kill = killed_and_resumed(twin)
+    assert killed.returncode != 0, (killed.stdout + killed.stderr)[-3000:]
+    assert elapsed < LAUNCH_TIMEOUT_S / 2
+    assert after_kill["latest"]["step"] == 2
+    assert [s for s, _ in after_kill["log"]][:3] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("twin", ["torch", "ms"])
+def test_two_workers_train_like_one_process(one_process, killed_and_resumed, twin):
+    """Same global batch, seed and tape: the 2-worker loss curve and final weights (interrupted and resumed)
+    are the 1-process ones, up to the order of float32 sums."""
+    one, (two, *_) = one_process(twin), killed_and_resumed(twin)
     a, b = log_of(two), log_of(one)
     assert [s for s, _ in a] == [s for s, _ in b] == list(range(6))
     np.testing.assert_allclose([x for _, x in a], [x for _, x in b], rtol=LOSS_RTOL, atol=0)
@@ -85,25 +117,15 @@ def test_two_workers_train_like_one_process(runs, twin):
         p.name for p in (one / "checkpoints").iterdir())  # rank 0 alone wrote them, under the same names
 
 
-@pytest.mark.parametrize("twin", ["torch", "ms"])
-def test_a_dead_worker_stops_the_job_and_resume_finishes_it(tmp_path, runs, fashion_gz_dir, twin):
-    """Rank 1 is SIGKILLed after step 3: the launcher stops rank 0 too and exits non-zero (no hang); the run
-    keeps its step-2 checkpoint, and a 2-worker ``--resume`` ends exactly as the uninterrupted 2-worker run."""
+def test_resume_after_a_dead_worker_is_exact(tmp_path, killed_and_resumed, fashion_gz_dir):
+    """The resumed 2-worker run equals an uninterrupted 2-worker run bit for bit (PyTorch: cheap to launch;
+    the resume logic is shared by both twins)."""
     out = tmp_path / "run"
-    args = ["--data", str(fashion_gz_dir), "--out", str(out), *COMMON]
-    t0 = time.monotonic()
-    killed = launch(twin, args, tmp_path / "log1", env={"DDPM_KILL_AT": "after-step:3", "DDPM_KILL_RANK": "1"})
-    elapsed = time.monotonic() - t0
-    assert killed.returncode != 0, (killed.stdout + killed.stderr)[-3000:]
-    assert elapsed < LAUNCH_TIMEOUT_S - 60
-    assert json.loads((out / "latest.json").read_text())["step"] == 2
-    assert [s for s, _ in log_of(out)][:2] == [0, 1]
-
-    resumed = launch(twin, ["--resume", str(out)], tmp_path / "log2")
-    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
-    whole = runs(twin, WORKERS)
-    assert log_of(out) == log_of(whole)
-    a, b = weights_of(out), weights_of(whole)
+    done = launch("torch", ["--data", str(fashion_gz_dir), "--out", str(out), *COMMON], tmp_path / "log")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    resumed = killed_and_resumed("torch")[0]
+    assert log_of(resumed) == log_of(out)
+    a, b = weights_of(resumed), weights_of(out)
     assert all(np.array_equal(a[k], b[k]) for k in b)
 
 
