@@ -213,11 +213,12 @@ def launch(job_path: Path, out_path: Path, framework: str, device: str, workers:
     why = (f"ran past its {timeout_s:g} s timeout and was stopped" if code is None else
            f"exited with code {code}" if code else "exited without writing its result")
     logs = [log, *sorted((log_dir / "msrun").glob("*.log"))] if workers > 1 and framework == "ms" else [log]
-    raise LaunchError(f"{LABELS[framework]} training, {what}, {why}; {_first_error(logs)}\n{_tail(logs)}")
+    error = _first_error(logs)
+    raise LaunchError(f"{LABELS[framework]} training, {what}, {why}" + (f"; {error}" if error else "") + "\n" + _tail(logs))
 
 
 def _first_error(logs: Sequence[Path]) -> str:
-    """The first ``error: ...`` line the entry printed, or where to look."""
+    """The first ``error: ...`` line the entry printed ("" if none)."""
     for path in logs:
         try:
             for line in path.read_text(errors="replace").splitlines():
@@ -225,7 +226,7 @@ def _first_error(logs: Sequence[Path]) -> str:
                     return line
         except OSError:
             continue
-    return f"log: {logs[0]}"
+    return ""
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

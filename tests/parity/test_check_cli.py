@@ -153,3 +153,15 @@ def test_weights_file_and_config_file_in_process(tmp_path):
     from parity.initial import weights_hash
 
     assert report["weights_sha256"] == weights_hash(initial_weights(cfg, 3))
+
+
+def test_train_steps_option_and_its_old_name():
+    """--train-steps sets K for the Adam check (and --workers); --adam-steps still works; --workers is off by default."""
+    from parity.check import build_parser
+
+    parser = build_parser("check")
+    assert parser.parse_args(["--train-steps", "4"]).train_steps == 4
+    assert parser.parse_args(["--adam-steps", "5"]).train_steps == 5
+    defaults = parser.parse_args([])
+    assert defaults.train_steps == 3 and defaults.workers == 1
+    assert build_parser("record").parse_args(["--framework", "ms", "--out", "g.npz", "--adam-steps", "2"]).train_steps == 2
