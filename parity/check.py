@@ -26,8 +26,8 @@ from typing import Any, Sequence
 
 from ddpm_core.config import LOSS_TYPES, SCHEDULES, TUTORIAL_UNET, DiffusionConfig, UnetConfig
 from ddpm_core.distributed import World
-from parity.env import MS_DEVICES, EnvironmentRefused, fingerprint
 from parity.distributed import DEFAULT_TIMEOUT_S
+from parity.env import MS_DEVICES, EnvironmentRefused, fingerprint
 from parity.report import EXIT_ENVIRONMENT, EXIT_STRUCTURAL, Report
 from parity.suite import CHECKS
 

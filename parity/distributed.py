@@ -96,6 +96,7 @@ def write_job(job: Job, path: str | os.PathLike) -> None:
 
 
 def read_job(path: str | os.PathLike) -> Job:
+    """The ``Job`` that ``write_job`` wrote."""
     with np.load(path) as f:
         meta = json.loads(str(f["job"]))
         return Job(meta["framework"], UnetConfig.from_dict(meta["unet"]), DiffusionConfig(**meta["diffusion"]),
@@ -104,6 +105,7 @@ def read_job(path: str | os.PathLike) -> Job:
 
 
 def read_result(path: str | os.PathLike) -> Trained:
+    """What rank 0 of a run wrote."""
     with np.load(path) as f:
         return Trained(f["losses"], {k[len("weights/"):]: f[k] for k in f.files if k.startswith("weights/")},
                        int(f["workers"]), float(f["train_s"]))
@@ -247,8 +249,9 @@ def run_training(spec: RunSpec, weights: Mapping[str, np.ndarray], tape: Mapping
                  timeout_s: float = DEFAULT_TIMEOUT_S, module: str = ENTRY,
                  progress: Callable[[str], None] | None = None) -> Runs:
     """Each framework in ``devices`` trained ``spec.tape.adam_steps`` steps on the tape's training batches at
-    ``spec.lrs``, as one plain process and as ``workers`` workers. ``ValueError`` before any launch if the batch
-    does not split over ``workers``; a failed launch is kept as its message (it becomes a failed row)."""
+    ``spec.lrs``, as one plain process and as ``workers`` workers (launch and training seconds into ``timings``).
+    ``ValueError`` before any launch if the batch does not split over ``workers``; a failed launch, or one whose
+    processes did not form a job of ``workers``, is kept as its message (it becomes a failed row)."""
     World(0, workers).check_batch(spec.tape.batch)
     timings = {} if timings is None else timings
     runs: Runs = {}
@@ -265,9 +268,13 @@ def run_training(spec: RunSpec, weights: Mapping[str, np.ndarray], tape: Mapping
                 try:
                     timings[f"train/{framework}/{n}"] = round(
                         launch(job_path, out, framework, device, n, folder, timeout_s, module), 3)
-                    runs[(framework, n)] = read_result(out)
                 except LaunchError as e:
                     runs[(framework, n)] = str(e)
+                    continue
+                trained = read_result(out)
+                timings[f"train/{framework}/{n}/steps"] = round(trained.train_s, 3)
+                runs[(framework, n)] = trained if trained.workers == n else (
+                    f"{LABELS[framework]} training ran as {trained.workers} process(es), not {n} workers")
     return runs
 
 

@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import time
+
 import pytest
 
 from parity import distributed
@@ -102,8 +103,8 @@ def test_uneven_batch_is_one_line_error(cli_env):
                           capture_output=True, text=True, env=cli_env, timeout=120)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert lines == ["error: --batch 3 with --workers 2: the global batch size 3 does not split evenly over 2 "
-                     "workers; pick a multiple of 2"]
+    assert lines == [("error: --batch 3 with --workers 2: the global batch size 3 does not split evenly over 2 "
+                      "workers; pick a multiple of 2")]
 
 
 def test_failing_and_hanging_launches_are_reported(tmp_path):
