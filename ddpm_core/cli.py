@@ -12,9 +12,10 @@ from collections.abc import Callable, Sequence
 
 EXIT_USAGE = 2
 JIT_CHOICES = ("auto", "on", "off")
-JIT_HELP = ("compile the U-Net into a graph: 'auto' is on for MindSpore (ms.jit: a few seconds to compile, "
-            "then several times faster than PyNative on CPU) and off for PyTorch (eager is fast; 'on' uses torch.compile, which needs a C++ "
-            "compiler and minutes to compile)")
+JIT_HELP = ("compile into graphs. MindSpore: 'auto' and 'on' run each training step (forward, loss, gradients, "
+            "Adam) or sampling step as one ms.jit graph (tens of seconds to compile, then several times faster than "
+            "PyNative on CPU); 'off' runs op by op (PyNative), as the tutorial does. PyTorch: 'auto' and 'off' are "
+            "eager (fast already); 'on' uses torch.compile, which needs a C++ compiler and minutes to compile")
 
 
 class UserError(Exception):

@@ -392,15 +392,14 @@ def _loop(run: RunDir, s: Settings, data: Any, make_trainer: Callable[..., Train
             draws = step_draws(s.seed, step, s.batch_size, shape, s.timesteps)
             x_start = to_model_range(apply_flips(images, shard(draws.flips, r, n)))
             loss = trainer.step(x_start, shard(draws.t, r, n), shard(draws.noise, r, n))
+            if world.is_main:
+                log.write(json.dumps({"step": step, "epoch": step // spe, "loss": loss, "lr": lrs[step]}) + "\n")
+                log.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", epoch=step // spe, refresh=False)
             kill_point("after-step", step + 1, r)
             done = step + 1
-            if not world.is_main:
-                continue
-            log.write(json.dumps({"step": step, "epoch": step // spe, "loss": loss, "lr": lrs[step]}) + "\n")
-            log.flush()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", epoch=step // spe, refresh=False)
-            if done % s.save_every == 0 or done == end:
+            if world.is_main and (done % s.save_every == 0 or done == end):
                 run.write_checkpoint(trainer, done, _meta(s, trainer, done, lrs), s.keep)
     bar.close()
     if not world.is_main:

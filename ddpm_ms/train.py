@@ -16,7 +16,7 @@ from typing import Any
 
 import mindspore as ms
 import numpy as np
-from mindspore import Tensor, nn
+from mindspore import Tensor
 
 from ddpm_core.cli import run_main
 from ddpm_core.config import DiffusionConfig, UnetConfig
@@ -33,32 +33,10 @@ from ddpm_ms.unet import Unet
 META_KEY = "ddpm_meta"
 
 
-class _Jitted:
-    """``model``'s forward as one ``ms.jit`` graph, still a "model" to the diffusion and the train step
-    (callable, ``set_train``). A plain function is jitted, not a wrapper ``Cell``: a wrapper cell would
-    prefix every parameter name with its attribute name. The graph reads in-place updates (the optimizer's)
-    but not storage replaced by ``set_data`` after it was compiled (MindSpore 2.10), so the ``Trainer``
-    builds a fresh one whenever it loads weights."""
-
-    def __init__(self, model: nn.Cell):
-        self.model = model
-
-        @ms.jit
-        def forward(x, t):
-            return model(x, t)
-
-        self.forward = forward
-
-    def __call__(self, x, t):
-        return self.forward(x, t)
-
-    def set_train(self, mode: bool = True) -> None:
-        self.model.set_train(mode)
-
-
-def compiled(model: nn.Cell, jit: str) -> nn.Cell | _Jitted:
-    """``jit`` "on"/"auto": the forward as an ``ms.jit`` graph; "off": PyNative (see ``--jit``)."""
-    return _Jitted(model) if jit in ("on", "auto") else model
+def fast_step(jit: str) -> bool:
+    """``--jit`` "on"/"auto": the whole training step (forward, loss, gradients, ``nn.Adam``) as one ``ms.jit``
+    graph; "off": op by op (PyNative), as the tutorial runs it."""
+    return jit in ("on", "auto")
 
 
 class Trainer:
@@ -83,7 +61,7 @@ class Trainer:
         self.diffusion = GaussianDiffusion(diffusion_config)
         self.optimizer = make_optimizer(self.model, list(lrs))
         self.jit, self.world = jit, world
-        self._step = make_train_step(compiled(self.model, jit), self.diffusion, self.optimizer, world=world)
+        self._step = make_train_step(self.model, self.diffusion, self.optimizer, fast=fast_step(jit), world=world)
 
     def step(self, x_start: np.ndarray, t: np.ndarray, noise: np.ndarray) -> float:
         return float(self._step(x_start, t, noise).asnumpy())
@@ -132,7 +110,8 @@ class Trainer:
             if value.shape != tuple(p.shape):
                 raise RunError(f"{path}: {p.name} has shape {value.shape}, expected {tuple(p.shape)}")
             p.set_data(Tensor(np.array(value, copy=True), dtype=p.dtype))
-        self._step = make_train_step(compiled(self.model, self.jit), self.diffusion, self.optimizer, world=self.world)
+        self._step = make_train_step(self.model, self.diffusion, self.optimizer, fast=fast_step(self.jit),
+                                     world=self.world)
         return meta
 
 
