@@ -421,12 +421,41 @@ def _set_threads(framework: str, threads: int) -> int:
     return threads
 
 
+def _rank0_says(framework: str, distributed: Any, world: Any, flag: bool) -> bool:
+    """Rank 0's ``flag``, on every rank (one all-reduce of a number; ``flag`` itself outside a job)."""
+    if not world.distributed:
+        return flag
+    value = np.array([float(flag and world.is_main)], np.float32)
+    if framework == "torch":
+        import torch
+
+        return float(distributed.mean(torch.from_numpy(value), world)) > 0
+    import mindspore as ms
+
+    return float(distributed.mean(ms.Tensor(value), world).asnumpy()[0]) > 0
+
+
+def _wait_quiet_together(framework: str, distributed: Any, world: Any, ours: Sequence[int], max_wait: float,
+                         threshold: float = 0.25) -> float:
+    """``wait_quiet`` in a job: rank 0 reads the machine over each second while the others sleep, and all learn
+    its verdict every second, so no rank sits in a collective for long (MindSpore's CPU all-reduce gives up on
+    a peer that is silent for tens of seconds: measured). Returns rank 0's last reading."""
+    deadline = time.perf_counter() + max_wait
+    while True:
+        window = Foreign(ours)
+        time.sleep(1.0)
+        cores = window.cores()
+        if _rank0_says(framework, distributed, world, cores < threshold or time.perf_counter() >= deadline):
+            return cores
+
+
 def dp_worker(framework: str, cfg: UnetConfig, batch: int, steps: int, repeats: int, size: int, threads: int,
               quiet_wait: float, out: str) -> int:
     """One rank of a data-parallel timing job (or the whole job, unlaunched): ``DP_WARMUP_STEPS`` warm-up steps,
     then ``repeats`` x ``steps`` steps of the twin's ``Trainer`` on a per-rank batch of ``batch``. Rank 0 waits
     for a quiet machine before each repetition, times it between two barriers and writes every figure to
-    ``out`` (atomically). Under msrun the scheduler process runs this too and exits inside ``init``."""
+    ``out`` (atomically), with the CPU rank 0 used meanwhile (``rank0_cores``: its threads at work). Under
+    msrun the scheduler process runs this too and exits inside ``init``."""
     import importlib
     import resource
 
@@ -444,23 +473,24 @@ def dp_worker(framework: str, cfg: UnetConfig, batch: int, steps: int, repeats: 
         trainer.step(x, t, noise)  # returns the global mean loss: every rank has finished the step
         warmup.append(time.perf_counter() - t0)
     ours = [p for p in _tree(int(os.environ[PARENT_ENV])) if p != os.getpid()] if world.is_main else []
-    train_s, foreign, load, quiet = [], [], [], []
+    train_s, foreign, load, quiet, busy = [], [], [], [], []
     for _ in range(repeats):
-        if world.is_main:
-            quiet.append(wait_quiet(ours, quiet_wait))
+        quiet.append(_wait_quiet_together(framework, distributed, world, ours, quiet_wait))
         distributed.barrier(world)
-        load0, window, t0 = os.getloadavg()[0], Foreign(ours), time.perf_counter()
+        load0, window, cpu0, t0 = os.getloadavg()[0], Foreign(ours), _cpu_seconds(os.getpid()), time.perf_counter()
         for _ in range(steps):
             trainer.step(x, t, noise)
         distributed.barrier(world)
         train_s.append(time.perf_counter() - t0)
+        busy.append((_cpu_seconds(os.getpid()) - cpu0) / train_s[-1])
         foreign.append(window.cores())
         load += [load0, os.getloadavg()[0]]
     if world.is_main:
         r = resource.getrusage(resource.RUSAGE_SELF)
         result = {"framework": framework, "workers": world.size, "launcher": world.launcher, "threads": threads,
                   "threads_reported": reported_threads, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                  "startup_s": startup, "warmup_step_s": warmup, "train_s": train_s, "foreign_cores": foreign,
+                  "startup_s": startup, "warmup_step_s": warmup, "train_s": train_s, "rank0_cores": busy,
+                  "foreign_cores": foreign,
                   "quiet_wait_cores": quiet, "load": load, "rank0_peak_rss_mib": r.ru_maxrss / 1024}
         atomic_write_bytes(out, (json.dumps(result) + "\n").encode())
     distributed.shutdown(world)
@@ -510,7 +540,8 @@ def _dp_job(framework: str, workers: int, threads: int, args: argparse.Namespace
             status = proc.wait()
     wall = time.perf_counter() - t0
     if status != 0 or not out.is_file():
-        tails = [f.read_text(errors="replace")[-2000:] for f in [log, *sorted((log_dir / tag).glob("*.log"))] if f.is_file()]
+        logs = [log, *sorted((log_dir / tag).glob("*.log"))]
+        tails = [f.read_text(errors="replace")[-2000:] for f in logs if f.is_file()]
         raise RuntimeError(f"data-parallel job {tag} exited with status {status}:\n" + "\n".join(tails))
     result = json.loads(out.read_text())
     result.update(launcher=result["launcher"] if workers > 1 else "none (plain process)", job_wall_s=wall,

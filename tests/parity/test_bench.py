@@ -6,6 +6,7 @@ channels-last step and sampler against plain NCHW. The bench runs once, as a tin
 a benchmark, not a timed test (nothing here asserts a speed).
 """
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -179,6 +180,7 @@ def test_bench_json_has_every_figure_for_every_configuration(smoke):
     m = report["machine"]
     assert m["flops_per_image_train_step"] > m["flops_per_image_forward"] > 0 and m["peak_flops_measured"] > 0
     assert report["parity_check"]["wall_s"] is None and report["data_parallel"]["workers"] == [1]
+    assert report["data_parallel"]["jobs"] == []
 
 
 def test_bench_ratios_are_consistent(smoke):
@@ -207,3 +209,66 @@ def test_bench_markdown_names_every_configuration_and_the_extrapolation(smoke):
     for r in report["results"].values():
         assert r["label"] in text
     assert "scaled by 200/2" in text and "| target |" in text
+    assert "Data-parallel scaling: not measured: one worker only (--workers 1)." in text
+
+
+# ------------------------------------------------------------------------------- data-parallel scaling
+def test_scaling_efficiency_is_throughput_over_n_times_the_one_worker_throughput():
+    from parity.bench import dp_plan, scaling_efficiency, summarise_scaling
+
+    assert scaling_efficiency(30.0, 2, 20.0) == pytest.approx(0.75)
+    assert scaling_efficiency(40.0, 2, 20.0) == pytest.approx(1.0)
+    assert dp_plan([1, 2], 2) == [(1, 2), (1, 1), (2, 1)]
+    assert dp_plan([1, 2, 4], 16) == [(1, 16), (1, 8), (1, 4), (2, 8), (4, 4)]
+
+    def job(workers, threads, train_s):
+        return {"framework": "torch", "workers": workers, "threads": threads, "train_s": train_s,
+                "load": [1.0, 2.0], "foreign_cores": [0.1]}
+
+    # batch 4, 2 steps: 8 images per worker per repetition
+    out = summarise_scaling([job(1, 2, [1.0, 2.0, 1.5]), job(1, 1, [2.0]), job(2, 1, [2.0]), job(4, 1, [4.0])],
+                            batch=4, steps=2, cores=2)
+    full, one, two, four = out
+    assert full["images_per_s"] == {"median": pytest.approx(16 / 3), "min": 4.0, "max": 8.0}
+    assert one["images_per_s"]["median"] == 4.0 and two["images_per_s"]["median"] == 8.0
+    assert two["images_per_s_per_worker"] == 4.0
+    assert two["efficiency_same_threads"] == pytest.approx(1.0)
+    assert two["efficiency_vs_all_cores"] == pytest.approx(8.0 / (2 * 16 / 3))
+    assert full["efficiency_same_threads"] == full["efficiency_vs_all_cores"] == pytest.approx(1.0)
+    assert four["efficiency_same_threads"] == pytest.approx(8.0 / (4 * 4.0))
+    assert summarise_scaling([job(2, 1, [1.0])], 4, 2, 2)[0]["efficiency_same_threads"] is None
+
+
+def test_bench_workers_must_include_the_one_worker_baseline():
+    from parity.bench import parse
+
+    with pytest.raises(SystemExit):
+        parse(["--workers", "2"])
+    assert parse(["--workers", "2,1,2"]).workers == [1, 2]
+
+
+@pytest.fixture(scope="module")
+def dp_smoke(tmp_path_factory) -> tuple[dict, list[str]]:
+    """The scaling part of the bench alone, torch only, the tiny model: 1 worker (2 and 1 threads), 2 via torchrun."""
+    from parity.bench import data_parallel_scaling, dp_markdown, parse
+
+    args = parse(["--configs", "torch_fast", "--workers", "1,2", "--batch", "2", "--train-steps", "1", "--repeats",
+                  "2", "--image-size", "8", "--model-config", SMALL.to_json(), "--quiet-wait", "0"])
+    report = data_parallel_scaling(args, tmp_path_factory.mktemp("dp"))
+    return report, dp_markdown(report)
+
+
+def test_bench_data_parallel_scaling_smoke(dp_smoke):
+    report, lines = dp_smoke
+    cores = report["cores"]
+    jobs = {(j["workers"], j["threads"]): j for j in report["jobs"]}
+    assert set(jobs) == {(1, cores), (1, max(1, cores // 2)), (2, max(1, cores // 2))}
+    for (n, threads), j in jobs.items():
+        assert j["framework"] == "torch" and j["config"] == "torch_fast" and j["threads_reported"] == threads
+        assert j["omp_num_threads"] == str(threads) and len(j["train_s"]) == 2 and len(j["warmup_step_s"]) == 2
+        assert j["images_per_s"]["median"] > 0 and j["efficiency_same_threads"] > 0 and j["efficiency_vs_all_cores"] > 0
+        assert j["launcher"] == ("torchrun" if n == 2 else "none (plain process)")
+        assert j["startup_s"] > 0 and j["foreign_cores_max"] >= 0
+    two = jobs[2, max(1, cores // 2)]
+    assert two["images_per_s"]["median"] == pytest.approx(statistics.median(4 / s for s in two["train_s"]))
+    assert sum("| 2 × " in line for line in lines) == 1 and "efficiency" in lines[0]
