@@ -21,6 +21,9 @@ WORKERS = 2
 COMMON = ["--epochs", "2", "--save-every", "2", *TINY]
 """6 steps of a global batch of 4 (2 per worker), a checkpoint every 2 steps."""
 LAUNCH_TIMEOUT_S = 300
+MS_NODE_TIMEOUT_S = 15
+"""msrun's scheduler declares a silent worker dead after MS_NODE_TIMEOUT s: by default the job ended ~33 s
+after a worker's SIGKILL here, with 6 s in 8 s."""
 LOSS_RTOL = 1e-6
 WEIGHT_ATOL = 5e-6
 """1 vs 2 workers differ only in the order of float32 sums: measured (6 steps, this tiny model) losses within
@@ -36,7 +39,7 @@ def launch(twin: str, args: list[str], log_dir: Path, env: dict[str, str] | None
                else msrun_command(WORKERS, module, args, port, str(log_dir), python=sys.executable))
     full_env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                 "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
-                "OMP_NUM_THREADS": "1", **(env or {})}
+                "OMP_NUM_THREADS": "1", "MS_NODE_TIMEOUT": str(MS_NODE_TIMEOUT_S), **(env or {})}
     return subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True,
                           timeout=LAUNCH_TIMEOUT_S, check=False)
 
