@@ -18,6 +18,12 @@ Rules:
   * The machine may be shared: before each measurement the parent waits (up to ``--quiet-wait`` s) until other
     processes use less than a quarter of a core, and it records, for every measurement, the CPU that processes
     other than the bench used meanwhile ("foreign" cores, from /proc/stat) and the 1-minute load average.
+  * Data-parallel scaling (``--workers 1,2``): for each framework's fast path in ``--configs`` (torch_fast,
+    ms_compiled), the twin's ``Trainer`` with N workers at a fixed per-worker batch (weak scaling), launched by
+    torchrun / msrun for N > 1 and as a plain process for N = 1 (a launcher with one worker runs the same
+    single-process step, plus start-up). Each worker of N gets cores // N intra-op threads; one worker is also
+    timed with each of those thread counts, and the efficiency images/s(N) / (N x images/s(1)) is reported
+    against both. Rank 0 times the steps between two barriers; start-up and warm-up are reported apart.
     Nothing here asserts a speed.
 """
 from __future__ import annotations
@@ -681,7 +687,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet-wait", type=float, default=60.0,
                    help="seconds to wait, before each measurement, for other processes to go quiet (default 60; 0: never)")
     p.add_argument("--workers", default="1",
-                   help="data-parallel worker counts to time, e.g. 1,2 (weak scaling of torch_fast / ms_compiled; default 1: none)")
+                   help="data-parallel worker counts to time, e.g. 1,2 (weak scaling of torch_fast and ms_compiled; "
+                        "default 1: none)")
     p.add_argument("--image-size", type=int, default=28)
     p.add_argument("--model-config", default=TUTORIAL_UNET.to_json(), help="UnetConfig fields as JSON (default: the tutorial's)")
     p.add_argument("--no-check", action="store_true", help="do not time python -m parity.check")
