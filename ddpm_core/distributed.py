@@ -57,6 +57,16 @@ def launched_by() -> str:
     return "none"
 
 
+def launched_size() -> int:
+    """The number of workers the launcher started (``WORLD_SIZE`` / ``MS_WORKER_NUM``), known before joining: 1
+    outside a launcher."""
+    name = {"torchrun": "WORLD_SIZE", "msrun": "MS_WORKER_NUM"}.get(launched_by())
+    try:
+        return max(1, int(os.environ[name])) if name else 1
+    except (KeyError, ValueError):
+        return 1
+
+
 def timeout_s() -> float:
     """The collective timeout (``DDPM_DIST_TIMEOUT`` seconds, default 300)."""
     value = os.environ.get(TIMEOUT_ENV)

@@ -43,7 +43,7 @@ from ddpm_core.atomic import atomic_write, atomic_write_bytes
 from ddpm_core.cli import RESUME_OVERRIDABLE, UserError, explicit_options, train_parser
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.datasets import DataSpec, make_stage_dir, prepare_data
-from ddpm_core.distributed import World
+from ddpm_core.distributed import World, launched_size
 from ddpm_core.schedules import cosine_decay_lr
 from ddpm_core.train_tape import (
     TAPE_VERSION,
@@ -306,12 +306,12 @@ def train_main(argv: Sequence[str] | None, prog: str, framework: str,
         if not args.data:
             parser.error("--data DIR is required")
         run, settings = RunDir(args.out), _settings_from_args(args, framework)
+    try:  # before joining: every process of the job (msrun's scheduler too) stops here at once
+        World(0, launched_size()).check_batch(settings.batch_size)
+    except ValueError as e:
+        raise UserError(f"--batch-size: {e}") from None
     world = dist.init()
     try:
-        try:
-            world.check_batch(settings.batch_size)
-        except ValueError as e:
-            raise UserError(f"--batch-size: {e}") from None
         return _prepare(run, settings, args, open_data, make_trainer, world, dist)
     except dist.PEER_FAILURES as e:
         if not world.distributed:

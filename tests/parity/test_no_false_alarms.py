@@ -1,4 +1,5 @@
-"""No false alarms: every check passes for six seeds, three with each block type (ConvNeXt, ResNet),
+"""No false alarms: every check passes for six seeds, three with each block type (ConvNeXt, ResNet; four of
+them marked slow, outside the CI budget),
 the samplers compiled (seed 0 with the tutorial configuration runs in test_check_cli.py); and once with
 MindSpore's samplers op by op (PyNative)."""
 import pytest
@@ -8,8 +9,12 @@ from tests.parity.conftest import TINY, TINY_RESNET
 ALL = ("settings", "weights", "predict", "loss", "grad", "ddpm", "ddim", "probes", "adam")
 
 
-@pytest.mark.parametrize("cfg, seed", [(TINY, 1), (TINY, 2), (TINY, 3), (TINY_RESNET, 4), (TINY_RESNET, 5),
-                                       (TINY_RESNET, 6)],
+SLOW = pytest.mark.slow  # the CI run keeps one seed per block type; `pytest -m slow` runs the others
+
+
+@pytest.mark.parametrize("cfg, seed", [(TINY, 1), pytest.param(TINY, 2, marks=SLOW), pytest.param(TINY, 3, marks=SLOW),
+                                       (TINY_RESNET, 4), pytest.param(TINY_RESNET, 5, marks=SLOW),
+                                       pytest.param(TINY_RESNET, 6, marks=SLOW)],
                          ids=["convnext-1", "convnext-2", "convnext-3", "resnet-4", "resnet-5", "resnet-6"])
 def test_every_check_passes(cfg, seed, sides, shared_models, run):
     from parity.initial import initial_weights

@@ -15,7 +15,7 @@ import pytest
 
 from ddpm_core.distributed import free_port, msrun_command, torchrun_command
 from ddpm_core.weights import load_weights
-from tests.train.conftest import REPO, TINY, run_cli
+from tests.train.conftest import REPO, TINY, run_cli, train
 
 WORKERS = 2
 COMMON = ["--epochs", "2", "--save-every", "2", *TINY]
@@ -132,10 +132,15 @@ def test_resume_after_a_dead_worker_is_exact(tmp_path, killed_and_resumed, fashi
     assert all(np.array_equal(a[k], b[k]) for k in b)
 
 
-def test_a_batch_that_does_not_split_is_one_line_and_exit_2(tmp_path, fashion_dir):
+@pytest.mark.parametrize("twin, env", [("torch", {"WORLD_SIZE": "2", "RANK": "0"}),
+                                       ("ms", {"MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "2"})])
+def test_a_batch_that_does_not_split_is_one_line_and_exit_2(tmp_path, fashion_dir, monkeypatch, capsys, twin, env):
+    """Checked from the launcher's environment before joining the job (no rendezvous is needed to fail)."""
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
     args = ["--data", str(fashion_dir), "--out", str(tmp_path / "run"), *COMMON, "--batch-size", "3", "--max-steps", "1"]
-    done = launch("torch", args, tmp_path / "log")
-    assert done.returncode != 0
-    assert "error: --batch-size: the global batch size 3 does not split evenly over 2 workers" in done.stderr
-    assert 'File "' + str(REPO) not in done.stderr  # torchrun prints its own traceback; none from our code
-    assert not (tmp_path / "run" / "run.json").exists()
+    assert train(twin, *args) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: --batch-size: the global batch size 3 does not split evenly over 2 workers; "
+                   "pick a multiple of 2\n")
+    assert not (tmp_path / "run").exists()
