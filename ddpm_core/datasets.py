@@ -252,9 +252,42 @@ def prepare_data(data: str | os.PathLike, fmt: str, image_size: int, channels: i
                     None, str(root), str(root))
 
 
+STAGE_PREFIX = "ddpm-data-"
+
+
 def make_stage_dir() -> tempfile.TemporaryDirectory:
-    """A private folder for the staged files, removed when the returned object is cleaned up."""
-    return tempfile.TemporaryDirectory(prefix="ddpm-data-")
+    """A private folder for the staged files, removed when the returned object is cleaned up.
+
+    Its name carries this host and process id. A process that is SIGKILLed (a launcher stopping a
+    data-parallel job, the out-of-memory killer) cannot remove its folder, which may hold a decompressed
+    copy of the data, so such folders of this host whose process is gone are removed first."""
+    remove_orphaned_stage_dirs()
+    return tempfile.TemporaryDirectory(prefix=f"{STAGE_PREFIX}{_host()}-{os.getpid()}-")
+
+
+def remove_orphaned_stage_dirs() -> list[Path]:
+    """Remove the staging folders of this host whose process no longer exists; return them."""
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{STAGE_PREFIX}{_host()}-*-*"):
+        pid = folder.name[len(f"{STAGE_PREFIX}{_host()}-"):].split("-", 1)[0]
+        if pid.isdigit() and folder.is_dir() and not folder.is_symlink() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _host() -> str:
+    return "".join(c if c.isalnum() else "_" for c in os.uname().nodename)[:40] or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_synthetic_fashion_mnist(folder: str | os.PathLike, examples: int = 64, seed: int = 0) -> Path:

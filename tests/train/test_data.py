@@ -3,6 +3,7 @@ reading the same pixels, and the tape's determinism and sharding."""
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,32 @@ from tests.train.conftest import (
 def prepare(path, fmt="auto", size=28, channels=None):
     stage = make_stage_dir()
     return prepare_data(path, fmt, size, channels, stage.name), stage
+
+
+def test_staging_folders_of_killed_processes_are_removed(tmp_path, monkeypatch):
+    """A SIGKILLed run leaves its staging folder behind; the next one removes it, and only it."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from ddpm_core import datasets
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = datasets._host()
+    orphan = tmp_path / f"ddpm-data-{host}-{dead.pid}-x1"
+    other_host = tmp_path / f"ddpm-data-elsewhere-{dead.pid}-x2"
+    for folder in (orphan, other_host):
+        folder.mkdir()
+        (folder / "train-images-idx3-ubyte").write_bytes(b"staged")
+    first = make_stage_dir()
+    assert not orphan.exists() and other_host.exists()
+    assert Path(first.name).name.startswith(f"ddpm-data-{host}-{os.getpid()}-")
+    second = make_stage_dir()  # a live process's folder stays
+    assert Path(first.name).is_dir() and Path(second.name).is_dir()
+    first.cleanup()
+    second.cleanup()
 
 
 # ---------------------------------------------------------------- IDX files and detection
