@@ -258,6 +258,7 @@ def dp_smoke(tmp_path_factory) -> tuple[dict, list[str]]:
     return report, dp_markdown(report)
 
 
+@pytest.mark.slow  # 30 s of launches; the arithmetic and the job plan are tested above, in CI
 def test_bench_data_parallel_scaling_smoke(dp_smoke):
     report, lines = dp_smoke
     cores = report["cores"]
