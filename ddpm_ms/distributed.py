@@ -14,8 +14,10 @@ from mindspore import Tensor, nn, ops
 
 from ddpm_core.distributed import World, launched_by
 
-PEER_FAILURES: tuple[type[BaseException], ...] = (RuntimeError,)
-"""What a collective raises here when another rank has died (msrun then stops this worker too)."""
+PEER_FAILURES: tuple[type[BaseException], ...] = ()
+"""Errors to report as "another worker stopped": none. MindSpore raises a plain ``RuntimeError`` for a failed
+collective and for everything else alike, so translating it would hide real errors; msrun stops the job and
+names the failed worker itself (docs/distributed.md)."""
 
 
 def init(device: str = "CPU") -> World:
