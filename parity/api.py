@@ -23,7 +23,7 @@ from parity.localise import localise
 from parity.probes import Oracle, diagnose
 from parity.report import Report
 from parity.settings import check_settings
-from parity.suite import CHECKS, RunSpec, compare_outputs, run_side, teacher_forced
+from parity.suite import CHECKS, RunSpec, Row, compare_outputs, outputs_row, run_side, teacher_forced
 from parity.tape import TapeSpec, make_tape, tape_hash
 from parity.tolerances import device_class, tolerance
 
@@ -204,3 +204,17 @@ def assert_parity(torch_model: Any, ms_model: Any, **options: Any) -> Report:
     if not report.passed:
         raise AssertionError(report.text())
     return report
+
+
+def assert_close(label: str, a: Any, b: Any, output: str, device: str = "cpu") -> Row:
+    """``a`` against the reference ``b`` (arrays, or ``{name: array}``) under the tolerance table's entry for
+    ``output``, compared as ``python -m parity.check`` compares it; ``AssertionError`` naming the first
+    failing tensor, its figures and the limits otherwise. A comparison of nothing fails."""
+    row = outputs_row(label, output, a, b, device)
+    if not row.summary.members:
+        raise AssertionError(f"{label}: nothing was compared")
+    if not row.passed:
+        bad = [m for m in row.summary.members if not m.passed]
+        raise AssertionError(f"{label} ({output} tolerance, {len(bad)} of {len(row.summary.members)} failing): "
+                             f"{bad[0].describe()}")
+    return row

@@ -202,6 +202,27 @@ def _steps(label: str, output: str, a: np.ndarray, b: np.ndarray, names: list[st
     return Row(label, output, Summary(label, members), tol.gate, note)
 
 
+STEP_OUTPUTS = ("ddpm_one_step", "ddpm_trajectory", "ddim_trajectory")
+"""Outputs compared per sampler step, (steps, batch, ...), with the atol in units of each state's RMS."""
+
+
+def outputs_row(label: str, output: str, a: np.ndarray | Mapping[str, np.ndarray],
+                b: np.ndarray | Mapping[str, np.ndarray], device: str = "cpu") -> Row:
+    """``a`` against the reference ``b`` under the table's ``output`` entry, exactly as the harness compares
+    that output: one array, or ``{name: array}`` (a name on one side only fails as missing); a sampler
+    output (``STEP_OUTPUTS``) step by step."""
+    if isinstance(a, Mapping) != isinstance(b, Mapping):
+        raise TypeError("compare two arrays or two {name: array} mappings")
+    if not isinstance(b, Mapping):
+        a, b = np.asarray(a), np.asarray(b)
+        if output in STEP_OUTPUTS:
+            return _steps(label, output, a, b, [f"step {k}" for k in range(len(b))], device)
+        return pairs_row(label, {label: a}, {label: b}, label, device, output)
+    row = pairs_row("/", {f"/{k}": v for k, v in a.items()}, {f"/{k}": v for k, v in b.items()}, label, device,
+                    output)
+    return row if row is not None else Row(label, output, Summary(label, []))
+
+
 def _updates(out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Adam states after k steps -> the parameter change w_k - w_0 (float64, exact), step0 dropped."""
     res = {}

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from parity.api import assert_close
 from ddpm_core.config import TUTORIAL_UNET, UnetConfig
 from ddpm_core.naming import unet_parameters
 from ddpm_core.weights import load_weights, manifest, save_weights
@@ -16,8 +17,6 @@ from parity.convert import main
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = UnetConfig(dim=16, channels=3, dim_mults=(1, 2), use_convnext=False, resnet_block_groups=4)
 SMALL_JSON = json.dumps(SMALL.to_dict())
-TUTORIAL_TOLERANCE = 1e-5
-"""max |eps_torch - eps_tutorial| on CPU float32: the twins share the math, only kernels differ."""
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -75,9 +74,7 @@ def test_tutorial_ckpt_to_pt_predicts_the_same_noise(tutorial_ckpt, tmp_path):
     assert json.loads((tmp_path / "manifest.json").read_text()) == manifest(loaded.state)
 
     for pt in ("api.pt", "cli.pt"):
-        diff = float(np.max(np.abs(torch_predictions(tmp_path / pt, x, t) - eps)))
-        print(f"{pt}: max |eps_torch - eps_tutorial| = {diff:.3g}")
-        assert diff <= TUTORIAL_TOLERANCE, f"{pt}: max abs difference {diff:.3g} > {TUTORIAL_TOLERANCE}"
+        assert_close(f"{pt} vs the tutorial's MindSpore Unet", torch_predictions(tmp_path / pt, x, t), eps, "prediction")
 
 
 def test_pt_to_ckpt_loads_strictly_into_mindspore(tmp_path):

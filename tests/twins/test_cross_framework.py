@@ -1,6 +1,7 @@
 """The same weights in both twins give the same noise predictions (CPU float32), and each documented
 MindSpore/PyTorch difference matters: flipping it back to PyTorch's default in the torch twin breaks
-the agreement. Run with ``-s`` to see the measured differences."""
+the agreement. Every bound is the harness's (parity.tolerances), applied by ``parity.assert_close``.
+Run with ``-s`` to see the measured differences."""
 import numpy as np
 import pytest
 import torch
@@ -8,8 +9,8 @@ from torch import nn
 
 import ddpm_torch.layers
 from ddpm_core.config import TUTORIAL_DIFFUSION, TUTORIAL_UNET, DiffusionConfig, UnetConfig
+from parity.api import assert_close
 
-TOL = 1e-5  # max abs, CPU float32; measured ~1e-6 on the tutorial config (see docs/porting.md)
 T_TUTORIAL = np.array([0, 100, 199], np.int32)  # t in {0, T/2, T-1}, T = 200: one batch, one sample each
 RESNET = UnetConfig(dim=16, channels=3, dim_mults=(1, 2, 4), use_convnext=False, resnet_block_groups=8)
 
@@ -53,8 +54,7 @@ def test_tutorial_config_noise_predictions_agree(tutorial_case, torch_twin):
     c = tutorial_case
     out = torch_twin.forward(c.torch_model(torch_twin), c.x, c.t)
     report("tutorial config torch vs ms", out, c.ms_out, c.t)
-    mx, _ = differences(out, c.ms_out)
-    assert mx <= TOL, f"noise prediction: difference between PyTorch and MindSpore is {mx:.3g} (> {TOL})"
+    assert_close("tutorial config noise prediction", out, c.ms_out, "prediction")
     assert np.abs(c.ms_out).max() > 0.1  # not a trivially small output
 
 
@@ -62,8 +62,7 @@ def test_resnet_config_noise_predictions_agree(resnet_case, torch_twin):
     c = resnet_case
     out = torch_twin.forward(c.torch_model(torch_twin), c.x, c.t)
     report("resnet config torch vs ms", out, c.ms_out, c.t)
-    mx, _ = differences(out, c.ms_out)
-    assert mx <= TOL, f"noise prediction: difference between PyTorch and MindSpore is {mx:.3g} (> {TOL})"
+    assert_close("resnet config noise prediction", out, c.ms_out, "prediction")
 
 
 def test_p_losses_and_ddim_agree(ms_twin, torch_twin, make_weights):
@@ -79,9 +78,8 @@ def test_p_losses_and_ddim_agree(ms_twin, torch_twin, make_weights):
         model, d = tw.build_loaded(cfg, w), tw.diffusion(TUTORIAL_DIFFUSION)
         out[tw.name] = (float(tw.to_numpy(d.p_losses(model, x0, t, noise))),
                         np.stack(d.ddim_sample_loop(model, (2, 1, 8, 8), steps=3, eta=0.5, img=img, noise=step_noise)))
-    assert out["torch"][0] == pytest.approx(out["ms"][0], rel=1e-6, abs=1e-7)
-    mx, _ = differences(out["torch"][1], out["ms"][1])
-    assert mx <= 1e-4, f"DDIM states: difference between PyTorch and MindSpore is {mx:.3g}"
+    assert_close("p_losses", np.float32(out["torch"][0]), np.float32(out["ms"][0]), "loss")
+    assert_close("DDIM eta=0.5 states", out["torch"][1], out["ms"][1], "ddim_trajectory")
 
 
 # ---------------------------------------------------------------- flipping one documented difference
@@ -149,7 +147,8 @@ def test_flipping_a_documented_difference_breaks_agreement(tutorial_case, torch_
     out = torch_twin.forward(model, c.x, c.t)
     mx, rel = differences(out, c.ms_out)
     print(f"\nflip {flip}: max abs {mx:.3e}, max rel {rel:.3e}", end="")
-    assert mx > TOL, f"flipping {flip} left the twins within {TOL}: the comparison cannot see it"
+    with pytest.raises(AssertionError, match="prediction tolerance"):
+        assert_close(f"flip {flip}", out, c.ms_out, "prediction")
 
 
 def test_resnet_flip_group_norm_eps_breaks_agreement(resnet_case, torch_twin, monkeypatch):
@@ -157,8 +156,8 @@ def test_resnet_flip_group_norm_eps_breaks_agreement(resnet_case, torch_twin, mo
     c = resnet_case
     model = c.torch_model(torch_twin)
     group_norm_eps(model, monkeypatch)
-    mx, _ = differences(torch_twin.forward(model, c.x, c.t), c.ms_out)
-    assert mx > TOL
+    with pytest.raises(AssertionError, match="prediction tolerance"):
+        assert_close("flip group_norm_eps", torch_twin.forward(model, c.x, c.t), c.ms_out, "prediction")
 
 
 def test_timesteps_dtype_does_not_matter(tutorial_case, torch_twin):

@@ -6,6 +6,7 @@ cheap and have an exact numpy twin; one test runs p_losses through a real U-Net.
 import numpy as np
 import pytest
 
+from parity.api import assert_close
 from ddpm_core.config import TUTORIAL_DIFFUSION, DiffusionConfig, UnetConfig
 from ddpm_core.schedules import ddim_plan, derive_tables, linear_beta_schedule, make_schedule
 from tests.conftest import toy_model_np
@@ -84,7 +85,7 @@ def test_q_sample_closed_form(twin):
     expected = np.sqrt(abar) * x0 + np.sqrt(1 - abar) * noise
     got = twin.to_numpy(d.q_sample(x0, t, noise))
     assert got.dtype == np.float32
-    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+    assert_close(f"{twin.name} q_sample vs closed form", got, expected, "diffusion_math")
 
 
 def loss_oracle(noise, pred, t, p2_weight, loss_type):
@@ -186,7 +187,8 @@ def test_p_sample_loop_matches_oracle_and_is_deterministic(twin):
     img, noise = normal(SHAPE, 7), normal((10, *SHAPE), 8)
     states = d.p_sample_loop(twin.toy_model(), SHAPE, img=img, noise=noise)
     assert len(states) == 10 and all(s.shape == SHAPE and s.dtype == np.float32 for s in states)
-    np.testing.assert_allclose(np.stack(states), np.stack(ddpm_oracle(img, noise, SMALL_T)), atol=2e-5, rtol=1e-5)
+    assert_close(f"{twin.name} DDPM loop vs oracle", np.stack(states), np.stack(ddpm_oracle(img, noise, SMALL_T)),
+                 "diffusion_math")
     again = d.p_sample_loop(twin.toy_model(), SHAPE, img=img, noise=noise)
     np.testing.assert_array_equal(np.stack(again), np.stack(states))
 
@@ -236,7 +238,8 @@ def test_ddim_matches_oracle(twin, eta):
     img, noise = normal(SHAPE, 9), normal((4, *SHAPE), 10)
     states = d.ddim_sample_loop(twin.toy_model(), SHAPE, steps=4, eta=eta, img=img, noise=noise)
     assert len(states) == 4 and all(s.shape == SHAPE for s in states)
-    np.testing.assert_allclose(np.stack(states), np.stack(ddim_oracle(img, noise, SMALL_T, 4, eta)), atol=2e-5, rtol=1e-5)
+    assert_close(f"{twin.name} DDIM eta={eta} vs oracle", np.stack(states),
+                 np.stack(ddim_oracle(img, noise, SMALL_T, 4, eta)), "diffusion_math")
 
 
 def test_ddim_eta0_is_deterministic_and_ignores_noise(twin):

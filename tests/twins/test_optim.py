@@ -6,6 +6,7 @@ import pytest
 import torch
 from mindspore import nn as msnn
 
+from parity.api import assert_close
 from ddpm_core.schedules import cosine_decay_lr
 from ddpm_torch.optim import MindSporeAdam
 
@@ -48,9 +49,9 @@ def test_mindspore_adam_rule_matches_nn_adam_and_the_oracle(eps):
     oracle = tf_rule_oracle(lrs, eps)
     ours = run_torch(MindSporeAdam, lr=lrs, betas=(0.9, 0.999), eps=eps)
     theirs = run_mindspore(lrs, eps)
-    np.testing.assert_allclose(theirs, oracle, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(ours, oracle, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
+    assert_close("nn.Adam vs the oracle", theirs, oracle, "optimizer_rule")
+    assert_close("MindSporeAdam vs the oracle", ours, oracle, "optimizer_rule")
+    assert_close("MindSporeAdam vs nn.Adam", ours, theirs, "optimizer_rule")
 
 
 def test_torch_adam_is_a_different_rule():
@@ -65,7 +66,7 @@ def test_learning_rate_list_is_stepped_per_global_step():
     frozen = run_torch(MindSporeAdam, lr=[0.1, 0.0, 0.0], eps=1e-8)
     one_step = START - 0.1 * np.sqrt(1 - 0.999) / (1 - 0.9) * (0.1 * GRADS[0]) / (
         np.sqrt(0.001 * GRADS[0] ** 2) + 1e-8)
-    np.testing.assert_allclose(frozen, one_step, rtol=0, atol=1e-6)
+    assert_close("lr [0.1, 0, 0] vs one step", frozen, one_step, "optimizer_rule")
 
 
 def test_state_dict_round_trip_continues_identically():
