@@ -35,6 +35,13 @@ def huber_loss(a: Tensor, b: Tensor) -> Tensor:
     return _SMOOTH_L1(a, b)
 
 
+def state_dtype(model: Callable) -> ms.Type:
+    """The dtype a sampler keeps its states in: the model's parameters' (float32 for the tutorial's model),
+    float32 for a model without parameters."""
+    param = next(model.get_parameters(), None) if isinstance(model, nn.Cell) else None
+    return param.dtype if param is not None else ms.float32
+
+
 def l1_loss(a: Tensor, b: Tensor) -> Tensor:
     return ops.abs(a - b)
 
@@ -179,7 +186,7 @@ class GaussianDiffusion:
         ``compiled=True`` runs every step through one ``ms.jit`` graph of ``p_step`` (compiled on the first
         step, about 10x faster per step on CPU); the default runs ``p_sample`` op by op (PyNative)."""
         shape = tuple(shape)
-        img = ops.standard_normal(shape).astype(ms.float32) if img is None else self.tensor(img, ms.float32)
+        img = ops.standard_normal(shape).astype(ms.float32) if img is None else self.tensor(img, state_dtype(model))
         check_same_shape("img", img.shape, shape)
         if noise is not None:
             noise = self.tensor(noise, img.dtype)
@@ -205,7 +212,7 @@ class GaussianDiffusion:
         plan = ddim_plan(self.config, steps, eta)
         coef = {name: Tensor(getattr(plan, name)) for name in DDIM_COEFS}
         shape = tuple(shape)
-        img = ops.standard_normal(shape).astype(ms.float32) if img is None else self.tensor(img, ms.float32)
+        img = ops.standard_normal(shape).astype(ms.float32) if img is None else self.tensor(img, state_dtype(model))
         check_same_shape("img", img.shape, shape)
         if noise is not None:
             noise = self.tensor(noise, img.dtype)

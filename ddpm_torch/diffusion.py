@@ -34,6 +34,13 @@ def huber_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 DDIM_COEFS = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "sqrt_alphas_cumprod_prev", "dir_coef", "sigma")
 """The ``DDIMPlan`` fields one DDIM step takes, in ``ddim_step``'s argument order."""
 
+def state_dtype(model: Callable) -> torch.dtype:
+    """The dtype a sampler keeps its states in: the model's parameters' (float32 for the tutorial's model,
+    float64 for the harness's float64 run), float32 for a model without parameters."""
+    param = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    return param.dtype if param is not None else torch.float32
+
+
 def l1_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.abs(a - b)
 
@@ -168,7 +175,7 @@ class GaussianDiffusion:
         ``compiled=True`` runs every step through ``p_step`` (the MindSpore twin's compiled path; eager
         here, same results); the default runs ``p_sample``."""
         shape = tuple(shape)
-        img = torch.randn(shape, device=self.device) if img is None else self.tensor(img, torch.float32)
+        img = torch.randn(shape, device=self.device) if img is None else self.tensor(img, state_dtype(model))
         check_same_shape("img", img.shape, shape)
         if noise is not None:
             noise = self.tensor(noise, img.dtype)
@@ -195,7 +202,7 @@ class GaussianDiffusion:
         plan = ddim_plan(self.config, steps, eta)
         coef = {name: self.tensor(getattr(plan, name)) for name in DDIM_COEFS}
         shape = tuple(shape)
-        img = torch.randn(shape, device=self.device) if img is None else self.tensor(img, torch.float32)
+        img = torch.randn(shape, device=self.device) if img is None else self.tensor(img, state_dtype(model))
         check_same_shape("img", img.shape, shape)
         if noise is not None:
             noise = self.tensor(noise, img.dtype)
