@@ -1,10 +1,10 @@
 """The diffusion-math probes: each twin's q_sample, p_sample, p_losses and both sampling loops driven
-by a toy noise model (eps = 0.9 x + 0.001 t, no U-Net), plus a float64 numpy oracle over the same
-float32 tables, so a failure in the diffusion math is told apart from one in the network and the
-side that deviates is named.
+by a toy noise model (eps = 0.9 x + 0.001 t, no U-Net), plus an oracle (the float64 specification
+``ddpm_core.reference`` over the same float32 tables), so a failure in the diffusion math is told apart
+from one in the network and the side that deviates is named.
 
-Rule: probes are tiny (PROBE_SHAPE images, the tape's probe arrays) and run op by op; the oracle uses
-``ddpm_core.schedules`` tables exactly as the twins index them. ``diagnose`` explains a deviation in
+Rule: probes are tiny (PROBE_SHAPE images, the tape's probe arrays) and run op by op; the oracle is the
+specification's math, never a second copy of it. ``diagnose`` explains a deviation in
 words where it can (a schedule read at t+1, a per-step noise that is not the tape's).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ddpm_core.config import DiffusionConfig
-from ddpm_core.schedules import ddim_plan, make_schedule
+from ddpm_core.reference import ReferenceDiffusion
 
 LOOP_TIMESTEPS = 10
 LOOP_DDIM_STEPS = 5
@@ -60,50 +60,31 @@ def _toy(x: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 class Oracle:
-    """The probes' expected values in float64 numpy, from the float32 tables the twins use."""
+    """The probes' expected values: the specification's DDPM math (``ddpm_core.reference.ReferenceDiffusion``,
+    float64 over the twins' float32 tables) driven by the same toy model."""
 
     def __init__(self, cfg: DiffusionConfig):
         self.cfg = cfg
-        self.tab = {k: v.astype(np.float64) for k, v in make_schedule(cfg).tables().items()}
+        self.reference = ReferenceDiffusion(cfg)
+        self.tab = self.reference.tables
         self.loop = self if cfg == loop_config(cfg) else Oracle(loop_config(cfg))
 
-    def col(self, name: str, t: np.ndarray) -> np.ndarray:
-        return self.tab[name][t].reshape(-1, 1, 1, 1)
-
     def q_sample(self, x0: np.ndarray, t: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        return self.col("sqrt_alphas_cumprod", t) * x0 + self.col("sqrt_one_minus_alphas_cumprod", t) * noise
+        return self.reference.q_sample(x0, t, noise)
 
     def p_step(self, x: np.ndarray, t: np.ndarray, noise: np.ndarray | None) -> np.ndarray:
-        x = x.astype(np.float64)
-        mean = self.col("sqrt_recip_alphas", t) * (
-            x - self.col("betas", t) * _toy(x, t) / self.col("sqrt_one_minus_alphas_cumprod", t))
-        return mean if noise is None else mean + np.sqrt(self.col("posterior_variance", t)) * noise
+        """One ancestral step of the toy model; ``noise=None`` gives the mean alone (the last step)."""
+        return self.reference.p_step(_toy, x, t, noise)
 
     def loss(self, x0: np.ndarray, t: np.ndarray, noise: np.ndarray, loss_type: str) -> np.ndarray:
-        pred = _toy(self.q_sample(x0, t, noise), t)
-        d = np.asarray(noise, np.float64) - pred
-        per = {"l1": np.abs(d), "l2": d * d,
-               "huber": np.where(np.abs(d) < 1.0, 0.5 * d * d, np.abs(d) - 0.5)}[loss_type]
-        return np.asarray((per.reshape(len(t), -1) * self.tab["p2_loss_weight"][t].reshape(-1, 1)).mean())
+        return np.asarray(self.reference.p_losses(_toy, x0, t, noise, loss_type))
 
     def ddpm_loop(self, x: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        T, states = self.cfg.timesteps, []
-        for k, i in enumerate(range(T - 1, -1, -1)):
-            x = self.p_step(x, np.full(len(x), i), None if i == 0 else noise[k])
-            states.append(x)
-        return np.stack(states)
+        """Every state of the toy model's ancestral loop; ``noise`` may hold more rows than T (the tape's)."""
+        return self.reference.p_sample_loop(_toy, x, noise[: self.cfg.timesteps])
 
     def ddim_loop(self, x: np.ndarray, steps: int, eta: float, noise: np.ndarray) -> np.ndarray:
-        plan, states = ddim_plan(self.cfg, steps, eta), []
-        x = x.astype(np.float64)
-        for k in range(plan.steps):
-            eps = _toy(x, np.full(len(x), plan.t[k]))
-            x0 = (x - float(plan.sqrt_one_minus_alphas_cumprod[k]) * eps) / float(plan.sqrt_alphas_cumprod[k])
-            x = float(plan.sqrt_alphas_cumprod_prev[k]) * x0 + float(plan.dir_coef[k]) * eps
-            if plan.sigma[k] > 0:
-                x = x + float(plan.sigma[k]) * noise[k]
-            states.append(x)
-        return np.stack(states)
+        return self.reference.ddim_sample_loop(_toy, x, steps, eta, noise)
 
     def expected(self, tape: Mapping[str, np.ndarray], loss_types: Sequence[str], ddim_steps: int,
                  etas: Sequence[float]) -> dict[str, np.ndarray]:
