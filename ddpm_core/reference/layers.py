@@ -170,7 +170,7 @@ def resnet_block(m: Node, x: np.ndarray, time_emb: np.ndarray | None, *, groups:
 def split_heads(qkv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``to_qkv(x).chunk(3, 1)`` then the tutorial's ``rearrange``: (b, 3 heads d, h, w) -> three
     (b, heads, d, h*w)."""
-    b, c3, h, w = qkv.shape
+    b, _, h, w = qkv.shape
     return tuple(part.reshape(b, ATTENTION_HEADS, ATTENTION_DIM_HEAD, h * w) for part in np.split(qkv, 3, axis=1))
 
 

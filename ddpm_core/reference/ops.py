@@ -7,8 +7,8 @@ weights (c_out, c_in / groups, kh, kw), ConvTranspose2d weights (c_in, c_out, kh
 weights (out, in). "Convolution" means cross-correlation, as in both frameworks (no kernel flip).
 
 Rule: each function guarantees its result to float64 rounding of its definition; speed comes from
-handing the sums to BLAS (``tensordot``) over ``sliding_window_view`` windows, never from a
-rearrangement of the math.
+handing the sums to BLAS (one matmul over ``sliding_window_view`` windows copied as im2col columns),
+never from a rearrangement of the math.
 """
 from __future__ import annotations
 
@@ -30,9 +30,10 @@ def conv2d(x: np.ndarray, weight: np.ndarray, stride: int = 1, padding: int = 0)
     """Dense 2-D convolution without bias: (b, c, h, w), weight (o, c, k, k) -> (b, o, h', w') with
     h' = (h + 2 padding - k) // stride + 1:  y[b, o, i, j] = sum_{c,u,v} x_pad[b, c, s i + u, s j + v] w[o, c, u, v]."""
     o, c, kh, kw = weight.shape
-    windows = sliding_window_view(_pad(x, padding), (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]  # (b, c, h', w', kh, kw)
+    windows = sliding_window_view(_pad(x, padding), (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
+    # windows: (b, c, h', w', kh, kw), a view; im2col copies it as columns (c kh kw, b h' w') for one matmul
     b, _, h, w = windows.shape[:4]
-    columns = np.ascontiguousarray(windows.transpose(1, 4, 5, 0, 2, 3)).reshape(c * kh * kw, b * h * w)  # im2col
+    columns = np.ascontiguousarray(windows.transpose(1, 4, 5, 0, 2, 3)).reshape(c * kh * kw, b * h * w)
     y = weight.reshape(o, c * kh * kw) @ columns  # (o, b h' w')
     return np.ascontiguousarray(y.reshape(o, b, h, w).transpose(1, 0, 2, 3))  # (b, o, h', w')
 

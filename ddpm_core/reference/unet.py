@@ -21,7 +21,7 @@ Downsample; each up stage the same with Upsample.
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 
@@ -57,7 +57,7 @@ class ReferenceUnet:
         self.config = cfg
         self._weights = {name: np.array(value, dtype=np.float64) for name, value in weights.items()}
         if cfg.use_convnext:
-            self._block = convnext_block  # ConvNeXt width multiplier: in the shapes of net.1 / net.4
+            self._block = convnext_block  # convnext_mult is in the weights: net.1 maps dim -> dim_out * mult
         else:
             self._block = partial(resnet_block, groups=cfg.resnet_block_groups)
 
@@ -112,5 +112,6 @@ class ReferenceUnet:
             x = residual(stage / 2, x, partial(pre_norm, fn=linear_attention))
             x = upsample(stage / 3, x)  # every up stage upsamples (the quirk): (b, c, 2h, 2w)
 
-        final_block: Callable = lambda m, y: block(m, y, None)  # built without a time embedding
-        return sequential(root / "final_conv", x, final_block, conv)  # (b, out_dim, h, w): 1x1, no bias
+        return sequential(root / "final_conv", x,
+                          lambda m, y: block(m, y, None),  # block(dim, dim), built without a time embedding
+                          conv)  # (b, out_dim, h, w): 1x1, no bias

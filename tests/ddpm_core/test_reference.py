@@ -2,6 +2,7 @@
 run in float64 (to float64 rounding: any logic difference fails), both twins in float32, the tutorial's
 own code, and the twins' DDPM/DDIM math; planted bugs in the specification prove the float64 gate fails
 on an epsilon, a GELU variant or one table value. Run with ``-s`` to see the measured errors."""
+import functools
 import os
 import subprocess
 import sys
@@ -60,14 +61,19 @@ def torch_float64_run(cfg, weights, x, t):
     return records, out
 
 
-@pytest.fixture(scope="module", params=sorted(CASES, reverse=True))
+@functools.lru_cache(maxsize=None)
+def make_case(name: str) -> Case:
+    return Case(name)
+
+
+@pytest.fixture(params=sorted(CASES, reverse=True))
 def case(request) -> Case:
-    return Case(request.param)
+    return make_case(request.param)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def tutorial_case() -> Case:
-    return Case("tutorial")
+    return make_case("tutorial")
 
 
 def passes(name, got, ref, tol):
@@ -90,7 +96,7 @@ def test_import_pulls_in_no_framework():
     (lambda w: w.pop("downs.0.0.ds_conv.weight"), "missing: downs.0.0.ds_conv.weight"),
     (lambda w: w.update({"downs.0.0.extra": np.zeros(3)}), "unexpected: downs.0.0.extra"),
     (lambda w: w.update({"mid_attn.fn.norm.bias": np.zeros(7)}), "shape mismatch: mid_attn.fn.norm.bias"),
-])
+], ids=["missing", "extra", "shape"])
 def test_weights_are_checked_strictly(change, message):
     weights = dict(seeded_weights(TUTORIAL_UNET, 0))
     change(weights)
@@ -118,7 +124,7 @@ def test_weights_are_float64_copies():
     ((1, 1, 5, 5), [5], "multiple of 2"),
     ((1, 1, 4, 4), [5.0], "integer"),
     ((1, 1, 4, 4), None, "pass timesteps"),
-])
+], ids=["channels", "size", "float-t", "no-t"])
 def test_bad_inputs_raise(x_shape, t, message):
     cfg = UnetConfig(dim=8, channels=1, dim_mults=(1, 2))
     net = ReferenceUnet(cfg, seeded_weights(cfg, 0))
@@ -136,8 +142,8 @@ def test_records_follow_torch_forward_hook_order(case):
 
 def test_prediction_and_every_module_match_torch_float64(case):
     assert passes("prediction", case.torch_out, case.out, GATE64)
-    failing = [c.describe() for c in (compare(p, a, r, GATE64) for (p, a), (_, r) in zip(case.torch_records, case.records))
-               if not c.passed]
+    modules = (compare(path, a, r, GATE64) for (path, a), (_, r) in zip(case.torch_records, case.records))
+    failing = [c.describe() for c in modules if not c.passed]
     assert not failing, failing[:3]
 
 

@@ -25,5 +25,6 @@ def test_oracle_predicts_both_twins_probes(sides, cfg):
         assert sorted(got) == sorted(expected)
         failing = [c.describe() for c in (compare(n, got[n], expected[n], tol) for n in expected) if not c.passed]
         assert not failing, (type(side).__name__, failing)
-    assert expected["ddpm_loop"].shape == (10, *tape["probe_x"].shape) and expected["q_sample_table"].shape == (2, cfg.timesteps)
+    assert expected["ddpm_loop"].shape == (10, *tape["probe_x"].shape)
+    assert expected["q_sample_table"].shape == (2, cfg.timesteps)
     assert np.ndim(expected["loss_huber"]) == 0
