@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ddpm_core.config import TUTORIAL_DIFFUSION, DiffusionConfig
+from parity.anchor import Anchor, wants_anchor
 from parity.initial import weights_hash
 from parity.localise import localise
 from parity.probes import Oracle, diagnose
@@ -146,14 +147,15 @@ def check_models(torch_model: Any, ms_model: Any, *, diffusion: DiffusionConfig 
             report.settings, report.settings_pairs = check_settings(side_t, torch_model, side_m, ms_model)
             timings["settings"] = round(time.perf_counter() - t0, 3)
         d_t, d_m = side_t.diffusion(spec.diffusion), side_m.diffusion(spec.diffusion)
-        out_t, out_m, stepped = _run_both(side_t, torch_model, d_t, side_m, ms_model, d_m, tape, spec, timings, pool)
+        out_t, out_m, stepped, anchor = _run_both(side_t, torch_model, d_t, side_m, ms_model, d_m, tape, spec, timings,
+                                                  pool)
     finally:
         if pool is not None:
             pool.close()
     one_step = None
     if stepped is not None:
         one_step = (stepped, out_m["ddpm/trajectory"], "PyTorch stepping from MindSpore's states")
-    report.rows = compare_outputs(out_t, out_m, spec, device, one_step)
+    report.rows = compare_outputs(out_t, out_m, spec, device, one_step, anchor)
     if not report.passed:
         explain(report, (out_t, out_m), tape, spec, side_t, torch_model, side_m, ms_model, device)
     timings["total"] = round(time.perf_counter() - t0, 3)
@@ -161,18 +163,25 @@ def check_models(torch_model: Any, ms_model: Any, *, diffusion: DiffusionConfig 
 
 
 def _run_both(side_t: Any, model_t: Any, d_t: Any, side_m: Any, model_m: Any, d_m: Any, tape: dict, spec: RunSpec,
-              timings: dict, worker: Any) -> tuple[dict, dict, np.ndarray | None]:
-    """Both sides' outputs and PyTorch's teacher-forced steps from MindSpore's trajectory: in this process
-    one after the other, or with PyTorch in ``worker`` (a ``parity.worker.TorchWorker``) meanwhile."""
+              timings: dict, worker: Any) -> tuple[dict, dict, np.ndarray | None, dict]:
+    """Both sides' outputs, PyTorch's teacher-forced steps from MindSpore's trajectory and the float64 anchor
+    (``parity.anchor``): in this process one after the other, or with PyTorch and the anchor in ``worker``
+    (a ``parity.worker.TorchWorker``) meanwhile."""
     if worker is None:
         out_m = run_side(side_m, model_m, d_m, tape, spec, timings)
         out_t = run_side(side_t, model_t, d_t, tape, spec, timings)
-        stepped = None
+        stepped, anchor = None, {}
         if "ddpm" in spec.checks:
             t1 = time.perf_counter()
             stepped = teacher_forced(side_t, model_t, d_t, tape, out_m["ddpm/trajectory"])
             timings["torch/teacher_forced"] = round(time.perf_counter() - t1, 3)
-        return out_t, out_m, stepped
+        if wants_anchor(spec):
+            anc = Anchor(model_t, side_t.state(model_t), spec)
+            anc.before(tape)
+            anc.after(tape, out_m.get("ddpm/trajectory"))
+            timings.update(anc.timings)
+            anchor = anc.outputs
+        return out_t, out_m, stepped, anchor
     sent: list[bool] = []
 
     def send(trajectory: np.ndarray) -> None:
@@ -185,10 +194,10 @@ def _run_both(side_t: Any, model_t: Any, d_t: Any, side_m: Any, model_m: Any, d_
         if "ddpm" in spec.checks and not sent:
             worker.send_trajectory(None)  # release the worker
     t1 = time.perf_counter()
-    out_t, stepped = worker.result()
+    out_t, stepped, anchor = worker.result()
     timings.update(worker.timings)
     timings["waited_for_torch_worker"] = round(time.perf_counter() - t1, 3)
-    return out_t, out_m, stepped
+    return out_t, out_m, stepped, anchor
 
 
 def describe_run(spec: RunSpec) -> str:

@@ -18,6 +18,7 @@ from parity.settings import SettingMismatch, summarize
 from parity.suite import Row
 
 EXIT_PASS, EXIT_MISMATCH, EXIT_STRUCTURAL, EXIT_ENVIRONMENT = 0, 1, 2, 3
+SIDE_LABELS = {"torch": "PyTorch", "ms": "MindSpore"}
 
 
 def _g(v: float | None, digits: int = 1) -> str:
@@ -70,26 +71,35 @@ class Report:
         lines += [f"  diagnosis: {d}" for d in self.diagnoses]
         for row in self.failures[:limit]:
             first = row.summary.first_failure
-            lines.append(f"  {row.label}: {first.describe() if first else 'failed'}")
+            if first is None and row.anchor is not None:
+                first = row.anchor.torch if not row.anchor.torch.passed else row.anchor.ms
+            blame = f" [{SIDE_LABELS[row.blame]} is farther from the float64 spec]" if row.blame else ""
+            lines.append(f"  {row.label}{blame}: {first.describe() if first else 'failed'}")
         if len(self.failures) > limit:
             rest = [r.label for r in self.failures[limit:]]
             lines.append(f"  ... and {len(rest)} more: {', '.join(rest)}")
         return "\n".join(lines)
 
     def table(self) -> str:
-        head = ("check", "max abs", "max rel", "rel L2", "cosine", "needs atol", "atol / rtol", "result")
+        head = ("check", "max abs", "max rel", "rel L2", "cosine", "needs atol", "atol / rtol", "err torch",
+                "err ms", "result")
         body = []
         if self.spec.get("checks") is None or "settings" in self.spec.get("checks", []):
-            body.append((f"settings ({self.settings_pairs} module pairs)", "-", "-", "-", "-", "-", "exact",
+            body.append((f"settings ({self.settings_pairs} module pairs)", "-", "-", "-", "-", "-", "exact", "-", "-",
                          "pass" if not self.settings else f"FAIL ({len(self.settings)})"))
         for r in self.rows:
             s, tol = r.summary, r.summary.members[0].tolerance if r.summary.members else None
+            if r.anchor is not None:
+                tol = r.anchor.tolerance
             cos = s.figure("cosine")
             result = ("pass" if r.passed else "FAIL") if r.gate else ("info" if r.passed else "info: differs")
+            if r.blame:
+                result += f" ({SIDE_LABELS[r.blame]})"
             body.append((r.label, _g(s.figure("max_abs")), _g(s.figure("max_rel")), _g(s.figure("rel_l2")),
                          "-" if all(m.cosine is None for m in s.members) else f"{cos:.9f}"[:11],
                          _g(s.figure("atol_needed")), f"{_g(tol.atol, 0)} / {_g(tol.rtol, 0)}" if tol else "-",
-                         result))
+                         "-" if r.anchor is None else _g(r.anchor.err_torch),
+                         "-" if r.anchor is None else _g(r.anchor.err_ms), result))
         widths = [max(len(str(row[i])) for row in [head, *body]) for i in range(len(head))]
         fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
         lines = [fmt.format(*head), "  ".join("-" * w for w in widths)]

@@ -19,9 +19,10 @@ from ddpm_core.schedules import cosine_decay_lr
 from parity.compare import Comparison, Summary, compare
 from parity.probes import run_probes
 from parity.tape import TapeSpec
-from parity.tolerances import tolerance
+from parity.threeway import Anchored, anchor_arrays, anchored, logic_summary
+from parity.tolerances import Tolerance, tolerance
 
-CHECKS = ("settings", "weights", "predict", "loss", "grad", "ddpm", "ddim", "probes", "adam")
+CHECKS = ("settings", "weights", "predict", "loss", "grad", "ddpm", "ddim", "probes", "adam", "reference")
 TUTORIAL_LR = dict(min_lr=1e-7, max_lr=1e-4, total_step=10 * 3750, step_per_epoch=3750, decay_epoch=10)
 """The tutorial's ``nn.cosine_decay_lr`` arguments (Fashion-MNIST: 60000 / 16 = 3750 steps per epoch)."""
 
@@ -143,20 +144,33 @@ class Row:
     gate: bool = True
     note: str = ""
     steps: list[int] = field(default_factory=list)
+    anchor: Any = None
+    """A ``parity.threeway.Anchored``: each twin against the float64 specification, the blame; None for an
+    output the specification does not cover."""
+    culprit: str | None = None
+    """The twin a failure of this row blames when it has no anchor (the float64 logic row: PyTorch)."""
 
     @property
     def passed(self) -> bool:
-        return self.summary.passed
+        return self.summary.passed and (self.anchor is None or self.anchor.passed)
+
+    @property
+    def blame(self) -> str | None:
+        """"torch" or "ms" for a failing row whose twin is farther from the specification, else None."""
+        if self.passed:
+            return None
+        return self.culprit if self.anchor is None else self.anchor.blame
 
     def to_dict(self) -> dict:
+        anchored = {"err_torch": None, "err_ms": None, "blame": None} if self.anchor is None else self.anchor.to_dict()
         return {"label": self.label, "output": self.output, "gate": self.gate, "note": self.note,
-                **self.summary.to_dict()}
+                **self.summary.to_dict(), **anchored, "blame": self.blame}
 
 
 def pairs_row(prefix: str, a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], label: str, device: str,
-           output: str, gate: bool = True, note: str = "") -> Row | None:
+              output: str, gate: bool = True, note: str = "", tol: Tolerance | None = None) -> Row | None:
     """One row comparing the outputs under ``prefix`` (a group if it ends in "/", else one exact key) with the
-    ``output`` tolerance; a tensor on one side only fails as missing; None if neither side has any."""
+    ``output`` tolerance (or ``tol``); a tensor on one side only fails as missing; None if neither side has any."""
 
     def match(k: str) -> bool:  # a prefix ending in "/" groups tensors; anything else is one exact key
         return k.startswith(prefix) if prefix.endswith("/") else k == prefix
@@ -164,7 +178,7 @@ def pairs_row(prefix: str, a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarr
     names = [k for k in b if match(k)] + [k for k in a if match(k) and k not in b]
     if not names:
         return None
-    tol = tolerance(output, "float32", device)
+    tol = tol or tolerance(output, "float32", device)
     each = tol if tol.aggregate_over == "each" else tol.elementwise_only()
     members = []
     for n in names:
@@ -186,11 +200,11 @@ def _rms(x: np.ndarray) -> float:
 
 
 def _steps(label: str, output: str, a: np.ndarray, b: np.ndarray, names: list[str], device: str,
-           note: str = "") -> Row:
+           note: str = "", tol: Tolerance | None = None) -> Row:
     """One comparison per sampler step. The atol is in units of the reference state's RMS (at least 1):
     states stay ~N(0, 1) under the linear schedule, but grow ~100x in the first steps of a cosine
     schedule (beta_T = 0.9999), and their rounding errors with them."""
-    tol = tolerance(output, "float32", device)
+    tol = tol or tolerance(output, "float32", device)
     members = []
     for k in range(min(len(a), len(b))):
         scale = max(1.0, _rms(b[k]))
@@ -237,41 +251,62 @@ def _updates(out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def compare_outputs(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], spec: RunSpec, device: str,
-                    one_step: tuple[np.ndarray, np.ndarray, str] | None = None) -> list[Row]:
+                    one_step: tuple[np.ndarray, np.ndarray, str] | None = None,
+                    anchor: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> list[Row]:
     """Rows for every output both sides computed. ``one_step`` = (PyTorch values, MindSpore values,
-    who stepped) of the teacher-forced DDPM check."""
+    who stepped) of the teacher-forced DDPM check; ``anchor`` = ``parity.anchor.Anchor.outputs`` (the float64
+    specification's and PyTorch float64's outputs): the rows it covers are compared three ways under
+    machine-relative tolerances (``parity.threeway``), and a float64 logic row is added."""
     T, rows = spec.diffusion.timesteps, []
     a, b = _updates(a), _updates(b)
 
-    def add(row: Row | None) -> None:
+    def anchor_of(key: str, output: str) -> Anchored | None:
+        if not anchor:
+            return None
+        arrays = anchor_arrays(key, a, b, T, anchor, None if one_step is None else one_step[:2])
+        return None if arrays is None else anchored(output, *arrays, device)
+
+    def add(row: Row | None, an: Anchored | None = None) -> None:
         if row is not None:
+            row.anchor = an
             rows.append(row)
+
+    def tol_of(an: Anchored | None) -> Tolerance | None:
+        return None if an is None else an.tolerance
 
     add(pairs_row("weights/", a, b, f"weights ({sum(k.startswith('weights/') for k in b)} tensors)", device, "weights"))
     for key in [k for k in b if k.startswith("predict/")]:
-        add(pairs_row(key, a, b, f"prediction {key.split('/')[1]}", device, "prediction"))
+        an = anchor_of(key, "prediction")
+        add(pairs_row(key, a, b, f"prediction {key.split('/')[1]}", device, "prediction", tol=tol_of(an)), an)
     for lt in spec.loss_types:
-        add(pairs_row(f"loss/{lt}", a, b, f"loss {lt}", device, "loss"))
+        an = anchor_of(f"loss/{lt}", "loss")
+        add(pairs_row(f"loss/{lt}", a, b, f"loss {lt}", device, "loss", tol=tol_of(an)), an)
     add(pairs_row("grad/", a, b, f"gradients ({sum(k.startswith('grad/') for k in b)} tensors)", device, "grad"))
     for k in range(1, spec.tape.adam_steps + 1):
         add(pairs_row(f"adam/step{k}/", a, b, f"Adam step {k}: MindSporeAdam vs nn.Adam", device, "adam",
-                   note="parameter change w_k - w_0"))
+                      note="parameter change w_k - w_0"))
     last = spec.tape.adam_steps
     if any(k.startswith(f"adam_torch_rule/step{last}/") for k in a) and any(k.startswith(f"adam/step{last}/") for k in b):
         a_torch = {f"adam/step{last}/" + k.split("/", 2)[2]: v for k, v in a.items()
                    if k.startswith(f"adam_torch_rule/step{last}/")}
         add(pairs_row(f"adam/step{last}/", a_torch, b, f"Adam step {last}: torch.optim.Adam vs nn.Adam", device,
-                   "adam_torch_rule", gate=False, note="information: expected to differ (eps placement)"))
+                      "adam_torch_rule", gate=False, note="information: expected to differ (eps placement)"))
     step_names = [f"step {k} (t={T - 1 - k})" for k in range(T)]
     if one_step is not None:
+        an = anchor_of("ddpm/one_step", "ddpm_one_step")
         add(_steps("DDPM one step (teacher-forced)", "ddpm_one_step", one_step[0], one_step[1], step_names, device,
-                   note=one_step[2]))
+                   note=one_step[2], tol=tol_of(an)), an)
     if "ddpm/trajectory" in a and "ddpm/trajectory" in b:
+        an = anchor_of("ddpm/trajectory", "ddpm_trajectory")
         add(_steps(f"DDPM trajectory ({T} steps)", "ddpm_trajectory", a["ddpm/trajectory"], b["ddpm/trajectory"],
-                   step_names, device, note="free-running; drift per step in --json"))
+                   step_names, device, note="free-running; drift per step in --json", tol=tol_of(an)), an)
     for key in [k for k in b if k.startswith("ddim/") and k in a]:
-        n = b[key].shape[0]
+        n, an = b[key].shape[0], anchor_of(key, "ddim_trajectory")
         add(_steps(f"DDIM {key.split('/')[1]} ({n} steps)", "ddim_trajectory", a[key], b[key],
-                   [f"step {k}" for k in range(n)], device))
+                   [f"step {k}" for k in range(n)], device, tol=tol_of(an)), an)
     add(pairs_row("probe/", a, b, "diffusion math (toy model)", device, "diffusion_math"))
+    logic = logic_summary(rows, "float64 logic (PyTorch float64 vs spec)")
+    if logic.members:
+        rows.append(Row(logic.label, "logic", logic, note="any logic difference in the PyTorch twin fails this row",
+                        culprit="torch"))
     return rows

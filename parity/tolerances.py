@@ -55,6 +55,7 @@ OUTPUTS = {
     "diffusion_math": "the diffusion math alone, driven by a toy model (no U-Net)",
     "module": "one module's output while localising a failure",
     "optimizer_rule": "weights after a few optimizer steps on given gradients (no network), against a float64 oracle",
+    "logic": "the PyTorch twin run in float64 against the float64 specification, on every anchored output",
 }
 
 DEVICE_CLASSES = ("cpu", "gpu", "ascend")
@@ -132,6 +133,45 @@ TOLERANCES: dict[tuple[str, str, str], Tolerance] = {
         "no time embedding, init/out dims) x seeds 0-2; worst: prediction max abs 5.4e-15 (3.3e-15 of max |eps|), "
         "rel L2 2.9e-15, 1-cos 2.2e-16; any module: max abs 3.6e-14, atol needed 1.2e-14, rel L2 4.0e-15"),
 }
+
+
+TOLERANCES[("logic", "float64", "cpu")] = replace(
+    TOLERANCES[("prediction", "float64", "cpu")],
+    reason="the float64 logic gate on every output the specification covers (predictions, losses, DDPM/DDIM "
+           "steps): float64 rounding only, so any logic difference fails it (the prediction entry's reasoning)")
+
+
+@dataclass(frozen=True)
+class RelativeRule:
+    """A machine-relative fp32 gate: the larger of the table's entry (the floor) and ``k`` times this run's
+    float32 rounding, measured as the PyTorch twin's float32 output against its own float64 run. Never
+    derived from a twin's error against the specification, so a wrong twin cannot loosen its own gate."""
+
+    k: float
+    reason: str
+    measured: str = ""
+
+
+_K_REASON = ("two float32 implementations of the same math differ by a few times the rounding of one; k leaves "
+             "a margin of >= 3 over the largest ratio measured")
+RELATIVE: dict[str, RelativeRule] = {
+    output: RelativeRule(10.0, _K_REASON, "to be measured")
+    for output in ("prediction", "loss", "ddpm_one_step", "ddpm_trajectory", "ddim_trajectory")
+}
+BLAME_RATIO = 2.0
+"""A failing row names the twin whose error against the specification exceeds the other's by more than this
+(msprobe's rule: a relative error more than 2x the other side's)."""
+
+
+def machine_relative(floor: Tolerance, rounding_abs: float, rounding_rel_l2: float, rule: RelativeRule) -> Tolerance:
+    """``floor`` widened to ``rule.k`` times this run's float32 rounding (max abs, relative L2) where that is
+    larger; the cosine limit follows the relative L2 limit (1 - cos ~ rel_l2^2 / 2)."""
+    atol = max(floor.atol, rule.k * rounding_abs)
+    rel = max(floor.max_rel_l2, rule.k * rounding_rel_l2)
+    one_minus_cos = max(1.0 - floor.min_cosine, min(1.0, rel) ** 2 / 2)
+    widened = atol > floor.atol or rel > floor.max_rel_l2
+    return replace(floor, atol=atol, max_rel_l2=rel, min_cosine=1.0 - one_minus_cos,
+                   reason=floor.reason + (f" [widened to {rule.k:g} x this run's float32 rounding]" if widened else ""))
 
 
 def _provisional(base: Tolerance, device: str, factor: float) -> Tolerance:

@@ -25,6 +25,7 @@ def _serve(conn: Any, trajectories: Any, spec: RunSpec, weights: dict, tape_sha2
     try:
         import time
 
+        from parity.anchor import Anchor, wants_anchor
         from parity.env import setup_torch
         from parity.side_torch import TorchSide
         from parity.suite import run_side, teacher_forced
@@ -40,14 +41,20 @@ def _serve(conn: Any, trajectories: Any, spec: RunSpec, weights: dict, tape_sha2
         diffusion = side.diffusion(spec.diffusion)
         timings: dict[str, float] = {}
         outputs = run_side(side, model, diffusion, tape, spec, timings)
-        stepped = None
+        anchor = Anchor(model, weights, spec) if wants_anchor(spec) else None
+        if anchor is not None:  # while MindSpore is still sampling
+            anchor.before(tape)
+        stepped = trajectory = None
         if "ddpm" in spec.checks:
             trajectory = trajectories.get()  # MindSpore's, as soon as it exists
             if trajectory is not None:
                 t0 = time.perf_counter()
                 stepped = teacher_forced(side, model, diffusion, tape, trajectory)
                 timings["torch/teacher_forced"] = round(time.perf_counter() - t0, 3)
-        conn.send(("result", (outputs, stepped), timings))
+        if anchor is not None:
+            anchor.after(tape, trajectory)
+            timings.update(anchor.timings)
+        conn.send(("result", (outputs, stepped, {} if anchor is None else anchor.outputs), timings))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises
         conn.send(("error", f"{type(e).__name__}: {e}", traceback.format_exc()))
     finally:
@@ -56,7 +63,7 @@ def _serve(conn: Any, trajectories: Any, spec: RunSpec, weights: dict, tape_sha2
 
 class TorchWorker:
     """Starts the PyTorch side at once; ``send_trajectory`` never blocks; ``result()`` waits for
-    (outputs, teacher-forced steps or None)."""
+    (outputs, teacher-forced steps or None, the float64 anchor's outputs or {})."""
 
     def __init__(self, spec: RunSpec, weights: dict[str, np.ndarray], tape_sha256: str, device: str = "cpu",
                  threads: int = 1):
@@ -73,7 +80,7 @@ class TorchWorker:
     def send_trajectory(self, trajectory: np.ndarray | None) -> None:
         self._trajectories.put(trajectory)  # a feeder thread writes it: MindSpore goes on meanwhile
 
-    def result(self) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    def result(self) -> tuple[dict[str, np.ndarray], np.ndarray | None, dict]:
         try:
             kind, value, extra = self._conn.recv()
         except EOFError:

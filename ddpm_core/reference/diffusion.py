@@ -139,11 +139,12 @@ class ReferenceDiffusion:
                   noise: np.ndarray | None) -> np.ndarray:
         """Step ``k`` of ``plan`` (Song et al. 2021, eq. 12) from x at timestep ``t = plan.t[k]``:
         x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t);  x_prev = sqrt(a_prev) x0 + dir_coef eps (+ sigma noise)."""
+        x = self._float64("x", x)
         eps = model(x, np.full(len(x), t))
         x0 = (x - plan.sqrt_one_minus_alphas_cumprod[k] * eps) / plan.sqrt_alphas_cumprod[k]
         x = plan.sqrt_alphas_cumprod_prev[k] * x0 + plan.dir_coef[k] * eps
-        if noise is not None:
-            x = x + plan.sigma[k] * noise
+        if noise is not None:  # float64 first: numpy 1.x would round a float64 scalar times float32 noise to float32
+            x = x + plan.sigma[k] * self._float64("noise", noise, x.shape)
         return x
 
     def ddim_sample_loop(self, model: Model, x_T: np.ndarray, steps: int, eta: float,

@@ -1,0 +1,122 @@
+"""Three-way comparison: each twin against the float64 specification, machine-relative fp32 gates, blame.
+
+For every row the specification covers (``parity.anchor``), with a = PyTorch float32, m = MindSpore
+float32, s = the specification and a64 = the PyTorch twin in float64, all on the same inputs:
+  * the rounding of this run is a against a64 (PyTorch's float32 against its own float64 run);
+  * the row's gate is ``parity.tolerances.machine_relative``: the table entry, or k x that rounding where
+    larger; the twins are compared with each other (the whole output, as before) and each with s (the
+    anchored part) under it, and the row passes only if all three pass;
+  * ``err_torch`` / ``err_ms`` are the max abs errors of a and m against s (sampler states in units of
+    their RMS, as the cross comparison); a failing row blames the twin whose error is more than
+    ``BLAME_RATIO`` times the other's;
+  * a64 against s is the float64 logic gate (one row of its own): it fails on any logic difference in the
+    PyTorch twin, an epsilon included, whatever float32 rounding does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+from parity.anchor import PREFIX_STEPS, one_step_index
+from parity.compare import Comparison, Summary, compare
+from parity.tolerances import BLAME_RATIO, RELATIVE, Tolerance, machine_relative, tolerance
+
+STEP_OUTPUTS = ("ddpm_one_step", "ddpm_trajectory", "ddim_trajectory")
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+
+
+def _scaled(x: np.ndarray, ref: np.ndarray, output: str) -> tuple[np.ndarray, np.ndarray]:
+    """Sampler states divided, step by step, by the reference state's RMS (at least 1), as the cross
+    comparison scales its atol; other outputs as they are."""
+    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
+    if output not in STEP_OUTPUTS:
+        return x, ref
+    scale = np.array([max(1.0, _rms(r)) for r in ref]).reshape(-1, *(1,) * (ref.ndim - 1))
+    return x / scale, ref / scale
+
+
+@dataclass
+class Anchored:
+    """One row's comparisons against the specification."""
+
+    tolerance: Tolerance
+    rounding: Comparison
+    torch: Comparison
+    ms: Comparison
+    logic: Comparison
+    members: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.torch.passed and self.ms.passed
+
+    @property
+    def err_torch(self) -> float:
+        return self.torch.max_abs
+
+    @property
+    def err_ms(self) -> float:
+        return self.ms.max_abs
+
+    @property
+    def blame(self) -> str | None:
+        """The twin farther from the specification by more than ``BLAME_RATIO``, or None."""
+        if self.err_ms > BLAME_RATIO * self.err_torch:
+            return "ms"
+        if self.err_torch > BLAME_RATIO * self.err_ms:
+            return "torch"
+        return None
+
+    def to_dict(self) -> dict:
+        return {"err_torch": self.err_torch, "err_ms": self.err_ms, "blame": self.blame,
+                "rounding": self.rounding.to_dict(), "torch_vs_spec": self.torch.to_dict(),
+                "ms_vs_spec": self.ms.to_dict(), "logic": self.logic.to_dict(),
+                "machine_relative_tolerance": self.tolerance.limits()}
+
+
+def anchored(output: str, a: np.ndarray, m: np.ndarray, s: np.ndarray, a64: np.ndarray, device: str) -> Anchored:
+    """The comparisons of one anchored output (arrays of the same shape)."""
+    floor = tolerance(output, "float32", device)
+    a_s, a64_s = _scaled(a, a64, output)
+    rounding = compare("PyTorch float32 vs float64", a_s, a64_s, floor.elementwise_only())
+    tol = machine_relative(floor, rounding.max_abs, rounding.rel_l2, RELATIVE[output])
+    each = tol if tol.aggregate_over == "each" else tol.elementwise_only()
+    return Anchored(tol, rounding, compare("PyTorch vs float64 spec", *_scaled(a, s, output), each),
+                    compare("MindSpore vs float64 spec", *_scaled(m, s, output), each),
+                    compare("PyTorch float64 vs spec", a64, s, tolerance("logic", "float64", "cpu")))
+
+
+def anchor_arrays(key: str, a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], timesteps: int,
+                  anchor: Mapping[str, Mapping[str, np.ndarray]],
+                  one_step: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, ...] | None:
+    """(PyTorch, MindSpore, spec, PyTorch float64) arrays of the anchored part of output ``key``, or None."""
+    spec, t64 = anchor.get("spec", {}), anchor.get("torch64", {})
+    if key == "ddpm/one_step":
+        if one_step is None or key not in spec or key not in t64:
+            return None
+        ks = one_step_index(timesteps)
+        return one_step[0][ks], one_step[1][ks], spec[key], t64[key]
+    anchor_key = "ddpm/prefix" if key == "ddpm/trajectory" else key
+    if anchor_key not in spec or anchor_key not in t64 or key not in a or key not in b:
+        return None
+    if key.startswith(("ddpm/", "ddim/")):
+        n = min(PREFIX_STEPS, len(spec[anchor_key]))
+        return a[key][:n], b[key][:n], spec[anchor_key], t64[anchor_key]
+    return a[key], b[key], spec[anchor_key], t64[anchor_key]
+
+
+def logic_summary(rows: list, label: str) -> Summary:
+    """Every anchored row's float64 logic comparison, under one label."""
+    members = []
+    for row in rows:
+        if row.anchor is not None:
+            c = row.anchor.logic
+            members.append(Comparison(row.label, c.tolerance, c.shape, c.max_abs, c.max_rel, c.rel_l2, c.cosine,
+                                      c.atol_needed, c.rtol_needed, c.worst_index, c.elementwise_ok,
+                                      c.aggregate_ok, c.problem))
+    return Summary(label, members)
