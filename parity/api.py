@@ -18,9 +18,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ddpm_core.config import TUTORIAL_DIFFUSION, DiffusionConfig
+from ddpm_core.reference import ReferenceUnet
 from parity.anchor import Anchor, wants_anchor
 from parity.initial import weights_hash
-from parity.localise import localise
+from parity.localise import localise, localise_against_reference, reference_records
 from parity.probes import Oracle, diagnose
 from parity.report import Report
 from parity.settings import check_settings
@@ -53,8 +54,9 @@ def _device_of(torch_model: Any) -> str:
 
 
 def explain(report: Report, outputs: tuple[dict, dict], tape: dict, spec: RunSpec, side_t: Any, model_t: Any,
-            side_m: Any, model_m: Any, device: str) -> None:
-    """On failure: the first diverging module (forward hooks), and the diffusion math against its oracle."""
+            side_m: Any, model_m: Any, device: str, weights: dict[str, np.ndarray] | None = None) -> None:
+    """On failure: the first diverging module (forward hooks), each twin's first module that leaves the float64
+    specification (run on ``weights``, if given), and the diffusion math against its oracle."""
     failed = {r.output for r in report.failures}
     forward_outputs = {"weights", "prediction", "loss", "grad", "adam", "ddpm_one_step", "ddpm_trajectory",
                        "ddim_trajectory"}
@@ -64,6 +66,11 @@ def explain(report: Report, outputs: tuple[dict, dict], tape: dict, spec: RunSpe
         k = next((i for i, t in enumerate(ts) if f"prediction t={t}" in bad), min(1, len(ts) - 1))
         x, t = tape["pred_x"][k], np.full(spec.tape.batch, ts[k], np.int32)
         finding = localise(side_t, model_t, side_m, model_m, x, t, tolerance("module", "float32", device))
+        if weights is not None:
+            rec_ref = reference_records(ReferenceUnet(spec.unet, weights), x, t)
+            for words in localise_against_reference(side_t.capture(model_t, x, t), side_m.capture(model_m, x, t),
+                                                    rec_ref, tolerance("module", "float32", device)):
+                report.diagnoses.append(f"against the float64 specification: {words}")
         if finding is not None:
             report.findings.append(finding)
         elif failed <= {"grad", "adam"}:
@@ -98,7 +105,8 @@ def check_models(torch_model: Any, ms_model: Any, *, diffusion: DiffusionConfig 
                  ddim_etas: Sequence[float] = (0.0, 0.5), pred_timesteps: Sequence[int] | None = None,
                  checks: Sequence[str] = CHECKS, ms_mode: str = "graph", progress: bool = False,
                  environment: dict | None = None, title: str | None = None, spec: RunSpec | None = None,
-                 worker: bool = False, sides: tuple[Any, Any] | None = None) -> Report:
+                 worker: bool = False, sides: tuple[Any, Any] | None = None,
+                 weights: dict[str, np.ndarray] | None = None) -> Report:
     """Run every check on two models holding the same weights; return the ``Report`` (never raises
     for a numeric mismatch; ``ValueError`` for a bad configuration).
 
@@ -107,7 +115,8 @@ def check_models(torch_model: Any, ms_model: Any, *, diffusion: DiffusionConfig 
     process of its own alongside MindSpore, rebuilt from ``torch_model.config`` and its weights (only for
     an unmodified ``ddpm_torch.Unet``: the CLI's case); ``sides`` (a ``TorchSide``, ``MsSide`` pair) lets
     repeated calls on the same model objects reuse MindSpore's compiled steps; ``spec`` overrides the
-    individual run options."""
+    individual run options; ``weights`` ({PyTorch name: array}) are the weights both models were loaded
+    from, which the float64 specification runs on (default: the PyTorch model's, as read back)."""
     from parity.side_ms import MsSide
     from parity.side_torch import TorchSide
 
@@ -148,7 +157,7 @@ def check_models(torch_model: Any, ms_model: Any, *, diffusion: DiffusionConfig 
             timings["settings"] = round(time.perf_counter() - t0, 3)
         d_t, d_m = side_t.diffusion(spec.diffusion), side_m.diffusion(spec.diffusion)
         out_t, out_m, stepped, anchor = _run_both(side_t, torch_model, d_t, side_m, ms_model, d_m, tape, spec, timings,
-                                                  pool)
+                                                  pool, state_t if weights is None else weights)
     finally:
         if pool is not None:
             pool.close()
@@ -156,14 +165,17 @@ def check_models(torch_model: Any, ms_model: Any, *, diffusion: DiffusionConfig 
     if stepped is not None:
         one_step = (stepped, out_m["ddpm/trajectory"], "PyTorch stepping from MindSpore's states")
     report.rows = compare_outputs(out_t, out_m, spec, device, one_step, anchor)
+    if weights is not None:
+        _blame_weights(report, weights, out_t, out_m)
     if not report.passed:
-        explain(report, (out_t, out_m), tape, spec, side_t, torch_model, side_m, ms_model, device)
+        explain(report, (out_t, out_m), tape, spec, side_t, torch_model, side_m, ms_model, device,
+                state_t if weights is None else weights)
     timings["total"] = round(time.perf_counter() - t0, 3)
     return report
 
 
 def _run_both(side_t: Any, model_t: Any, d_t: Any, side_m: Any, model_m: Any, d_m: Any, tape: dict, spec: RunSpec,
-              timings: dict, worker: Any) -> tuple[dict, dict, np.ndarray | None, dict]:
+              timings: dict, worker: Any, weights: dict[str, np.ndarray]) -> tuple[dict, dict, np.ndarray | None, dict]:
     """Both sides' outputs, PyTorch's teacher-forced steps from MindSpore's trajectory and the float64 anchor
     (``parity.anchor``): in this process one after the other, or with PyTorch and the anchor in ``worker``
     (a ``parity.worker.TorchWorker``) meanwhile."""
@@ -176,7 +188,7 @@ def _run_both(side_t: Any, model_t: Any, d_t: Any, side_m: Any, model_m: Any, d_
             stepped = teacher_forced(side_t, model_t, d_t, tape, out_m["ddpm/trajectory"])
             timings["torch/teacher_forced"] = round(time.perf_counter() - t1, 3)
         if wants_anchor(spec):
-            anc = Anchor(model_t, side_t.state(model_t), spec)
+            anc = Anchor(model_t, weights, spec)
             anc.before(tape)
             anc.after(tape, out_m.get("ddpm/trajectory"))
             timings.update(anc.timings)
@@ -198,6 +210,17 @@ def _run_both(side_t: Any, model_t: Any, d_t: Any, side_m: Any, model_m: Any, d_
     timings.update(worker.timings)
     timings["waited_for_torch_worker"] = round(time.perf_counter() - t1, 3)
     return out_t, out_m, stepped, anchor
+
+
+def _blame_weights(report: Report, source: dict[str, np.ndarray], out_t: dict, out_m: dict) -> None:
+    """A failing weights row blames the one twin whose weights, read back, are not the source weights."""
+    row = next((r for r in report.rows if r.output == "weights" and not r.passed), None)
+    if row is None:
+        return
+    differs = [name for name, out in (("torch", out_t), ("ms", out_m))
+               if any(f"weights/{k}" not in out or not np.array_equal(out[f"weights/{k}"], v) for k, v in source.items())]
+    if len(differs) == 1:
+        row.culprit = differs[0]
 
 
 def describe_run(spec: RunSpec) -> str:

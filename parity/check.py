@@ -162,7 +162,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     env["torch_side"] = "this process" if args.in_process else "a worker process (1 thread), alongside MindSpore"
     report = check_models(model_t, model_m, spec=spec, ms_mode=args.ms_mode, progress=not args.no_progress,
                           environment=env, title=describe_run(spec), sides=(side_t, side_m),
-                          worker=not args.in_process)
+                          worker=not args.in_process, weights=state)
     if args.workers > 1:
         _training_parity(report, spec, state, args)
     report.timings["wall_including_setup"] = round(time.perf_counter() - t0, 3)

@@ -19,7 +19,7 @@ from ddpm_core.schedules import cosine_decay_lr
 from parity.compare import Comparison, Summary, compare
 from parity.probes import run_probes
 from parity.tape import TapeSpec
-from parity.threeway import Anchored, anchor_arrays, anchored, logic_summary
+from parity.threeway import Anchored, anchor_arrays, anchored, logic_summary, prediction_rounding
 from parity.tolerances import Tolerance, tolerance
 
 CHECKS = ("settings", "weights", "predict", "loss", "grad", "ddpm", "ddim", "probes", "adam", "reference")
@@ -260,11 +260,13 @@ def compare_outputs(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], sp
     T, rows = spec.diffusion.timesteps, []
     a, b = _updates(a), _updates(b)
 
+    rounding = prediction_rounding(a, anchor["torch64"]) if anchor else None
+
     def anchor_of(key: str, output: str) -> Anchored | None:
         if not anchor:
             return None
         arrays = anchor_arrays(key, a, b, T, anchor, None if one_step is None else one_step[:2])
-        return None if arrays is None else anchored(output, *arrays, device)
+        return None if arrays is None else anchored(output, *arrays, rounding, device)
 
     def add(row: Row | None, an: Anchored | None = None) -> None:
         if row is not None:

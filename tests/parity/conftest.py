@@ -18,7 +18,7 @@ TINY = UnetConfig(dim=8, channels=1, dim_mults=(1, 2))
 TINY_RESNET = UnetConfig(dim=8, channels=1, dim_mults=(1, 2), use_convnext=False)
 TINY_T = DiffusionConfig(timesteps=10)
 SIZE = 8
-FORWARD_CHECKS = ("settings", "weights", "predict")
+FORWARD_CHECKS = ("settings", "weights", "predict", "reference")
 
 
 @pytest.fixture(scope="session")

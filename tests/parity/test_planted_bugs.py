@@ -1,5 +1,6 @@
 """Planted bugs: each test injects one bug into one twin at run time and asserts that the harness
-fails (exit code 1) and localises it: the named module, the settings line, or the diagnosis.
+fails (exit code 1), blames that twin (it is farther from the float64 specification) and localises it:
+the named module, the settings line, or the diagnosis.
 
 The tolerances must never be loosened to let one of these through (parity/tolerances.py)."""
 import mindspore as ms
@@ -11,7 +12,8 @@ from torch import nn
 
 import ddpm_ms
 import ddpm_torch
-from tests.parity.conftest import FORWARD_CHECKS, SIZE, TINY_T
+from parity.initial import initial_weights
+from tests.parity.conftest import FORWARD_CHECKS, SIZE, TINY, TINY_T
 
 
 def failed(report):
@@ -24,13 +26,26 @@ def finding(report):
     return report.findings[0]
 
 
+def blamed(report, twin, logic_sees_it=True):
+    """Every failing row the specification covers blames ``twin``, and at least one does; the float64 logic
+    gate fails on a PyTorch bug in code it runs (``logic_sees_it``), never on a MindSpore bug."""
+    anchored = [r for r in report.failures if r.anchor is not None or r.culprit]
+    assert anchored, report.text()
+    assert {r.blame for r in anchored} == {twin}, [(r.label, r.blame) for r in anchored]
+    logic = next((r for r in report.rows if r.output == "logic"), None)
+    assert logic is not None and logic.passed == (twin == "ms" or not logic_sees_it), logic.summary.to_dict()
+    label = {"torch": "PyTorch", "ms": "MindSpore"}[twin]
+    assert f"({label})" in report.table()
+    return report
+
+
 def settings_lines(report):
     return [m.describe() for m in report.settings]
 
 
 def test_exact_gelu_in_torch(monkeypatch, fresh_pair, run):
     monkeypatch.setattr(ddpm_torch.layers, "gelu", lambda: nn.GELU())  # exact erf GELU in every block
-    report = failed(run(*fresh_pair()))
+    report = blamed(failed(run(*fresh_pair())), "torch")
     f = finding(report)
     assert (f.module, f.kind, f.own) == ("downs.0.0.mlp.0", "GELU", True)
     assert "GELU approximate: tanh in MindSpore, none (exact) in PyTorch at `downs.0.0.mlp.0`" in settings_lines(report)
@@ -40,7 +55,7 @@ def test_exact_gelu_in_torch(monkeypatch, fresh_pair, run):
 def test_dropped_bias_in_mindspore(fresh_pair, run):
     model_t, model_m = fresh_pair()
     model_m.init_conv.has_bias = False
-    report = failed(run(model_t, model_m))
+    report = blamed(failed(run(model_t, model_m)), "ms")
     f = finding(report)
     assert (f.module, f.kind, f.own) == ("init_conv", "Conv2d", True)
     assert "Conv2d bias: False in MindSpore, True in PyTorch at `init_conv`" in settings_lines(report)
@@ -49,14 +64,17 @@ def test_dropped_bias_in_mindspore(fresh_pair, run):
 def test_wrong_group_norm_eps_in_torch(fresh_pair, run):
     model_t, model_m = fresh_pair()
     model_t.downs[0][1].net[3].eps = 1e-3
-    report = failed(run(model_t, model_m))
+    report = blamed(failed(run(model_t, model_m)), "torch")
+    assert any("`downs.0.1.net.3` (GroupNorm): PyTorch" in d and "farther from the float64 specification" in d
+               for d in report.diagnoses), report.diagnoses
     assert (finding(report).module, finding(report).kind) == ("downs.0.1.net.3", "GroupNorm")
     assert "GroupNorm eps: 1e-05 in MindSpore, 0.001 in PyTorch at `downs.0.1.net.3`" in settings_lines(report)
 
 
 def test_wrong_layer_norm_eps_in_mindspore(monkeypatch, fresh_pair, run):
     monkeypatch.setattr(ddpm_ms.layers, "LAYER_NORM_EPS", 1e-3)
-    report = failed(run(*fresh_pair()))
+    report = blamed(failed(run(*fresh_pair())), "ms")
+    assert any("`downs.0.2.fn.fn.to_out.1` (LayerNorm): MindSpore" in d for d in report.diagnoses), report.diagnoses
     assert (finding(report).module, finding(report).kind) == ("downs.0.2.fn.fn.to_out.1", "LayerNorm")
     assert "LayerNorm eps: 0.001 in MindSpore, 1e-05 in PyTorch at `downs.0.2.fn.fn.to_out.1`" in settings_lines(report)
 
@@ -68,7 +86,7 @@ def test_layer_norm_with_ddof_1_in_mindspore(monkeypatch, fresh_pair, run):
         return (x - mean) * ops.reciprocal(ops.sqrt(var + ddpm_ms.layers.LAYER_NORM_EPS)) * self.g
 
     monkeypatch.setattr(ddpm_ms.layers.LayerNorm, "construct", construct)
-    report = failed(run(*fresh_pair()))
+    report = blamed(failed(run(*fresh_pair())), "ms")
     assert (finding(report).module, finding(report).own) == ("downs.0.2.fn.fn.to_out.1", True)
     assert "LayerNorm ddof: 1 in MindSpore, 0 in PyTorch at `downs.0.2.fn.fn.to_out.1`" in settings_lines(report)
 
@@ -77,7 +95,7 @@ def test_transposed_conv_kernel_in_mindspore(fresh_pair, run):
     model_t, model_m = fresh_pair()
     p = dict(model_m.parameters_and_names())["downs.0.0.net.1.weight"]
     p.copy_(Tensor(np.ascontiguousarray(p.asnumpy().transpose(0, 1, 3, 2))))
-    report = failed(run(model_t, model_m))
+    report = blamed(failed(run(model_t, model_m, weights=initial_weights(TINY, 0))), "ms")
     weights = next(r for r in report.rows if r.output == "weights")
     assert not weights.passed and weights.summary.first_failure.name == "downs.0.0.net.1.weight"
     assert (finding(report).module, finding(report).kind, finding(report).own) == ("downs.0.0.net.1", "Conv2d", True)
@@ -88,7 +106,7 @@ def test_flipped_conv_kernel_in_torch(fresh_pair, run):
     with torch.no_grad():
         w = model_t.downs[1][0].net[1].weight
         w.copy_(torch.flip(w, dims=(2, 3)))
-    report = failed(run(model_t, model_m))
+    report = blamed(failed(run(model_t, model_m, weights=initial_weights(TINY, 0))), "torch")
     assert (finding(report).module, finding(report).kind) == ("downs.1.0.net.1", "Conv2d")
 
 
@@ -98,7 +116,7 @@ def test_one_weight_perturbed_after_conversion(fresh_pair, run):
     value = np.array(p.asnumpy(), copy=True)
     value[0, 0, 0, 0] += 1e-3
     p.copy_(Tensor(value))
-    report = failed(run(model_t, model_m))
+    report = blamed(failed(run(model_t, model_m, weights=initial_weights(TINY, 0))), "ms")
     first = next(r for r in report.rows if r.output == "weights").summary.first_failure
     assert first.name == "downs.1.0.net.1.weight" and first.max_abs == pytest.approx(1e-3, rel=1e-3)
     assert (finding(report).module, finding(report).own) == ("downs.1.0.net.1", True)
@@ -117,7 +135,7 @@ def test_softmax_over_the_wrong_axis_in_torch_linear_attention(monkeypatch, fres
         return self.to_out(out.reshape(b, -1, h, w))
 
     monkeypatch.setattr(ddpm_torch.layers.LinearAttention, "forward", forward)
-    report = failed(run(*fresh_pair()))
+    report = blamed(failed(run(*fresh_pair())), "torch")
     f = finding(report)
     assert (f.module, f.kind, f.own) == ("downs.0.2.fn.fn", "LinearAttention", True)
     assert f.first_seen == "downs.0.2.fn.fn.to_out.0"  # the first submodule whose input differs
@@ -130,11 +148,11 @@ def test_off_by_one_timestep_into_the_schedule_in_mindspore(monkeypatch, fresh_p
         return a.gather(t, -1).reshape(t.shape[0], *((1,) * (len(x_shape) - 1)))
 
     monkeypatch.setattr(ddpm_ms.diffusion.GaussianDiffusion, "extract", extract)
-    report = failed(run(*fresh_pair(), checks=("predict", "loss", "probes")))
+    report = blamed(failed(run(*fresh_pair(), checks=("predict", "loss", "probes", "reference"))), "ms")
     failing = {r.output for r in report.failures}
     assert "loss" in failing and "diffusion_math" in failing and "prediction" not in failing
     assert any("MindSpore diffusion math" in d and "reads the schedule at t+1" in d for d in report.diagnoses)
-    assert any("outside the network's forward pass" in d for d in report.diagnoses)
+    assert any("outside the network's forward pass" in d for d in report.diagnoses), report.text()
 
 
 def test_sampling_noise_from_the_framework_rng_instead_of_the_tape(monkeypatch, fresh_pair, run):
@@ -144,7 +162,8 @@ def test_sampling_noise_from_the_framework_rng_instead_of_the_tape(monkeypatch, 
         return loop(self, model, shape, img=img, noise=None, progress=progress, compiled=compiled)
 
     monkeypatch.setattr(ddpm_torch.diffusion.GaussianDiffusion, "p_sample_loop", rng_loop)
-    report = failed(run(*fresh_pair(), checks=("ddpm", "probes"), ms_mode="pynative"))
+    report = blamed(failed(run(*fresh_pair(), checks=("ddpm", "probes", "reference"), ms_mode="pynative")), "torch",
+                    logic_sees_it=False)  # the anchor steps with p_step, not through the bugged loop
     rows = {r.output: r for r in report.rows}
     assert not rows["ddpm_trajectory"].passed
     assert rows["ddpm_one_step"].passed  # one step from the same x_t with the tape's noise agrees
