@@ -87,7 +87,7 @@ class Trainer:
         named = path.with_name(path.name + ".ckpt")  # ms.save_checkpoint appends .ckpt to any other name
         try:
             ms.save_checkpoint([{"name": p.name, "data": p} for p in self._saved()], str(named),
-                               append_dict={META_KEY: json.dumps(meta)})
+                               append_dict={META_KEY: json.dumps(meta)}, crc_check=True)
             os.chmod(named, 0o600)  # MindSpore makes it read-only; the atomic write sets the final mode
             os.replace(named, path)
         finally:

@@ -157,7 +157,7 @@ def test_config_from_a_file_and_dtype(tmp_path, capsys):
     (["{dir}/w.pt", "{dir}/x.pt", "--config", "{{dim: 8"], "error: --config: not valid JSON"),
     (["{dir}/w.pt", "{dir}/x.pt", "--config", "{dir}/none.json"], "error: --config: cannot read {dir}/none.json"),
     (["{dir}/w.pt", "{dir}/x.pt", "--config", '{{"dims": 8}}'], "error: --config: unknown Unet config keys: dims"),
-    (["{dir}/w.pt", "{dir}/x.pt"], "error: 220 problem(s) with torch-named weights in {dir}/w.pt for UnetConfig("),
+    (["{dir}/w.pt", "{dir}/x.pt"], "error: cannot load {dir}/w.pt: these weights are a Unet(dim=16, channels=3, "),
     (["{dir}/w.pt", "{dir}/x.safetensors", "--config", SMALL_JSON.replace("{", "{{").replace("}", "}}"),
       "--dtype", "bfloat16"], "error: cannot write {dir}/x.safetensors: a safetensors file cannot hold bfloat16"),
 ])
@@ -169,9 +169,13 @@ def test_cli_error_messages(tmp_path, capsys, args, first_line):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pt"]
 
 
-def test_cli_reports_wrong_config_with_a_hint(tmp_path, capsys):
+def test_cli_reports_wrong_config_in_one_line(tmp_path, capsys):
+    """Issue 17: was one line per key (220 here); the shapes name the config, and the line says how to pass it."""
     save_weights(random_weights(SMALL), tmp_path / "w.pt", "torch", SMALL)
     assert main([str(tmp_path / "w.pt"), str(tmp_path / "x.ckpt")]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert all(line.startswith(("error: ", "hint: ")) for line in err)
-    assert err[-1].startswith("hint: no config given") and "--config" in err[-1]
+    assert len(err) == 1 and err[0].startswith(f"error: cannot load {tmp_path / 'w.pt'}: these weights are a "
+                                               "Unet(dim=16, channels=3, dim_mults=(1, 2), use_convnext=False), but "
+                                               "the tutorial's Unet(dim=28, channels=1, dim_mults=(1, 2, 4)) was assumed")
+    given = err[0].split("--config '")[1].split("'")[0]
+    assert main([str(tmp_path / "w.pt"), str(tmp_path / "x.ckpt"), "--config", given]) == 0
