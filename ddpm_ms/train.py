@@ -84,6 +84,7 @@ class Trainer:
         return list(self.optimizer.get_parameters())
 
     def save_checkpoint(self, path: Path, meta: dict[str, Any]) -> None:
+        """Model, optimizer and ``meta``, with MindSpore's CRC-32 trailer (``crc_check=True``)."""
         named = path.with_name(path.name + ".ckpt")  # ms.save_checkpoint appends .ckpt to any other name
         try:
             ms.save_checkpoint([{"name": p.name, "data": p} for p in self._saved()], str(named),
