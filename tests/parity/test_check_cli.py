@@ -238,3 +238,11 @@ def test_weights_bring_their_diffusion_settings(tmp_path, capsys):
         torch.set_num_threads(threads)
     spec = load_golden(golden).spec()
     assert (spec.diffusion.timesteps, spec.diffusion.schedule, spec.diffusion.loss_type) == (12, "cosine", "l1")
+
+
+def test_a_bad_json_path_fails_before_the_run(tmp_path, capsys):
+    """--json is written after the whole run: a folder there used to cost the run, then fail."""
+    from parity.check import main
+
+    assert main(["--json", str(tmp_path), *TINY_ARGS]) == 2
+    assert capsys.readouterr().err == f"error: --json {tmp_path}: is a folder, not a file\n"
