@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import binascii
 import hashlib
-import json
 import logging
 import os
 import re
