@@ -95,6 +95,12 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--out", metavar="RUN_DIR", help="new run folder: log, checkpoints, exported weights")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last complete checkpoint")
+    g.add_argument("--from-step", type=non_negative_int, default=None, metavar="N",
+                   help="with --resume: continue from the checkpoint after N steps instead of the newest (when the "
+                        "newest is damaged, --resume names the newest intact one); 0 starts again from the beginning")
+    g.add_argument("--allow-other-files", action="store_true",
+                   help="let --out be a folder that already holds other files (they are left alone); without it, "
+                        "a new run goes only into a missing or empty folder")
     g.add_argument("--epochs", type=positive_int, default=10, help="epochs; also sets the learning-rate decay (tutorial: 10)")
     g.add_argument("--max-steps", type=positive_int, default=None,
                    help="stop after this many global steps in all (the schedule still spans --epochs)")
@@ -139,8 +145,8 @@ def sample_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Sample images from trained weights and save a grid and a GIF.")
     p.add_argument("--weights", required=True, metavar="PATH", help=".pt, .ckpt or .safetensors (a run's model.*)")
     p.add_argument("--config", metavar="PATH", default=None,
-                   help="config.json of the run (Unet and diffusion); default: the safetensors metadata, "
-                        "config.json beside the weights, else the tutorial's")
+                   help="config.json of the run (Unet and diffusion), or UnetConfig fields as JSON text; default: the "
+                        "safetensors metadata, config.json beside the weights, else the tutorial's")
     p.add_argument("--n", type=positive_int, default=64, help="number of samples (tutorial: 64)")
     p.add_argument("--out", default="samples.png", help="grid of the final samples (PNG)")
     p.add_argument("--gif", default=None, help="animated GIF of the denoising of --gif-index samples")

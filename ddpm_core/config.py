@@ -69,6 +69,18 @@ class UnetConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
+    def essentials(self) -> dict[str, Any]:
+        """dim, channels, dim_mults and every other field that differs from its default (what ``--config`` needs)."""
+        fields: dict[str, Any] = {"dim": self.dim, "channels": self.channels, "dim_mults": self.dim_mults}
+        for f in dataclasses.fields(self):
+            if f.name not in fields and getattr(self, f.name) != f.default:
+                fields[f.name] = getattr(self, f.name)
+        return fields
+
+    def short(self) -> str:
+        """``Unet(dim=16, channels=3, dim_mults=(1, 2), use_convnext=False)``: the ``essentials``."""
+        return "Unet(" + ", ".join(f"{k}={v}" for k, v in self.essentials().items()) + ")"
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "UnetConfig":
         known = {f.name for f in dataclasses.fields(cls)}
@@ -89,6 +101,9 @@ def check_unet_config(cfg: UnetConfig) -> None:
     _positive_int("channels", cfg.channels)
     _positive_int("convnext_mult", cfg.convnext_mult)
     _positive_int("resnet_block_groups", cfg.resnet_block_groups)
+    if cfg.with_time_emb and (cfg.dim < 4 or cfg.dim % 2):
+        raise ValueError(f"dim={cfg.dim}: the time embedding needs an even dim >= 4 (its sinusoids divide by "
+                         f"dim // 2 - 1 and make 2 * (dim // 2) features for a layer that takes dim)")
     if cfg.init_dim is not None:
         _positive_int("init_dim", cfg.init_dim)
     elif cfg.dim // 3 * 2 <= 0:
@@ -160,7 +175,38 @@ class DiffusionConfig:
             raise ValueError(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
 
 
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DiffusionConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown diffusion config keys: {', '.join(unknown)}")
+        return cls(**d)
+
+    def short(self) -> str:
+        return f"T={self.timesteps} {self.schedule}, {self.loss_type} loss"
+
+
 TUTORIAL_DIFFUSION = DiffusionConfig()
+
+
+def resolve_diffusion(recorded: DiffusionConfig | None, source: str, flags: dict[str, tuple[str, Any]],
+                      default: DiffusionConfig = TUTORIAL_DIFFUSION) -> DiffusionConfig:
+    """The diffusion settings to use with some weights: those ``recorded`` with them (in ``source``), else
+    ``default`` changed by the explicit ``flags`` ({"--timesteps": ("timesteps", 50), ...}; a value None
+    means the flag was not given). A flag that contradicts a recorded setting is a ``ValueError`` naming
+    both: weights trained with one process do not sample with another."""
+    given = {flag: (name, value) for flag, (name, value) in flags.items() if value is not None}
+    if recorded is not None:
+        clash = [f"{flag} {value}" for flag, (name, value) in given.items() if getattr(recorded, name) != value]
+        if clash:
+            raise ValueError(f"{', '.join(clash)} contradicts the diffusion settings recorded in {source} "
+                             f"({recorded.short()}); leave the option out")
+        return recorded
+    return dataclasses.replace(default, **{name: value for name, value in given.values()})
 
 
 def check_timestep_range(lo: int, hi: int, timesteps: int) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpm_core.atomic import host_tag, process_alive
 from ddpm_core.cli import UserError
 
 FORMATS = ("fashion-mnist", "image-folder")
@@ -262,32 +263,18 @@ def make_stage_dir() -> tempfile.TemporaryDirectory:
     data-parallel job, the out-of-memory killer) cannot remove its folder, which may hold a decompressed
     copy of the data, so such folders of this host whose process is gone are removed first."""
     remove_orphaned_stage_dirs()
-    return tempfile.TemporaryDirectory(prefix=f"{STAGE_PREFIX}{_host()}-{os.getpid()}-")
+    return tempfile.TemporaryDirectory(prefix=f"{STAGE_PREFIX}{host_tag()}-{os.getpid()}-")
 
 
 def remove_orphaned_stage_dirs() -> list[Path]:
     """Remove the staging folders of this host whose process no longer exists; return them."""
     removed = []
-    for folder in Path(tempfile.gettempdir()).glob(f"{STAGE_PREFIX}{_host()}-*-*"):
-        pid = folder.name[len(f"{STAGE_PREFIX}{_host()}-"):].split("-", 1)[0]
-        if pid.isdigit() and folder.is_dir() and not folder.is_symlink() and not _alive(int(pid)):
+    for folder in Path(tempfile.gettempdir()).glob(f"{STAGE_PREFIX}{host_tag()}-*-*"):
+        pid = folder.name[len(f"{STAGE_PREFIX}{host_tag()}-"):].split("-", 1)[0]
+        if pid.isdigit() and folder.is_dir() and not folder.is_symlink() and not process_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
-
-
-def _host() -> str:
-    return "".join(c if c.isalnum() else "_" for c in os.uname().nodename)[:40] or "host"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def write_synthetic_fashion_mnist(folder: str | os.PathLike, examples: int = 64, seed: int = 0) -> Path:

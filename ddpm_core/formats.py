@@ -1,30 +1,46 @@
 """Weight files on disk: the readers and writers of ``.pt``/``.pth`` (PyTorch), ``.ckpt`` (MindSpore)
-and ``.safetensors``, and the error type every weight problem is reported with.
+and ``.safetensors``, their checksums, and the error type every weight problem is reported with.
 
 Rules it keeps: each framework (and safetensors) is imported inside the reader or writer of its own
 format, never at import time; PyTorch files are read with ``torch.load(weights_only=True)``; a file
 that cannot be read is one ``WeightsError`` naming it. ``ddpm_core.weights`` builds the strict,
 atomic ``load_weights``/``save_weights`` on top of these.
+
+Checksums: every file written here carries one, in the place its format offers, and every reader
+verifies it before trusting a value (``RawFile.verified``); a mismatch is one ``WeightsError`` line:
+  * ``.pt``: the CRC-32 of each zip member, which ``torch.save`` writes (checked with ``zipfile``);
+  * ``.ckpt``: MindSpore's own ``crc_check=True`` trailer, ``b"crc_num"`` + the CRC-32 of everything
+    before it as 10 big-endian bytes (checked here byte by byte, with or without MindSpore);
+  * ``.safetensors``: ``sha256`` in the metadata, over every tensor's name, dtype, shape and bytes.
+A file from elsewhere may carry none (``verified`` False): ``ddpm_core.weights`` then checks that
+its values are plausible.
 """
 from __future__ import annotations
 
+import binascii
+import hashlib
 import logging
 import os
 import re
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ddpm_core.config import UnetConfig
+from ddpm_core.config import DiffusionConfig, UnetConfig
 
 FORMATS = {".pt": "torch", ".pth": "torch", ".ckpt": "mindspore", ".safetensors": "safetensors"}
 """file extension -> format. ``torch`` files are written in torch naming, ``mindspore`` in ms naming,
 ``safetensors`` in the naming given (recorded in its metadata)."""
 SAFETENSORS_FORMAT = "ddpm-parity-weights"
 SAFETENSORS_VERSION = "1"
+SAFETENSORS_CHECKSUM = "sha256"
+"""metadata key of ``entries_digest`` over the file's tensors"""
+CKPT_CRC_TAG = b"crc_num"
+"""MindSpore's ``save_checkpoint(..., crc_check=True)`` ends the file with this tag and 10 CRC bytes"""
 BFLOAT16_FORMATS = ("torch", "mindspore")
 _MODEL_ENTRIES = ("model", "state_dict")
 """A PyTorch checkpoint dict holding one of these entries keeps the weights there; the rest are extras."""
@@ -63,6 +79,8 @@ class RawFile:
     dtypes: dict[str, str]
     extras: list[Skipped] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    verified: bool = False
+    """the file carried a checksum and every byte matched it"""
 
 
 def one_line(e: BaseException) -> str:
@@ -72,11 +90,71 @@ def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {first}"
 
 
+def _damaged(path: Path, what: str) -> WeightsError:
+    return WeightsError([f"damaged: {what}; the file changed after it was written"], f"cannot read {path}")
+
+
+def entries_digest(entries: Mapping[str, np.ndarray]) -> str:
+    """sha256 over every tensor's name, dtype, shape and little-endian bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(entries):
+        value = np.asarray(entries[name])
+        h.update(f"{name}\0{value.dtype.name}{list(value.shape)}\0".encode())
+        h.update(np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes())
+    return h.hexdigest()
+
+
+def check_zip_crc(path: Path) -> bool:
+    """``torch.save``'s zip format: True when every member passes its CRC-32; False when the file is not a zip
+    (the legacy format, which has no checksum); a ``WeightsError`` when a member fails or cannot be read."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise _damaged(path, f"its zip structure is broken ({one_line(e)})") from None
+    if bad is not None:
+        raise _damaged(path, f"zip member {bad.split('/', 1)[-1]} fails its CRC-32 check")
+    return True
+
+
+# ---- .ckpt checksum: MindSpore's crc_check trailer, byte-level (no MindSpore needed) ----
+def ckpt_crc_trailer(content: bytes) -> bytes:
+    """The trailer ``ms.save_checkpoint(..., crc_check=True)`` appends to the protobuf ``content``."""
+    return CKPT_CRC_TAG + binascii.crc32(content).to_bytes(10, byteorder="big")
+
+
+def check_ckpt_crc(path: Path) -> bool:
+    """True when the ``.ckpt`` ends with MindSpore's CRC trailer and the CRC-32 matches; False when it has
+    no trailer (saved without ``crc_check=True``); a ``WeightsError`` on a mismatch."""
+    content = Path(path).read_bytes()
+    if len(content) < 17 or content[-17:-10] != CKPT_CRC_TAG:
+        return False
+    if binascii.crc32(content[:-17]) != int.from_bytes(content[-10:], byteorder="big"):
+        raise _damaged(path, "its CRC-32 (MindSpore's crc_check) does not match its content")
+    return True
+# ---- end of the .ckpt checksum
+
+
+def verify_checksum(path: str | os.PathLike) -> bool:
+    """Verify the checksum a weights file carries: True when it matched, False when the file carries none;
+    a ``WeightsError`` when it does not match (or the file cannot be read)."""
+    path = Path(path)
+    fmt = format_of(path)
+    if fmt == "torch":
+        return check_zip_crc(path)
+    if fmt == "mindspore":
+        return check_ckpt_crc(path)
+    return _read_safetensors(path).verified
+
+
 def _read_torch(path: Path) -> RawFile:
     import pickle
 
     import torch
 
+    verified = check_zip_crc(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -114,7 +192,7 @@ def _read_torch(path: Path) -> RawFile:
             except TypeError:  # bfloat16 / float8: widened exactly to float32
                 value = value.float().numpy()
         entries[str(name)] = value
-    return RawFile(entries, dtypes, extras)
+    return RawFile(entries, dtypes, extras, verified=verified)
 
 
 def _import_mindspore():
@@ -126,6 +204,7 @@ def _import_mindspore():
 
 
 def _read_mindspore(path: Path) -> RawFile:
+    verified = check_ckpt_crc(path)
     ms = _import_mindspore()
     quiet = logging.root.manager.disable
     logging.disable(logging.ERROR)  # MindSpore logs its own "[ERROR] Failed to read" before raising
@@ -143,7 +222,7 @@ def _read_mindspore(path: Path) -> RawFile:
             continue
         dtypes[name] = str(p.dtype).lower()
         entries[name] = p.astype(ms.float32).asnumpy() if p.dtype == ms.bfloat16 else p.asnumpy()
-    return RawFile(entries, dtypes, extras)
+    return RawFile(entries, dtypes, extras, verified=verified)
 
 
 def _read_safetensors(path: Path) -> RawFile:
@@ -160,10 +239,16 @@ def _read_safetensors(path: Path) -> RawFile:
     if version != SAFETENSORS_VERSION:
         raise WeightsError([f"format_version {version!r}; this reader knows {SAFETENSORS_VERSION!r}"],
                            f"cannot read {path}")
-    return RawFile(entries, {k: v.dtype.name for k, v in entries.items()}, metadata=metadata)
+    recorded = metadata.get(SAFETENSORS_CHECKSUM)
+    if recorded is not None and recorded != entries_digest(entries):
+        raise _damaged(path, f"its tensors do not match the {SAFETENSORS_CHECKSUM} in its metadata")
+    return RawFile(entries, {k: v.dtype.name for k, v in entries.items()}, metadata=metadata,
+                   verified=recorded is not None)
 
 
-def _write_torch(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: UnetConfig, dtype: str | None):
+def _write_torch(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: UnetConfig, dtype: str | None,
+                 diffusion: DiffusionConfig | None = None):
+    """A plain state_dict (no room for settings: ``load_state_dict`` takes it strictly); zip CRC-32s."""
     import torch
 
     tensors = {n: torch.from_numpy(np.array(v)) for n, v in state.items()}
@@ -172,7 +257,9 @@ def _write_torch(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: 
     torch.save(tensors, path)
 
 
-def _write_mindspore(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: UnetConfig, dtype: str | None):
+def _write_mindspore(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: UnetConfig, dtype: str | None,
+                     diffusion: DiffusionConfig | None = None):
+    """Tensors only (``load_param_into_net(strict_load=True)`` takes it as is), with MindSpore's CRC trailer."""
     ms = _import_mindspore()
     items = []
     for n, v in state.items():
@@ -180,7 +267,7 @@ def _write_mindspore(path: Path, state: Mapping[str, np.ndarray], naming: str, c
         items.append({"name": n, "data": t.astype(ms.bfloat16) if dtype == "bfloat16" else t})
     named = path.with_name(path.name + ".ckpt")  # ms.save_checkpoint appends .ckpt to any other name
     try:
-        ms.save_checkpoint(items, str(named))
+        ms.save_checkpoint(items, str(named), crc_check=True)
         os.chmod(named, 0o600)  # MindSpore makes it read-only; atomic_write sets the final mode
         os.replace(named, path)
     finally:
@@ -188,12 +275,17 @@ def _write_mindspore(path: Path, state: Mapping[str, np.ndarray], naming: str, c
             named.unlink()
 
 
-def _write_safetensors(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: UnetConfig, dtype: str | None):
+def _write_safetensors(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: UnetConfig, dtype: str | None,
+                       diffusion: DiffusionConfig | None = None):
+    """Tensors, the naming, the configs and the ``sha256`` of the tensors in the metadata."""
     from safetensors.numpy import save_file
 
+    tensors = {n: np.ascontiguousarray(v) for n, v in state.items()}
     metadata = {"format": SAFETENSORS_FORMAT, "format_version": SAFETENSORS_VERSION, "naming": naming,
-                "unet_config": cfg.to_json()}
-    save_file({n: np.ascontiguousarray(v) for n, v in state.items()}, path, metadata=metadata)
+                "unet_config": cfg.to_json(), SAFETENSORS_CHECKSUM: entries_digest(tensors)}
+    if diffusion is not None:
+        metadata["diffusion_config"] = diffusion.to_json()
+    save_file(tensors, path, metadata=metadata)
 
 
 READERS: dict[str, Callable[[Path], RawFile]] = {

@@ -13,8 +13,10 @@ twin that drifts from the other (or from the tutorial) fails there first.
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -146,3 +148,37 @@ def torch_to_ms_names(cfg: UnetConfig) -> dict[str, str]:
 def parameter_count(cfg: UnetConfig) -> int:
     """Number of scalar parameters in ``Unet(cfg)``."""
     return int(sum(np.prod(s.shape) for s in unet_parameters(cfg)))
+
+
+def infer_config(shapes: Mapping[str, tuple[int, ...]]) -> UnetConfig | None:
+    """The ``UnetConfig`` whose parameter table has exactly these names (either naming) and shapes, or None.
+
+    Read from a few telling shapes (``init_conv``, ``final_conv.1``, each level's attention output), then
+    confirmed against the whole table. ``resnet_block_groups`` shows in no shape: the default 8 is taken
+    when it divides the widths, else the largest number that does."""
+    to_torch = {v: k for k, v in GROUP_NORM_RENAMES.items()}
+    found = {".".join([*n.split(".")[:-1], to_torch.get(n.split(".")[-1], n.split(".")[-1])]): tuple(s)
+             for n, s in shapes.items()}
+    try:
+        init_dim, channels = found["init_conv.weight"][:2]
+        out_dim, dim = found["final_conv.1.weight"][:2]
+        levels = 1 + max(int(m.group(1)) for n in found if (m := re.match(r"downs\.(\d+)\.", n)))
+        widths = [found[f"downs.{i}.2.fn.fn.to_out.0.bias"][0] for i in range(levels)]
+        use_convnext = "downs.0.0.ds_conv.weight" in found
+        mult = found["downs.0.0.net.1.weight"][0] // widths[0] if use_convnext else 2
+    except (KeyError, ValueError, IndexError):
+        return None
+    if dim <= 0 or any(w % dim for w in widths):
+        return None
+    common = math.gcd(dim, *widths)
+    for groups in [8, *(g for g in range(common, 0, -1) if common % g == 0)]:
+        try:
+            cfg = UnetConfig(dim=dim, channels=channels, dim_mults=tuple(w // dim for w in widths),
+                             init_dim=None if init_dim == dim // 3 * 2 else init_dim,
+                             out_dim=None if out_dim == channels else out_dim,
+                             with_time_emb="time_mlp.1.weight" in found, convnext_mult=max(mult, 1),
+                             use_convnext=use_convnext, resnet_block_groups=groups)
+        except ValueError:
+            continue
+        return cfg if {s.torch_name: s.shape for s in unet_parameters(cfg)} == found else None
+    return None

@@ -1,18 +1,15 @@
-"""A training run, framework-neutral: its folder, its settings, its log, its checkpoints and the loop
-that drives a twin's ``Trainer`` and ``TrainingData`` through the per-step tape (docs/training.md).
-
-RUN_DIR layout:
-  run.json                  the resolved settings (written once, atomically); ``--resume`` reads them back
-  config.json               {"unet", "diffusion", "image_size"}: what ``sample --config`` reads
-  log.jsonl                 one line per step: {"step", "epoch", "loss", "lr"} (append-only, flushed per line)
-  checkpoints/step_NNNNNNNNN.{pt|ckpt}   model + optimizer + progress after NNNNNNNNN steps
-  latest.json               {"step", "checkpoint", "sha256", "bytes"}: written after its checkpoint, atomically
-  model.{pt|ckpt}, model.safetensors    the final weights, exported through ``ddpm_core.weights``
+"""A training run, framework-neutral: its settings and the loop that drives a twin's ``Trainer`` and
+``TrainingData`` through the per-step tape (docs/training.md). The folder, its records and checkpoints
+are ``ddpm_core.run_folder``'s.
 
 Rules it keeps:
-  * a file is either complete or absent: checkpoints, pointer, settings and exports go through
-    ``ddpm_core.atomic``; the pointer names a checkpoint only after that checkpoint is in place, so a run
+  * a file is either complete or absent: checkpoints, records, settings and exports go through
+    ``ddpm_core.atomic``; the records name a checkpoint only after that checkpoint is in place, so a run
     killed at any instant resumes from the last complete checkpoint;
+  * a new run writes nothing until its settings are valid and its trainer is built, and one that stops
+    before completing a step leaves no folder behind that would block a retry;
+  * a non-finite loss (or non-finite weights at a checkpoint) stops the run at once with one line naming the
+    step; the checkpoints written before stay;
   * resuming replays nothing and skips nothing: the log is cut back to the checkpoint's step and the tape
     is a function of (seed, step), so the resumed loss curve equals an uninterrupted one exactly, given the
     same numerics (library versions, oneDNN instruction set, PyTorch threads: recorded in each checkpoint,
@@ -27,11 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
-import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,11 +33,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ddpm_core.atomic import atomic_write, atomic_write_bytes
 from ddpm_core.cli import RESUME_OVERRIDABLE, UserError, explicit_options, train_parser
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.datasets import DataSpec, make_stage_dir, prepare_data
 from ddpm_core.distributed import World, launched_size
+from ddpm_core.formats import WeightsError, verify_checksum
+from ddpm_core.run_folder import ResumePoint, RunDir, RunError, kill_point, read_json
 from ddpm_core.schedules import cosine_decay_lr
 from ddpm_core.train_tape import (
     TAPE_VERSION,
@@ -57,12 +52,6 @@ from ddpm_core.train_tape import (
 
 CHECKPOINT_FORMAT = "ddpm-parity-train-state"
 CHECKPOINT_VERSION = 1
-KILL_ENV = "DDPM_KILL_AT"
-KILL_RANK_ENV = "DDPM_KILL_RANK"
-
-
-class RunError(UserError):
-    """A run folder that cannot be started or resumed."""
 
 
 class Trainer(Protocol):
@@ -78,109 +67,6 @@ class Trainer(Protocol):
     def state(self) -> dict[str, np.ndarray]: ...
     def save_checkpoint(self, path: Path, meta: dict[str, Any]) -> None: ...
     def load_checkpoint(self, path: Path) -> dict[str, Any]: ...
-
-
-# ---------------------------------------------------------------- hooks and small helpers
-def kill_point(where: str, step: int, rank: int = 0) -> None:
-    """SIGKILL this process if ``DDPM_KILL_AT`` names ``where:step`` and ``DDPM_KILL_RANK`` (if set) names
-    ``rank`` (a testing hook)."""
-    if os.environ.get(KILL_ENV) == f"{where}:{step}" and os.environ.get(KILL_RANK_ENV, str(rank)) == str(rank):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise RunError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
-
-
-# ---------------------------------------------------------------- the run folder
-class RunDir:
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.checkpoints = self.path / "checkpoints"
-        self.settings_file = self.path / "run.json"
-        self.config_file = self.path / "config.json"
-        self.log_file = self.path / "log.jsonl"
-        self.latest_file = self.path / "latest.json"
-
-    def check_new(self) -> None:
-        if self.settings_file.exists():
-            raise RunError(f"{self.path}: already holds a run; continue it with --resume {self.path}, or pick a new --out")
-
-    def create(self) -> None:
-        self.check_new()
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-
-    def remove_stale_temporaries(self) -> None:
-        """Temporary files a killed process left behind (``.NAME.XXXX.tmp``, and MindSpore's ``*.tmp.ckpt``)."""
-        for folder in (self.path, self.checkpoints):
-            if folder.is_dir():
-                for f in folder.iterdir():
-                    if f.name.startswith(".") and ".tmp" in f.name and f.is_file():
-                        f.unlink()
-
-    def latest(self) -> dict[str, Any] | None:
-        """The pointer to the last complete checkpoint, verified; None if no checkpoint was completed."""
-        if not self.latest_file.exists():
-            return None
-        pointer = read_json(self.latest_file)
-        path = self.path / pointer["checkpoint"]
-        if not path.is_file():
-            raise RunError(f"{self.latest_file}: names {path}, which does not exist")
-        if path.stat().st_size != pointer["bytes"] or sha256_file(path) != pointer["sha256"]:
-            raise RunError(f"{path}: does not match the sha256 recorded in {self.latest_file}; the file was changed")
-        return pointer
-
-    def write_checkpoint(self, trainer: Trainer, step: int, meta: dict[str, Any], keep: int) -> Path:
-        path = self.checkpoints / f"step_{step:09d}{trainer.checkpoint_ext}"
-
-        def write(tmp: Path) -> None:
-            trainer.save_checkpoint(tmp, meta)
-            kill_point("during-save", step)
-
-        atomic_write(path, write)
-        kill_point("before-pointer", step)
-        write_json(self.latest_file, {"step": step, "checkpoint": str(path.relative_to(self.path)),
-                                      "bytes": path.stat().st_size, "sha256": sha256_file(path),
-                                      "framework": trainer.framework})
-        old = sorted(self.checkpoints.glob(f"step_*{trainer.checkpoint_ext}"))
-        for f in old[:-keep]:
-            f.unlink()
-        return path
-
-    def cut_log(self, step: int) -> None:
-        """Keep the log lines of steps before ``step`` (dropping a half-written last line), atomically."""
-        if not self.log_file.exists():
-            return
-        kept = []
-        for line in self.log_file.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] < step:
-                    kept.append(line)
-            except (ValueError, KeyError, TypeError):
-                continue
-        atomic_write_bytes(self.log_file, "".join(x + "\n" for x in kept).encode())
-
-    def read_log(self) -> list[dict[str, Any]]:
-        if not self.log_file.exists():
-            return []
-        return [json.loads(line) for line in self.log_file.read_text().splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------- settings
@@ -258,6 +144,9 @@ def _check_settings(s: Settings) -> None:
     if s.image_size % cfg.size_multiple:
         raise UserError(f"--image-size {s.image_size} is not a multiple of {cfg.size_multiple}: --dim-mults "
                         f"{','.join(map(str, s.dim_mults))} halves the image {len(s.dim_mults) - 1} time(s)")
+    for option, value in (("--lr", s.lr), ("--min-lr", s.min_lr)):
+        if not math.isfinite(value):
+            raise UserError(f"{option} must be a finite number, got {value}")
     if not 0.0 <= s.min_lr < s.lr:
         raise UserError(f"need 0 <= --min-lr < --lr, got {s.min_lr} and {s.lr}")
 
@@ -299,8 +188,12 @@ def train_main(argv: Sequence[str] | None, prog: str, framework: str,
     parser = train_parser(prog)
     args = parser.parse_args(argv)
     if args.resume:
+        if args.allow_other_files:
+            parser.error("--allow-other-files is for a new run (--out); --resume continues a run folder")
         run, settings = _resume_settings(parser, argv, args, framework)
     else:
+        if args.from_step is not None:
+            parser.error("--from-step goes with --resume RUN_DIR")
         if not args.out:
             parser.error("--out RUN_DIR is required (or --resume RUN_DIR)")
         if not args.data:
@@ -339,46 +232,96 @@ def _prepare(run: RunDir, settings: Settings, args: Any, open_data: Callable[[Da
         _check_settings(settings)
         if not args.resume:
             dist.barrier(world)  # no rank has written yet: each sees the folder as the user left it
-            run.check_new()
+            run.check_new(args.allow_other_files)
             dist.barrier(world)
-            if world.is_main:
-                run.create()
-                write_json(run.settings_file, settings.to_json())
-                write_json(run.config_file, {"unet": settings.unet_config().to_dict(),
-                                             "diffusion": dataclasses.asdict(settings.diffusion_config()),
-                                             "image_size": settings.image_size})
         if world.is_main:
             run.remove_stale_temporaries()
         dist.barrier(world)
         data = open_data(spec, settings.workers)
-        return _loop(run, settings, data, make_trainer, world)
+        if args.resume:
+            point = run.resume_point(make_trainer.checkpoint_ext, args.from_step, _verify_checkpoint)
+        else:
+            point = None
+        return _start(run, settings, data, make_trainer, world, point)
 
 
-def _loop(run: RunDir, s: Settings, data: Any, make_trainer: Callable[..., Trainer], world: World) -> int:
-    from tqdm.auto import tqdm
+def _verify_checkpoint(path: Path) -> bool:
+    """A checkpoint's own checksum (zip CRC-32 / MindSpore's CRC): True if it matched, False if it has none."""
+    try:
+        return verify_checksum(path)
+    except WeightsError as e:
+        raise RunError(str(e)) from None
 
+
+def _start(run: RunDir, s: Settings, data: Any, make_trainer: Callable[..., Trainer], world: World,
+           point: ResumePoint | None) -> int:
+    """Build the trainer; for a new run (``point`` None) only then write the folder, and remove it again if
+    the run stops before completing a step; for a resumed one, restore ``point``. Then train."""
     lrs = s.learning_rates()
-    pointer = run.latest()
     weights = None
-    if s.init_weights and pointer is None:  # a checkpoint, when there is one, replaces the initial weights
+    if s.init_weights and (point is None or point.checkpoint is None):  # a checkpoint replaces them
         from ddpm_core.weights import load_weights
 
         weights = load_weights(s.init_weights, naming="torch", config=s.unet_config()).state
     trainer = make_trainer(s.unet_config(), s.diffusion_config(), lrs, seed=s.seed, weights=weights, jit=s.jit,
                            world=world)
-    start = 0
-    if pointer is not None:
-        meta = trainer.load_checkpoint(run.path / pointer["checkpoint"])
-        start = int(meta["step"])
-        if meta["tape"] != {"version": TAPE_VERSION, "seed": s.seed, "next_step": start}:
-            raise RunError(f"{pointer['checkpoint']}: its tape {meta['tape']} does not continue this run")
-        if trainer.lr_position() != start:
-            raise RunError(f"{pointer['checkpoint']}: the optimizer is at step {trainer.lr_position()}, not {start}")
+    created = point is None and world.is_main
+    if created:
+        run.create(s.to_json(), {"unet": s.unet_config().to_dict(),
+                                 "diffusion": dataclasses.asdict(s.diffusion_config()),
+                                 "image_size": s.image_size}, s.framework)
+    progress = {"steps": 0}
+    try:
+        start = _restore(run, trainer, point, s, world) if point is not None else 0
+        return _train(run, s, data, trainer, lrs, start, world, progress)
+    except Diverged as e:
+        if created and run.newest() is None:  # nothing to resume, and --resume would diverge again
+            run.discard()
+            raise Diverged(f"{e}; {run.path} was removed") from None
+        raise
+    except BaseException:
+        if created and progress["steps"] == 0:
+            run.discard()
+        raise
+
+
+def _restore(run: RunDir, trainer: Trainer, point: ResumePoint, s: Settings, world: World) -> int:
+    """Load ``point``'s checkpoint (checked to continue this run), adopt it if asked, cut the log; its step."""
+    if point.checkpoint is not None:
+        meta = trainer.load_checkpoint(run.path / point.checkpoint)
+        if int(meta["step"]) != point.step:
+            raise RunError(f"{point.checkpoint}: holds step {meta['step']}, not {point.step}")
+        if meta["tape"] != {"version": TAPE_VERSION, "seed": s.seed, "next_step": point.step}:
+            raise RunError(f"{point.checkpoint}: its tape {meta['tape']} does not continue this run")
+        if trainer.lr_position() != point.step:
+            raise RunError(f"{point.checkpoint}: the optimizer is at step {trainer.lr_position()}, not {point.step}")
         if meta.get("numerics") != trainer.numerics():
             print(f"warning: the run began with {meta.get('numerics')} and continues with {trainer.numerics()}; "
                   "the losses may differ from an uninterrupted run in the last bits", file=sys.stderr)
     if world.is_main:
-        run.cut_log(start)
+        if point.adopt:
+            run.adopt(point, s.framework)
+        run.cut_log(point.step)
+    return point.step
+
+
+class Diverged(RunError):
+    """A non-finite loss or non-finite weights: the run stops at once."""
+
+
+def _diverged(run: RunDir, step: int, what: str) -> Diverged:
+    newest = run.newest()
+    kept = "no checkpoint was written"
+    if newest:
+        kept = f"the last checkpoint, {newest['checkpoint']} (after {newest['step']} step(s)), is kept"
+    return Diverged(f"step {step}: {what}: training diverged and stopped (try a lower --lr); {kept}")
+
+
+def _train(run: RunDir, s: Settings, data: Any, trainer: Trainer, lrs: list[float], start: int, world: World,
+           progress: dict[str, int]) -> int:
+    """Steps ``start`` to the end: log, checkpoint, stop at the first non-finite loss; then export."""
+    from tqdm.auto import tqdm
+
     end = s.end_step
     spe = s.steps_per_epoch
     shape = (s.channels, s.image_size, s.image_size)
@@ -397,16 +340,23 @@ def _loop(run: RunDir, s: Settings, data: Any, make_trainer: Callable[..., Train
                 log.flush()
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", epoch=step // spe, refresh=False)
+            if not math.isfinite(loss):  # the global batch's loss: every rank stops here
+                bar.close()
+                raise _diverged(run, step, f"the loss is {loss}")
+            progress["steps"] += 1
             kill_point("after-step", step + 1, r)
             done = step + 1
             if world.is_main and (done % s.save_every == 0 or done == end):
-                run.write_checkpoint(trainer, done, _meta(s, trainer, done, lrs), s.keep)
+                if not all(np.isfinite(v).all() for v in trainer.state().values()):
+                    bar.close()
+                    raise _diverged(run, step, "the weights hold NaN or inf after it")
+                meta = _meta(s, trainer, done, lrs)
+                run.write_checkpoint(done, trainer.checkpoint_ext, trainer.framework,
+                                     lambda tmp: trainer.save_checkpoint(tmp, meta), s.keep)
     bar.close()
     if not world.is_main:
         return 0
-    if end > start and not math.isfinite(loss):
-        print(f"warning: the last loss is {loss}", file=sys.stderr)
-    export(run, trainer, s.unet_config())
+    export(run, trainer, s.unet_config(), s.diffusion_config())
     workers = f", {n} workers" if world.distributed else ""
     print(f"{s.framework}: {end} steps in {run.path}{workers} (log.jsonl, checkpoints/, model{trainer.checkpoint_ext}, "
           "model.safetensors)", file=sys.stderr)
@@ -424,10 +374,11 @@ def _meta(s: Settings, trainer: Trainer, step: int, lrs: list[float]) -> dict[st
     }
 
 
-def export(run: RunDir, trainer: Trainer, cfg: UnetConfig) -> None:
-    """RUN_DIR/model.{pt|ckpt} in the twin's format and RUN_DIR/model.safetensors, via ``ddpm_core.weights``."""
+def export(run: RunDir, trainer: Trainer, cfg: UnetConfig, diffusion: DiffusionConfig) -> None:
+    """RUN_DIR/model.{pt|ckpt} in the twin's format and RUN_DIR/model.safetensors (which also records the
+    diffusion settings), via ``ddpm_core.weights``."""
     from ddpm_core.weights import save_weights
 
     state = trainer.state()
     save_weights(state, run.path / f"model{trainer.checkpoint_ext}", trainer.naming, cfg)
-    save_weights(state, run.path / "model.safetensors", trainer.naming, cfg)
+    save_weights(state, run.path / "model.safetensors", trainer.naming, cfg, diffusion=diffusion)

@@ -6,7 +6,9 @@ Rules it keeps:
     and the framework do not change it: the same weights and seed give the same samples in both twins,
     up to float rounding;
   * the config comes from, in order: ``--config``, the weights file's own metadata (safetensors), a
-    ``config.json`` beside the weights (a run folder's, also for ``checkpoints/*``), else the tutorial's.
+    ``config.json`` beside the weights (a run folder's, also for ``checkpoints/*``), else the tutorial's;
+    the diffusion settings likewise, and ``--timesteps``/``--schedule`` may not contradict recorded ones;
+  * the output paths are checked before any sampling, so a bad ``--out`` costs nothing.
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from ddpm_core.atomic import output_problem
 from ddpm_core.cli import UserError, noise_strip_parser, sample_parser
-from ddpm_core.config import TUTORIAL_DIFFUSION, DiffusionConfig, UnetConfig
+from ddpm_core.config import TUTORIAL_DIFFUSION, DiffusionConfig, UnetConfig, resolve_diffusion
 from ddpm_core.datasets import DataError, check_image_files
 from ddpm_core.images import (
     sample_noise,
@@ -37,14 +40,16 @@ CHUNK_BYTES = 1 << 30
 """Per chunk of samples, the per-step noise and the returned states together stay under this."""
 
 
-def read_config_file(path: Path) -> tuple[UnetConfig | None, DiffusionConfig | None, int | None]:
-    """A run's config.json ({"unet", "diffusion", "image_size"}) or a bare UnetConfig dict."""
+def read_config_file(path: Path | str) -> tuple[UnetConfig | None, DiffusionConfig | None, int | None]:
+    """A run's config.json ({"unet", "diffusion", "image_size"}) or a bare UnetConfig dict; either as a file,
+    or as JSON text (``--config '{"dim": 16, ...}'``)."""
     try:
-        d = json.loads(Path(path).read_text())
+        text = str(path) if str(path).lstrip().startswith("{") else Path(path).read_text()
+        d = json.loads(text)
         if "unet" not in d and "diffusion" not in d:
             return UnetConfig.from_dict(d), None, None
         unet = UnetConfig.from_dict(d["unet"]) if "unet" in d else None
-        diffusion = DiffusionConfig(**d["diffusion"]) if "diffusion" in d else None
+        diffusion = DiffusionConfig.from_dict(d["diffusion"]) if "diffusion" in d else None
         return unet, diffusion, d.get("image_size")
     except (OSError, ValueError, TypeError, AttributeError) as e:
         raise UserError(f"{path}: not a usable config file ({type(e).__name__}: {e})") from None
@@ -71,20 +76,38 @@ def resolve(args: Any) -> Resolved:
     from ddpm_core.weights import load_weights
 
     weights = Path(args.weights)
-    if args.config and not Path(args.config).is_file():
+    inline = bool(args.config) and args.config.lstrip().startswith("{")
+    if args.config and not inline and not Path(args.config).is_file():
         raise UserError(f"{args.config}: config file not found")
-    found = Path(args.config) if args.config else find_config(weights)
+    found = args.config if args.config else find_config(weights)
     unet, diffusion, image_size = read_config_file(found) if found else (None, None, None)
     loaded = load_weights(weights, naming="torch", config=unet)
-    overrides = {k: v for k, v in (("timesteps", args.timesteps), ("schedule", args.schedule)) if v is not None}
+    source = "--config" if inline else str(found)
+    if loaded.diffusion is not None:
+        if diffusion is not None and diffusion != loaded.diffusion:
+            raise UserError(f"{source} gives {diffusion.short()}, but {weights} records {loaded.diffusion.short()}")
+        diffusion, source = loaded.diffusion, str(weights)
+    flags = {"--timesteps": ("timesteps", args.timesteps), "--schedule": ("schedule", args.schedule)}
+    if diffusion is None and args.timesteps is None and args.schedule is None:
+        print(f"note: no diffusion settings are recorded with {weights} (nor in a config.json beside it); sampling "
+              f"with the tutorial's {TUTORIAL_DIFFUSION.short()}: pass --timesteps/--schedule if it was trained otherwise",
+              file=sys.stderr)
     try:
-        diffusion = dataclasses.replace(diffusion or TUTORIAL_DIFFUSION, **overrides)
+        diffusion = resolve_diffusion(diffusion, source, flags)
     except ValueError as e:
         raise UserError(str(e)) from None
     size = args.image_size or image_size or loaded.config.dim  # the tutorial trains at image_size == dim
     if size % loaded.config.size_multiple:
         raise UserError(f"--image-size {size} is not a multiple of {loaded.config.size_multiple} for this model")
     return Resolved(loaded.state, loaded.config, diffusion, size)
+
+
+def check_outputs(*options: tuple[str, str | None]) -> None:
+    """A ``UserError`` for the first (option, path) that could not be written (before any expensive work)."""
+    for option, path in options:
+        problem = path is not None and output_problem(path)
+        if problem:
+            raise UserError(f"{option} {path}: {problem}")
 
 
 def chunk_size(requested: int, steps: int, shape: tuple[int, int, int]) -> int:
@@ -100,6 +123,7 @@ def sample_main(argv: Sequence[str] | None, prog: str, framework: str,
                 make_denoiser: Callable[..., Denoise]) -> int:
     """``python -m ddpm_<twin>.sample``: a grid PNG of ``--n`` samples and a GIF of the chosen ones."""
     args = sample_parser(prog).parse_args(argv)
+    check_outputs(("--out", args.out), ("--gif", args.gif))
     r = resolve(args)
     unet, diffusion = r.unet, r.diffusion
     if args.sampler == "ddpm":
@@ -147,6 +171,7 @@ def noise_strip_main(argv: Sequence[str] | None, prog: str, framework: str, load
                      make_q_sample: Callable[[DiffusionConfig], Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]]) -> int:
     """``python -m ddpm_<twin>.noise_strip IMAGE``: the image at each ``--t``, side by side (the tutorial's figure)."""
     args = noise_strip_parser(prog).parse_args(argv)
+    check_outputs(("--out", args.out))
     try:
         diffusion = DiffusionConfig(timesteps=args.timesteps, schedule=args.schedule)
     except ValueError as e:

@@ -11,12 +11,16 @@ Rules it keeps:
     asked for (``dtype=``), and a cast that overflows is an error.
   * Safe: PyTorch files are read with ``torch.load(weights_only=True)``; a file that cannot be
     read is one ``WeightsError`` naming it; every write is atomic (``ddpm_core.atomic``).
+  * Intact: every file written carries a checksum (``ddpm_core.formats``), verified on reading; a file
+    without one must hold plausible values (``implausible``); a manifest sidecar
+    (``<file>.manifest.json``), when present, must match. Each refusal is one line.
+  * Self-describing: safetensors files carry the U-Net and diffusion settings (``LoadedWeights.diffusion``);
+    weights that fit another U-Net than the one assumed are named in one line (``naming.infer_config``).
   * Framework-neutral: torch, mindspore and safetensors are imported inside the reader or writer
     of their own format, never at import time.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -27,8 +31,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ddpm_core.atomic import atomic_write
-from ddpm_core.config import TUTORIAL_UNET, UnetConfig
+from ddpm_core.atomic import atomic_write, remove_stale_temporaries
+from ddpm_core.config import TUTORIAL_UNET, DiffusionConfig, UnetConfig
 from ddpm_core.formats import (
     BFLOAT16_FORMATS,
     READERS,
@@ -39,7 +43,9 @@ from ddpm_core.formats import (
     format_of,
     one_line,
 )
-from ddpm_core.naming import LAYOUT_RULES, ParamSpec, unet_parameters
+from ddpm_core.integrity import check_sidecar, implausible, manifest_sidecar
+from ddpm_core.integrity import manifest, tensor_digest  # noqa: F401 - also public here, as before
+from ddpm_core.naming import LAYOUT_RULES, ParamSpec, infer_config, unet_parameters
 
 NAMINGS = ("torch", "ms")
 FILE_NAMING = {"torch": "torch", "mindspore": "ms"}
@@ -216,7 +222,7 @@ def describe_skipped(skipped: list[Skipped]) -> list[str]:
     return lines
 
 
-# ---------------------------------------------------------------- dtypes and manifests
+# ---------------------------------------------------------------- dtypes
 def round_to_bfloat16(a: np.ndarray) -> np.ndarray:
     """float32 values rounded (to nearest, ties to even) onto the bfloat16 grid, kept as float32."""
     bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
@@ -247,19 +253,6 @@ def cast_weights(state: Mapping[str, np.ndarray], dtype: str | None) -> dict[str
     return out
 
 
-def tensor_digest(value: np.ndarray) -> str:
-    """sha256 of dtype, shape and the little-endian bytes of ``value``."""
-    value = np.asarray(value)
-    h = hashlib.sha256(f"{value.dtype.name}{list(value.shape)}".encode())
-    h.update(np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes())
-    return h.hexdigest()
-
-
-def manifest(state_torch_named: Mapping[str, np.ndarray]) -> dict[str, str]:
-    """{torch name: sha256 of dtype, shape and little-endian values}, in the state's order."""
-    return {name: tensor_digest(value) for name, value in state_torch_named.items()}
-
-
 # ---------------------------------------------------------------- load / save
 @dataclass
 class LoadedWeights:
@@ -275,6 +268,34 @@ class LoadedWeights:
     """the file's dtype of the model tensors (``"mixed"`` if they differ); bfloat16 is widened exactly
     to float32 in ``state``."""
     path: str
+    diffusion: DiffusionConfig | None = None
+    """the diffusion settings recorded with the weights (safetensors metadata), or None"""
+    verified: bool = False
+    """the file's checksum was verified (False: it carries none, and its values were found plausible)"""
+
+
+def _diffusion_from(raw: RawFile, path: Path) -> DiffusionConfig | None:
+    text = raw.metadata.get("diffusion_config")
+    if text is None:
+        return None
+    try:
+        return DiffusionConfig.from_dict(json.loads(text))
+    except (ValueError, TypeError) as e:
+        raise WeightsError([f"diffusion_config in the metadata is not valid ({one_line(e)})"],
+                           f"cannot read {path}") from None
+
+
+def _wrong_config(model: Mapping[str, Any], cfg: UnetConfig, assumed: bool) -> str | None:
+    """One line naming the U-Net these weights do fit, when that is not ``cfg``."""
+    found = infer_config({n: np.shape(v) for n, v in model.items()})
+    if found is None or found == cfg:
+        return None
+    given = f"the tutorial's {cfg.short()} was assumed" if assumed else f"{cfg.short()} was given"
+    groups = (" (resnet_block_groups does not show in the shapes: give the one it was trained with)"
+              if not found.use_convnext else "")
+    essentials = {k: list(v) if isinstance(v, tuple) else v for k, v in found.essentials().items()}
+    return (f"these weights are a {found.short()}, but {given}; pass --config '{json.dumps(essentials)}' "
+            f"(config= in Python){groups}")
 
 
 def _config_from(raw: RawFile, config: UnetConfig | None, path: Path) -> tuple[UnetConfig, bool]:
@@ -305,11 +326,19 @@ def load_weights(path: str | os.PathLike, naming: str = "torch", config: UnetCon
         raise WeightsError(["no such file" if not path.exists() else "not a regular file"], f"cannot read {path}")
     raw = READERS[fmt](path)
     cfg, assumed = _config_from(raw, config, path)
+    diffusion = _diffusion_from(raw, path)
     model, skipped, prefix, problems = _split_model(raw.entries, cfg)
+    why = None if raw.verified else implausible(model)
+    if why:
+        raise WeightsError([f"{why}: the file carries no checksum, and values like these come from a damaged "
+                            "file"], f"cannot read {path}")
     file_naming = raw.metadata.get("naming") or detect_naming(model)
     if file_naming not in NAMINGS:
         raise WeightsError([f"metadata naming {file_naming!r} is not one of {NAMINGS}"], f"cannot read {path}")
     problems += weight_problems(model, cfg, file_naming) if not problems else []
+    wrong = _wrong_config(model, cfg, assumed) if problems else None
+    if wrong:
+        raise WeightsError([wrong], f"cannot load {path}")
     if problems:
         where = f" (wrapper prefix {prefix!r} removed)" if prefix else ""
         hint = ""
@@ -324,18 +353,23 @@ def load_weights(path: str | os.PathLike, naming: str = "torch", config: UnetCon
                            f"for {cfg}", hint)
     dtypes = {raw.dtypes.get(prefix + n, raw.dtypes.get(n, "float32")) for n in model}
     state = convert(model, cfg, file_naming, naming)
+    if manifest_sidecar(path).exists():
+        check_sidecar(path, state if naming == "torch" else convert(model, cfg, file_naming, "torch"))
     return LoadedWeights(state, cfg, naming, file_naming, raw.extras + skipped, prefix,
-                         dtypes.pop() if len(dtypes) == 1 else "mixed", str(path))
+                         dtypes.pop() if len(dtypes) == 1 else "mixed", str(path), diffusion, raw.verified)
 
 
 def save_weights(state: Mapping[str, np.ndarray], path: str | os.PathLike, naming: str = "torch",
-                 config: UnetConfig = TUTORIAL_UNET, dtype: str | None = None) -> dict[str, np.ndarray]:
-    """Write ``state`` (in ``naming``, for ``Unet(config)``) to ``path`` atomically, strictly checked.
+                 config: UnetConfig = TUTORIAL_UNET, dtype: str | None = None,
+                 diffusion: DiffusionConfig | None = None) -> dict[str, np.ndarray]:
+    """Write ``state`` (in ``naming``, for ``Unet(config)``) to ``path`` atomically, strictly checked, with
+    the format's checksum.
 
     ``.pt``/``.pth`` get torch naming (``load_state_dict`` ready), ``.ckpt`` ms naming
-    (``ms.load_param_into_net`` ready), ``.safetensors`` keep ``naming`` and record it with the config.
-    ``dtype`` casts (``None`` keeps the dtype). Returns what was written, in the file's naming. If
-    anything fails the destination is untouched and no temporary file is left.
+    (``ms.load_param_into_net`` ready), ``.safetensors`` keep ``naming`` and record it with the config
+    and ``diffusion``. ``dtype`` casts (``None`` keeps the dtype). Returns what was written, in the file's
+    naming. If anything fails the destination is untouched and no temporary file is left; temporary files
+    of earlier writes to ``path`` whose process was killed are removed first.
     """
     path = Path(path)
     fmt = format_of(path)
@@ -345,8 +379,9 @@ def save_weights(state: Mapping[str, np.ndarray], path: str | os.PathLike, namin
     file_naming = FILE_NAMING.get(fmt, naming)
     out = cast_weights(convert(state, config, naming, file_naming), dtype)
     check_weights(out, config, file_naming)
+    remove_stale_temporaries(path.parent, re.escape(path.name))
     try:
-        atomic_write(path, lambda tmp: WRITERS[fmt](tmp, out, file_naming, config, dtype))
+        atomic_write(path, lambda tmp: WRITERS[fmt](tmp, out, file_naming, config, dtype, diffusion))
     except OSError as e:
         raise WeightsError([one_line(e)], f"cannot write {path}") from None
     return out

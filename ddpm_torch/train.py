@@ -72,6 +72,7 @@ class Trainer:
         return {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
 
     def save_checkpoint(self, path: Path, meta: dict[str, Any]) -> None:
+        """Model, optimizer, RNG state and ``meta``; ``torch.save``'s zip holds a CRC-32 of each member."""
         torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                     "torch_rng_state": torch.get_rng_state(), "meta": meta}, path)
 

@@ -40,6 +40,8 @@ def make_spec(unet: Any, diffusion: DiffusionConfig = TUTORIAL_DIFFUSION, seed: 
               ddim_etas: Sequence[float] = (0.0, 0.5), pred_timesteps: Sequence[int] | None = None,
               checks: Sequence[str] = CHECKS) -> RunSpec:
     """A validated ``RunSpec`` (``ValueError`` naming the problem otherwise)."""
+    if not checks:
+        raise ValueError(f"no checks to run: name at least one of {', '.join(CHECKS)}")
     size = image_size or default_image_size(unet.size_multiple)
     if size % unet.size_multiple:
         raise ValueError(f"image size {size} is not a multiple of {unet.size_multiple} (dim_mults={unet.dim_mults})")
@@ -165,6 +167,7 @@ def check_models(torch_model: Any, ms_model: Any, *, diffusion: DiffusionConfig 
     if stepped is not None:
         one_step = (stepped, out_m["ddpm/trajectory"], "PyTorch stepping from MindSpore's states")
     report.rows = compare_outputs(out_t, out_m, spec, device, one_step, anchor)
+    require_results(report)
     if weights is not None:
         _blame_weights(report, weights, out_t, out_m)
     if not report.passed:
@@ -172,6 +175,14 @@ def check_models(torch_model: Any, ms_model: Any, *, diffusion: DiffusionConfig 
                 state_t if weights is None else weights)
     timings["total"] = round(time.perf_counter() - t0, 3)
     return report
+
+
+def require_results(report: Report) -> None:
+    """A ``ValueError`` unless something was compared (a gating row, or the settings of module pairs): a run
+    that compared nothing must fail, never pass."""
+    if not any(r.gate for r in report.rows) and not report.settings_pairs:
+        checks = ", ".join(report.spec.get("checks", [])) or "none"
+        raise ValueError(f"nothing was compared (checks: {checks}); a parity run that compares nothing cannot pass")
 
 
 def _run_both(side_t: Any, model_t: Any, d_t: Any, side_m: Any, model_m: Any, d_m: Any, tape: dict, spec: RunSpec,

@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ddpm_core.config import LOSS_TYPES, SCHEDULES, TUTORIAL_UNET, DiffusionConfig, UnetConfig
+from ddpm_core.atomic import output_problem
+from ddpm_core.config import LOSS_TYPES, SCHEDULES, TUTORIAL_UNET, DiffusionConfig, UnetConfig, resolve_diffusion
 from ddpm_core.distributed import World
 from parity.distributed import DEFAULT_TIMEOUT_S
 from parity.env import MS_DEVICES, EnvironmentRefused, fingerprint
@@ -37,9 +38,12 @@ FRAMEWORKS = ("torch", "ms")
 def _csv(kind: type) -> Any:
     def parse(text: str) -> tuple:
         try:
-            return tuple(kind(v) for v in text.split(",") if v.strip())
+            values = tuple(kind(v.strip()) for v in text.split(",") if v.strip())
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+        if not values:  # an empty list would check nothing and pass
+            raise argparse.ArgumentTypeError(f"expected at least one {kind.__name__}, got {text!r}")
+        return values
     return parse
 
 
@@ -48,9 +52,11 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of the tape and the initial weights (default 0)")
     g.add_argument("--batch", type=int, default=2, help="images per batch (default 2)")
     g.add_argument("--image-size", type=int, default=None, help="height = width (default 28, rounded up to fit)")
-    g.add_argument("--timesteps", type=int, default=200, help="diffusion steps T (default 200)")
-    g.add_argument("--schedule", choices=SCHEDULES, default="linear")
-    g.add_argument("--loss-type", choices=LOSS_TYPES, default="huber", help="loss for gradients and Adam")
+    g.add_argument("--timesteps", type=int, default=None,
+                   help="diffusion steps T (default: recorded with --weights, else 200)")
+    g.add_argument("--schedule", choices=SCHEDULES, default=None, help="default: recorded with --weights, else linear")
+    g.add_argument("--loss-type", choices=LOSS_TYPES, default=None,
+                   help="loss for gradients and Adam (default: recorded with --weights, else huber)")
     g.add_argument("--config", default=None, help="UnetConfig fields as JSON text or a JSON file "
                    "(default: the tutorial's {\"dim\": 28, \"channels\": 1, \"dim_mults\": [1, 2, 4]})")
     g.add_argument("--weights", default=None, help="a .pt/.pth/.ckpt/.safetensors file to check instead of seeded "
@@ -106,26 +112,39 @@ def parse_config(text: str | None) -> UnetConfig | None:
         raise ValueError(f"--config: {e}") from None
 
 
-def _weights(args: argparse.Namespace) -> tuple[UnetConfig, dict, str]:
-    """(config, PyTorch-named weights, where they came from)."""
+def _weights(args: argparse.Namespace) -> tuple[UnetConfig, dict, str, DiffusionConfig]:
+    """(config, PyTorch-named weights, where they came from, the diffusion settings: those recorded with
+    --weights, else the options' or the tutorial's; an option contradicting recorded ones is a ValueError)."""
     cfg = parse_config(args.config)
+    recorded, source = None, ""
     if args.weights:
         from ddpm_core.weights import load_weights
 
         loaded = load_weights(args.weights, naming="torch", config=cfg)
-        return loaded.config, loaded.state, f"{args.weights} ({loaded.file_naming} naming)"
-    from parity.initial import initial_weights
+        cfg, state, source = loaded.config, loaded.state, f"{args.weights} ({loaded.file_naming} naming)"
+        recorded = loaded.diffusion
+    else:
+        from parity.initial import initial_weights
 
-    cfg = cfg or TUTORIAL_UNET
-    return cfg, initial_weights(cfg, args.seed), f"seeded numpy init (seed {args.seed})"
+        cfg = cfg or TUTORIAL_UNET
+        state, source = initial_weights(cfg, args.seed), f"seeded numpy init (seed {args.seed})"
+    flags = {"--timesteps": ("timesteps", args.timesteps), "--schedule": ("schedule", args.schedule),
+             "--loss-type": ("loss_type", args.loss_type)}
+    return cfg, state, source, resolve_diffusion(recorded, str(args.weights), flags)
 
 
-def _spec(args: argparse.Namespace, cfg: UnetConfig):
+def _spec(args: argparse.Namespace, cfg: UnetConfig, diffusion: DiffusionConfig):
     from parity.api import make_spec
 
-    diffusion = DiffusionConfig(timesteps=args.timesteps, schedule=args.schedule, loss_type=args.loss_type)
     return make_spec(cfg, diffusion, args.seed, args.batch, args.image_size, args.train_steps, args.ddim_steps,
                      args.ddim_eta, args.pred_timesteps, args.checks)
+
+
+def _check_json_path(args: argparse.Namespace) -> None:
+    """A bad --json path fails before the run, not after it."""
+    problem = args.json and output_problem(args.json)
+    if problem:
+        raise ValueError(f"--json {args.json}: {problem}")
 
 
 def _finish(report: Report, args: argparse.Namespace) -> int:
@@ -139,8 +158,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     from parity.env import setup_mindspore, setup_torch
 
     t0 = time.perf_counter()
-    cfg, state, source = _weights(args)  # structural problems first: they need no framework
-    spec = _spec(args, cfg)
+    _check_json_path(args)
+    cfg, state, source, diffusion = _weights(args)  # structural problems first: they need no framework
+    spec = _spec(args, cfg, diffusion)
     if args.workers < 1:
         raise ValueError(f"--workers must be a positive integer, got {args.workers}")
     try:
@@ -207,8 +227,8 @@ def cmd_record(args: argparse.Namespace) -> int:
     from parity.suite import run_side
     from parity.tape import make_tape
 
-    cfg, state, source = _weights(args)
-    spec = _spec(args, cfg)
+    cfg, state, source, diffusion = _weights(args)
+    spec = _spec(args, cfg, diffusion)
     side, info = _setup_one(args.framework, args)
     model = side.build(cfg)
     side.load(model, state)
@@ -225,11 +245,12 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from parity.api import describe_run, explain
+    from parity.api import describe_run, explain, require_results
     from parity.golden import GoldenError, load_golden
     from parity.suite import compare_outputs, run_side, teacher_forced
     from parity.tolerances import device_class
 
+    _check_json_path(args)
     golden = load_golden(args.golden)
     if golden.framework == args.framework:
         raise GoldenError(f"{args.golden} was recorded with {golden.framework}; compare it with the other "
@@ -265,6 +286,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                     tape_hash(golden.tape), weights_hash(golden.weights), env, timings=timings, mode="compare")
     report.spec["checks"] = [c for c in spec.checks if c != "settings"]  # needs both frameworks in one process
     report.rows = compare_outputs(a, b, spec, device, one_step)
+    require_results(report)
     if not report.passed:
         explain(report, (a, b), golden.tape, spec, None, None, None, None, device)
     return _finish(report, args)
@@ -316,11 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _one_line(e: BaseException) -> str:
     problems = getattr(e, "problems", None)
+    if problems:  # a WeightsError: its context and first problem (its str holds them all, one per line)
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return f"{e.context}: {problems[0]}{more}"
     text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-    first = text.splitlines()[0] if text else type(e).__name__
-    if problems:
-        first = first.rstrip(":") + f": {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
-    return first
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ move U-Net weights between PyTorch (.pt/.pth), MindSpore (.ckpt) and .safetensor
 A thin layer over ``ddpm_core.weights`` (docs/weights.md): formats come from the extensions, the
 checks are strict, the write is atomic. Expected failures (weights that do not fit, a file that
 cannot be read or written, a bad config) print one ``error: `` line per problem on stderr and
-exit with status 2, without a traceback. Notes (what was skipped, what was written) go to stderr;
-the manifest, when printed, is the only thing on stdout.
+exit with status 2, without a traceback. Notes (what was skipped, what was written, which existing
+file was replaced) go to stderr; the manifest, when printed, is the only thing on stdout. A manifest
+written to ``DST.manifest.json`` is DST's sidecar: every later read of DST verifies it, and a conversion
+that replaces DST rewrites it. Temporary files of an earlier conversion to DST that was killed are removed.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from ddpm_core.atomic import atomic_write_bytes
+from ddpm_core.atomic import atomic_write_bytes, output_problem
 from ddpm_core.config import UnetConfig
 from ddpm_core.weights import (
     DTYPES,
@@ -27,6 +29,7 @@ from ddpm_core.weights import (
     manifest,
     save_weights,
 )
+from ddpm_core.integrity import manifest_sidecar
 
 EXIT_ERROR = 2
 
@@ -64,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "else the tutorial's dim=28, channels=1, dim_mults=(1, 2, 4))")
     p.add_argument("--dtype", choices=DTYPES, help="cast the weights (default: keep the source dtype)")
     p.add_argument("--manifest", nargs="?", const="-", metavar="PATH",
-                   help="per-tensor sha256 in torch naming, as JSON: printed, or written to PATH")
+                   help="per-tensor sha256 in torch naming, as JSON: printed, or written to PATH; "
+                        "PATH = DST.manifest.json makes it DST's sidecar, verified whenever DST is read")
     return p
 
 
@@ -72,6 +76,10 @@ def run(args: argparse.Namespace) -> None:
     if args.dst is None and args.manifest is None:
         raise UsageError("give DST to convert to, or --manifest to print the manifest")
     config = parse_config(args.config) if args.config is not None else None
+    for option, path in (("DST", args.dst), ("--manifest", args.manifest if args.manifest != "-" else None)):
+        problem = path is not None and output_problem(path)
+        if problem:  # before the (slow) read
+            raise UsageError(f"{option} {path}: {problem}")
     if args.dst is not None:
         format_of(args.dst)  # a wrong extension fails before the (slow) read
     loaded = load_weights(args.src, naming="torch", config=config)
@@ -81,14 +89,22 @@ def run(args: argparse.Namespace) -> None:
         print(line, file=sys.stderr)
     dtype = args.dtype or ("bfloat16" if loaded.dtype == "bfloat16" else None)
     state = cast_weights(loaded.state, dtype)
+    text = json.dumps(manifest(state), indent=2) + "\n"
     if args.dst is not None:
         # a .safetensors destination keeps the source's naming (recorded in its metadata)
         naming = loaded.file_naming
-        save_weights(convert(state, loaded.config, "torch", naming), args.dst, naming, loaded.config, dtype=dtype)
+        replaced = Path(args.dst).exists()
+        save_weights(convert(state, loaded.config, "torch", naming), args.dst, naming, loaded.config, dtype=dtype,
+                     diffusion=loaded.diffusion)
         print(f"wrote {args.dst}: {len(state)} tensors, {dtype or loaded.dtype}, from {args.src} "
-              f"({loaded.file_naming} naming)", file=sys.stderr)
+              f"({loaded.file_naming} naming){'; it replaced the file that was there' if replaced else ''}",
+              file=sys.stderr)
+        sidecar = manifest_sidecar(args.dst)
+        written_below = args.manifest not in (None, "-") and Path(args.manifest).resolve() == sidecar.resolve()
+        if sidecar.exists() and not written_below:
+            atomic_write_bytes(sidecar, text.encode())
+            print(f"updated {sidecar}, the sidecar manifest of {args.dst}", file=sys.stderr)
     if args.manifest is not None:
-        text = json.dumps(manifest(state), indent=2) + "\n"
         if args.manifest == "-":
             sys.stdout.write(text)
         else:

@@ -60,7 +60,9 @@ def test_from_dict_rejects_unknown_keys():
         ({"dim": 0}, "dim must be a positive integer"),
         ({"dim": True}, "dim must be a positive integer"),
         ({"dim": 8.0}, "dim must be a positive integer"),
-        ({"dim": 2}, "init_dim = dim // 3 \\* 2 = 0"),
+        ({"dim": 2, "with_time_emb": False}, "init_dim = dim // 3 \\* 2 = 0"),
+        ({"dim": 3}, "dim=3: the time embedding needs an even dim >= 4"),  # issue 17: was a ZeroDivisionError
+        ({"dim": 9}, "dim=9: the time embedding needs an even dim >= 4"),  # was a shape error in the first step
         ({"dim": 8, "channels": 0}, "channels must be a positive integer"),
         ({"dim": 8, "dim_mults": ()}, "dim_mults must name at least one level"),
         ({"dim": 8, "dim_mults": (2, 4)}, "dim_mults\\[0\\] must be 1"),

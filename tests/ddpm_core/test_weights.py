@@ -1,8 +1,10 @@
 """ddpm_core.weights: exact round trips between .pt, .ckpt and .safetensors, strictness (one line per
 bad key), safety (no code runs, unreadable files are one clear error, atomic writes) and training
 extras from real MindSpore and PyTorch training checkpoints."""
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -183,11 +185,32 @@ def test_file_with_bad_keys_is_refused_on_load(tmp_path):
         load_weights(tmp_path / "w.pt", config=CONVNEXT)
 
 
-def test_wrong_config_mentions_config_option(tmp_path):
-    save_weights(random_weights(CONVNEXT), tmp_path / "w.pt", "torch", CONVNEXT)
+@pytest.mark.parametrize("cfg", [CONVNEXT, RESNET, NO_TIME], ids=["convnext", "resnet", "no_time_emb"])
+def test_wrong_config_is_named_from_the_shapes_in_one_line(tmp_path, cfg):
+    """Issue 17: weights of another config printed one line per key (115-168); the shapes say which config."""
+    save_weights(random_weights(cfg), tmp_path / "w.ckpt", "torch", cfg)
     with pytest.raises(WeightsError) as info:
-        load_weights(tmp_path / "w.pt")  # no config: the tutorial's is assumed and does not fit
-    assert "--config" in info.value.hint and str(TUTORIAL_UNET) in info.value.hint
+        load_weights(tmp_path / "w.ckpt")  # no config: the tutorial's is assumed and does not fit
+    e = info.value
+    # resnet_block_groups shows in no shape: the message says so, and names the default that fits
+    shown = cfg if cfg.use_convnext else dataclasses.replace(cfg, resnet_block_groups=8)
+    assert len(e.problems) == 1 and "\n" not in str(e)
+    assert f"these weights are a {shown.short()}, but the tutorial's {TUTORIAL_UNET.short()} was assumed" in str(e)
+    assert ("resnet_block_groups does not show in the shapes" in str(e)) == (not cfg.use_convnext)
+    given = json.loads(str(e).split("--config '")[1].split("'")[0])  # the option it suggests loads them
+    assert load_weights(tmp_path / "w.ckpt", config=UnetConfig.from_dict(given)).config == shown
+    other = RESNET if cfg == CONVNEXT else CONVNEXT
+    with pytest.raises(WeightsError, match=re.escape(f"are a {shown.short()}, but {other.short()} was given")):
+        load_weights(tmp_path / "w.ckpt", config=other)
+
+
+def test_weights_of_no_config_keep_one_line_per_key_and_the_hint(tmp_path):
+    state = random_weights(CONVNEXT)
+    del state["final_conv.1.weight"]  # fits no U-Net at all
+    formats.WRITERS["torch"](tmp_path / "w.pt", state, "torch", CONVNEXT, None)
+    with pytest.raises(WeightsError) as info:
+        load_weights(tmp_path / "w.pt")
+    assert len(info.value.problems) > 100 and "--config" in info.value.hint
 
 
 # ---------------------------------------------------------------- unreadable files and safety

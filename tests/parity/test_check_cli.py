@@ -165,3 +165,84 @@ def test_train_steps_option_and_its_old_name():
     defaults = parser.parse_args([])
     assert defaults.train_steps == 3 and defaults.workers == 1
     assert build_parser("record").parse_args(["--framework", "ms", "--out", "g.npz", "--adam-steps", "2"]).train_steps == 2
+
+
+# ---------------------------------------------------------------- never pass on nothing (issue 17)
+def test_an_empty_check_list_is_a_usage_error(capsys):
+    """``--checks ''`` printed "PASS: the twins match on every check" with zero rows and exit 0."""
+    import pytest
+
+    from parity.check import main
+
+    for argv in (["--checks", ""], ["record", "--framework", "ms", "--out", "g.npz", "--checks", " , "]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2 and "--checks: expected at least one str" in capsys.readouterr().err
+    from parity.api import make_spec
+    from ddpm_core.config import UnetConfig
+
+    with pytest.raises(ValueError, match="no checks to run"):  # the Python API too
+        make_spec(UnetConfig(dim=8, channels=1, dim_mults=(1, 2)), checks=())
+
+
+def test_a_comparison_that_produced_no_row_fails(tmp_path, capsys):
+    """A golden file recorded with only the settings check (which needs both frameworks in one process, so
+    compare leaves it out) leaves compare nothing to compare: that is a failure, not a PASS."""
+    import torch
+
+    from parity.check import main
+
+    golden = tmp_path / "g.npz"
+    threads = torch.get_num_threads()
+    try:
+        assert main(["record", "--framework", "ms", "--out", str(golden), "--checks", "settings", *TINY_ARGS]) == 0
+        capsys.readouterr()
+        assert main(["compare", str(golden), "--framework", "torch", "--no-progress"]) == 2
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr()
+    assert "PASS" not in out.out and out.err.strip().splitlines() == [
+        "error: nothing was compared (checks: none); a parity run that compares nothing cannot pass"]
+
+
+def test_missing_weights_say_no_such_file_once(tmp_path, capsys):
+    from parity.check import main
+
+    assert main(["--weights", str(tmp_path / "missing.pt"), *TINY_ARGS]) == 2
+    assert capsys.readouterr().err == f"error: cannot read {tmp_path / 'missing.pt'}: no such file\n"
+
+
+def test_weights_bring_their_diffusion_settings(tmp_path, capsys):
+    """T, schedule and loss recorded with the weights (safetensors metadata) are what the check uses; an
+    option that contradicts them is one line, exit 2."""
+    import torch
+
+    from ddpm_core.config import DiffusionConfig, UnetConfig
+    from ddpm_core.weights import save_weights
+    from parity.check import main
+    from parity.golden import load_golden
+    from parity.initial import initial_weights
+
+    cfg = UnetConfig(dim=8, channels=1, dim_mults=(1, 2))
+    weights = tmp_path / "w.safetensors"
+    save_weights(initial_weights(cfg, 0), weights, "torch", cfg, diffusion=DiffusionConfig(12, "cosine", loss_type="l1"))
+    assert main(["--weights", str(weights), "--timesteps", "10", *TINY_ARGS[4:]]) == 2
+    assert capsys.readouterr().err == (f"error: --timesteps 10 contradicts the diffusion settings recorded in {weights} "
+                                       "(T=12 cosine, l1 loss); leave the option out\n")
+    golden = tmp_path / "g.npz"
+    threads = torch.get_num_threads()
+    try:
+        assert main(["record", "--framework", "torch", "--out", str(golden), "--weights", str(weights),
+                     "--checks", "weights", *TINY_ARGS[4:]]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    spec = load_golden(golden).spec()
+    assert (spec.diffusion.timesteps, spec.diffusion.schedule, spec.diffusion.loss_type) == (12, "cosine", "l1")
+
+
+def test_a_bad_json_path_fails_before_the_run(tmp_path, capsys):
+    """--json is written after the whole run: a folder there used to cost the run, then fail."""
+    from parity.check import main
+
+    assert main(["--json", str(tmp_path), *TINY_ARGS]) == 2
+    assert capsys.readouterr().err == f"error: --json {tmp_path}: is a folder, not a file\n"

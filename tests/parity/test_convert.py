@@ -1,6 +1,7 @@
 """parity.convert: the CLI over ddpm_core.weights, and the tutorial's own MindSpore checkpoint moved to a
 PyTorch model that predicts the same noise (docs/weights.md)."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -157,7 +158,7 @@ def test_config_from_a_file_and_dtype(tmp_path, capsys):
     (["{dir}/w.pt", "{dir}/x.pt", "--config", "{{dim: 8"], "error: --config: not valid JSON"),
     (["{dir}/w.pt", "{dir}/x.pt", "--config", "{dir}/none.json"], "error: --config: cannot read {dir}/none.json"),
     (["{dir}/w.pt", "{dir}/x.pt", "--config", '{{"dims": 8}}'], "error: --config: unknown Unet config keys: dims"),
-    (["{dir}/w.pt", "{dir}/x.pt"], "error: 220 problem(s) with torch-named weights in {dir}/w.pt for UnetConfig("),
+    (["{dir}/w.pt", "{dir}/x.pt"], "error: cannot load {dir}/w.pt: these weights are a Unet(dim=16, channels=3, "),
     (["{dir}/w.pt", "{dir}/x.safetensors", "--config", SMALL_JSON.replace("{", "{{").replace("}", "}}"),
       "--dtype", "bfloat16"], "error: cannot write {dir}/x.safetensors: a safetensors file cannot hold bfloat16"),
 ])
@@ -169,9 +170,121 @@ def test_cli_error_messages(tmp_path, capsys, args, first_line):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pt"]
 
 
-def test_cli_reports_wrong_config_with_a_hint(tmp_path, capsys):
+def test_cli_reports_wrong_config_in_one_line(tmp_path, capsys):
+    """Issue 17: was one line per key (220 here); the shapes name the config, and the line says how to pass it."""
     save_weights(random_weights(SMALL), tmp_path / "w.pt", "torch", SMALL)
     assert main([str(tmp_path / "w.pt"), str(tmp_path / "x.ckpt")]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert all(line.startswith(("error: ", "hint: ")) for line in err)
-    assert err[-1].startswith("hint: no config given") and "--config" in err[-1]
+    assert len(err) == 1 and err[0].startswith(f"error: cannot load {tmp_path / 'w.pt'}: these weights are a "
+                                               "Unet(dim=16, channels=3, dim_mults=(1, 2), use_convnext=False), but "
+                                               "the tutorial's Unet(dim=28, channels=1, dim_mults=(1, 2, 4)) was assumed")
+    given = err[0].split("--config '")[1].split("'")[0]
+    assert main([str(tmp_path / "w.pt"), str(tmp_path / "x.ckpt"), "--config", given]) == 0
+
+
+# ---------------------------------------------------------------- integrity (issue 17)
+def largest(state: dict[str, np.ndarray]) -> str:
+    return max(state, key=lambda k: state[k].size)
+
+
+@pytest.mark.parametrize("ext", [".pt", ".ckpt", ".safetensors"])
+def test_eight_damaged_bytes_in_tensor_data_are_refused_in_one_line(tmp_path, capsys, ext):
+    """Each format we write carries its checksum (zip CRC-32, MindSpore's crc_check, sha256 in the metadata):
+    8 bytes flipped inside a tensor were converted with exit 0 before; now one line and exit 2, no DST."""
+    state = random_weights(SMALL)
+    src = tmp_path / f"w{ext}"
+    written = save_weights(state, src, "torch", SMALL)
+    assert load_weights(src, config=SMALL).verified
+    name = largest(written)
+    from tests.conftest import damage_tensor_bytes
+
+    damage_tensor_bytes(src, written[name])
+    assert main([str(src), str(tmp_path / "out.safetensors"), "--config", SMALL_JSON]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [err[0]] and err[0].startswith(f"error: cannot read {src}: damaged: ")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("ext", [".pt", ".ckpt", ".safetensors"])
+def test_files_without_a_checksum_load_if_plausible(tmp_path, capsys, ext):
+    """Files from elsewhere carry no checksum: they load, unless a value is NaN, inf or absurdly large."""
+    import mindspore as ms
+    import torch
+    from safetensors.numpy import save_file
+
+    def write(state, path):  # as other tools write them: no checksum anywhere
+        if ext == ".pt":
+            torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path, _use_new_zipfile_serialization=False)
+        elif ext == ".ckpt":
+            ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in state.items()], str(path))
+        else:
+            save_file(state, str(path))
+
+    state = random_weights(SMALL)
+    write(state, tmp_path / f"plain{ext}")
+    loaded = load_weights(tmp_path / f"plain{ext}", config=SMALL)
+    assert not loaded.verified and manifest(loaded.state) == manifest(state)
+    for bad, value in (("huge", 3e20), ("nan", np.nan)):
+        damaged = dict(state, **{"downs.0.0.block1.proj.weight": state["downs.0.0.block1.proj.weight"].copy()})
+        damaged["downs.0.0.block1.proj.weight"].flat[7] = value
+        write(damaged, tmp_path / f"{bad}{ext}")
+        assert main([str(tmp_path / f"{bad}{ext}"), str(tmp_path / "out.pt"), "--config", SMALL_JSON]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err == [err[0]] and "the file carries no checksum" in err[0]
+        assert ("3e+20 in downs.0.0.block1.proj.weight" if bad == "huge" else "1 NaN or inf value(s)") in err[0]
+
+
+def test_manifest_sidecar_is_verified_and_kept_up_to_date(tmp_path, capsys):
+    state = random_weights(SMALL)
+    save_weights(state, tmp_path / "a.pt", "torch", SMALL)
+    dst, sidecar = tmp_path / "w.safetensors", tmp_path / "w.safetensors.manifest.json"
+    assert main([str(tmp_path / "a.pt"), str(dst), "--config", SMALL_JSON, "--manifest", str(sidecar)]) == 0
+    assert load_weights(dst).state and json.loads(sidecar.read_text()) == manifest(state)
+    other = random_weights(SMALL, seed=1)
+    save_weights(other, dst, "torch", SMALL)  # replaced by something that does not update the sidecar
+    with pytest.raises(Exception, match=r"does not match its manifest .*w.safetensors.manifest.json: 105 of 105 "
+                                        r"tensors differ \(first: init_conv.weight\)"):
+        load_weights(dst)
+    capsys.readouterr()
+    assert main([str(dst), str(tmp_path / "x.pt")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    # the converter, replacing DST, says so and rewrites DST's sidecar
+    assert main([str(tmp_path / "a.pt"), str(dst), "--config", SMALL_JSON]) == 0
+    err = capsys.readouterr().err
+    assert "it replaced the file that was there" in err and f"updated {sidecar}" in err
+    assert manifest(load_weights(dst).state) == manifest(state)
+
+
+def test_converter_removes_only_its_own_stale_temporaries(tmp_path):
+    """A converter killed mid-write (SIGKILL) leaves .DST.<host>-<pid>.<random>.tmp; the next conversion to
+    DST removes those whose process is gone, and nothing else."""
+    from ddpm_core.atomic import host_tag
+
+    save_weights(random_weights(SMALL), tmp_path / "w.pt", "torch", SMALL)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = host_tag()
+    stale = [tmp_path / f".x.ckpt.{host}-{dead.pid}.abcd1234.tmp", tmp_path / f".x.ckpt.{host}-{dead.pid}.abcd1234.tmp.ckpt"]
+    kept = [tmp_path / f".x.ckpt.{host}-{os.getpid()}.abcd1234.tmp",   # a live process's
+            tmp_path / f".x.ckpt.otherhost-{dead.pid}.abcd1234.tmp",   # another machine's (shared folder)
+            tmp_path / f".y.ckpt.{host}-{dead.pid}.abcd1234.tmp",      # another destination's
+            tmp_path / ".notes.tmp", tmp_path / "x.ckpt.tmp"]           # the user's
+    for f in stale + kept:
+        f.write_bytes(b"partial")
+    assert main([str(tmp_path / "w.pt"), str(tmp_path / "x.ckpt"), "--config", SMALL_JSON]) == 0
+    assert not any(f.exists() for f in stale) and all(f.exists() for f in kept)
+
+
+def test_diffusion_settings_travel_through_conversion(tmp_path):
+    from ddpm_core.config import DiffusionConfig
+
+    diffusion = DiffusionConfig(timesteps=37, schedule="cosine", loss_type="l2")
+    save_weights(random_weights(SMALL), tmp_path / "a.safetensors", "torch", SMALL, diffusion=diffusion)
+    assert main([str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")]) == 0
+    assert load_weights(tmp_path / "b.safetensors").diffusion == diffusion
+
+
+def test_bad_destination_fails_before_reading(tmp_path, capsys):
+    (tmp_path / "dir.pt").mkdir()
+    assert main([str(tmp_path / "missing.pt"), str(tmp_path / "dir.pt")]) == 2  # the source is not even read
+    assert capsys.readouterr().err == f"error: DST {tmp_path / 'dir.pt'}: is a folder, not a file\n"

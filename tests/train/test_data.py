@@ -44,7 +44,7 @@ def test_staging_folders_of_killed_processes_are_removed(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    host = datasets._host()
+    host = datasets.host_tag()
     orphan = tmp_path / f"ddpm-data-{host}-{dead.pid}-x1"
     other_host = tmp_path / f"ddpm-data-elsewhere-{dead.pid}-x2"
     for folder in (orphan, other_host):

@@ -20,15 +20,15 @@ def sample(twin: str, *args: str) -> int:
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_grid_and_gif(tmp_path, trained_runs, twin_name, sampler):
     weights = trained_runs["torch"] / "model.safetensors"  # trained by PyTorch, sampled by both
-    # T=5 for DDPM (the run trained with T=10; any T samples, and MindSpore's PyNative steps are slow)
-    extra = ["--sampler", "ddim", "--steps", "4", "--eta", "0.5"] if sampler == "ddim" else ["--timesteps", "5"]
+    # DDPM takes the run's T=10, recorded in the safetensors metadata (a contradicting --timesteps is refused)
+    extra = ["--sampler", "ddim", "--steps", "4", "--eta", "0.5"] if sampler == "ddim" else []
     assert sample(twin_name, "--weights", str(weights), "--n", "5", "--out", str(tmp_path / "s.png"),
                   "--gif", str(tmp_path / "d.gif"), "--gif-index", "0,3", "--gif-frames", "6", "--jit", "off",
                   "--no-progress", "--scale", "3", *extra) == 0
     with Image.open(tmp_path / "s.png") as png:
         assert png.format == "PNG" and png.mode == "L" and png.size == grid_size(5, 8, 8, scale=3)
     with Image.open(tmp_path / "d.gif") as gif:
-        # x_T plus one state per step: 6 (T=5) or 5 (4 DDIM steps), no more than --gif-frames 6
+        # x_T plus one state per step: 11 (T=10) subsampled to --gif-frames 6, or 5 (4 DDIM steps)
         assert gif.format == "GIF" and gif.n_frames == (6 if sampler == "ddpm" else 5)
         assert gif.size == grid_size(2, 8, 8, scale=3, cols=2)
         gif.seek(gif.n_frames - 1)
