@@ -2,13 +2,13 @@
 and ``.safetensors``, and the error type every weight problem is reported with.
 
 Rules it keeps: each framework (and safetensors) is imported inside the reader or writer of its own
-format, never at import time; PyTorch files are read with ``torch.load(weights_only=True)``; a file
+format, never at import time; ``.ckpt`` files are read and written without MindSpore (``ddpm_core.ckpt``,
+byte for byte as ``mindspore.save_checkpoint`` writes them); PyTorch files are read with ``torch.load(weights_only=True)``; a file
 that cannot be read is one ``WeightsError`` naming it. ``ddpm_core.weights`` builds the strict,
 atomic ``load_weights``/``save_weights`` on top of these.
 """
 from __future__ import annotations
 
-import logging
 import os
 import re
 import warnings
@@ -117,32 +117,20 @@ def _read_torch(path: Path) -> RawFile:
     return RawFile(entries, dtypes, extras)
 
 
-def _import_mindspore():
-    """MindSpore, with oneDNN's instruction set pinned before its first kernel (as ``ddpm_ms`` does)."""
-    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-    import mindspore
-
-    return mindspore
-
-
 def _read_mindspore(path: Path) -> RawFile:
-    ms = _import_mindspore()
-    quiet = logging.root.manager.disable
-    logging.disable(logging.ERROR)  # MindSpore logs its own "[ERROR] Failed to read" before raising
+    from ddpm_core import ckpt
+
     try:
-        params = ms.load_checkpoint(str(path))
-    except (ValueError, RuntimeError, TypeError, OSError) as e:
-        raise WeightsError([f"truncated or not a MindSpore checkpoint ({one_line(e)})"],
-                           f"cannot read {path}") from None
-    finally:
-        logging.disable(quiet)
+        found = ckpt.read(path)
+    except ckpt.CheckpointError as e:
+        raise WeightsError([f"truncated or not a MindSpore checkpoint ({e})"], f"cannot read {path}") from None
     entries, dtypes, extras = {}, {}, []
-    for name, p in params.items():
-        if not isinstance(p, ms.Tensor):  # append_dict / training metadata saved as strings or numbers
-            extras.append(Skipped(name, f"non-tensor checkpoint entry ({type(p).__name__})"))
+    for entry in found:
+        if isinstance(entry.value, str):  # append_dict / training metadata saved as strings
+            extras.append(Skipped(entry.name, "non-tensor checkpoint entry (str)"))
             continue
-        dtypes[name] = str(p.dtype).lower()
-        entries[name] = p.astype(ms.float32).asnumpy() if p.dtype == ms.bfloat16 else p.asnumpy()
+        dtypes[entry.name] = entry.tensor_type.lower()
+        entries[entry.name] = entry.value
     return RawFile(entries, dtypes, extras)
 
 
@@ -173,19 +161,13 @@ def _write_torch(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: 
 
 
 def _write_mindspore(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: UnetConfig, dtype: str | None):
-    ms = _import_mindspore()
-    items = []
-    for n, v in state.items():
-        t = ms.Tensor(np.array(v))
-        items.append({"name": n, "data": t.astype(ms.bfloat16) if dtype == "bfloat16" else t})
-    named = path.with_name(path.name + ".ckpt")  # ms.save_checkpoint appends .ckpt to any other name
+    from ddpm_core import ckpt
+
+    types = {n: ckpt.BFLOAT16 for n in state} if dtype == "bfloat16" else None
     try:
-        ms.save_checkpoint(items, str(named))
-        os.chmod(named, 0o600)  # MindSpore makes it read-only; atomic_write sets the final mode
-        os.replace(named, path)
-    finally:
-        if named.exists():
-            named.unlink()
+        ckpt.write(path, state, tensor_types=types)
+    except ckpt.CheckpointError as e:
+        raise WeightsError([str(e)], f"cannot write {path}") from None
 
 
 def _write_safetensors(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: UnetConfig, dtype: str | None):
