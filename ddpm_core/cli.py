@@ -23,13 +23,15 @@ class UserError(Exception):
 
 
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Call ``main(argv)``; a ``UserError`` (or a ``WeightsError`` from reading weights) becomes ``error: <message>`` on stderr and status 2,
+    """Call ``main(argv)``; a ``UserError`` (or a ``WeightsError`` from reading weights, or a framework that
+    is not installed) becomes ``error: <message>`` on stderr and status 2,
     without a traceback. Anything else is a bug and keeps its traceback."""
+    from ddpm_core.frameworks import MissingFramework
     from ddpm_core.weights import WeightsError
 
     try:
         return int(main(argv) or 0)
-    except (UserError, WeightsError) as e:
+    except (UserError, WeightsError, MissingFramework) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

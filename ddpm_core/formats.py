@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ddpm_core.config import UnetConfig
+from ddpm_core.frameworks import require
 
 FORMATS = {".pt": "torch", ".pth": "torch", ".ckpt": "mindspore", ".safetensors": "safetensors"}
 """file extension -> format. ``torch`` files are written in torch naming, ``mindspore`` in ms naming,
@@ -75,7 +76,7 @@ def one_line(e: BaseException) -> str:
 def _read_torch(path: Path) -> RawFile:
     import pickle
 
-    import torch
+    torch = require("torch")
 
     try:
         with warnings.catch_warnings():
@@ -152,7 +153,7 @@ def _read_safetensors(path: Path) -> RawFile:
 
 
 def _write_torch(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: UnetConfig, dtype: str | None):
-    import torch
+    torch = require("torch")
 
     tensors = {n: torch.from_numpy(np.array(v)) for n, v in state.items()}
     if dtype == "bfloat16":

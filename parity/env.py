@@ -7,7 +7,7 @@ Rules:
     "highest"); on a MindSpore GPU, TF32 is switched off too; on Ascend, the precision mode is
     "must_keep_origin_dtype" and HF32 is off. What was set is recorded in the fingerprint.
   * Each framework is imported only when its setup function is called, so ``record``/``compare``
-    import only the framework they run.
+    import only the framework they run; a missing one is ``ddpm_core.frameworks.MissingFramework``.
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import os
 import platform
 import sys
 from typing import Any
+
+from ddpm_core.frameworks import require
 
 MS_DEVICES = ("CPU", "GPU", "Ascend")
 
@@ -36,7 +38,7 @@ def _cpu_model() -> str:
 
 def setup_torch(device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
     """Check ``device`` exists, switch TF32 off, set the thread count; return what was set."""
-    import torch
+    torch = require("torch")
 
     if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ValueError(f"--torch-device must be cpu, cuda or cuda:N, got {device!r}")
@@ -68,7 +70,7 @@ def setup_torch(device: str = "cpu", threads: int | None = None) -> dict[str, An
 def setup_mindspore(device: str = "CPU", threads: int | None = None) -> dict[str, Any]:
     """Check ``device`` exists, keep float32 on accelerators, set the thread count; return what was set."""
     os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")  # before MindSpore's first CPU kernel (ddpm_ms/__init__)
-    import mindspore as ms
+    ms = require("mindspore")
     from mindspore import device_context as dc
 
     if device not in MS_DEVICES:
