@@ -85,7 +85,12 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog, description="Train the tutorial's DDPM on Fashion-MNIST or a folder of images (docs/training.md).")
     g = p.add_argument_group("data")
-    g.add_argument("--data", metavar="DIR", help="Fashion-MNIST IDX files (plain or .gz) or ROOT/<class>/<image>")
+    g.add_argument("--data", metavar="DIR", help="Fashion-MNIST IDX files (plain or .gz) or ROOT/<class>/<image>; "
+                   "no data at hand? --download, or the synthetic files of examples/ (docs/training.md)")
+    g.add_argument("--download", action="store_true",
+                   help="fetch Fashion-MNIST (the tutorial's data, 30 MB) through torchvision's downloader, MD5-checked, "
+                        "into --data DIR, or without --data into $DDPM_PARITY_DATA/fashion-mnist (default "
+                        "~/.cache/ddpm-parity/fashion-mnist); a complete copy already there is used as it is")
     g.add_argument("--data-format", choices=("auto", "fashion-mnist", "image-folder"), default="auto",
                    help="default: detected from the folder")
     g.add_argument("--image-size", type=positive_int, default=28,
