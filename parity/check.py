@@ -28,7 +28,7 @@ from ddpm_core.config import LOSS_TYPES, SCHEDULES, TUTORIAL_UNET, DiffusionConf
 from ddpm_core.distributed import World
 from ddpm_core.frameworks import MissingFramework
 from parity.distributed import DEFAULT_TIMEOUT_S
-from parity.env import MS_DEVICES, EnvironmentRefused, fingerprint
+from parity.env import MS_DEVICES, EnvironmentRefused, fingerprint, unmeasured_note
 from parity.report import EXIT_ENVIRONMENT, EXIT_STRUCTURAL, Report
 from parity.suite import CHECKS
 
@@ -130,7 +130,8 @@ def _spec(args: argparse.Namespace, cfg: UnetConfig):
 
 
 def _finish(report: Report, args: argparse.Namespace) -> int:
-    print(report.text(), flush=True)
+    note = report.environment["version_note"] = unmeasured_note(report.environment)
+    print(report.text() + (f"\n{note}" if note else ""), flush=True)
     if args.json:
         report.write_json(args.json)
     return report.exit_code
