@@ -23,13 +23,15 @@ class UserError(Exception):
 
 
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Call ``main(argv)``; a ``UserError`` (or a ``WeightsError`` from reading weights) becomes ``error: <message>`` on stderr and status 2,
+    """Call ``main(argv)``; a ``UserError`` (or a ``WeightsError`` from reading weights, or a framework that
+    is not installed) becomes ``error: <message>`` on stderr and status 2,
     without a traceback. Anything else is a bug and keeps its traceback."""
+    from ddpm_core.frameworks import MissingFramework
     from ddpm_core.weights import WeightsError
 
     try:
         return int(main(argv) or 0)
-    except (UserError, WeightsError) as e:
+    except (UserError, WeightsError, MissingFramework) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -79,11 +81,29 @@ def _diffusion_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, req
         p.add_argument("--loss", choices=LOSS_TYPES, default="huber", help="training loss (tutorial: huber)")
 
 
+def _train_examples(prog: str) -> str:
+    return f"""examples:
+  # Fashion-MNIST, fetched once (30 MB), and the tutorial's 10 epochs
+  {prog} --download --out runs/a
+  # continue after an interruption, bit for bit
+  {prog} --resume runs/a
+  # no data, no network: synthetic garments (bright rectangles), a tiny model, 20 steps (PyTorch: under a minute)
+  python -c "from ddpm_core.datasets import write_synthetic_fashion_mnist as w; w('synthetic')"
+  {prog} --data synthetic --out runs/tiny --max-steps 20 --dim 8 --timesteps 20
+(examples/train_torch_sample_ms.py does the last one, then converts and samples in the other framework)"""
+
+
 def train_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog, description="Train the tutorial's DDPM on Fashion-MNIST or a folder of images (docs/training.md).")
+        prog=prog, description="Train the tutorial's DDPM on Fashion-MNIST or a folder of images (docs/training.md).",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_train_examples(prog))
     g = p.add_argument_group("data")
-    g.add_argument("--data", metavar="DIR", help="Fashion-MNIST IDX files (plain or .gz) or ROOT/<class>/<image>")
+    g.add_argument("--data", metavar="DIR", help="Fashion-MNIST IDX files (plain or .gz) or ROOT/<class>/<image>; "
+                   "no data at hand? --download, or synthetic files (see the examples below)")
+    g.add_argument("--download", action="store_true",
+                   help="fetch Fashion-MNIST (the tutorial's data, 30 MB) through torchvision's downloader, MD5-checked, "
+                        "into --data DIR, or without --data into $DDPM_PARITY_DATA/fashion-mnist (default "
+                        "~/.cache/ddpm-parity/fashion-mnist); a complete copy already there is used as it is")
     g.add_argument("--data-format", choices=("auto", "fashion-mnist", "image-folder"), default="auto",
                    help="default: detected from the folder")
     g.add_argument("--image-size", type=positive_int, default=28,

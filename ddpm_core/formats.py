@@ -2,7 +2,8 @@
 and ``.safetensors``, their checksums, and the error type every weight problem is reported with.
 
 Rules it keeps: each framework (and safetensors) is imported inside the reader or writer of its own
-format, never at import time; PyTorch files are read with ``torch.load(weights_only=True)``; a file
+format, never at import time; ``.ckpt`` files are read and written without MindSpore (``ddpm_core.ckpt``,
+byte for byte as ``mindspore.save_checkpoint`` writes them); PyTorch files are read with ``torch.load(weights_only=True)``; a file
 that cannot be read is one ``WeightsError`` naming it. ``ddpm_core.weights`` builds the strict,
 atomic ``load_weights``/``save_weights`` on top of these.
 
@@ -17,9 +18,7 @@ its values are plausible.
 """
 from __future__ import annotations
 
-import binascii
 import hashlib
-import logging
 import os
 import re
 import warnings
@@ -31,6 +30,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ddpm_core.config import DiffusionConfig, UnetConfig
+from ddpm_core.frameworks import require
 
 FORMATS = {".pt": "torch", ".pth": "torch", ".ckpt": "mindspore", ".safetensors": "safetensors"}
 """file extension -> format. ``torch`` files are written in torch naming, ``mindspore`` in ms naming,
@@ -39,8 +39,6 @@ SAFETENSORS_FORMAT = "ddpm-parity-weights"
 SAFETENSORS_VERSION = "1"
 SAFETENSORS_CHECKSUM = "sha256"
 """metadata key of ``entries_digest`` over the file's tensors"""
-CKPT_CRC_TAG = b"crc_num"
-"""MindSpore's ``save_checkpoint(..., crc_check=True)`` ends the file with this tag and 10 CRC bytes"""
 BFLOAT16_FORMATS = ("torch", "mindspore")
 _MODEL_ENTRIES = ("model", "state_dict")
 """A PyTorch checkpoint dict holding one of these entries keeps the weights there; the rest are extras."""
@@ -120,20 +118,15 @@ def check_zip_crc(path: Path) -> bool:
 
 
 # ---- .ckpt checksum: MindSpore's crc_check trailer, byte-level (no MindSpore needed) ----
-def ckpt_crc_trailer(content: bytes) -> bytes:
-    """The trailer ``ms.save_checkpoint(..., crc_check=True)`` appends to the protobuf ``content``."""
-    return CKPT_CRC_TAG + binascii.crc32(content).to_bytes(10, byteorder="big")
-
-
 def check_ckpt_crc(path: Path) -> bool:
-    """True when the ``.ckpt`` ends with MindSpore's CRC trailer and the CRC-32 matches; False when it has
-    no trailer (saved without ``crc_check=True``); a ``WeightsError`` on a mismatch."""
-    content = Path(path).read_bytes()
-    if len(content) < 17 or content[-17:-10] != CKPT_CRC_TAG:
-        return False
-    if binascii.crc32(content[:-17]) != int.from_bytes(content[-10:], byteorder="big"):
+    """True when the ``.ckpt`` ends with MindSpore's CRC footer and the CRC-32 matches; False when it has
+    no footer (saved without ``crc_check=True``); a ``WeightsError`` on a mismatch."""
+    from ddpm_core import ckpt
+
+    ok = ckpt.verify_crc(Path(path).read_bytes())
+    if ok is False:
         raise _damaged(path, "its CRC-32 (MindSpore's crc_check) does not match its content")
-    return True
+    return ok is True
 # ---- end of the .ckpt checksum
 
 
@@ -152,7 +145,7 @@ def verify_checksum(path: str | os.PathLike) -> bool:
 def _read_torch(path: Path) -> RawFile:
     import pickle
 
-    import torch
+    torch = require("torch")
 
     verified = check_zip_crc(path)
     try:
@@ -195,33 +188,21 @@ def _read_torch(path: Path) -> RawFile:
     return RawFile(entries, dtypes, extras, verified=verified)
 
 
-def _import_mindspore():
-    """MindSpore, with oneDNN's instruction set pinned before its first kernel (as ``ddpm_ms`` does)."""
-    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-    import mindspore
-
-    return mindspore
-
-
 def _read_mindspore(path: Path) -> RawFile:
+    from ddpm_core import ckpt
+
     verified = check_ckpt_crc(path)
-    ms = _import_mindspore()
-    quiet = logging.root.manager.disable
-    logging.disable(logging.ERROR)  # MindSpore logs its own "[ERROR] Failed to read" before raising
     try:
-        params = ms.load_checkpoint(str(path))
-    except (ValueError, RuntimeError, TypeError, OSError) as e:
-        raise WeightsError([f"truncated or not a MindSpore checkpoint ({one_line(e)})"],
-                           f"cannot read {path}") from None
-    finally:
-        logging.disable(quiet)
+        found = ckpt.read(path)
+    except ckpt.CheckpointError as e:
+        raise WeightsError([f"truncated or not a MindSpore checkpoint ({e})"], f"cannot read {path}") from None
     entries, dtypes, extras = {}, {}, []
-    for name, p in params.items():
-        if not isinstance(p, ms.Tensor):  # append_dict / training metadata saved as strings or numbers
-            extras.append(Skipped(name, f"non-tensor checkpoint entry ({type(p).__name__})"))
+    for entry in found:
+        if isinstance(entry.value, str):  # append_dict / training metadata saved as strings
+            extras.append(Skipped(entry.name, "non-tensor checkpoint entry (str)"))
             continue
-        dtypes[name] = str(p.dtype).lower()
-        entries[name] = p.astype(ms.float32).asnumpy() if p.dtype == ms.bfloat16 else p.asnumpy()
+        dtypes[entry.name] = entry.tensor_type.lower()
+        entries[entry.name] = entry.value
     return RawFile(entries, dtypes, extras, verified=verified)
 
 
@@ -249,7 +230,7 @@ def _read_safetensors(path: Path) -> RawFile:
 def _write_torch(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: UnetConfig, dtype: str | None,
                  diffusion: DiffusionConfig | None = None):
     """A plain state_dict (no room for settings: ``load_state_dict`` takes it strictly); zip CRC-32s."""
-    import torch
+    torch = require("torch")
 
     tensors = {n: torch.from_numpy(np.array(v)) for n, v in state.items()}
     if dtype == "bfloat16":
@@ -259,20 +240,15 @@ def _write_torch(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: 
 
 def _write_mindspore(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: UnetConfig, dtype: str | None,
                      diffusion: DiffusionConfig | None = None):
-    """Tensors only (``load_param_into_net(strict_load=True)`` takes it as is), with MindSpore's CRC trailer."""
-    ms = _import_mindspore()
-    items = []
-    for n, v in state.items():
-        t = ms.Tensor(np.array(v))
-        items.append({"name": n, "data": t.astype(ms.bfloat16) if dtype == "bfloat16" else t})
-    named = path.with_name(path.name + ".ckpt")  # ms.save_checkpoint appends .ckpt to any other name
+    """Tensors only (``load_param_into_net(strict_load=True)`` takes it as is), with MindSpore's CRC footer,
+    written by ``ddpm_core.ckpt`` (no MindSpore needed)."""
+    from ddpm_core import ckpt
+
+    types = {n: ckpt.BFLOAT16 for n in state} if dtype == "bfloat16" else None
     try:
-        ms.save_checkpoint(items, str(named), crc_check=True)
-        os.chmod(named, 0o600)  # MindSpore makes it read-only; atomic_write sets the final mode
-        os.replace(named, path)
-    finally:
-        if named.exists():
-            named.unlink()
+        ckpt.write(path, state, crc_check=True, tensor_types=types)
+    except ckpt.CheckpointError as e:
+        raise WeightsError([str(e)], f"cannot write {path}") from None
 
 
 def _write_safetensors(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: UnetConfig, dtype: str | None,

@@ -37,6 +37,7 @@ from ddpm_core.cli import RESUME_OVERRIDABLE, UserError, explicit_options, train
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.datasets import DataSpec, make_stage_dir, prepare_data
 from ddpm_core.distributed import World, launched_size
+from ddpm_core.download import default_root, download_fashion_mnist
 from ddpm_core.formats import WeightsError, verify_checksum
 from ddpm_core.run_folder import ResumePoint, RunDir, RunError, kill_point, read_json
 from ddpm_core.schedules import cosine_decay_lr
@@ -196,8 +197,10 @@ def train_main(argv: Sequence[str] | None, prog: str, framework: str,
             parser.error("--from-step goes with --resume RUN_DIR")
         if not args.out:
             parser.error("--out RUN_DIR is required (or --resume RUN_DIR)")
+        if args.download and not args.data:
+            args.data = str(default_root())
         if not args.data:
-            parser.error("--data DIR is required")
+            parser.error("--data DIR is required (or --download: Fashion-MNIST, fetched once)")
         run, settings = RunDir(args.out), _settings_from_args(args, framework)
     try:  # before joining: every process of the job (msrun's scheduler too) stops here at once
         World(0, launched_size()).check_batch(settings.batch_size)
@@ -218,6 +221,10 @@ def train_main(argv: Sequence[str] | None, prog: str, framework: str,
 
 def _prepare(run: RunDir, settings: Settings, args: Any, open_data: Callable[[DataSpec, int], Any],
              make_trainer: Callable[..., Trainer], world: World, dist: Any) -> int:
+    if args.download:
+        if world.is_main:  # one download per job; the other ranks read what it leaves
+            download_fashion_mnist(settings.data)
+        dist.barrier(world)
     with make_stage_dir() as stage:
         spec = prepare_data(settings.data, settings.data_format, settings.image_size, settings.channels, stage)
         if args.resume and spec.examples != settings.examples:

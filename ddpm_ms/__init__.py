@@ -9,6 +9,10 @@ import os
 
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 
+from ddpm_core.frameworks import require  # noqa: E402
+
+require("mindspore")  # without MindSpore: one line naming the extra to install (ddpm_core.frameworks)
+
 from ddpm_ms.diffusion import GaussianDiffusion  # noqa: E402
 from ddpm_ms.layers import (  # noqa: E402
     Attention,

@@ -3,8 +3,12 @@
 Mirrors ``ddpm_ms`` module for module and name for name; where MindSpore's defaults differ from
 PyTorch's, this package reproduces MindSpore's behaviour explicitly (docs/porting.md).
 """
-from ddpm_torch.diffusion import GaussianDiffusion
-from ddpm_torch.layers import (
+from ddpm_core.frameworks import require
+
+require("torch")  # without PyTorch: one line naming the extra to install (ddpm_core.frameworks)
+
+from ddpm_torch.diffusion import GaussianDiffusion  # noqa: E402
+from ddpm_torch.layers import (  # noqa: E402
     Attention,
     Block,
     ConvNextBlock,
@@ -17,7 +21,7 @@ from ddpm_torch.layers import (
     SinusoidalPositionEmbeddings,
     Upsample,
 )
-from ddpm_torch.unet import Unet
+from ddpm_torch.unet import Unet  # noqa: E402
 
 __all__ = [
     "Attention", "Block", "ConvNextBlock", "Downsample", "GaussianDiffusion", "LayerNorm", "LinearAttention",

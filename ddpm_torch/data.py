@@ -13,10 +13,15 @@ from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader
-from torchvision import datasets, transforms
 
-from ddpm_core.datasets import DataError, DataSpec, is_image_file
+from ddpm_core.frameworks import require
+
+require("torchvision")  # a PyTorch build of one's own may come without it: name the extra
+
+from torch.utils.data import DataLoader  # noqa: E402
+from torchvision import datasets, transforms  # noqa: E402
+
+from ddpm_core.datasets import DataError, DataSpec, is_image_file  # noqa: E402
 
 
 def image_transforms(spec: DataSpec) -> list:

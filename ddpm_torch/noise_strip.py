@@ -10,13 +10,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from torchvision import transforms
 
-from ddpm_core.cli import run_main
-from ddpm_core.config import DiffusionConfig
-from ddpm_core.sampling import noise_strip_main
-from ddpm_torch.data import load_image as load_pil
-from ddpm_torch.diffusion import GaussianDiffusion
+from ddpm_core.frameworks import require
+
+require("torchvision")  # a PyTorch build of one's own may come without it: name the extra
+
+from torchvision import transforms  # noqa: E402
+
+from ddpm_core.cli import run_main  # noqa: E402
+from ddpm_core.config import DiffusionConfig  # noqa: E402
+from ddpm_core.sampling import noise_strip_main  # noqa: E402
+from ddpm_torch.data import load_image as load_pil  # noqa: E402
+from ddpm_torch.diffusion import GaussianDiffusion  # noqa: E402
 
 
 def load_image(path: str, size: int) -> np.ndarray:

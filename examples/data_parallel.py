@@ -10,6 +10,7 @@ Outputs go to --out (default ./example_data_parallel).
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,8 @@ TINY = ["--dim", "8", "--dim-mults", "1,2", "--image-size", "8", "--timesteps", 
 
 
 def run(cmd: list[str]) -> None:
-    print("$", " ".join(cmd), flush=True)
+    shown = ["python" if c == sys.executable else c for c in cmd]
+    print("$", shlex.join(shown), flush=True)  # quoted: paste it into a shell as it is
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
     subprocess.run(cmd, check=True, env=env)
 

@@ -6,6 +6,7 @@
 Each step is one command line, printed before it runs; copy them. Outputs go to --out (default ./example_ms_to_torch).
 """
 import argparse
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -17,7 +18,7 @@ TINY = ["--max-steps", "20", "--dim", "8", "--timesteps", "20", "--batch-size", 
 
 
 def run(*cmd: str) -> None:
-    print("$", " ".join(cmd), flush=True)
+    print("$", shlex.join(["python", *cmd]), flush=True)  # quoted: paste it into a shell as it is
     subprocess.run([sys.executable, *cmd], check=True)
 
 

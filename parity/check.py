@@ -11,8 +11,8 @@ dim_mults (1, 2, 4)), T=200 linear, Huber loss, seeded initial weights computed 
 
 Exit codes: 0 every check passes; 1 a numeric or settings mismatch; 2 a structural problem (weights
 that do not map, a bad input file, a bad config: one line "error: ..."); 3 the environment refuses a
-fair comparison (a requested device is missing). ``record`` and ``compare`` import only the framework
-they run.
+fair comparison (a requested device is missing, or a framework is not installed: the line names the
+pip extra). ``record`` and ``compare`` import only the framework they run.
 """
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ from typing import Any, Sequence
 from ddpm_core.atomic import output_problem
 from ddpm_core.config import LOSS_TYPES, SCHEDULES, TUTORIAL_UNET, DiffusionConfig, UnetConfig, resolve_diffusion
 from ddpm_core.distributed import World
+from ddpm_core.frameworks import MissingFramework
 from parity.distributed import DEFAULT_TIMEOUT_S
-from parity.env import MS_DEVICES, EnvironmentRefused, fingerprint
+from parity.env import MS_DEVICES, EnvironmentRefused, fingerprint, unmeasured_note
 from parity.report import EXIT_ENVIRONMENT, EXIT_STRUCTURAL, Report
 from parity.suite import CHECKS
 
@@ -148,7 +149,8 @@ def _check_json_path(args: argparse.Namespace) -> None:
 
 
 def _finish(report: Report, args: argparse.Namespace) -> int:
-    print(report.text(), flush=True)
+    note = report.environment["version_note"] = unmeasured_note(report.environment)
+    print(report.text() + (f"\n{note}" if note else ""), flush=True)
     if args.json:
         report.write_json(args.json)
     return report.exit_code
@@ -330,6 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return {"check": cmd_check, "record": cmd_record, "compare": cmd_compare}[command](args)
     except EnvironmentRefused as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except MissingFramework as e:
+        hint = " (with one framework per host, use `record` on one and `compare` on the other)" if command == "check" else ""
+        print(f"error: {e}{hint}", file=sys.stderr)
         return EXIT_ENVIRONMENT
     except (ValueError, OSError, KeyError) as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)

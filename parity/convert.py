@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ddpm_core.atomic import atomic_write_bytes, output_problem
 from ddpm_core.config import UnetConfig
+from ddpm_core.frameworks import MissingFramework
 from ddpm_core.weights import (
     DTYPES,
     WeightsError,
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         if e.hint:
             print(f"hint: {e.hint}", file=sys.stderr)
         return EXIT_ERROR
-    except UsageError as e:
+    except (UsageError, MissingFramework) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as e:

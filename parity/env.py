@@ -7,7 +7,7 @@ Rules:
     "highest"); on a MindSpore GPU, TF32 is switched off too; on Ascend, the precision mode is
     "must_keep_origin_dtype" and HF32 is off. What was set is recorded in the fingerprint.
   * Each framework is imported only when its setup function is called, so ``record``/``compare``
-    import only the framework they run.
+    import only the framework they run; a missing one is ``ddpm_core.frameworks.MissingFramework``.
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import os
 import platform
 import sys
 from typing import Any
+
+from ddpm_core.frameworks import require
 
 MS_DEVICES = ("CPU", "GPU", "Ascend")
 
@@ -36,7 +38,7 @@ def _cpu_model() -> str:
 
 def setup_torch(device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
     """Check ``device`` exists, switch TF32 off, set the thread count; return what was set."""
-    import torch
+    torch = require("torch")
 
     if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ValueError(f"--torch-device must be cpu, cuda or cuda:N, got {device!r}")
@@ -68,7 +70,7 @@ def setup_torch(device: str = "cpu", threads: int | None = None) -> dict[str, An
 def setup_mindspore(device: str = "CPU", threads: int | None = None) -> dict[str, Any]:
     """Check ``device`` exists, keep float32 on accelerators, set the thread count; return what was set."""
     os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")  # before MindSpore's first CPU kernel (ddpm_ms/__init__)
-    import mindspore as ms
+    ms = require("mindspore")
     from mindspore import device_context as dc
 
     if device not in MS_DEVICES:
@@ -135,3 +137,34 @@ def fingerprint(torch_info: dict | None, ms_info: dict | None, ms_mode: str | No
         fp["mindspore_mode"] = ("PyNative, sampling steps compiled with ms.jit" if ms_mode == "graph"
                                 else "PyNative (op by op)")
     return fp
+
+
+# ---------------------------------------------------------------- the versions the tolerances hold on
+MEASURED_VERSIONS: dict[tuple[str, str], str] = {
+    ("2.14.1", "2.10.0"): "the tolerance table was set from this pair (docs/harness.md)",
+    ("2.14.1", "2.7.2"): "scripts/version_matrix.py, 2026-11-27: compare in both directions passed",
+    ("2.13.0", "2.10.0"): "scripts/version_matrix.py, 2026-11-27: compare in both directions passed",
+    ("2.13.0", "2.7.2"): "scripts/version_matrix.py, 2026-11-27: parity.check in one process and compare in both "
+                         "directions passed",
+}
+"""(PyTorch release, MindSpore release) -> how it was measured. A pair is listed only once the twins' errors
+were measured on it and fit ``parity.tolerances``; scripts/version_matrix.py measures others (docs/hosts.md)."""
+
+
+def _release(version: str) -> str:
+    """``2.13.0+cpu`` -> ``2.13.0``: a build's local label does not change its numerics."""
+    return version.split("+", 1)[0]
+
+
+def unmeasured_note(environment: dict[str, Any]) -> str | None:
+    """One line for a report whose (PyTorch, MindSpore) pair is not in ``MEASURED_VERSIONS``, else None.
+
+    ``environment`` is a report's fingerprint; for ``compare`` the other side's version comes from its golden file."""
+    golden = environment.get("golden", {}).get("environment", {})
+    torch_v, ms_v = environment.get("torch") or golden.get("torch"), environment.get("mindspore") or golden.get("mindspore")
+    if not torch_v or not ms_v or (_release(torch_v), _release(ms_v)) in MEASURED_VERSIONS:
+        return None
+    known = "; ".join(f"PyTorch {t} / MindSpore {m}" for t, m in MEASURED_VERSIONS)
+    return (f"note: the tolerances were not measured on PyTorch {torch_v} / MindSpore {ms_v} (measured on: {known}; "
+            "docs/hosts.md): a failure may come from the versions, not from the port")
+

@@ -388,7 +388,8 @@ def test_torch_training_checkpoint_dict(tmp_path):
 
 # ---------------------------------------------------------------- framework neutrality
 def test_importing_the_core_imports_no_framework():
-    code = ("import sys, ddpm_core, ddpm_core.weights, ddpm_core.naming, parity.convert\n"
+    code = ("import sys, ddpm_core, ddpm_core.weights, ddpm_core.naming, ddpm_core.ckpt, parity.convert\n"
+            "ddpm_core.ckpt.message_classes()\n"
             "print(sorted(m for m in ('torch', 'mindspore', 'safetensors') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
+import numpy as np
 import pytest
 
 from ddpm_core.config import DiffusionConfig, UnetConfig
@@ -82,3 +83,24 @@ def cli_env() -> dict[str, str]:
     env.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
     env["GLOG_v"] = "3"
     return env
+
+
+@pytest.fixture(scope="session")
+def tutorial_ckpt(tmp_path_factory):
+    """The tutorial's model (rename loop included) with its norms moved off 1/0, saved as the tutorial
+    user would: ``ms.save_checkpoint(unet_model, path)``; and its noise predictions."""
+    import mindspore as ms
+
+    from tests.tutorial.tutorial_code import build_tutorial_unet
+
+    model = build_tutorial_unet()
+    rng = np.random.default_rng(0)
+    for p in model.trainable_params():
+        if p.name.rsplit(".", 1)[-1] in ("gamma", "beta", "g"):
+            p.set_data(ms.Tensor(p.asnumpy() + 0.1 * rng.standard_normal(p.shape).astype(np.float32)))
+    path = tmp_path_factory.mktemp("tutorial") / "tutorial.ckpt"
+    ms.save_checkpoint(model, str(path))
+    x = rng.standard_normal((3, 1, 28, 28)).astype(np.float32)
+    t = np.array([0, 100, 199], np.int32)
+    eps = model(ms.Tensor(x), ms.Tensor(t)).asnumpy()
+    return path, x, t, eps

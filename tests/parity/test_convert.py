@@ -14,6 +14,7 @@ from ddpm_core.config import TUTORIAL_UNET, UnetConfig
 from ddpm_core.naming import unet_parameters
 from ddpm_core.weights import load_weights, manifest, save_weights
 from parity.convert import main
+from tests import one_framework
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = UnetConfig(dim=16, channels=3, dim_mults=(1, 2), use_convnext=False, resnet_block_groups=4)
@@ -30,27 +31,6 @@ def random_weights(cfg: UnetConfig, seed: int = 0) -> dict[str, np.ndarray]:
     return {s.torch_name: rng.standard_normal(s.shape).astype(np.float32) for s in unet_parameters(cfg)}
 
 
-@pytest.fixture(scope="module")
-def tutorial_ckpt(tmp_path_factory):
-    """The tutorial's model (rename loop included) with its norms moved off 1/0, saved as the tutorial
-    user would: ``ms.save_checkpoint(unet_model, path)``; and its noise predictions."""
-    import mindspore as ms
-
-    from tests.tutorial.tutorial_code import build_tutorial_unet
-
-    model = build_tutorial_unet()
-    rng = np.random.default_rng(0)
-    for p in model.trainable_params():
-        if p.name.rsplit(".", 1)[-1] in ("gamma", "beta", "g"):
-            p.set_data(ms.Tensor(p.asnumpy() + 0.1 * rng.standard_normal(p.shape).astype(np.float32)))
-    path = tmp_path_factory.mktemp("tutorial") / "tutorial.ckpt"
-    ms.save_checkpoint(model, str(path))
-    x = rng.standard_normal((3, 1, 28, 28)).astype(np.float32)
-    t = np.array([0, 100, 199], np.int32)
-    eps = model(ms.Tensor(x), ms.Tensor(t)).asnumpy()
-    return path, x, t, eps
-
-
 def torch_predictions(pt_path: Path, x: np.ndarray, t: np.ndarray) -> np.ndarray:
     """The tutorial's ``Unet`` in PyTorch, loaded exactly as a user would, strictly."""
     import torch
@@ -63,16 +43,34 @@ def torch_predictions(pt_path: Path, x: np.ndarray, t: np.ndarray) -> np.ndarray
         return model(torch.from_numpy(x), torch.from_numpy(t.astype(np.int64))).numpy()
 
 
+def assert_same_as_mindspore_conversion(ckpt: Path, pt: Path) -> None:
+    """Every tensor of ``pt`` is bit for bit what ``ms.load_checkpoint(ckpt)`` holds under its MindSpore name."""
+    import mindspore as ms
+    import torch
+
+    from ddpm_core.weights import ms_to_torch
+
+    by_ms = ms_to_torch({k: v.asnumpy() for k, v in ms.load_checkpoint(str(ckpt)).items()}, TUTORIAL_UNET)
+    ours = torch.load(pt, weights_only=True)
+    assert list(ours) == list(by_ms)
+    for name, want in by_ms.items():
+        got = ours[name].numpy()
+        assert got.dtype == want.dtype and got.shape == want.shape and got.tobytes() == want.tobytes(), name
+
+
 def test_tutorial_ckpt_to_pt_predicts_the_same_noise(tutorial_ckpt, tmp_path):
+    """On a PyTorch-only host too: the CLI runs with MindSpore blocked, bit-identical to MindSpore's reading."""
     ckpt, x, t, eps = tutorial_ckpt
     loaded = load_weights(ckpt)  # no config: the tutorial's
     assert loaded.config == TUTORIAL_UNET and loaded.file_naming == "ms" and loaded.skipped == []
     save_weights(loaded.state, tmp_path / "api.pt", "torch", loaded.config)
 
-    run = cli(ckpt, tmp_path / "cli.pt", "--manifest", tmp_path / "manifest.json")
+    run = one_framework.run("torch", "parity.convert", [ckpt, tmp_path / "cli.pt", "--manifest",
+                                                      tmp_path / "manifest.json"])  # MindSpore cannot be imported
     assert run.returncode == 0, run.stderr
     assert f"wrote {tmp_path / 'cli.pt'}: 166 tensors, float32" in run.stderr
     assert json.loads((tmp_path / "manifest.json").read_text()) == manifest(loaded.state)
+    assert_same_as_mindspore_conversion(ckpt, tmp_path / "cli.pt")
 
     for pt in ("api.pt", "cli.pt"):
         assert_close(f"{pt} vs the tutorial's MindSpore Unet", torch_predictions(tmp_path / pt, x, t), eps, "prediction")

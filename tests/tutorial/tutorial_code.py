@@ -1,5 +1,5 @@
 """A faithful, runnable copy of the MindSpore "Diffusion Model" tutorial's model and DDPM code
-(../shared/reference/mindspore_diffusion_tutorial.md), kept as the compatibility reference.
+(docs/reference/mindspore_diffusion_tutorial.md), kept as the compatibility reference.
 
 Changed only where the tutorial cannot run as a module: notebook magics, plotting, dataset
 download and the training loop are left out; ``Block``'s second ``self.proj = c(...)`` line
