@@ -17,6 +17,7 @@ import numpy as np
 from mindspore.dataset import vision
 
 from ddpm_core.datasets import IMAGE_EXTENSIONS, DataError, DataSpec
+from ddpm_core.digits import DIGITS, ArrayData, open_digits
 
 _DECODE_FAILED = re.compile(r"Invalid image, (.+?) decode failed")
 
@@ -91,5 +92,6 @@ class TrainingData:
         return next(self.batches(np.asarray(indices)[None]))
 
 
-def open_data(spec: DataSpec, workers: int = 0) -> TrainingData:
-    return TrainingData(spec, workers)
+def open_data(spec: DataSpec, workers: int = 0) -> TrainingData | ArrayData:
+    """The loader of ``spec``; digits are in memory already and reach both twins as the same numpy array."""
+    return open_digits(spec) if spec.format == DIGITS else TrainingData(spec, workers)
