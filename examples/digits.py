@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from ddpm_core.atomic import atomic_write_bytes
 from ddpm_core.config import UnetConfig
 from ddpm_core.digits import RECIPE
 from ddpm_core.weights import save_weights
@@ -60,7 +61,7 @@ def main() -> None:
                        "steps": len((out / twin / "log.jsonl").read_text().splitlines())}
         print(f"{twin}: trained {times[twin]['steps']} steps in {train_s:.0f} s, sampled {args.n} in {sample_s:.0f} s "
               f"-> {out / f'{twin}.png'}", flush=True)
-    (out / "times.json").write_text(json.dumps({"cpu_count": os.cpu_count(), **times}, indent=1) + "\n")
+    atomic_write_bytes(out / "times.json", (json.dumps({"cpu_count": os.cpu_count(), **times}, indent=1) + "\n").encode())
 
 
 if __name__ == "__main__":
