@@ -149,7 +149,7 @@ def sample_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--n", type=positive_int, default=64, help="number of samples (tutorial: 64)")
     p.add_argument("--out", default="samples.png", help="grid of the final samples (PNG)")
     p.add_argument("--npy", default=None, metavar="PATH",
-                   help="also save the final samples as a float32 (N, C, H, W) array in [-1, 1] (numpy .npy)")
+                   help="also save the final samples, float32 (N, C, H, W) in the model range (about [-1, 1], unclipped), as .npy")
     p.add_argument("--gif", default=None, help="animated GIF of the denoising of --gif-index samples")
     p.add_argument("--gif-index", type=int_list, default=(0,), help="samples shown in the GIF, side by side")
     p.add_argument("--gif-frames", type=positive_int, default=40, help="frames in the GIF (the states are subsampled)")

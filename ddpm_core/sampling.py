@@ -152,7 +152,7 @@ def sample_main(argv: Sequence[str] | None, prog: str, framework: str,
     print(f"{framework}: {args.n} samples ({args.sampler}, {steps} steps, seed {args.seed}) -> {args.out}", file=sys.stderr)
     if args.npy:
         save_npy(args.npy, samples)
-        print(f"{framework}: the {args.n} samples as float32 {samples.shape} in [-1, 1] -> {args.npy}", file=sys.stderr)
+        print(f"{framework}: the {args.n} samples as float32 {samples.shape} -> {args.npy}", file=sys.stderr)
     if args.gif:
         frames = save_gif(args.gif, np.stack([gif_states[i] for i in args.gif_index], axis=1), args.gif_frames, args.scale)
         print(f"{framework}: denoising of sample(s) {','.join(map(str, args.gif_index))}, {frames} frames -> {args.gif}",

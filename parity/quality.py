@@ -2,20 +2,21 @@
 minutes on a 2-core CPU; docs/quality.md).
 
     python -m parity.quality [--seeds 2] [--ms-seeds M] [--n 300] [--out runs/quality] [--jobs 2] [--json PATH]
-                             [--max-steps S] [--sampler ddpm|ddim] [training options of ddpm_core.digits.RECIPE]
+                             [--sampler ddpm|ddim] [--sample-steps K] [training options of ddpm_core.digits.RECIPE]
 
-For each seed s (MindSpore, about 5x slower on CPU, may run fewer: ``--ms-seeds``), both twins train on scikit-learn's digits (``--data digits``) from the same initial weights
-(``parity.initial.initial_weights(cfg, s)``) and the same per-step tape (``--seed s``), through their own
-training CLIs; each then samples ``--n`` images through its own sampling CLI, with its own sampling seed (so
-no two sets share noise). A classifier fitted to the digits' training split scores every set
-(``parity.digit_scores``), and the KID on its features measures:
+For each seed s, both twins train on scikit-learn's digits (``--data digits``) from the same initial weights
+(``parity.initial.initial_weights(cfg, s)``) and the same per-step tape (``--seed s``), through their own training
+CLIs (MindSpore, slower on CPU, may run fewer seeds: ``--ms-seeds``); each then samples ``--n`` images through its
+own sampling CLI, with its own sampling seed (so no two sets share noise). A classifier fitted to the digits'
+training split scores every set (``parity.digit_scores``), and the KID on its features measures:
 
   * twin vs twin: torch seed s against MindSpore seed s (same start, same tape; only the framework differs);
   * the seed-to-seed floor: two runs of the *same* twin with different seeds (different start and tape);
   * torch seed s against MindSpore seed s' != s (for reference: as a floor pair, but across frameworks).
 
 Verdict: the twins are equivalent at this budget when the mean twin-vs-twin KID is no larger than the largest
-seed-to-seed KID. Exit status 0 equivalent, 1 not shown, 2 bad options.
+seed-to-seed KID. Beside it, for each seed both twins ran: how far apart their losses and final weights are.
+Exit status 0 equivalent, 1 not shown, 2 bad options.
 
 Rules: every run and every sample set is made by the twins' public commands, which this script launches
 (``--jobs`` at a time, each with ``cores // jobs`` threads) and times; a job whose marker file records the same
@@ -180,7 +181,7 @@ def score(jobs: list[Job], classifier: DigitClassifier) -> dict[str, Any]:
     train = load_split("train")  # real vs real at the same sizes: the smallest KID to expect
     pick = np.random.default_rng(0).choice(train.labels.shape[0], size=min(len(heldout.labels), train.labels.shape[0]),
                                            replace=False)
-    runs["real: training split"] = (set_scores(classifier.probabilities(train.images[pick])),
+    runs[f"real: {len(pick)} training"] = (set_scores(classifier.probabilities(train.images[pick])),
                                     kid(classifier.features(train.images[pick]), real) * KID_SCALE)
     seeds = {t: sorted(j.seed for j in jobs if j.twin == t) for t in TWINS}
     d = lambda a, b: kid(feats[a], feats[b]) * KID_SCALE  # noqa: E731
@@ -195,6 +196,24 @@ def score(jobs: list[Job], classifier: DigitClassifier) -> dict[str, Any]:
     return {"runs": runs, "pairs": pairs}
 
 
+def drift(jobs: list[Job], out: Path) -> list[dict[str, Any]]:
+    """For each seed both twins trained: the largest per-step loss difference over the whole run (log.jsonl),
+    the largest final weight difference, and how far training moved the weights from the shared start."""
+    from ddpm_core.weights import load_weights
+
+    runs = {(j.twin, j.seed): j.run_dir for j in jobs}
+    found = []
+    for seed in sorted(s for t, s in runs if t == "ms" and ("torch", s) in runs):
+        logs = [[json.loads(x)["loss"] for x in (runs[t, seed] / "log.jsonl").read_text().splitlines()] for t in TWINS]
+        w = [load_weights(runs[t, seed] / "model.safetensors", naming="torch").state for t in TWINS]
+        init = load_weights(out / f"init_seed{seed}.safetensors", naming="torch").state
+        found.append({"seed": seed, "steps": len(logs[0]),
+                      "loss_max_abs_diff": max(abs(a - b) for a, b in zip(*logs)),
+                      "weights_max_abs_diff": max(float(np.abs(w[0][k] - w[1][k]).max()) for k in init),
+                      "weights_moved": max(float(np.abs(w[0][k] - init[k]).max()) for k in init)})
+    return found
+
+
 def verdict(pairs: list[PairStats]) -> tuple[bool, str]:
     twin, floor = pairs[0], PairStats("floor", pairs[1].values + pairs[2].values)
     if not floor.values:
@@ -205,7 +224,8 @@ def verdict(pairs: list[PairStats]) -> tuple[bool, str]:
                 f"({len(floor.values)} same-twin pair(s); floor mean {floor.mean:.2f}e-3)")
 
 
-def table(args: argparse.Namespace, jobs: list[Job], scores: dict[str, Any], accuracy: float) -> str:
+def table(args: argparse.Namespace, jobs: list[Job], scores: dict[str, Any], accuracy: float,
+          drifts: list[dict[str, Any]]) -> str:
     lines = [f"parity.quality: scikit-learn digits 8x8, Unet(dim={args.dim}, dim_mults={tuple(args.dim_mults)}), "
              f"batch {args.batch_size}, lr {args.lr}, {args.epochs} epochs of the 1,497 training digits; "
              f"{args.n} samples per run ({args.sampler}); seeds: torch {args.seeds}, ms {args.ms_seeds or args.seeds}",
@@ -220,8 +240,12 @@ def table(args: argparse.Namespace, jobs: list[Job], scores: dict[str, Any], acc
         lines.append(f"{name:<22}{t}{s.confidence:12.3f}{s.confident_share:11.1%}{s.classes_covered:>7}/10"
                      f"{s.smallest_class_share:7.1%}-{s.largest_class_share:.1%}{k:14.2f}")
     lines += ["", f"{'pairs (KID x 1e3)':<56}{'n':>3}{'mean':>8}{'max':>8}  values", "-" * 96]
-    for p in scores["pairs"]:
+    for p in (p for p in scores["pairs"] if p.values):
         lines.append(f"{p.kind:<56}{len(p.values):>3}{p.mean:8.2f}{p.max:8.2f}  {', '.join(f'{v:.2f}' for v in p.values)}")
+    for d in drifts:
+        lines.append(f"torch vs ms seed {d['seed']}, same start and tape: losses within {d['loss_max_abs_diff']:.1e} at every one "
+                     f"of {d['steps']} steps; final weights within {d['weights_max_abs_diff']:.1e} (training moved them up to "
+                     f"{d['weights_moved']:.2f})")
     lines += ["", verdict(scores["pairs"])[1]]
     loads = [j.load for j in jobs if j.load]
     if loads:
@@ -255,7 +279,8 @@ def main_args(argv: list[str] | None) -> int:
         jobs = list(pool.map(lambda j: run_job(j, threads), jobs))
     classifier = DigitClassifier()
     scores = score(jobs, classifier)
-    report = table(args, jobs, scores, classifier.heldout_accuracy)
+    drifts = drift(jobs, out)
+    report = table(args, jobs, scores, classifier.heldout_accuracy, drifts)
     print(report)
     atomic_write_bytes(out / "report.txt", (report + "\n").encode())
     ok, _ = verdict(scores["pairs"])
@@ -266,7 +291,7 @@ def main_args(argv: list[str] | None) -> int:
                       "reused": j.reused, "train_cmd": j.train_cmd, "sample_cmd": j.sample_cmd} for j in jobs],
             "runs": {n: {**asdict(s), "kid_to_heldout_x1e3": k} for n, (s, k) in scores["runs"].items()},
             "pairs": [{"kind": p.kind, "kid_x1e3": list(p.values)} for p in scores["pairs"]],
-            "equivalent": ok, "cpu": _cpu_model()}, indent=1).encode())
+            "drift": drifts, "equivalent": ok, "cpu": _cpu_model()}, indent=1).encode())
     return 0 if ok else 1
 
 

@@ -55,7 +55,7 @@ def test_bad_digits_options_are_one_line_errors(tmp_path, kwargs, says):
 
 def test_training_cli_feeds_the_tapes_digits_unflipped(tmp_path, twin_name, make_weights):
     """One CLI step on ``--data digits`` has exactly the loss of ``train_steps`` on the tape's digits, unflipped;
-    the same step on flipped digits (the tutorial's default augmentation) would differ."""
+    the same step on flipped digits (the tutorial's default augmentation) would differ (checked in PyTorch)."""
     from ddpm_core.config import DiffusionConfig, UnetConfig
 
     cfg, diffusion = UnetConfig(dim=8, channels=1, dim_mults=(1, 2)), DiffusionConfig(timesteps=10)
@@ -75,4 +75,5 @@ def test_training_cli_feeds_the_tapes_digits_unflipped(tmp_path, twin_name, make
     train_steps = twin_module(twin_name, "train").train_steps
     expect = lambda x: train_steps(cfg, diffusion, weights, x[None], draws.t[None], draws.noise[None], [1e-3])[0][0]  # noqa: E731
     assert logged == expect(to_model_range(images))
-    assert abs(logged - expect(to_model_range(apply_flips(images, draws.flips)))) > 1e-4
+    if twin_name == "torch":  # the control is about the data, not the framework: one twin suffices
+        assert abs(logged - expect(to_model_range(apply_flips(images, draws.flips)))) > 1e-4
