@@ -122,22 +122,26 @@ def _text(value: Any) -> str:
 
 
 def run_job(job: Job, threads: int) -> Job:
-    """Train (or continue, or reuse) and sample; times both."""
-    if job.marker.exists():
-        done = json.loads(job.marker.read_text())
-        if done["train_cmd"] == job.train_cmd and done["sample_cmd"] == job.sample_cmd and job.samples.exists():
-            job.train_s, job.sample_s, job.resumed = done["train_s"], done["sample_s"], done["resumed"]
-            job.load, job.reused = tuple(done["load"]), True
-            return job
+    """Train (or continue, or reuse a finished run made by the same command) and sample (or reuse the same
+    sample set); times both."""
+    done = json.loads(job.marker.read_text()) if job.marker.exists() else {}
+    trained = done.get("train_cmd") == job.train_cmd and (job.run_dir / "model.safetensors").exists()
+    if trained and done.get("sample_cmd") == job.sample_cmd and job.samples.exists():
+        job.train_s, job.sample_s, job.resumed = done["train_s"], done["sample_s"], done["resumed"]
+        job.load, job.reused = tuple(done["load"]), True
+        return job
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), GLOG_v="3",
                PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
-    load0 = os.getloadavg()[0]
-    train = job.train_cmd
-    if (job.run_dir / "run.json").exists():  # an interrupted run: continue it (its settings are checked)
-        train, job.resumed = ["-m", f"ddpm_{job.twin}.train", "--resume", str(job.run_dir), "--no-progress"], True
-    job.train_s = _timed(train, env, job.name)
+    loads = [os.getloadavg()[0], *done.get("load", [])] if trained else [os.getloadavg()[0]]
+    if trained:
+        job.train_s, job.resumed = done["train_s"], done["resumed"]
+    else:
+        train = job.train_cmd
+        if (job.run_dir / "run.json").exists():  # an interrupted run: continue it (its settings are checked)
+            train, job.resumed = ["-m", f"ddpm_{job.twin}.train", "--resume", str(job.run_dir), "--no-progress"], True
+        job.train_s = _timed(train, env, job.name)
     job.sample_s = _timed(job.sample_cmd, env, job.name)
-    job.load = (load0, os.getloadavg()[0])
+    job.load = (min(loads), max(*loads, os.getloadavg()[0]))
     atomic_write_bytes(job.marker, json.dumps({"train_cmd": job.train_cmd, "sample_cmd": job.sample_cmd,
                                                "train_s": job.train_s, "sample_s": job.sample_s,
                                                "resumed": job.resumed, "load": job.load}, indent=1).encode())
