@@ -1,6 +1,7 @@
 """Training data on disk, checked before any framework loader sees it: Fashion-MNIST IDX files
 (plain or ``.gz``) and folders of images, the layout each framework's loader expects, and the
-one-line ``DataError`` that names the offending file.
+one-line ``DataError`` that names the offending file. ``--data digits`` (scikit-learn's built-in
+digits, nothing on disk) is handed to ``ddpm_core.digits``.
 
 Rules it keeps:
   * Every problem a user can cause (a missing folder, a truncated or corrupt IDX file, a file that is

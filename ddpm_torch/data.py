@@ -6,6 +6,8 @@ image size (the tutorial's ``Resize(image_size, BILINEAR)``, ``CenterCrop``) whe
 already that size, and ``ToTensor`` scales to [0, 1]. Which examples form a batch comes from the
 tape (``ddpm_core.train_tape``); the flip and the [-1, 1] scaling are applied after loading, by the
 shared loop (docs/training.md).
+
+``--data digits`` bypasses the framework: both twins get ``ddpm_core.digits.ArrayData``, the same numpy array.
 """
 from __future__ import annotations
 
