@@ -95,19 +95,24 @@ def _train_examples(prog: str) -> str:
 
 def train_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog, description="Train the tutorial's DDPM on Fashion-MNIST or a folder of images (docs/training.md).",
+        prog=prog, description="Train the tutorial's DDPM on Fashion-MNIST, a folder of images or scikit-learn's "
+                               "handwritten digits (docs/training.md).",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_train_examples(prog))
     g = p.add_argument_group("data")
-    g.add_argument("--data", metavar="DIR", help="Fashion-MNIST IDX files (plain or .gz) or ROOT/<class>/<image>; "
-                   "no data at hand? --download, or synthetic files (see the examples below)")
+    g.add_argument("--data", metavar="DIR", help="Fashion-MNIST IDX files (plain or .gz), ROOT/<class>/<image>, or "
+                   "'digits': scikit-learn's 8x8 digits, training split (needs the [digits] extra); "
+                   "no data at hand? --download, --data digits, or synthetic files (see the examples below)")
     g.add_argument("--download", action="store_true",
                    help="fetch Fashion-MNIST (the tutorial's data, 30 MB) through torchvision's downloader, MD5-checked, "
                         "into --data DIR, or without --data into $DDPM_PARITY_DATA/fashion-mnist (default "
                         "~/.cache/ddpm-parity/fashion-mnist); a complete copy already there is used as it is")
-    g.add_argument("--data-format", choices=("auto", "fashion-mnist", "image-folder"), default="auto",
+    g.add_argument("--data-format", choices=("auto", "fashion-mnist", "image-folder", "digits"), default="auto",
                    help="default: detected from the folder")
-    g.add_argument("--image-size", type=positive_int, default=28,
-                   help="train at this size; images are resized and center-cropped (tutorial: 28)")
+    g.add_argument("--image-size", type=positive_int, default=None,
+                   help="train at this size; images are resized and center-cropped, digits padded with black "
+                        "(default: 28 as the tutorial; 8 for digits)")
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random horizontal flips (default: on as the tutorial; off for digits)")
     g.add_argument("--channels", type=positive_int, default=None,
                    help="1 (grayscale) or 3 (RGB); default 1 for Fashion-MNIST, 3 for image folders")
     g.add_argument("--workers", type=non_negative_int, default=0,
@@ -169,6 +174,8 @@ def sample_parser(prog: str) -> argparse.ArgumentParser:
                         "safetensors metadata, config.json beside the weights, else the tutorial's")
     p.add_argument("--n", type=positive_int, default=64, help="number of samples (tutorial: 64)")
     p.add_argument("--out", default="samples.png", help="grid of the final samples (PNG)")
+    p.add_argument("--npy", default=None, metavar="PATH",
+                   help="also save the final samples, float32 (N, C, H, W) in the model range (about [-1, 1], unclipped), as .npy")
     p.add_argument("--gif", default=None, help="animated GIF of the denoising of --gif-index samples")
     p.add_argument("--gif-index", type=int_list, default=(0,), help="samples shown in the GIF, side by side")
     p.add_argument("--gif-frames", type=positive_int, default=40, help="frames in the GIF (the states are subsampled)")

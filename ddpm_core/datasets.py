@@ -1,6 +1,7 @@
 """Training data on disk, checked before any framework loader sees it: Fashion-MNIST IDX files
 (plain or ``.gz``) and folders of images, the layout each framework's loader expects, and the
-one-line ``DataError`` that names the offending file.
+one-line ``DataError`` that names the offending file. ``--data digits`` (scikit-learn's built-in
+digits, nothing on disk) is handed to ``ddpm_core.digits``.
 
 Rules it keeps:
   * Every problem a user can cause (a missing folder, a truncated or corrupt IDX file, a file that is
@@ -29,7 +30,7 @@ import numpy as np
 from ddpm_core.atomic import host_tag, process_alive
 from ddpm_core.cli import UserError
 
-FORMATS = ("fashion-mnist", "image-folder")
+FORMATS = ("fashion-mnist", "image-folder", "digits")
 TRAIN_IMAGES = "train-images-idx3-ubyte"
 TRAIN_LABELS = "train-labels-idx1-ubyte"
 TEST_IMAGES = "t10k-images-idx3-ubyte"
@@ -214,6 +215,22 @@ def detect_format(root: Path) -> str:
                     "nor class subfolders of images")
 
 
+def is_digits(data: str | os.PathLike | None, fmt: str = "auto") -> bool:
+    """Whether ``--data``/``--data-format`` select scikit-learn's digits: ``--data digits`` exactly (a folder
+    of that name is ``./digits``)."""
+    return str(data) == "digits" and fmt in ("auto", "digits")
+
+
+def default_image_size(data: str | os.PathLike | None, fmt: str = "auto") -> int:
+    """``--image-size`` when not given: the digits' own 8, else the tutorial's 28."""
+    return 8 if is_digits(data, fmt) else 28
+
+
+def default_flip(data: str | os.PathLike | None, fmt: str = "auto") -> bool:
+    """``--flip`` when not given: the tutorial's random horizontal flip, except for digits (a mirrored 2 is no digit)."""
+    return not is_digits(data, fmt)
+
+
 def default_channels(fmt: str) -> int:
     return 1 if fmt == "fashion-mnist" else 3
 
@@ -223,8 +240,15 @@ def prepare_data(data: str | os.PathLike, fmt: str, image_size: int, channels: i
     """Check ``data`` and stage it under ``stage`` (an empty private folder) for both loaders.
 
     ``fmt`` is ``"auto"`` or one of ``FORMATS``; ``channels`` None takes the format's default
-    (1 for Fashion-MNIST, 3 for images).
+    (1 for Fashion-MNIST, 3 for images). ``data`` "digits" is scikit-learn's built-in digits
+    (``ddpm_core.digits``): nothing is read from disk or staged.
     """
+    if is_digits(data, fmt):
+        from ddpm_core.digits import digits_spec
+
+        return digits_spec(image_size, channels)
+    if fmt == "digits":
+        raise DataError(f"--data-format digits reads scikit-learn's built-in digits: pass --data digits, not {data}")
     root = Path(data)
     if not root.exists():
         raise DataError(f"{root}: data folder not found")

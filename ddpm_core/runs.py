@@ -35,7 +35,7 @@ import numpy as np
 
 from ddpm_core.cli import RESUME_OVERRIDABLE, UserError, explicit_options, train_parser
 from ddpm_core.config import DiffusionConfig, UnetConfig
-from ddpm_core.datasets import DataSpec, make_stage_dir, prepare_data
+from ddpm_core.datasets import DataSpec, default_flip, default_image_size, make_stage_dir, prepare_data
 from ddpm_core.distributed import World, launched_size
 from ddpm_core.download import default_root, download_fashion_mnist
 from ddpm_core.formats import WeightsError, verify_checksum
@@ -99,6 +99,7 @@ class Settings:
     no_progress: bool
     examples: int = 0
     tape_version: int = TAPE_VERSION
+    flip: bool = True
 
     def unet_config(self) -> UnetConfig:
         return UnetConfig(dim=self.dim, channels=self.channels, dim_mults=tuple(self.dim_mults))
@@ -131,8 +132,12 @@ class Settings:
 def _settings_from_args(args: Any, framework: str) -> Settings:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings) if hasattr(args, f.name)}
     values["dim_mults"] = tuple(values["dim_mults"])
+    if values["image_size"] is None:
+        values["image_size"] = default_image_size(args.data, args.data_format)
+    if values["flip"] is None:
+        values["flip"] = default_flip(args.data, args.data_format)
     if values["dim"] is None:
-        values["dim"] = args.image_size
+        values["dim"] = values["image_size"]
     return Settings(framework=framework, **values)
 
 
@@ -340,7 +345,7 @@ def _train(run: RunDir, s: Settings, data: Any, trainer: Trainer, lrs: list[floa
     with open(run.log_file, "a") if world.is_main else contextlib.nullcontext() as log:
         for step, images in zip(range(start, end), data.batches(indices)):
             draws = step_draws(s.seed, step, s.batch_size, shape, s.timesteps)
-            x_start = to_model_range(apply_flips(images, shard(draws.flips, r, n)))
+            x_start = to_model_range(apply_flips(images, shard(draws.flips, r, n)) if s.flip else images)
             loss = trainer.step(x_start, shard(draws.t, r, n), shard(draws.noise, r, n))
             if world.is_main:
                 log.write(json.dumps({"step": step, "epoch": step // spe, "loss": loss, "lr": lrs[step]}) + "\n")

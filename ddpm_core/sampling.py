@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core.atomic import output_problem
+from ddpm_core.atomic import atomic_write, output_problem
 from ddpm_core.cli import UserError, noise_strip_parser, sample_parser
 from ddpm_core.config import TUTORIAL_DIFFUSION, DiffusionConfig, UnetConfig, resolve_diffusion
 from ddpm_core.datasets import DataError, check_image_files
@@ -119,6 +119,34 @@ Denoise = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """(x_T (b, C, H, W), per-step noise (steps, b, C, H, W)) -> states (steps, b, C, H, W), denoising order."""
 
 
+def generate(denoise: Denoise, n: int, seed: int, steps: int, shape: tuple[int, int, int], batch_size: int,
+             keep: Sequence[int] = ()) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """``n`` samples (n, C, H, W), sample i from ``sample_noise(seed, i)`` whatever the chunking, and the
+    whole denoising (x_T first, (steps + 1, C, H, W)) of each sample in ``keep``."""
+    chunk = chunk_size(batch_size, steps, shape)
+    finals, kept = [], {}
+    for first in range(0, n, chunk):
+        idx = range(first, min(n, first + chunk))
+        drawn = [sample_noise(seed, i, steps, shape) for i in idx]
+        start = np.stack([d[0] for d in drawn])
+        noise = np.stack([d[1] for d in drawn], axis=1)
+        states = np.asarray(denoise(start, noise))
+        finals.append(states[-1])
+        for j, i in enumerate(idx):
+            if i in keep:
+                kept[i] = np.concatenate([start[None, j], states[:, j]])
+    return np.concatenate(finals), kept
+
+
+def save_npy(path: str | Path, array: np.ndarray) -> None:
+    """``array`` as float32 in a .npy file, atomically."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(array, np.float32))
+
+    atomic_write(path, write)
+
+
 def sample_main(argv: Sequence[str] | None, prog: str, framework: str,
                 make_denoiser: Callable[..., Denoise]) -> int:
     """``python -m ddpm_<twin>.sample``: a grid PNG of ``--n`` samples and a GIF of the chosen ones."""
@@ -141,21 +169,13 @@ def sample_main(argv: Sequence[str] | None, prog: str, framework: str,
         raise UserError(f"--gif-index {','.join(map(str, bad))} outside the {args.n} samples")
     shape = (unet.channels, r.image_size, r.image_size)
     denoise = make_denoiser(r.state, unet, diffusion, args.sampler, steps, args.eta, args.jit, not args.no_progress)
-    chunk = chunk_size(args.batch_size, steps, shape)
-    finals, gif_states = [], {}
-    for first in range(0, args.n, chunk):
-        idx = range(first, min(args.n, first + chunk))
-        drawn = [sample_noise(args.seed, i, steps, shape) for i in idx]
-        start = np.stack([d[0] for d in drawn])
-        noise = np.stack([d[1] for d in drawn], axis=1)
-        states = np.asarray(denoise(start, noise))
-        finals.append(states[-1])
-        for j, i in enumerate(idx):
-            if i in args.gif_index:
-                gif_states[i] = np.concatenate([start[None, j], states[:, j]])
-    samples = np.concatenate(finals)
+    samples, gif_states = generate(denoise, args.n, args.seed, steps, shape, args.batch_size,
+                                   args.gif_index if args.gif else ())
     save_grid(args.out, samples, args.scale)
     print(f"{framework}: {args.n} samples ({args.sampler}, {steps} steps, seed {args.seed}) -> {args.out}", file=sys.stderr)
+    if args.npy:
+        save_npy(args.npy, samples)
+        print(f"{framework}: the {args.n} samples as float32 {samples.shape} -> {args.npy}", file=sys.stderr)
     if args.gif:
         frames = save_gif(args.gif, np.stack([gif_states[i] for i in args.gif_index], axis=1), args.gif_frames, args.scale)
         print(f"{framework}: denoising of sample(s) {','.join(map(str, args.gif_index))}, {frames} frames -> {args.gif}",

@@ -6,6 +6,8 @@ to the image size (the tutorial's ``Resize(image_size, Inter.BILINEAR)``, ``Cent
 are not already that size, and ``ToTensor`` scales to [0, 1]. Which examples form a batch comes from the
 tape (``ddpm_core.train_tape``) through a sampler; the flip and the [-1, 1] scaling are applied after
 loading, by the shared loop (docs/training.md).
+
+``--data digits`` bypasses the framework: both twins get ``ddpm_core.digits.ArrayData``, the same numpy array.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 from mindspore.dataset import vision
 
 from ddpm_core.datasets import IMAGE_EXTENSIONS, DataError, DataSpec
+from ddpm_core.digits import DIGITS, ArrayData, open_digits
 
 _DECODE_FAILED = re.compile(r"Invalid image, (.+?) decode failed")
 
@@ -91,5 +94,6 @@ class TrainingData:
         return next(self.batches(np.asarray(indices)[None]))
 
 
-def open_data(spec: DataSpec, workers: int = 0) -> TrainingData:
-    return TrainingData(spec, workers)
+def open_data(spec: DataSpec, workers: int = 0) -> TrainingData | ArrayData:
+    """The loader of ``spec``; digits are in memory already and reach both twins as the same numpy array."""
+    return open_digits(spec) if spec.format == DIGITS else TrainingData(spec, workers)

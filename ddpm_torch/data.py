@@ -6,6 +6,8 @@ image size (the tutorial's ``Resize(image_size, BILINEAR)``, ``CenterCrop``) whe
 already that size, and ``ToTensor`` scales to [0, 1]. Which examples form a batch comes from the
 tape (``ddpm_core.train_tape``); the flip and the [-1, 1] scaling are applied after loading, by the
 shared loop (docs/training.md).
+
+``--data digits`` bypasses the framework: both twins get ``ddpm_core.digits.ArrayData``, the same numpy array.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import datasets, transforms  # noqa: E402
 
 from ddpm_core.datasets import DataError, DataSpec, is_image_file  # noqa: E402
+from ddpm_core.digits import DIGITS, ArrayData, open_digits  # noqa: E402
 
 
 def image_transforms(spec: DataSpec) -> list:
@@ -88,5 +91,6 @@ class TrainingData:
         return next(self.batches(np.asarray(indices)[None]))
 
 
-def open_data(spec: DataSpec, workers: int = 0) -> TrainingData:
-    return TrainingData(spec, workers)
+def open_data(spec: DataSpec, workers: int = 0) -> TrainingData | ArrayData:
+    """The loader of ``spec``; digits are in memory already and reach both twins as the same numpy array."""
+    return open_digits(spec) if spec.format == DIGITS else TrainingData(spec, workers)

@@ -80,3 +80,16 @@ def test_noise_strip(tmp_path, twin_name, capsys):
     capsys.readouterr()
     assert twin_module(twin_name, "noise_strip").main([str(bad), "--out", str(out)]) == 2
     assert str(bad) in capsys.readouterr().err
+
+
+def test_npy_holds_the_samples_of_the_grid(tmp_path, trained_runs):
+    """``--npy`` saves the very samples the grid shows, unclipped float32 (N, C, H, W)."""
+    from ddpm_core.images import save_grid
+
+    assert sample("torch", "--weights", str(trained_runs["torch"] / "model.safetensors"), "--n", "3",
+                  "--out", str(tmp_path / "s.png"), "--npy", str(tmp_path / "s.npy"), "--sampler", "ddim",
+                  "--steps", "3", "--no-progress", "--scale", "2") == 0
+    samples = np.load(tmp_path / "s.npy")
+    assert samples.dtype == np.float32 and samples.shape == (3, 1, 8, 8) and np.isfinite(samples).all()
+    save_grid(tmp_path / "again.png", samples, 2)
+    assert (tmp_path / "again.png").read_bytes() == (tmp_path / "s.png").read_bytes()
