@@ -116,7 +116,7 @@ TABLE_CONFIGS = [
     TUTORIAL_UNET,
     UnetConfig(dim=8, channels=3, dim_mults=(1, 2)),
     UnetConfig(dim=8, channels=1, dim_mults=(1, 2, 4, 8)),
-    UnetConfig(dim=9, channels=2, dim_mults=(1, 3), convnext_mult=3, init_dim=5, out_dim=4),
+    UnetConfig(dim=10, channels=2, dim_mults=(1, 3), convnext_mult=3, init_dim=5, out_dim=4),
     UnetConfig(dim=8, channels=1, dim_mults=(1, 2, 4), with_time_emb=False),
     UnetConfig(dim=16, channels=3, dim_mults=(1, 2, 4), use_convnext=False, resnet_block_groups=8),
     UnetConfig(dim=8, channels=1, dim_mults=(1, 2), use_convnext=False, resnet_block_groups=2, with_time_emb=False),
