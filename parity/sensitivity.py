@@ -18,7 +18,7 @@ from ddpm_core.config import DiffusionConfig, UnetConfig
 
 CFG = UnetConfig(dim=8, channels=1, dim_mults=(1, 2))
 DIFF = DiffusionConfig(timesteps=10)
-CHECKS = ("weights", "predict", "loss", "ddpm", "ddim", "reference")
+CHECKS = ("weights", "predict", "loss", "ddpm", "ddim", "probes", "reference")
 
 
 @contextlib.contextmanager
@@ -109,15 +109,17 @@ def bugs() -> list[tuple[str, str, Callable]]:
 
 
 def caught_by(report: Any) -> str:
-    """The gates that failed: 'fp32 cross', 'vs spec', 'float64 logic', or 'none'."""
+    """The gates that failed: 'fp32 cross', 'vs spec', 'float64 logic', 'diffusion-math probes', or 'none'."""
     gates = []
     rows = [r for r in report.rows if r.gate]
-    if any(not r.summary.passed for r in rows if r.output != "logic"):
+    if any(not r.summary.passed for r in rows if r.output not in ("logic", "diffusion_math")):
         gates.append("fp32 cross")
     if any(r.anchor is not None and not r.anchor.passed for r in rows):
         gates.append("vs spec")
     if any(r.output == "logic" and not r.passed for r in rows):
         gates.append("float64 logic")
+    if any(r.output == "diffusion_math" and not r.passed for r in rows):
+        gates.append("diffusion-math probes")
     return ", ".join(gates) or "none"
 
 
