@@ -12,8 +12,6 @@ import contextlib
 import time
 from typing import Any, Callable, Iterator
 
-import numpy as np
-
 from ddpm_core.config import DiffusionConfig, UnetConfig
 
 CFG = UnetConfig(dim=8, channels=1, dim_mults=(1, 2))

@@ -4,8 +4,8 @@ gained).
 
 Rules: the worker rebuilds the PyTorch twin from its ``UnetConfig`` and the PyTorch-named weights it
 is sent, replays the same tape (rebuilt from the spec and checked against the parent's hash) and runs
-exactly ``parity.suite.run_side``; then it takes MindSpore's trajectory and returns the teacher-forced
-steps. Only numpy arrays and plain data cross the pipe. Use it for unmodified ``ddpm_torch.Unet``
+exactly ``parity.suite.run_side``, then the float64 anchor (``parity.anchor``) while MindSpore samples; then
+it takes MindSpore's trajectory and returns the teacher-forced steps and the anchor's outputs. Only numpy arrays and plain data cross the pipe. Use it for unmodified ``ddpm_torch.Unet``
 models (the CLI's case); a model changed in the parent (a patched module, a planted bug) must run in
 the parent, which ``check_models`` does unless asked for a worker.
 """
