@@ -158,7 +158,9 @@ class RelativeRule:
 _K_REASON = ("two float32 implementations of the same math differ from float64 by about the same rounding, and "
              "from each other by up to ~3x one of them; k = 10 leaves a margin of >= 3 over the largest ratio "
              "measured; the floors (a few float32 ulps of the output's scale) only matter if that rounding is ~0")
-_K_MEASURED = "to be measured"
+_K_MEASURED = ("20 runs of the default parity.check (tutorial U-Net, seeds 0-19), AMD EPYC, 2 cores, torch 2.14.1 / "
+               "mindspore 2.10.0, 2026-11-27: at most 21% of the gate used (trajectory atol), predictions 8% "
+               "(atol) / 12% (rel L2), losses 1.5%, one step 0.5%, DDIM 6%")
 RELATIVE: dict[str, RelativeRule] = {
     "prediction": RelativeRule(10.0, 1e-6, 1e-6, _K_REASON, _K_MEASURED),
     "loss": RelativeRule(10.0, 1e-7, 1e-7, _K_REASON, _K_MEASURED),
