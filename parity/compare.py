@@ -72,6 +72,11 @@ class Comparison:
         }
 
 
+def rms(x: np.ndarray) -> float:
+    """Root mean square in float64 (0 for an empty array): the unit sampler states are compared in."""
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if np.size(x) else 0.0
+
+
 def _finite_problem(a: np.ndarray, b: np.ndarray) -> str:
     fa, fb = np.isfinite(a), np.isfinite(b)
     if fa.all() and fb.all():

@@ -16,7 +16,7 @@ import numpy as np
 
 from ddpm_core.config import LOSS_TYPES, DiffusionConfig, UnetConfig
 from ddpm_core.schedules import cosine_decay_lr
-from parity.compare import Comparison, Summary, compare
+from parity.compare import Comparison, Summary, compare, rms
 from parity.probes import run_probes
 from parity.tape import TapeSpec
 from parity.threeway import Anchored, anchor_arrays, anchored, logic_summary, prediction_rounding
@@ -195,10 +195,6 @@ def pairs_row(prefix: str, a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarr
     return Row(label, output, Summary(label, members), gate and tol.gate, note)
 
 
-def _rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
-
-
 def _steps(label: str, output: str, a: np.ndarray, b: np.ndarray, names: list[str], device: str,
            note: str = "", tol: Tolerance | None = None) -> Row:
     """One comparison per sampler step. The atol is in units of the reference state's RMS (at least 1):
@@ -207,7 +203,7 @@ def _steps(label: str, output: str, a: np.ndarray, b: np.ndarray, names: list[st
     tol = tol or tolerance(output, "float32", device)
     members = []
     for k in range(min(len(a), len(b))):
-        scale = max(1.0, _rms(b[k]))
+        scale = max(1.0, rms(b[k]))
         c = compare(names[k], a[k], b[k], replace(tol, atol=tol.atol * scale))
         c.scale = scale
         members.append(c)

@@ -23,14 +23,10 @@ from typing import Mapping
 import numpy as np
 
 from parity.anchor import PREFIX_STEPS, one_step_index
-from parity.compare import Comparison, Summary, compare
+from parity.compare import Comparison, Summary, compare, rms
 from parity.tolerances import BLAME_RATIO, RELATIVE, Tolerance, machine_relative, tolerance
 
 STEP_OUTPUTS = ("ddpm_one_step", "ddpm_trajectory", "ddim_trajectory")
-
-
-def _rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
 
 
 def _scaled(x: np.ndarray, ref: np.ndarray, output: str) -> tuple[np.ndarray, np.ndarray]:
@@ -39,7 +35,7 @@ def _scaled(x: np.ndarray, ref: np.ndarray, output: str) -> tuple[np.ndarray, np
     x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
     if output not in STEP_OUTPUTS:
         return x, ref
-    scale = np.array([max(1.0, _rms(r)) for r in ref]).reshape(-1, *(1,) * (ref.ndim - 1))
+    scale = np.array([max(1.0, rms(r)) for r in ref]).reshape(-1, *(1,) * (ref.ndim - 1))
     return x / scale, ref / scale
 
 
@@ -60,12 +56,12 @@ def prediction_rounding(a: Mapping[str, np.ndarray], t64: Mapping[str, np.ndarra
     keys = [k for k in t64 if k.startswith("predict/") and k in a]
     if not keys:
         return None
-    cs = [compare(k, *_scaled_by_rms(a[k], t64[k]), tolerance("prediction").elementwise_only()) for k in keys]
+    cs = [compare(k, *_scaled_byrms(a[k], t64[k]), tolerance("prediction").elementwise_only()) for k in keys]
     return Rounding(max(c.max_abs for c in cs), max(c.rel_l2 for c in cs))
 
 
-def _scaled_by_rms(x: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    scale = max(1.0, _rms(np.asarray(ref, np.float64)))
+def _scaled_byrms(x: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scale = max(1.0, rms(np.asarray(ref, np.float64)))
     return np.asarray(x, np.float64) / scale, np.asarray(ref, np.float64) / scale
 
 
