@@ -11,11 +11,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 EXIT_USAGE = 2
-JIT_CHOICES = ("auto", "on", "off")
-JIT_HELP = ("compile into graphs. MindSpore: 'auto' and 'on' run each training step (forward, loss, gradients, "
-            "Adam) or sampling step as one ms.jit graph (tens of seconds to compile, then several times faster than "
-            "PyNative on CPU); 'off' runs op by op (PyNative), as the tutorial does. PyTorch: 'auto' and 'off' are "
-            "eager (fast already); 'on' uses torch.compile, which needs a C++ compiler and minutes to compile")
+COMPILE_CHOICES = ("auto", "on", "off")
+COMPILE_HELP = ("the compiled path. MindSpore: 'auto' and 'on' run each training step (forward, loss, gradients, "
+               "Adam) or sampling step as one ms.jit graph (tens of seconds to compile, then several times faster than "
+               "PyNative on CPU); 'off' runs op by op (PyNative), as the tutorial does. PyTorch: 'auto' and 'off' are "
+               "eager (fast already); 'on' uses torch.compile, which needs a C++ compiler and minutes to compile")
 
 
 class UserError(Exception):
@@ -134,7 +134,7 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=non_negative_int, default=0,
                    help="seeds the initial weights and the per-step tape (batches, flips, t, noise)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--jit", choices=JIT_CHOICES, default="auto", help=JIT_HELP)
+    g.add_argument("--compile", choices=COMPILE_CHOICES, default="auto", help=COMPILE_HELP)
     g = p.add_argument_group("optimizer")
     g.add_argument("--batch-size", type=positive_int, default=16, help="global batch size (tutorial: 16)")
     g.add_argument("--lr", type=float, default=1e-4, help="max_lr of nn.cosine_decay_lr (tutorial: 1e-4)")
@@ -188,7 +188,7 @@ def sample_parser(prog: str) -> argparse.ArgumentParser:
                    help="default: the run's (config.json), else the model's dim (the tutorial's dim=image_size)")
     p.add_argument("--scale", type=positive_int, default=2, help="pixel scale of the pictures")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--jit", choices=JIT_CHOICES, default="auto", help=JIT_HELP)
+    p.add_argument("--compile", choices=COMPILE_CHOICES, default="auto", help=COMPILE_HELP)
     _diffusion_options(p, required_defaults=False)
     return p
 

@@ -94,7 +94,7 @@ class Settings:
     timesteps: int
     schedule: str
     loss: str
-    jit: str
+    compile: str
     init_weights: str | None
     no_progress: bool
     examples: int = 0
@@ -164,6 +164,8 @@ def _resume_settings(parser, argv: Sequence[str], args: Any, framework: str) -> 
     if args.out is not None and Path(args.out).resolve() != run.path.resolve():
         raise RunError("--resume RUN_DIR continues RUN_DIR in place; leave out --out")
     stored = read_json(run.settings_file)
+    if "jit" in stored:  # run folders written before the option was named --compile
+        stored["compile"] = stored.pop("jit")
     if stored.get("framework") != framework:
         raise RunError(f"{run.path}: was trained with {stored.get('framework')}; resume it with "
                        f"python -m ddpm_{stored.get('framework')}.train")
@@ -275,7 +277,7 @@ def _start(run: RunDir, s: Settings, data: Any, make_trainer: Callable[..., Trai
         from ddpm_core.weights import load_weights
 
         weights = load_weights(s.init_weights, naming="torch", config=s.unet_config()).state
-    trainer = make_trainer(s.unet_config(), s.diffusion_config(), lrs, seed=s.seed, weights=weights, jit=s.jit,
+    trainer = make_trainer(s.unet_config(), s.diffusion_config(), lrs, seed=s.seed, weights=weights, compile=s.compile,
                            world=world)
     created = point is None and world.is_main
     if created:

@@ -168,7 +168,7 @@ def sample_main(argv: Sequence[str] | None, prog: str, framework: str,
     if args.gif and bad:
         raise UserError(f"--gif-index {','.join(map(str, bad))} outside the {args.n} samples")
     shape = (unet.channels, r.image_size, r.image_size)
-    denoise = make_denoiser(r.state, unet, diffusion, args.sampler, steps, args.eta, args.jit, not args.no_progress)
+    denoise = make_denoiser(r.state, unet, diffusion, args.sampler, steps, args.eta, args.compile, not args.no_progress)
     samples, gif_states = generate(denoise, args.n, args.seed, steps, shape, args.batch_size,
                                    args.gif_index if args.gif else ())
     save_grid(args.out, samples, args.scale)

@@ -118,6 +118,10 @@ class DDIMPlan:
         return int(self.t.shape[0])
 
 
+DDIM_COEFS = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "sqrt_alphas_cumprod_prev", "dir_coef", "sigma")
+"""The ``DDIMPlan`` fields one DDIM step takes, in the order every implementation's ``ddim_step`` takes them."""
+
+
 def ddim_timesteps(timesteps: int, steps: int) -> np.ndarray:
     """``steps`` distinct timesteps from T-1 down to 0, evenly spaced (descending, int64)."""
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= timesteps:

@@ -21,12 +21,10 @@ from ddpm_core.config import (
     check_same_shape,
     check_timestep_range,
 )
-from ddpm_core.schedules import ddim_plan, make_schedule
+from ddpm_core.schedules import DDIM_COEFS, ddim_plan, make_schedule
 
 ArrayLike = np.ndarray | Tensor
 FLOAT_DTYPES = (ms.float16, ms.bfloat16, ms.float32, ms.float64)
-DDIM_COEFS = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "sqrt_alphas_cumprod_prev", "dir_coef", "sigma")
-"""The ``DDIMPlan`` fields one DDIM step takes, in ``ddim_step``'s argument order."""
 _SMOOTH_L1 = nn.SmoothL1Loss(beta=1.0, reduction="none")
 
 

@@ -4,8 +4,8 @@ ddpm_torch/optim.py.
 ``nn.Adam`` is MindSpore's own (eps added to the uncorrected sqrt(v), see ddpm_torch/optim.py);
 its hyper-parameters are passed explicitly so a changed default cannot move the numbers.
 
-The training step's fast path (``fast=True``, the default) is one ``ms.jit`` graph of forward, loss,
-gradients and the ``nn.Adam`` update; ``fast=False`` runs the same functions op by op (PyNative), as the
+The compiled training step (``compiled=True``, the default) is one ``ms.jit`` graph of forward, loss,
+gradients and the ``nn.Adam`` update; ``compiled=False`` runs the same functions op by op (PyNative), as the
 tutorial does. Both validate their inputs before any graph runs, and agree to float32 rounding
 (tests/parity/test_bench.py); docs/performance.md has the measurements.
 """
@@ -48,7 +48,7 @@ def loss_and_grads(model: nn.Cell, diffusion: GaussianDiffusion, x_start: ArrayL
 
 
 def make_train_step(model: nn.Cell, diffusion: GaussianDiffusion, optimizer: nn.Optimizer,
-                    loss_type: str | None = None, fast: bool = True,
+                    loss_type: str | None = None, compiled: bool = True,
                     world: World = World()) -> Callable[[ArrayLike, ArrayLike, ArrayLike], Tensor]:
     """``step(x_start, t, noise) -> loss``: forward, loss, gradients and one optimizer update (the tutorial's
     ``train_step``).
@@ -57,12 +57,12 @@ def make_train_step(model: nn.Cell, diffusion: GaussianDiffusion, optimizer: nn.
     batch: ``nn.DistributedGradReducer`` averages the gradients over the ranks before ``nn.Adam`` applies
     them, so every rank makes the same update, and the loss returned is the ranks' mean (the global batch's loss).
 
-    ``fast=True``: the four as one ``ms.jit`` graph, compiled on the first call and reused while the input
+    ``compiled=True``: the four as one ``ms.jit`` graph, compiled on the first call and reused while the input
     shapes stay the same (compiling costs tens of seconds for the tutorial's U-Net on CPU, so a run of a few
-    steps is quicker with ``fast=False``). A parameter updated in place (``copy_``, ``assign_value``) is seen by
+    steps is quicker with ``compiled=False``). A parameter updated in place (``copy_``, ``assign_value``) is seen by
     the graph; one whose storage is replaced (``set_data``, ``load_param_into_net``, as when resuming) is not:
     MindSpore 2.10's graph would go on training the old storage, so such a change compiles a fresh graph.
-    ``fast=False``: op by op (PyNative). A ``model`` that is not an ``nn.Cell`` (e.g. a forward already wrapped
+    ``compiled=False``: op by op (PyNative). A ``model`` that is not an ``nn.Cell`` (e.g. a forward already wrapped
     in ``ms.jit``) always takes the op-by-op step."""
 
     def forward(x, tt, n):
@@ -77,15 +77,15 @@ def make_train_step(model: nn.Cell, diffusion: GaussianDiffusion, optimizer: nn.
             grads = reducer(grads)
         return ops.depend(distributed.mean(loss, world), optimizer(grads))
 
-    compiled: dict[str, Any] = {}
+    graphs: dict[str, Any] = {}
 
     def run(x: Tensor, tt: Tensor, n: Tensor) -> Tensor:
-        if not (fast and isinstance(model, nn.Cell)):
+        if not (compiled and isinstance(model, nn.Cell)):
             return train(x, tt, n)
         storage = tuple(p.data_ptr() for p in optimizer.get_parameters())  # model weights and Adam's state
-        if compiled.get("storage") != storage:
-            compiled.update(storage=storage, graph=ms.jit(train, jit_level=JIT_LEVEL))
-        return compiled["graph"](x, tt, n)
+        if graphs.get("storage") != storage:
+            graphs.update(storage=storage, graph=ms.jit(train, jit_level=JIT_LEVEL))
+        return graphs["graph"](x, tt, n)
 
     def step(x_start: ArrayLike, t: ArrayLike, noise: ArrayLike) -> Tensor:
         model.set_train()

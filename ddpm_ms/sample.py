@@ -9,40 +9,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from mindspore import Tensor
 
 from ddpm_core.cli import run_main
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.sampling import Denoise, sample_main
-from ddpm_core.weights import torch_to_ms
+from ddpm_ms.adapter import load_model
 from ddpm_ms.diffusion import GaussianDiffusion
-from ddpm_ms.unet import Unet
-
-
-def load_model(state: dict[str, np.ndarray], cfg: UnetConfig) -> Unet:
-    """``Unet(cfg)`` holding ``state`` (PyTorch names, converted strictly), in eval mode."""
-    model = Unet.from_config(cfg)
-    ms_state = torch_to_ms(state, cfg)
-    for p in model.get_parameters():
-        p.set_data(Tensor(np.array(ms_state[p.name], dtype=np.float32)))
-    model.set_train(False)
-    return model
 
 
 def make_denoiser(state: dict[str, np.ndarray], cfg: UnetConfig, diffusion_config: DiffusionConfig, sampler: str,
-                  steps: int, eta: float, jit: str, progress: bool) -> Denoise:
-    """--jit auto/on: every sampling step runs as one ``ms.jit`` graph (the diffusion's ``compiled=True``)."""
+                  steps: int, eta: float, compile: str, progress: bool) -> Denoise:
+    """``--compile`` auto/on: every sampling step runs as one ``ms.jit`` graph (the diffusion's
+    ``compiled=True``); off: op by op (PyNative)."""
     model = load_model(state, cfg)
     diffusion = GaussianDiffusion(diffusion_config)
-    graph = jit != "off"
+    compiled = compile != "off"
 
     def denoise(start: np.ndarray, noise: np.ndarray) -> np.ndarray:
         if sampler == "ddpm":
             states = diffusion.p_sample_loop(model, start.shape, img=start, noise=noise, progress=progress,
-                                             compiled=graph)
+                                             compiled=compiled)
         else:
             states = diffusion.ddim_sample_loop(model, start.shape, steps, eta, img=start, noise=noise,
-                                                progress=progress, compiled=graph)
+                                                progress=progress, compiled=compiled)
         return np.stack(states)
 
     return denoise

@@ -23,8 +23,9 @@ from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.distributed import World
 from ddpm_core.train_tape import shard
 from ddpm_core.runs import CHECKPOINT_FORMAT, RunError, train_main
-from ddpm_core.weights import ms_to_torch, torch_to_ms
+from ddpm_core.weights import ms_to_torch
 from ddpm_ms import distributed
+from ddpm_ms.adapter import Adapter
 from ddpm_ms.data import open_data
 from ddpm_ms.diffusion import GaussianDiffusion
 from ddpm_ms.optim import make_optimizer, make_train_step
@@ -33,10 +34,10 @@ from ddpm_ms.unet import Unet
 META_KEY = "ddpm_meta"
 
 
-def fast_step(jit: str) -> bool:
-    """``--jit`` "on"/"auto": the whole training step (forward, loss, gradients, ``nn.Adam``) as one ``ms.jit``
-    graph; "off": op by op (PyNative), as the tutorial runs it."""
-    return jit in ("on", "auto")
+def compiles_step(compile: str) -> bool:
+    """``--compile`` "on"/"auto": the whole training step (forward, loss, gradients, ``nn.Adam``) as one
+    ``ms.jit`` graph; "off": op by op (PyNative), as the tutorial runs it."""
+    return compile in ("on", "auto")
 
 
 class Trainer:
@@ -49,19 +50,17 @@ class Trainer:
     checkpoint_ext = ".ckpt"
 
     def __init__(self, unet_config: UnetConfig, diffusion_config: DiffusionConfig, lrs: Sequence[float],
-                 seed: int = 0, weights: dict[str, np.ndarray] | None = None, jit: str = "off",
+                 seed: int = 0, weights: dict[str, np.ndarray] | None = None, compile: str = "off",
                  world: World = World()):
         ms.set_seed(seed)
         self.config = unet_config
         self.model = Unet.from_config(unet_config)
         if weights is not None:
-            state = torch_to_ms(weights, unet_config)
-            for p in self.model.get_parameters():
-                p.set_data(Tensor(np.array(state[p.name], dtype=np.float32)))
+            Adapter().load(self.model, weights)
         self.diffusion = GaussianDiffusion(diffusion_config)
         self.optimizer = make_optimizer(self.model, list(lrs))
-        self.jit, self.world = jit, world
-        self._step = make_train_step(self.model, self.diffusion, self.optimizer, fast=fast_step(jit), world=world)
+        self.compile, self.world = compile, world
+        self._step = make_train_step(self.model, self.diffusion, self.optimizer, compiled=compiles_step(compile), world=world)
 
     def step(self, x_start: np.ndarray, t: np.ndarray, noise: np.ndarray) -> float:
         return float(self._step(x_start, t, noise).asnumpy())
@@ -111,19 +110,19 @@ class Trainer:
             if value.shape != tuple(p.shape):
                 raise RunError(f"{path}: {p.name} has shape {value.shape}, expected {tuple(p.shape)}")
             p.set_data(Tensor(np.array(value, copy=True), dtype=p.dtype))
-        self._step = make_train_step(self.model, self.diffusion, self.optimizer, fast=fast_step(self.jit),
+        self._step = make_train_step(self.model, self.diffusion, self.optimizer, compiled=compiles_step(self.compile),
                                      world=self.world)
         return meta
 
 
 def train_steps(unet_config: UnetConfig, diffusion_config: DiffusionConfig, weights: dict[str, np.ndarray],
                 x_starts: np.ndarray, ts: np.ndarray, noises: np.ndarray,
-                lrs: Sequence[float], jit: str = "off", world: World = World()) -> tuple[list[float], dict[str, np.ndarray]]:
+                lrs: Sequence[float], compile: str = "off", world: World = World()) -> tuple[list[float], dict[str, np.ndarray]]:
     """Train from ``weights`` (PyTorch names) on a given tape: step k uses ``x_starts[k]`` (in [-1, 1]),
     ``ts[k]``, ``noises[k]`` and learning rate ``lrs[k]``. Returns the loss of every step and the final
-    weights (PyTorch names, copied); ``jit`` as ``--jit``. In a data-parallel job (``world``) every rank passes
+    weights (PyTorch names, copied); ``compile`` as ``--compile``. In a data-parallel job (``world``) every rank passes
     the whole tape and computes its slice of each batch (``train_tape.shard``); the losses are the global batch's. The same function in ddpm_torch/train.py is its parity twin."""
-    trainer = Trainer(unet_config, diffusion_config, lrs, weights=weights, jit=jit, world=world)
+    trainer = Trainer(unet_config, diffusion_config, lrs, weights=weights, compile=compile, world=world)
     r, n = world.rank, world.size
     losses = [trainer.step(shard(x, r, n), shard(t, r, n), shard(e, r, n)) for x, t, e in zip(x_starts, ts, noises)]
     return losses, ms_to_torch(trainer.state(), unet_config)

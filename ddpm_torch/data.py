@@ -47,13 +47,14 @@ def load_image(path: str) -> Image.Image:
         raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
 
 
-def one_line(e: DataError) -> str:
+def pipeline_error(e: DataError, spec: DataSpec) -> DataError:
     """A ``DataError`` raised in a DataLoader worker comes back with the worker's traceback in its message;
-    keep the original message (the traceback's last line)."""
+    the original one-line message (the traceback's last line) as a ``DataError`` (``spec``: as the MindSpore
+    twin, which names the source when the message names no file)."""
     lines = [ln for ln in str(e).splitlines() if ln.strip()]
     if len(lines) > 1 and lines[-1].startswith(f"{DataError.__module__}.DataError: "):
-        return lines[-1].split(": ", 1)[1]
-    return str(e)
+        return DataError(lines[-1].split(": ", 1)[1])
+    return DataError(str(e) or f"{spec.source}: the PyTorch data pipeline failed")
 
 
 class TrainingData:
@@ -84,7 +85,7 @@ class TrainingData:
             for images, _labels in loader:
                 yield images.numpy()
         except DataError as e:
-            raise DataError(one_line(e)) from None
+            raise pipeline_error(e, self.spec) from None
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         """The examples at ``indices`` as one batch."""

@@ -21,7 +21,7 @@ from ddpm_core.config import (
     check_same_shape,
     check_timestep_range,
 )
-from ddpm_core.schedules import ddim_plan, make_schedule
+from ddpm_core.schedules import DDIM_COEFS, ddim_plan, make_schedule
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -30,9 +30,6 @@ def huber_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """MindSpore ``nn.SmoothL1Loss()``: beta 1.0 and reduction 'none' (PyTorch's default is 'mean')."""
     return nn.functional.smooth_l1_loss(a, b, reduction="none", beta=1.0)
 
-
-DDIM_COEFS = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "sqrt_alphas_cumprod_prev", "dir_coef", "sigma")
-"""The ``DDIMPlan`` fields one DDIM step takes, in ``ddim_step``'s argument order."""
 
 def state_dtype(model: Callable) -> torch.dtype:
     """The dtype a sampler keeps its states in: the model's parameters' (float32 for the tutorial's model,

@@ -103,7 +103,7 @@ def loss_and_grads(model: nn.Module, diffusion: GaussianDiffusion, x_start: Arra
 
 
 def make_train_step(model: nn.Module, diffusion: GaussianDiffusion, optimizer: torch.optim.Optimizer,
-                    loss_type: str | None = None, fast: bool = True,
+                    loss_type: str | None = None, channels_last: bool = True,
                     world: World = World()) -> Callable[[ArrayLike, ArrayLike, ArrayLike], torch.Tensor]:
     """``step(x_start, t, noise) -> loss``: forward, loss, backward and one optimizer update.
 
@@ -111,11 +111,11 @@ def make_train_step(model: nn.Module, diffusion: GaussianDiffusion, optimizer: t
     batch: ``DistributedDataParallel`` averages the gradients over the ranks in the backward pass, every rank
     applies the same update, and the loss returned is the ranks' mean (the global batch's loss).
 
-    ``fast=True`` first moves ``model``'s weights to channels-last (NHWC strides, the same values, the same
+    ``channels_last=True`` first moves ``model``'s weights to channels-last (NHWC strides, the same values, the same
     Parameter objects, so the optimizer is unaffected): every convolution and its gradients then run oneDNN's
-    NHWC kernels, measured faster than NCHW for this U-Net on CPU (docs/performance.md). ``fast=False``:
+    NHWC kernels, measured faster than NCHW for this U-Net on CPU (docs/performance.md). ``channels_last=False``:
     NCHW, as built. The two agree to float32 rounding (tests/parity/test_bench.py)."""
-    if fast:
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     forward = distributed.data_parallel(model, world)
 

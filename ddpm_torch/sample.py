@@ -9,37 +9,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from ddpm_core.cli import run_main
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.sampling import Denoise, sample_main
+from ddpm_torch.adapter import load_model
 from ddpm_torch.diffusion import GaussianDiffusion
-from ddpm_torch.train import compiled
-from ddpm_torch.unet import Unet
-
-
-def load_model(state: dict[str, np.ndarray], cfg: UnetConfig) -> Unet:
-    """``Unet(cfg)`` holding ``state`` (PyTorch names, strict), in eval mode."""
-    model = Unet.from_config(cfg)
-    model.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}, strict=True)
-    return model.eval()
+from ddpm_torch.train import compile_model
 
 
 def make_denoiser(state: dict[str, np.ndarray], cfg: UnetConfig, diffusion_config: DiffusionConfig, sampler: str,
-                  steps: int, eta: float, jit: str, progress: bool) -> Denoise:
-    """--jit on: the U-Net through ``torch.compile``; auto/off: eager (the diffusion's eager step functions)."""
-    model = compiled(load_model(state, cfg), jit)
+                  steps: int, eta: float, compile: str, progress: bool) -> Denoise:
+    """``--compile`` on: the U-Net through ``torch.compile``; auto/off: eager. The sampling steps run
+    through the diffusion's step functions either way (``compiled=True``, eager in PyTorch)."""
+    model = compile_model(load_model(state, cfg), compile)
     diffusion = GaussianDiffusion(diffusion_config)
-    graph = False
 
     def denoise(start: np.ndarray, noise: np.ndarray) -> np.ndarray:
         if sampler == "ddpm":
             states = diffusion.p_sample_loop(model, start.shape, img=start, noise=noise, progress=progress,
-                                             compiled=graph)
+                                             compiled=True)
         else:
             states = diffusion.ddim_sample_loop(model, start.shape, steps, eta, img=start, noise=noise,
-                                                progress=progress, compiled=graph)
+                                                progress=progress, compiled=True)
         return np.stack(states)
 
     return denoise

@@ -23,15 +23,16 @@ from ddpm_core.distributed import World
 from ddpm_core.train_tape import shard
 from ddpm_core.runs import CHECKPOINT_FORMAT, RunError, train_main
 from ddpm_torch import distributed
+from ddpm_torch.adapter import Adapter
 from ddpm_torch.data import open_data
 from ddpm_torch.diffusion import GaussianDiffusion
 from ddpm_torch.optim import make_optimizer, make_train_step
 from ddpm_torch.unet import Unet
 
 
-def compiled(model: nn.Module, jit: str) -> nn.Module:
-    """``jit`` "on": ``torch.compile(model)``; "auto"/"off": the eager model (see ``--jit``)."""
-    return torch.compile(model) if jit == "on" else model
+def compile_model(model: nn.Module, compile: str) -> nn.Module:
+    """``--compile`` "on": ``torch.compile(model)``; "auto"/"off": the eager model (fast already on CPU)."""
+    return torch.compile(model) if compile == "on" else model
 
 
 class Trainer:
@@ -44,17 +45,16 @@ class Trainer:
     checkpoint_ext = ".pt"
 
     def __init__(self, unet_config: UnetConfig, diffusion_config: DiffusionConfig, lrs: Sequence[float],
-                 seed: int = 0, weights: dict[str, np.ndarray] | None = None, jit: str = "off",
+                 seed: int = 0, weights: dict[str, np.ndarray] | None = None, compile: str = "off",
                  world: World = World()):
         torch.manual_seed(seed)
         self.model = Unet.from_config(unet_config)
         if weights is not None:
-            self.model.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in weights.items()},
-                                       strict=True)
+            Adapter().load(self.model, weights)
         self.diffusion = GaussianDiffusion(diffusion_config)
         self.optimizer = make_optimizer(self.model, list(lrs))
-        self.jit, self.world = jit, world
-        self._step = make_train_step(compiled(self.model, jit), self.diffusion, self.optimizer, world=world)
+        self.compile, self.world = compile, world
+        self._step = make_train_step(compile_model(self.model, compile), self.diffusion, self.optimizer, world=world)
 
     def step(self, x_start: np.ndarray, t: np.ndarray, noise: np.ndarray) -> float:
         return float(self._step(x_start, t, noise))
@@ -87,18 +87,18 @@ class Trainer:
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng_state"])
-        self._step = make_train_step(compiled(self.model, self.jit), self.diffusion, self.optimizer, world=self.world)
+        self._step = make_train_step(compile_model(self.model, self.compile), self.diffusion, self.optimizer, world=self.world)
         return meta
 
 
 def train_steps(unet_config: UnetConfig, diffusion_config: DiffusionConfig, weights: dict[str, np.ndarray],
                 x_starts: np.ndarray, ts: np.ndarray, noises: np.ndarray,
-                lrs: Sequence[float], jit: str = "off", world: World = World()) -> tuple[list[float], dict[str, np.ndarray]]:
+                lrs: Sequence[float], compile: str = "off", world: World = World()) -> tuple[list[float], dict[str, np.ndarray]]:
     """Train from ``weights`` (PyTorch names) on a given tape: step k uses ``x_starts[k]`` (in [-1, 1]),
     ``ts[k]``, ``noises[k]`` and learning rate ``lrs[k]``. Returns the loss of every step and the final
-    weights (PyTorch names, copied); ``jit`` as ``--jit``. In a data-parallel job (``world``) every rank passes
+    weights (PyTorch names, copied); ``compile`` as ``--compile``. In a data-parallel job (``world``) every rank passes
     the whole tape and computes its slice of each batch (``train_tape.shard``); the losses are the global batch's. The same function in ddpm_ms/train.py is its parity twin."""
-    trainer = Trainer(unet_config, diffusion_config, lrs, weights=weights, jit=jit, world=world)
+    trainer = Trainer(unet_config, diffusion_config, lrs, weights=weights, compile=compile, world=world)
     r, n = world.rank, world.size
     losses = [trainer.step(shard(x, r, n), shard(t, r, n), shard(e, r, n)) for x, t, e in zip(x_starts, ts, noises)]
     return losses, trainer.state()

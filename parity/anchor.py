@@ -19,13 +19,13 @@ Imports neither framework at import time.
 """
 from __future__ import annotations
 
-import copy
 import time
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping
 
 import numpy as np
 
-from ddpm_core.reference import ReferenceDiffusion, ReferenceUnet
+from ddpm_core.contract import InferenceSide
+from ddpm_core.reference.side import ReferenceSide
 from ddpm_core.schedules import ddim_plan
 
 PREFIX_STEPS = 5
@@ -39,76 +39,26 @@ def one_step_index(timesteps: int) -> np.ndarray:
     return np.unique(np.linspace(0, timesteps - 1, min(ONE_STEP_SAMPLES, timesteps)).round().astype(int))
 
 
-class Float64Math(Protocol):
-    """What the anchor needs from one float64 implementation (numpy in, float64 numpy out)."""
+class Float64:
+    """One float64 implementation for the anchor: an inference side with its model and diffusion."""
 
-    def predict(self, x: np.ndarray, t: np.ndarray) -> np.ndarray: ...
-    def loss(self, x0: np.ndarray, t: np.ndarray, noise: np.ndarray, loss_type: str) -> np.ndarray: ...
-    def step(self, x: np.ndarray, t: np.ndarray, noise: np.ndarray) -> np.ndarray: ...
-    def ddim_step(self, x: np.ndarray, plan: Any, k: int, noise: np.ndarray | None) -> np.ndarray: ...
-
-
-class SpecMath:
-    """The executable specification."""
-
-    def __init__(self, unet: Any, diffusion: Any, weights: Mapping[str, np.ndarray]):
-        self.net, self.diff = ReferenceUnet(unet, weights), ReferenceDiffusion(diffusion)
+    def __init__(self, side: InferenceSide, model: Any, diffusion: Any):
+        self.side, self.model, self.diff = side, model, diffusion
 
     def predict(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        return self.net(x, t)
+        return self.side.predict(self.model, x, t)
 
     def loss(self, x0: np.ndarray, t: np.ndarray, noise: np.ndarray, loss_type: str) -> np.ndarray:
-        return np.asarray(self.diff.p_losses(self.net, x0, t, noise, loss_type))
+        return self.side.loss(self.model, self.diff, x0, t, noise, loss_type)
 
-    def step(self, x: np.ndarray, t: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        return self.diff.p_step(self.net, x, t, noise)
-
-    def ddim_step(self, x: np.ndarray, plan: Any, k: int, noise: np.ndarray | None) -> np.ndarray:
-        return self.diff.ddim_step(self.net, np.asarray(x, np.float64), int(plan.t[k]), plan, k, noise)
-
-
-class Torch64Math:
-    """The PyTorch twin after ``model.double()`` (a deep copy: the model under test is left as it is)."""
-
-    def __init__(self, torch_model: Any, diffusion: Any):
-        import torch
-
-        import ddpm_torch
-
-        self.torch = torch
-        self.model = copy.deepcopy(torch_model).double().eval()
-        self.device = next(self.model.parameters()).device
-        self.diff = ddpm_torch.GaussianDiffusion(diffusion, device=self.device)
-        for name in self.diff.schedule.tables():  # the same float32 values, upcast: every op then runs in float64
-            setattr(self.diff, name, getattr(self.diff, name).double())
-
-    def _t(self, a: np.ndarray) -> Any:
-        a = np.asarray(a)
-        return self.torch.from_numpy(np.array(a, np.float64 if a.dtype.kind == "f" else a.dtype)).to(self.device)
-
-    def predict(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        with self.torch.no_grad():
-            return self.model(self._t(x), self._t(t)).cpu().numpy()
-
-    def loss(self, x0: np.ndarray, t: np.ndarray, noise: np.ndarray, loss_type: str) -> np.ndarray:
-        with self.torch.no_grad():
-            return self.diff.p_losses(self.model, self._t(x0), self._t(t), self._t(noise), loss_type).cpu().numpy()
-
-    def step(self, x: np.ndarray, t: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        with self.torch.no_grad():
-            return self.diff.p_step(self.model, self._t(x), self._t(t), self._t(noise)).cpu().numpy()
+    def steps(self, xs: np.ndarray, ts: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        return self.side.ddpm_one_step(self.model, self.diff, xs, ts, noise)
 
     def ddim_step(self, x: np.ndarray, plan: Any, k: int, noise: np.ndarray | None) -> np.ndarray:
-        from ddpm_torch.diffusion import DDIM_COEFS
-
-        coefs = [self.torch.tensor(float(getattr(plan, name)[k]), dtype=self.torch.float64) for name in DDIM_COEFS]
-        t = self._t(np.full(len(x), int(plan.t[k]), np.int32))
-        with self.torch.no_grad():
-            return self.diff.ddim_step(self.model, self._t(x), t, *coefs,
-                                       None if noise is None else self._t(noise)).cpu().numpy()
+        return self.side.ddim_step(self.model, self.diff, x, plan, k, noise)
 
 
-def anchor_outputs(math: Float64Math, tape: Mapping[str, np.ndarray], spec: Any) -> dict[str, np.ndarray]:
+def anchor_outputs(math: Float64, tape: Mapping[str, np.ndarray], spec: Any) -> dict[str, np.ndarray]:
     """Every anchored output of ``math`` for ``spec`` (a ``parity.suite.RunSpec``) but the teacher-forced
     steps, which wait for MindSpore's trajectory (``anchor_one_step``)."""
     checks, out, T = spec.checks, {}, spec.diffusion.timesteps
@@ -123,7 +73,7 @@ def anchor_outputs(math: Float64Math, tape: Mapping[str, np.ndarray], spec: Any)
     if "ddpm" in checks:
         x, states = tape["x_T"], []
         for k in range(min(PREFIX_STEPS, T)):
-            x = math.step(x, np.full(len(x), T - 1 - k, np.int32), tape["ddpm_noise"][k])
+            x = math.steps(x[None], np.array([T - 1 - k], np.int32), tape["ddpm_noise"][k][None])[0]
             states.append(x)
         out["ddpm/prefix"] = np.stack(states)
     if "ddim" in checks:
@@ -136,17 +86,14 @@ def anchor_outputs(math: Float64Math, tape: Mapping[str, np.ndarray], spec: Any)
     return out
 
 
-def anchor_one_step(math: Float64Math, tape: Mapping[str, np.ndarray], spec: Any,
+def anchor_one_step(math: Float64, tape: Mapping[str, np.ndarray], spec: Any,
                     trajectory: np.ndarray) -> np.ndarray:
     """One ancestral step of ``math`` from MindSpore's states (``trajectory``, (T, b, ...)) at the steps
     ``one_step_index(T)``, with the tape's noise of each step: (n, b, ...)."""
     T = spec.diffusion.timesteps
     ks = one_step_index(T)
     starts = np.concatenate([tape["x_T"][None], trajectory[:-1]])[ks]  # (n, b, ...)
-    n, b = starts.shape[:2]
-    flat = lambda a: a.reshape(n * b, *a.shape[2:])  # noqa: E731
-    stepped = math.step(flat(starts), np.repeat(T - 1 - ks, b).astype(np.int32), flat(tape["ddpm_noise"][ks]))
-    return stepped.reshape(starts.shape)
+    return math.steps(starts, (T - 1 - ks).astype(np.int32), tape["ddpm_noise"][ks])
 
 
 class Anchor:
@@ -155,8 +102,13 @@ class Anchor:
 
     def __init__(self, torch_model: Any, weights: Mapping[str, np.ndarray], spec: Any):
         self.spec = spec
-        self.maths = {"spec": SpecMath(spec.unet, spec.diffusion, weights),
-                      "torch64": Torch64Math(torch_model, spec.diffusion)}
+        from parity.side_torch import TorchSide
+
+        reference = ReferenceSide()
+        torch64 = TorchSide(str(next(torch_model.parameters()).device), dtype=np.float64)
+        self.maths = {"spec": Float64(reference, reference.load_model(weights, spec.unet),
+                                      reference.diffusion(spec.diffusion)),
+                      "torch64": Float64(torch64, torch64.adopt(torch_model), torch64.diffusion(spec.diffusion))}
         self.outputs: dict[str, dict[str, np.ndarray]] = {name: {} for name in self.maths}
         self.timings: dict[str, float] = {}
 

@@ -18,10 +18,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ddpm_core.config import TUTORIAL_DIFFUSION, DiffusionConfig
-from ddpm_core.reference import ReferenceUnet
+from ddpm_core.reference.side import ReferenceSide
 from parity.anchor import Anchor, wants_anchor
 from parity.initial import weights_hash
-from parity.localise import localise, localise_against_reference, reference_records
+from parity.localise import localise, localise_against_reference
 from parity.probes import Oracle, diagnose
 from parity.report import Report
 from parity.settings import check_settings
@@ -69,7 +69,8 @@ def explain(report: Report, outputs: tuple[dict, dict], tape: dict, spec: RunSpe
         x, t = tape["pred_x"][k], np.full(spec.tape.batch, ts[k], np.int32)
         finding = localise(side_t, model_t, side_m, model_m, x, t, tolerance("module", "float32", device))
         if weights is not None:
-            rec_ref = reference_records(ReferenceUnet(spec.unet, weights), x, t)
+            reference = ReferenceSide()
+            rec_ref = reference.capture(reference.load_model(weights, spec.unet), x, t)
             for words in localise_against_reference(side_t.capture(model_t, x, t), side_m.capture(model_m, x, t),
                                                     rec_ref, tolerance("module", "float32", device)):
                 report.diagnoses.append(f"against the float64 specification: {words}")
@@ -105,15 +106,15 @@ def explain(report: Report, outputs: tuple[dict, dict], tape: dict, spec: RunSpe
 def check_models(torch_model: Any, ms_model: Any, *, diffusion: DiffusionConfig = TUTORIAL_DIFFUSION, seed: int = 0,
                  batch: int = 2, image_size: int | None = None, adam_steps: int = 3, ddim_steps: int = 20,
                  ddim_etas: Sequence[float] = (0.0, 0.5), pred_timesteps: Sequence[int] | None = None,
-                 checks: Sequence[str] = CHECKS, ms_mode: str = "graph", progress: bool = False,
+                 checks: Sequence[str] = CHECKS, compiled: bool = True, progress: bool = False,
                  environment: dict | None = None, title: str | None = None, spec: RunSpec | None = None,
                  worker: bool = False, sides: tuple[Any, Any] | None = None,
                  weights: dict[str, np.ndarray] | None = None) -> Report:
     """Run every check on two models holding the same weights; return the ``Report`` (never raises
     for a numeric mismatch; ``ValueError`` for a bad configuration).
 
-    ``checks`` picks a subset of ``parity.suite.CHECKS``; ``ms_mode="pynative"`` runs MindSpore's
-    samplers op by op instead of through compiled steps; ``worker=True`` runs the PyTorch side in a
+    ``checks`` picks a subset of ``parity.suite.CHECKS``; ``compiled=False`` runs the samplers
+    op by op instead of through their compiled steps (``ms.jit`` graphs in MindSpore); ``worker=True`` runs the PyTorch side in a
     process of its own alongside MindSpore, rebuilt from ``torch_model.config`` and its weights (only for
     an unmodified ``ddpm_torch.Unet``: the CLI's case); ``sides`` (a ``TorchSide``, ``MsSide`` pair) lets
     repeated calls on the same model objects reuse MindSpore's compiled steps; ``spec`` overrides the
@@ -122,8 +123,6 @@ def check_models(torch_model: Any, ms_model: Any, *, diffusion: DiffusionConfig 
     from parity.side_ms import MsSide
     from parity.side_torch import TorchSide
 
-    if ms_mode not in ("graph", "pynative"):
-        raise ValueError(f"ms_mode must be 'graph' or 'pynative', got {ms_mode!r}")
     cfg = torch_model.config
     if getattr(ms_model, "config", None) != cfg:
         raise ValueError(f"the models differ in configuration: PyTorch {cfg}, MindSpore {getattr(ms_model, 'config', None)}")
@@ -137,20 +136,20 @@ def check_models(torch_model: Any, ms_model: Any, *, diffusion: DiffusionConfig 
         sides = (TorchSide(tdev), MsSide(mdev))
     side_t, side_m = sides
     for side in sides:
-        side.compiled, side.progress = ms_mode == "graph", progress
+        side.compiled, side.progress = compiled, progress
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     tape = make_tape(spec.tape)
     if environment is None:
         from parity.env import fingerprint
 
-        environment = fingerprint({"device": tdev}, {"device": mdev}, ms_mode)
+        environment = fingerprint({"device": tdev}, {"device": mdev}, compiled)
     state_t = side_t.state(torch_model)
     pool = None
     if worker:  # started first, so that its imports and PyTorch's work overlap MindSpore's
         from parity.worker import TorchWorker
 
-        pool = TorchWorker(spec, state_t, tape_hash(tape), tdev, threads=1)
+        pool = TorchWorker(spec, state_t, tape_hash(tape), tdev, threads=1, compiled=compiled)
     report = Report(title or describe_run(spec), spec.to_dict(), tape_hash(tape), weights_hash(state_t), environment,
                     timings=timings)
     try:

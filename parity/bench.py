@@ -146,7 +146,8 @@ def _twin(name: str, cfg: UnetConfig, batch: int, size: int) -> tuple[Callable, 
 
         torch.manual_seed(0)
     model = twin.Unet.from_config(cfg)
-    step = optim.make_train_step(model, twin.GaussianDiffusion(), optim.make_optimizer(model, _lrs()), fast=fast)
+    fast_path = {"channels_last": fast} if name.startswith("torch") else {"compiled": fast}
+    step = optim.make_train_step(model, twin.GaussianDiffusion(), optim.make_optimizer(model, _lrs()), **fast_path)
     x, t, noise = _inputs(batch, cfg, size)
     diffusion = functools.cache(lambda steps: twin.GaussianDiffusion(DiffusionConfig(timesteps=steps)))  # graph cache
 

@@ -78,8 +78,8 @@ def _device_options(p: argparse.ArgumentParser, frameworks: Sequence[str] = FRAM
     if "ms" in frameworks:
         g.add_argument("--ms-device", default="CPU", choices=MS_DEVICES,
                        help="MindSpore device target (Ascend: precision mode must_keep_origin_dtype)")
-        g.add_argument("--ms-mode", choices=("graph", "pynative"), default="graph",
-                       help="graph: sampling steps compiled with ms.jit (default); pynative: op by op")
+    g.add_argument("--compile", choices=("on", "off"), default="on",
+                   help="on: the samplers' steps as compiled graphs (MindSpore: ms.jit; default); off: op by op")
     g.add_argument("--threads", type=int, default=None,
                    help="CPU threads of MindSpore (default 1), and of PyTorch with --in-process or in record/compare (default: "
                         "PyTorch's; its worker process uses 1)")
@@ -179,10 +179,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     model_t, model_m = side_t.build(cfg), side_m.build(cfg)
     side_t.load(model_t, state)
     side_m.load(model_m, state)  # through ddpm_core.weights.torch_to_ms
-    env = fingerprint(torch_info, ms_info, args.ms_mode)
+    env = fingerprint(torch_info, ms_info, args.compile == "on")
     env["weights_source"] = source
     env["torch_side"] = "this process" if args.in_process else "a worker process (1 thread), alongside MindSpore"
-    report = check_models(model_t, model_m, spec=spec, ms_mode=args.ms_mode, progress=not args.no_progress,
+    report = check_models(model_t, model_m, spec=spec, compiled=args.compile == "on", progress=not args.no_progress,
                           environment=env, title=describe_run(spec), sides=(side_t, side_m),
                           worker=not args.in_process, weights=state)
     if args.workers > 1:
@@ -217,11 +217,11 @@ def _setup_one(framework: str, args: argparse.Namespace) -> tuple[Any, dict]:
         info = env.setup_torch(args.torch_device, args.threads)
         from parity.side_torch import TorchSide
 
-        return TorchSide(args.torch_device, compiled=True, progress=not args.no_progress), info
+        return TorchSide(args.torch_device, compiled=args.compile == "on", progress=not args.no_progress), info
     info = env.setup_mindspore(args.ms_device, args.threads or 1)
     from parity.side_ms import MsSide
 
-    return MsSide(args.ms_device, compiled=args.ms_mode == "graph", progress=not args.no_progress), info
+    return MsSide(args.ms_device, compiled=args.compile == "on", progress=not args.no_progress), info
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -238,7 +238,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
     outputs = run_side(side, model, side.diffusion(spec.diffusion), tape, spec, timings)
     env = fingerprint(info if args.framework == "torch" else None, info if args.framework == "ms" else None,
-                      getattr(args, "ms_mode", None))
+                      args.compile == "on")
     env["weights_source"] = source
     manifest = save_golden(args.out, args.framework, spec, tape, state, outputs, env, {"timings_s": timings})
     print(f"recorded {len(outputs)} outputs of {side.label} to {args.out}\n"
@@ -279,7 +279,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                     (a["ddpm/trajectory"], stepped, "MindSpore stepping from PyTorch's recorded states"))
     device = device_class(tdev, mdev)
     env = fingerprint(info if args.framework == "torch" else None, info if args.framework == "ms" else None,
-                      getattr(args, "ms_mode", None))
+                      args.compile == "on")
     env["golden"] = {"path": str(args.golden), "framework": golden.framework, "environment": genv}
     from parity.initial import weights_hash
     from parity.tape import tape_hash

@@ -41,9 +41,9 @@ ENTRY = "parity.distributed"
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TIMEOUT_S = 300.0
 LABELS = {"torch": "PyTorch", "ms": "MindSpore"}
-JIT = "auto"
-"""``train_steps``' jit for both twins, as the adam check trains: PyTorch eager; MindSpore's training step as
-one ``ms.jit`` graph (``make_train_step(fast=True)``; tutorial U-Net, 3 steps: 18 s with the compile)."""
+COMPILE = "auto"
+"""``train_steps``' ``compile`` for both twins, as the adam check trains: PyTorch eager; MindSpore's training step
+as one ``ms.jit`` graph (``make_train_step(compiled=True)``; tutorial U-Net, 3 steps: 18 s with the compile)."""
 TAIL_LINES = 12
 
 
@@ -64,7 +64,7 @@ class Job:
     ts: np.ndarray
     noises: np.ndarray
     lrs: tuple[float, ...]
-    jit: str = JIT
+    compile: str = COMPILE
     device: str = "cpu"
 
 
@@ -89,7 +89,7 @@ def _write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Non
 def write_job(job: Job, path: str | os.PathLike) -> None:
     """``job`` as one .npz (its settings as JSON under ``job``), written atomically."""
     meta = {"framework": job.framework, "unet": job.unet.to_dict(), "diffusion": vars(job.diffusion),
-            "lrs": [float(v) for v in job.lrs], "jit": job.jit, "device": job.device}
+            "lrs": [float(v) for v in job.lrs], "compile": job.compile, "device": job.device}
     _write_npz(path, {"job": np.array(json.dumps(meta)), "x_starts": job.x_starts, "ts": job.ts,
                       "noises": job.noises, **{f"weights/{k}": v for k, v in job.weights.items()}})
 
@@ -100,7 +100,7 @@ def read_job(path: str | os.PathLike) -> Job:
         meta = json.loads(str(f["job"]))
         return Job(meta["framework"], UnetConfig.from_dict(meta["unet"]), DiffusionConfig(**meta["diffusion"]),
                    {k[len("weights/"):]: f[k] for k in f.files if k.startswith("weights/")},
-                   f["x_starts"], f["ts"], f["noises"], tuple(meta["lrs"]), meta["jit"], meta["device"])
+                   f["x_starts"], f["ts"], f["noises"], tuple(meta["lrs"]), meta["compile"], meta["device"])
 
 
 def read_result(path: str | os.PathLike) -> Trained:
@@ -153,7 +153,7 @@ def train(job: Job, world: World) -> tuple[list[float], dict[str, np.ndarray]]:
     else:
         from ddpm_ms.train import train_steps
     return train_steps(job.unet, job.diffusion, dict(job.weights), job.x_starts, job.ts, job.noises, list(job.lrs),
-                       jit=job.jit, world=world)
+                       compile=job.compile, world=world)
 
 
 # ---------------------------------------------------------------- launching

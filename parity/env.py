@@ -110,7 +110,7 @@ def setup_mindspore(device: str = "CPU", threads: int | None = None) -> dict[str
     return info
 
 
-def fingerprint(torch_info: dict | None, ms_info: dict | None, ms_mode: str | None) -> dict[str, Any]:
+def fingerprint(torch_info: dict | None, ms_info: dict | None, compiled: bool | None) -> dict[str, Any]:
     """Versions, devices, precision flags, thread counts and CPU: enough to reproduce a number."""
     import numpy as np
 
@@ -134,7 +134,7 @@ def fingerprint(torch_info: dict | None, ms_info: dict | None, ms_mode: str | No
 
         fp["mindspore"] = ms.__version__
         fp["mindspore_setup"] = dict(ms_info)
-        fp["mindspore_mode"] = ("PyNative, sampling steps compiled with ms.jit" if ms_mode == "graph"
+        fp["mindspore_mode"] = ("PyNative, sampling steps compiled with ms.jit" if compiled
                                 else "PyNative (op by op)")
     return fp
 

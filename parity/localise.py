@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from parity.compare import Comparison, compare
-from parity.side_common import Record
+from ddpm_core.contract import Record
 from parity.tolerances import Tolerance
 
 
@@ -135,20 +135,6 @@ def module_errors(side_t: Any, model_t: Any, side_m: Any, model_m: Any, x: np.nd
             rows.append({"module": r.key, "kind": r.kind, "max_abs": c.max_abs, "rel_l2": c.rel_l2,
                          "atol_needed": c.atol_needed, "cosine": c.cosine})
     return rows
-
-
-def reference_records(net: Any, x: np.ndarray, t: np.ndarray) -> list[Record]:
-    """Every module call of the float64 specification (a ``ddpm_core.reference.ReferenceUnet``) on (x, t), as
-    records under PyTorch's module paths and call numbers (outputs only)."""
-    records: list[Record] = []
-    calls: dict[str, int] = {}
-
-    def record(path: str, output: np.ndarray) -> None:
-        k = calls[path] = calls.get(path, -1) + 1
-        records.append(Record(path, k, "", (), (np.array(output),)))
-
-    net(x, t, record=record)
-    return records
 
 
 def localise_against_reference(rec_t: list[Record], rec_m: list[Record], rec_ref: list[Record],

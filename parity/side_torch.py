@@ -1,13 +1,14 @@
-"""The PyTorch side of a parity run: the ddpm_torch twin behind numpy in / numpy out.
+"""The PyTorch side of a parity run: the ddpm_torch twin behind numpy in / numpy out
+(``ddpm_core.contract.Side``; model building, loading and capture come from the twin's adapter).
 
-Same interface as ``parity.side_ms.MsSide`` (``parity.suite`` drives either without knowing which):
-build/load/state, predict, loss, loss_and_grads, adam, ddpm/ddpm_one_step/ddim, the diffusion-math
-probes with a toy model, and module capture/replay/settings for localisation. Rules: inputs are
-numpy arrays from the tape (never a framework RNG); every array returned is a fresh copy; parameters
-are named by their PyTorch names.
+Same interface as ``parity.side_ms.MsSide`` (``parity.suite`` drives either without knowing which).
+Rules: inputs are numpy arrays from the tape (never a framework RNG); every array returned is a fresh
+copy; parameters are named by their PyTorch names. ``dtype=np.float64`` gives the float64 side of the
+anchor (``parity.anchor``): the model, the diffusion tables and every float input in float64.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -15,59 +16,49 @@ import torch
 from torch import nn
 
 import ddpm_torch
-from ddpm_core.config import DiffusionConfig, UnetConfig
+from ddpm_core.config import DiffusionConfig
+from ddpm_core.schedules import DDIM_COEFS, DDIMPlan
+from ddpm_torch.adapter import Adapter
 from ddpm_torch.optim import loss_and_grads, make_optimizer, make_train_step
-from parity.side_common import Record, to_tuple
 
 
-class TorchSide:
-    name = "torch"
-    label = "PyTorch"
-
-    def __init__(self, device: str = "cpu", compiled: bool = True, progress: bool = False, chunk: int = 32):
-        self.device = torch.device(device)
+class TorchSide(Adapter):
+    def __init__(self, device: str = "cpu", compiled: bool = True, progress: bool = False, chunk: int = 32,
+                 dtype: np.dtype | type | None = None):
+        super().__init__(device, dtype)
         self.compiled = compiled
         self.progress = progress
         self.chunk = chunk
         self._diffusions: dict[DiffusionConfig, ddpm_torch.GaussianDiffusion] = {}
 
     # ------------------------------------------------------------ model and weights
-    def build(self, cfg: UnetConfig) -> nn.Module:
-        return ddpm_torch.Unet.from_config(cfg).to(self.device).eval()
-
-    def config(self, model: nn.Module) -> UnetConfig:
+    def config(self, model: nn.Module) -> Any:
         return model.config
 
-    def load(self, model: nn.Module, state: dict[str, np.ndarray]) -> None:
-        """Strict: every key present, none extra, every shape equal (``load_state_dict`` checks all)."""
-        model.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32, copy=True)) for k, v in state.items()},
-                              strict=True)
-
-    def state(self, model: nn.Module) -> dict[str, np.ndarray]:
-        return {name: p.detach().cpu().numpy().copy() for name, p in model.named_parameters()}
+    def adopt(self, model: nn.Module) -> nn.Module:
+        """A deep copy of ``model`` in this side's dtype (a change made to ``model``, e.g. a planted bug, is kept)."""
+        twin = copy.deepcopy(model)
+        return (twin.double() if self.dtype == np.float64 else twin).eval()
 
     def diffusion(self, cfg: DiffusionConfig) -> ddpm_torch.GaussianDiffusion:
-        """One diffusion per config for this side (mirrors MsSide, whose compiled steps it keeps)."""
+        """One diffusion per config for this side (mirrors MsSide, whose compiled steps it keeps). In float64
+        the tables are the same float32 values upcast, so every op then runs in float64."""
         if cfg not in self._diffusions:
-            self._diffusions[cfg] = ddpm_torch.GaussianDiffusion(cfg, device=self.device)
+            diffusion = ddpm_torch.GaussianDiffusion(cfg, device=self.device)
+            if self.dtype == np.float64:
+                for name in diffusion.schedule.tables():
+                    setattr(diffusion, name, getattr(diffusion, name).double())
+            self._diffusions[cfg] = diffusion
         return self._diffusions[cfg]
-
-    def tensor(self, a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.array(a, copy=True)).to(self.device)
-
-    @staticmethod
-    def numpy(x: torch.Tensor) -> np.ndarray:
-        return x.detach().cpu().numpy().copy()
 
     # ------------------------------------------------------------ forward, loss, gradients, optimizer
     def predict(self, model: nn.Module, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return self.numpy(model(self.tensor(x), self.tensor(t)))
+        return self.forward(model, x, t)
 
     def loss(self, model: nn.Module, diffusion: Any, x0: np.ndarray, t: np.ndarray, noise: np.ndarray,
              loss_type: str) -> np.ndarray:
         with torch.no_grad():
-            return self.numpy(diffusion.p_losses(model, x0, t, noise, loss_type))
+            return self.numpy(diffusion.p_losses(model, self.tensor(x0), self.tensor(t), self.tensor(noise), loss_type))
 
     def loss_and_grads(self, model: nn.Module, diffusion: Any, x0: np.ndarray, t: np.ndarray, noise: np.ndarray,
                        loss_type: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -120,6 +111,16 @@ class TorchSide:
                 out.append(self.numpy(diffusion.p_step(model, x, t, z)).reshape(hi - lo, b, *xs.shape[2:]))
         return np.concatenate(out)
 
+    def ddim_step(self, model: nn.Module, diffusion: Any, x: np.ndarray, plan: DDIMPlan, k: int,
+                  noise: np.ndarray | None) -> np.ndarray:
+        """Step ``k`` of ``plan`` from ``x`` (the plan's coefficients as 0-d tensors in this side's dtype)."""
+        dtype = torch.float64 if self.dtype == np.float64 else torch.float32
+        coefs = [torch.tensor(float(getattr(plan, name)[k]), dtype=dtype, device=self.device) for name in DDIM_COEFS]
+        t = self.tensor(np.full(len(x), int(plan.t[k]), np.int32))
+        with torch.no_grad():
+            return self.numpy(diffusion.ddim_step(model, self.tensor(x), t, *coefs,
+                                                  None if noise is None else self.tensor(noise)))
+
     def ddim(self, model: nn.Module, diffusion: Any, x_T: np.ndarray, steps: int, eta: float,
              noise: np.ndarray) -> np.ndarray:
         states = diffusion.ddim_sample_loop(model, x_T.shape, steps, eta, img=x_T, noise=noise,
@@ -149,41 +150,8 @@ class TorchSide:
         return np.stack(diffusion.ddim_sample_loop(self.toy_model(), x.shape, steps, eta, img=x, noise=noise))
 
     # ------------------------------------------------------------ localisation
-    def modules(self, model: nn.Module) -> dict[str, nn.Module]:
-        return dict(model.named_modules())
-
-    def capture(self, model: nn.Module, x: np.ndarray, t: np.ndarray) -> list[Record]:
-        """Every module call's inputs and output during ``model(x, t)``, in the order calls finish."""
-        records: list[Record] = []
-        names = {id(m): n for n, m in model.named_modules()}
-        calls: dict[str, int] = {}
-
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            name = names[id(module)]
-            k = calls[name] = calls.get(name, -1) + 1
-            records.append(Record(name, k, type(module).__name__, to_tuple(args, self.numpy), to_tuple(output, self.numpy)))
-
-        handles = [m.register_forward_hook(hook) for m in model.modules()]
-        try:
-            with torch.no_grad():
-                model(self.tensor(x), self.tensor(t))
-        finally:
-            for h in handles:
-                h.remove()
-        return records
-
-    def run_module(self, module: nn.Module, inputs: tuple) -> tuple:
-        """``module(*inputs)`` on numpy inputs (None kept), numpy outputs."""
-        with torch.no_grad():
-            out = module(*(None if a is None else self.tensor(a) for a in inputs))
-        return to_tuple(out, self.numpy)
-
     def settings(self, module: nn.Module) -> tuple[str, dict[str, Any]]:
         """(kind, what the layer is configured to do) in the framework-neutral vocabulary of parity.settings."""
         from parity.settings import torch_settings
 
         return torch_settings(module)
-
-    def parameters_of(self, module: nn.Module) -> dict[str, np.ndarray]:
-        return {n: self.numpy(p) for n, p in module.named_parameters(recurse=False)}
-

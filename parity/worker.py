@@ -21,7 +21,7 @@ from parity.suite import RunSpec
 
 
 def _serve(conn: Any, trajectories: Any, spec: RunSpec, weights: dict, tape_sha256: str, device: str,
-           threads: int) -> None:
+           threads: int, compiled: bool) -> None:
     try:
         import time
 
@@ -32,7 +32,7 @@ def _serve(conn: Any, trajectories: Any, spec: RunSpec, weights: dict, tape_sha2
         from parity.tape import make_tape, tape_hash
 
         setup_torch(device, threads)
-        side = TorchSide(device, compiled=True)
+        side = TorchSide(device, compiled=compiled)
         model = side.build(spec.unet)
         side.load(model, weights)
         tape = make_tape(spec.tape)
@@ -66,12 +66,12 @@ class TorchWorker:
     (outputs, teacher-forced steps or None, the float64 anchor's outputs or {})."""
 
     def __init__(self, spec: RunSpec, weights: dict[str, np.ndarray], tape_sha256: str, device: str = "cpu",
-                 threads: int = 1):
+                 threads: int = 1, compiled: bool = True):
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe(duplex=False)
         self._trajectories = ctx.Queue()
         self._proc = ctx.Process(target=_serve, args=(child, self._trajectories, spec, dict(weights), tape_sha256,
-                                                      device, threads), name="parity-torch", daemon=True)
+                                                      device, threads, compiled), name="parity-torch", daemon=True)
         self._proc.start()
         child.close()
         self.timings: dict[str, float] = {}

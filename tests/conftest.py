@@ -1,8 +1,9 @@
 """Shared fixtures. ``twin`` runs a behaviour test once per framework.
 
-A ``Twin`` adapter hides the framework behind numpy: build a Unet from a ``UnetConfig``, load a
-``{torch_name: ndarray}`` weight dict (through ``ddpm_core.naming``), run a forward pass numpy in /
-numpy out, list the live parameters. Tests written against it run unchanged for both twins.
+A ``Twin`` is the twin's own adapter (``ddpm_torch.adapter`` / ``ddpm_ms.adapter``, the one load path
+the programs use): build a Unet from a ``UnetConfig``, load a ``{torch_name: ndarray}`` weight dict, run
+a forward pass numpy in / numpy out, list the live parameters. Tests written against it run unchanged
+for both twins.
 """
 import os
 
@@ -20,7 +21,9 @@ import torch  # noqa: E402
 import ddpm_ms  # noqa: E402
 import ddpm_torch  # noqa: E402
 from ddpm_core.config import TUTORIAL_DIFFUSION, DiffusionConfig, UnetConfig  # noqa: E402
-from ddpm_core.naming import LAYOUT_RULES, unet_parameters  # noqa: E402
+from ddpm_core.naming import unet_parameters  # noqa: E402
+from ddpm_ms.adapter import Adapter as MsAdapter  # noqa: E402
+from ddpm_torch.adapter import Adapter as TorchAdapter  # noqa: E402
 
 # In a process where MindSpore has run a CPU kernel, PyTorch's intra-op thread pool fights MindSpore's
 # runtime threads: on the 2-core CI machine a tutorial-config forward took 3-5 s with 2 torch threads and
@@ -31,88 +34,47 @@ NORM_MODULES = ("GroupNorm", "LayerNorm")
 
 
 class Twin:
-    """What a behaviour test needs from one framework, numpy in and numpy out."""
+    """What a behaviour test needs from one framework, numpy in and numpy out: the twin's adapter (its one
+    load path) plus the classes and a few test-only views."""
 
     name: str
     Unet: type
     GaussianDiffusion: type
 
-    def build(self, cfg: UnetConfig) -> Any:
-        return self.Unet.from_config(cfg)
-
     def diffusion(self, cfg: DiffusionConfig = TUTORIAL_DIFFUSION) -> Any:
         return self.GaussianDiffusion(cfg)
 
     def build_loaded(self, cfg: UnetConfig, weights: dict[str, np.ndarray]) -> Any:
-        model = self.build(cfg)
-        self.load(model, weights)
-        return model
+        return self.load_model(weights, cfg)
 
-    def forward(self, model: Any, x: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
-        """``model(x, t)`` on tensors made from the arrays as they are (dtypes kept)."""
-        return self.to_numpy(model(self.tensor(x), None if t is None else self.tensor(t)))
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return np.asarray(x) if isinstance(x, (np.ndarray, float, int)) else self.numpy(x)
+
+    def table_names(self, cfg: UnetConfig) -> list[tuple[str, tuple[int, ...]]]:
+        return [(s.torch_name if self.name == "torch" else s.ms_name, s.shape) for s in unet_parameters(cfg)]
 
     def __repr__(self) -> str:
         return f"Twin({self.name})"
 
 
-class TorchTwin(Twin):
-    name = "torch"
+class TorchTwin(Twin, TorchAdapter):
     Unet = ddpm_torch.Unet
     GaussianDiffusion = ddpm_torch.GaussianDiffusion
 
-    def tensor(self, a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a))
-
-    def to_numpy(self, x: Any) -> np.ndarray:
-        return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-    def load(self, model: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
-        """Strict: every key present, no extra key, every shape equal (``load_state_dict`` checks all)."""
-        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()}, strict=True)
-
-    def forward(self, model: Any, x: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
-        with torch.no_grad():
-            return super().forward(model, x, t)
-
     def parameters(self, model: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
         return [(n, tuple(p.shape)) for n, p in model.named_parameters()]
-
-    def table_names(self, cfg: UnetConfig) -> list[tuple[str, tuple[int, ...]]]:
-        return [(s.torch_name, s.shape) for s in unet_parameters(cfg)]
 
     def toy_model(self) -> Callable:
         """eps(x, t) = 0.9 x + 0.001 t: cheap, with the numpy twin ``toy_model_np``."""
         return lambda x, t: x * 0.9 + t.to(x.dtype).reshape(-1, 1, 1, 1) * 0.001
 
 
-class MsTwin(Twin):
-    name = "ms"
+class MsTwin(Twin, MsAdapter):
     Unet = ddpm_ms.Unet
     GaussianDiffusion = ddpm_ms.GaussianDiffusion
 
-    def tensor(self, a: np.ndarray) -> ms.Tensor:
-        return ms.Tensor(np.ascontiguousarray(a))
-
-    def to_numpy(self, x: Any) -> np.ndarray:
-        return x.asnumpy() if isinstance(x, ms.Tensor) else np.asarray(x)
-
-    def load(self, model: ms.nn.Cell, weights: dict[str, np.ndarray]) -> None:
-        """Strict, through the parameter table: torch name -> ms name, layout rule, shape checked."""
-        specs = unet_parameters(model.config)
-        params = {p.name: p for p in model.get_parameters()}
-        assert sorted(params) == sorted(s.ms_name for s in specs), "live MindSpore names differ from the table"
-        assert sorted(weights) == sorted(s.torch_name for s in specs), "weight keys differ from the table"
-        for s in specs:
-            arr = LAYOUT_RULES[s.rule][0](np.array(weights[s.torch_name], dtype=np.float32))
-            assert tuple(params[s.ms_name].shape) == arr.shape, f"{s.ms_name}: {params[s.ms_name].shape} != {arr.shape}"
-            params[s.ms_name].set_data(ms.Tensor(arr))
-
     def parameters(self, model: ms.nn.Cell) -> list[tuple[str, tuple[int, ...]]]:
         return [(p.name, tuple(p.shape)) for p in model.get_parameters()]
-
-    def table_names(self, cfg: UnetConfig) -> list[tuple[str, tuple[int, ...]]]:
-        return [(s.ms_name, s.shape) for s in unet_parameters(cfg)]
 
     def toy_model(self) -> Callable:
         return lambda x, t: x * 0.9 + t.astype(x.dtype).reshape(-1, 1, 1, 1) * 0.001

@@ -22,11 +22,10 @@ from ddpm_core.config import (
     check_same_shape,
     check_timestep_range,
 )
-from ddpm_core.schedules import DDIMPlan, ddim_plan, make_schedule
+from ddpm_core.schedules import DDIM_COEFS, DDIMPlan, ddim_plan, make_schedule
 
 Model = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
-DDIM_COEFS = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "sqrt_alphas_cumprod_prev", "dir_coef", "sigma")
 
 
 def huber_loss(a: np.ndarray, b: np.ndarray) -> np.ndarray:

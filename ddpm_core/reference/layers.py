@@ -30,7 +30,7 @@ GROUP_NORM_EPS = 1e-5
 LAYER_NORM_EPS = 1e-5
 """The tutorial's ``LayerNorm.construct``: ``eps = 1e-5``."""
 
-Recorder = Callable[[str, np.ndarray], None]
+RecordHook = Callable[[str, np.ndarray], None]
 
 
 class Node:
@@ -39,7 +39,7 @@ class Node:
 
     __slots__ = ("path", "weights", "record")
 
-    def __init__(self, weights: Mapping[str, np.ndarray], path: str = "", record: Recorder | None = None):
+    def __init__(self, weights: Mapping[str, np.ndarray], path: str = "", record: RecordHook | None = None):
         self.path, self.weights, self.record = path, weights, record
 
     def __truediv__(self, child: str | int) -> "Node":

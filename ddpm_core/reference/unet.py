@@ -28,7 +28,7 @@ import numpy as np
 from ddpm_core.config import UnetConfig, check_unet_input
 from ddpm_core.reference.layers import (
     Node,
-    Recorder,
+    RecordHook,
     attention,
     convnext_block,
     conv,
@@ -65,7 +65,7 @@ class ReferenceUnet:
         """The weights, float64 copies, PyTorch names."""
         return {name: value.copy() for name, value in self._weights.items()}
 
-    def __call__(self, x: np.ndarray, t: np.ndarray | None = None, record: Recorder | None = None) -> np.ndarray:
+    def __call__(self, x: np.ndarray, t: np.ndarray | None = None, record: RecordHook | None = None) -> np.ndarray:
         """eps(x, t): x (b, channels, h, w) of any float dtype, t (b,) integers (None only for a model without
         time embedding) -> float64 (b, out_dim, h, w). ``record(path, output)``, if given, is called for every
         module call with PyTorch's module path ('' for the whole model), in the order PyTorch's forward hooks

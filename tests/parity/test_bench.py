@@ -43,14 +43,14 @@ def batches(n: int = 3) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
 
 def train_ms(ms_twin, weights, fast: bool) -> tuple[list[float], dict[str, np.ndarray]]:
     model = ms_twin.build_loaded(SMALL, weights)
-    step = ms_train_step(model, ddpm_ms.GaussianDiffusion(SHORT), ms_optimizer(model, LRS), fast=fast)
+    step = ms_train_step(model, ddpm_ms.GaussianDiffusion(SHORT), ms_optimizer(model, LRS), compiled=fast)
     losses = [float(step(*b).asnumpy()) for b in batches()]
     return losses, ms_to_torch({p.name: p.asnumpy().copy() for p in model.get_parameters()}, SMALL)
 
 
 def train_torch(torch_twin, weights, fast: bool) -> tuple[list[float], dict[str, np.ndarray]]:
     model = torch_twin.build_loaded(SMALL, weights)
-    step = torch_train_step(model, ddpm_torch.GaussianDiffusion(SHORT), torch_optimizer(model, LRS), fast=fast)
+    step = torch_train_step(model, ddpm_torch.GaussianDiffusion(SHORT), torch_optimizer(model, LRS), channels_last=fast)
     losses = [float(step(*b)) for b in batches()]
     return losses, {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
@@ -94,7 +94,7 @@ def test_training_comparison_sees_a_wrong_learning_rate(trained, torch_twin, mak
     weights = trained["start"]
     model = torch_twin.build_loaded(SMALL, weights)
     step = torch_train_step(model, ddpm_torch.GaussianDiffusion(SHORT),
-                            torch_optimizer(model, [*LRS[:2], 2 * LRS[2]]), fast=False)
+                            torch_optimizer(model, [*LRS[:2], 2 * LRS[2]]), channels_last=False)
     wrong = ([float(step(*b)) for b in batches()], {k: v.detach().numpy().copy() for k, v in model.state_dict().items()})
     with pytest.raises(AssertionError, match="adam tolerance"):
         assert_same_training(wrong, trained["torch_eager"], weights, "doubled last lr")
@@ -108,7 +108,7 @@ def test_ms_compiled_step_follows_replaced_parameter_storage(ms_twin, make_weigh
     results = {}
     for fast, how in ((True, "set_data"), (True, "copy_"), (False, "copy_")):
         model = ms_twin.build_loaded(SMALL, weights)
-        step = ms_train_step(model, ddpm_ms.GaussianDiffusion(SHORT), ms_optimizer(model, LRS), fast=fast)
+        step = ms_train_step(model, ddpm_ms.GaussianDiffusion(SHORT), ms_optimizer(model, LRS), compiled=fast)
         b = batches(2)
         step(*b[0])
         getattr(model.init_conv.weight, how)(ms.Tensor(np.full(model.init_conv.weight.shape, 0.01, np.float32)))
@@ -126,7 +126,8 @@ def test_fast_step_still_refuses_bad_input_before_running(twin_name, ms_twin, to
     twin = {"ms": ms_twin, "torch": torch_twin}[twin_name]
     model = twin.build(SMALL)
     make = (ms_train_step, ms_optimizer) if twin_name == "ms" else (torch_train_step, torch_optimizer)
-    step = make[0](model, twin.GaussianDiffusion(SHORT), make[1](model, LRS), fast=True)
+    fast_path = {"compiled": True} if twin_name == "ms" else {"channels_last": True}
+    step = make[0](model, twin.GaussianDiffusion(SHORT), make[1](model, LRS), **fast_path)
     x, t, noise = batches(1)[0]
     with pytest.raises(ValueError, match="timesteps"):
         step(x, t.astype(np.float32), noise)
@@ -149,7 +150,7 @@ def test_ms_compiled_sampling_compiles_one_graph_for_all_steps():
 
 
 def test_torch_channels_last_sampling_equals_nchw(torch_twin, make_weights):
-    """The torch fast path's model (channels-last weights, as ``make_train_step(fast=True)`` leaves it) samples
+    """The torch fast path's model (channels-last weights, as ``make_train_step(channels_last=True)`` leaves it) samples
     what the NCHW model samples."""
     nchw = torch_twin.build_loaded(SMALL, make_weights(SMALL)).eval()
     nhwc = torch_twin.build_loaded(SMALL, make_weights(SMALL)).eval().to(memory_format=torch.channels_last)

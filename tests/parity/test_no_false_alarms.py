@@ -31,5 +31,5 @@ def test_every_check_passes(cfg, seed, sides, shared_models, run):
 
 
 def test_pynative_sampling_passes(fresh_pair, run):
-    report = run(*fresh_pair(TINY, 7), checks=("ddpm", "ddim"), seed=7, ms_mode="pynative")
+    report = run(*fresh_pair(TINY, 7), checks=("ddpm", "ddim"), seed=7, compiled=False)
     assert report.passed, report.text()

@@ -3,7 +3,7 @@ Parameter, so a "before" snapshot taken that way changes when the optimizer step
 would compare the new weights with themselves."""
 import numpy as np
 
-from parity.side_ms import snapshot
+from ddpm_ms.adapter import snapshot
 from tests.parity.conftest import SIZE, TINY, TINY_T
 
 

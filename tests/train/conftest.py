@@ -22,7 +22,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[2]
 TWIN_NAMES = ("torch", "ms")
 TINY = ["--image-size", "8", "--dim", "8", "--dim-mults", "1,2", "--timesteps", "10", "--batch-size", "4",
-        "--jit", "off", "--no-progress"]
+        "--compile", "off", "--no-progress"]
 """Options of a tiny training run: 8x8 images, an 8-wide two-level U-Net, T=10, batch 4, PyNative."""
 FASHION_EXAMPLES = 12
 

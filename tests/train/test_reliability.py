@@ -248,7 +248,7 @@ def test_diffusion_settings_travel_with_the_weights(tmp_path, trained_runs, twin
     moved = tmp_path / "moved.safetensors"
     shutil.copy(trained_runs["torch"] / "model.safetensors", moved)  # trained with T=10, no config.json here
     out = str(tmp_path / "s.png")
-    common = ["--weights", str(moved), "--out", out, "--n", "1", "--no-progress", "--jit", "off"]
+    common = ["--weights", str(moved), "--out", out, "--n", "1", "--no-progress", "--compile", "off"]
     assert sample(twin_name, *common, "--timesteps", "50") == 2
     assert one_error_line(capsys) == (f"error: --timesteps 50 contradicts the diffusion settings recorded in {moved} "
                                       "(T=10 linear, huber loss); leave the option out")

@@ -23,7 +23,7 @@ def test_grid_and_gif(tmp_path, trained_runs, twin_name, sampler):
     # DDPM takes the run's T=10, recorded in the safetensors metadata (a contradicting --timesteps is refused)
     extra = ["--sampler", "ddim", "--steps", "4", "--eta", "0.5"] if sampler == "ddim" else []
     assert sample(twin_name, "--weights", str(weights), "--n", "5", "--out", str(tmp_path / "s.png"),
-                  "--gif", str(tmp_path / "d.gif"), "--gif-index", "0,3", "--gif-frames", "6", "--jit", "off",
+                  "--gif", str(tmp_path / "d.gif"), "--gif-index", "0,3", "--gif-frames", "6", "--compile", "off",
                   "--no-progress", "--scale", "3", *extra) == 0
     with Image.open(tmp_path / "s.png") as png:
         assert png.format == "PNG" and png.mode == "L" and png.size == grid_size(5, 8, 8, scale=3)
@@ -37,7 +37,7 @@ def test_grid_and_gif(tmp_path, trained_runs, twin_name, sampler):
 
 def test_a_sample_depends_on_seed_and_index_only(tmp_path, trained_runs):
     weights = str(trained_runs["ms"] / "model.ckpt")
-    common = ["--weights", weights, "--jit", "off", "--no-progress", "--scale", "1", "--sampler", "ddim", "--steps", "3"]
+    common = ["--weights", weights, "--compile", "off", "--no-progress", "--scale", "1", "--sampler", "ddim", "--steps", "3"]
     assert sample("torch", *common, "--n", "3", "--batch-size", "2", "--out", str(tmp_path / "a.png")) == 0
     assert sample("torch", *common, "--n", "2", "--batch-size", "5", "--out", str(tmp_path / "b.png")) == 0
     a, b = np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png"))

@@ -227,6 +227,6 @@ def test_mindspore_graph_training_matches_pynative(make_weights):
     tape = tape_arrays(1, range(2), 12, 4, (1, 8, 8), diffusion.timesteps)
     x = np.random.default_rng(6).uniform(-1, 1, (2, 4, 1, 8, 8)).astype(np.float32)
     weights, train_steps = make_weights(cfg, 4), twin_module("ms", "train").train_steps
-    graph = train_steps(cfg, diffusion, weights, x, tape["t"], tape["noise"], [1e-3, 1e-3], jit="auto")
-    pynative = train_steps(cfg, diffusion, weights, x, tape["t"], tape["noise"], [1e-3, 1e-3], jit="off")
+    graph = train_steps(cfg, diffusion, weights, x, tape["t"], tape["noise"], [1e-3, 1e-3], compile="auto")
+    pynative = train_steps(cfg, diffusion, weights, x, tape["t"], tape["noise"], [1e-3, 1e-3], compile="off")
     assert_same_steps("ms graph vs PyNative", graph, pynative, weights)

@@ -1,0 +1,157 @@
+"""The typed seams between the floors: what each twin implements once, and what the parity harness drives.
+
+Three implementations meet these contracts: ``ddpm_torch`` and ``ddpm_ms`` (each through its
+``adapter`` module, the twin's one load path), and the float64 specification
+``ddpm_core.reference.side.ReferenceSide`` (inference only: it has no gradients). Everything crossing
+a seam is numpy: weights are ``{PyTorch name: ndarray}``, inputs come from a caller's tape (never a
+framework RNG), every array returned is a fresh copy.
+
+Importing this module imports neither framework.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from ddpm_core.config import DiffusionConfig, UnetConfig
+
+State = dict[str, np.ndarray]
+"""Weights by PyTorch parameter name (``ddpm_core.naming`` maps them to MindSpore's)."""
+
+
+@dataclass
+class Record:
+    """One call of one module: its structural name, which call it was, its class, inputs and outputs
+    (numpy copies only, so the records of different implementations can be compared after the runs)."""
+
+    name: str
+    call: int
+    kind: str
+    inputs: tuple
+    outputs: tuple
+
+    @property
+    def key(self) -> str:
+        return self.name if self.call == 0 else f"{self.name}#{self.call}"
+
+
+def to_tuple(value: Any, to_numpy: Callable[[Any], np.ndarray]) -> tuple:
+    """A module's args or output as a flat tuple of numpy arrays (None and non-tensors kept as None)."""
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    out: list[np.ndarray | None] = []
+    for v in items:
+        if isinstance(v, (tuple, list)):
+            out.extend(to_tuple(v, to_numpy))
+        elif v is None or isinstance(v, (bool, int, float, str)):
+            out.append(None)
+        else:
+            out.append(to_numpy(v))
+    return tuple(out)
+
+
+class Recorder:
+    """Builds ``Record``s from forward hooks, numbering repeated calls of one module; framework-neutral
+    (each adapter registers ``hook`` with its framework and passes its own ``to_numpy``)."""
+
+    def __init__(self, names: Mapping[int, str], to_numpy: Callable[[Any], np.ndarray]):
+        self.names, self.to_numpy = names, to_numpy
+        self.records: list[Record] = []
+        self._calls: dict[str, int] = {}
+
+    def hook(self, module: Any, args: tuple, output: Any) -> None:
+        name = self.names[id(module)]
+        k = self._calls[name] = self._calls.get(name, -1) + 1
+        self.records.append(Record(name, k, type(module).__name__, to_tuple(args, self.to_numpy),
+                                   to_tuple(output, self.to_numpy)))
+
+
+@runtime_checkable
+class TwinAdapter(Protocol):
+    """One framework's U-Net behind numpy (``ddpm_torch.adapter.Adapter``, ``ddpm_ms.adapter.Adapter``).
+
+    ``load`` is the twin's only way in for weights: strict (every name present, none extra, every shape
+    equal), copied in place so compiled graphs of the model stay valid."""
+
+    name: str
+    label: str
+
+    def build(self, cfg: UnetConfig) -> Any: ...
+    def load(self, model: Any, state: Mapping[str, np.ndarray]) -> None: ...
+    def load_model(self, state: Mapping[str, np.ndarray], cfg: UnetConfig) -> Any: ...
+    def state(self, model: Any) -> State: ...
+    def tensor(self, a: np.ndarray) -> Any: ...
+    def numpy(self, x: Any) -> np.ndarray: ...
+    def forward(self, model: Any, x: np.ndarray, t: np.ndarray | None = None) -> np.ndarray: ...
+    def modules(self, model: Any) -> dict[str, Any]: ...
+    def capture(self, model: Any, x: np.ndarray, t: np.ndarray) -> list[Record]: ...
+    def run_module(self, module: Any, inputs: tuple) -> tuple: ...
+    def parameters_of(self, module: Any) -> State: ...
+
+
+@runtime_checkable
+class InferenceSide(Protocol):
+    """What a parity comparison needs from an implementation that runs the model and the samplers
+    (both twins' sides, and the float64 specification)."""
+
+    name: str
+    label: str
+
+    def build(self, cfg: UnetConfig) -> Any: ...
+    def load(self, model: Any, state: Mapping[str, np.ndarray]) -> None: ...
+    def state(self, model: Any) -> State: ...
+    def diffusion(self, cfg: DiffusionConfig) -> Any: ...
+    def predict(self, model: Any, x: np.ndarray, t: np.ndarray) -> np.ndarray: ...
+    def loss(self, model: Any, diffusion: Any, x0: np.ndarray, t: np.ndarray, noise: np.ndarray,
+             loss_type: str) -> np.ndarray: ...
+    def ddpm_one_step(self, model: Any, diffusion: Any, xs: np.ndarray, ts: np.ndarray,
+                      noise: np.ndarray) -> np.ndarray: ...
+    def ddim_step(self, model: Any, diffusion: Any, x: np.ndarray, plan: Any, k: int,
+                  noise: np.ndarray | None) -> np.ndarray: ...
+    def capture(self, model: Any, x: np.ndarray, t: np.ndarray) -> list[Record]: ...
+
+
+@runtime_checkable
+class Side(InferenceSide, Protocol):
+    """A twin's full parity side: inference, gradients, the optimizer, whole sampling loops, the
+    diffusion-math probes and per-module replay for localisation (``parity.side_torch``, ``parity.side_ms``)."""
+
+    def loss_and_grads(self, model: Any, diffusion: Any, x0: np.ndarray, t: np.ndarray, noise: np.ndarray,
+                       loss_type: str) -> tuple[np.ndarray, State]: ...
+    def adam(self, model: Any, diffusion: Any, batches: Sequence[tuple[np.ndarray, ...]], lrs: Sequence[float],
+             loss_type: str, rule: str = ..., first_grads: State | None = ...) -> list[State]: ...
+    def ddpm(self, model: Any, diffusion: Any, x_T: np.ndarray, noise: np.ndarray) -> np.ndarray: ...
+    def ddim(self, model: Any, diffusion: Any, x_T: np.ndarray, steps: int, eta: float,
+             noise: np.ndarray) -> np.ndarray: ...
+    def modules(self, model: Any) -> dict[str, Any]: ...
+    def run_module(self, module: Any, inputs: tuple) -> tuple: ...
+    def parameters_of(self, module: Any) -> State: ...
+    def settings(self, module: Any) -> tuple[str, dict[str, Any]]: ...
+
+
+class Trainer(Protocol):
+    """What each twin's ``train.Trainer`` provides to the training loop (``ddpm_core.runs``)."""
+
+    framework: str
+    naming: str
+    checkpoint_ext: str
+
+    def step(self, x_start: np.ndarray, t: np.ndarray, noise: np.ndarray) -> float: ...
+    def lr_position(self) -> int: ...
+    def numerics(self) -> dict[str, Any]: ...
+    def state(self) -> State: ...
+    def save_checkpoint(self, path: Path, meta: dict[str, Any]) -> None: ...
+    def load_checkpoint(self, path: Path) -> dict[str, Any]: ...
+
+
+class Distributed(Protocol):
+    """Each twin's ``distributed`` module, as the training loop uses it (``World`` from ddpm_core.distributed)."""
+
+    PEER_FAILURES: tuple[type[BaseException], ...]
+
+    def init(self, device: str = ...) -> Any: ...
+    def barrier(self, world: Any) -> None: ...
+    def mean(self, value: Any, world: Any) -> Any: ...
+    def shutdown(self, world: Any) -> None: ...
