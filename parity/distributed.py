@@ -259,7 +259,7 @@ def run_training(spec: RunSpec, weights: Mapping[str, np.ndarray], tape: Mapping
         for framework, device in devices.items():
             job_path = folder / f"{framework}-job.npz"
             write_job(Job(framework, spec.unet, spec.diffusion, weights, tape["train_x0"], tape["train_t"],
-                          tape["train_noise"], tuple(spec.lrs), JIT, device), job_path)
+                          tape["train_noise"], tuple(spec.lrs), COMPILE, device), job_path)
             for n in (1, workers):
                 if progress is not None:
                     progress(f"training parity: {LABELS[framework]}, {'1 process' if n == 1 else f'{n} workers'}")
