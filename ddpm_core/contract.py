@@ -116,7 +116,7 @@ class InferenceSide(Protocol):
 @runtime_checkable
 class Side(InferenceSide, Protocol):
     """A twin's full parity side: inference, gradients, the optimizer, whole sampling loops, the
-    diffusion-math probes and per-module replay for localisation (``parity.side_torch``, ``parity.side_ms``)."""
+    diffusion-math probes and per-module replay for localisation (``parity.sides.torch``, ``parity.sides.ms``)."""
 
     def loss_and_grads(self, model: Any, diffusion: Any, x0: np.ndarray, t: np.ndarray, noise: np.ndarray,
                        loss_type: str) -> tuple[np.ndarray, State]: ...

@@ -22,7 +22,7 @@ from ddpm_core.atomic import atomic_write_bytes
 from ddpm_core.config import UnetConfig
 from ddpm_core.digits import RECIPE
 from ddpm_core.weights import save_weights
-from parity.initial import initial_weights
+from parity.engine.initial import initial_weights
 
 
 def run(*cmd: str) -> float:

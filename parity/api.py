@@ -6,7 +6,7 @@ same weights, get the report, or assert parity.
 
 Rules: the models are ``ddpm_torch.Unet`` / ``ddpm_ms.Unet`` (or subclasses; anything with the same
 ``config``, parameter names and call signature); their weights are compared first and are left as
-found (the optimizer check restores them). Everything random comes from the tape (parity.tape).
+found (the optimizer check restores them). Everything random comes from the tape (parity.engine.tape).
 This is the same code path as ``python -m parity.check``.
 """
 from __future__ import annotations
@@ -19,15 +19,15 @@ import numpy as np
 
 from ddpm_core.config import TUTORIAL_DIFFUSION, DiffusionConfig
 from ddpm_core.reference.side import ReferenceSide
-from parity.anchor import Anchor, wants_anchor
-from parity.initial import weights_hash
-from parity.localise import localise, localise_against_reference
-from parity.probes import Oracle, diagnose
-from parity.report import Report
-from parity.settings import check_settings
-from parity.suite import CHECKS, RunSpec, Row, compare_outputs, outputs_row, run_side, teacher_forced
-from parity.tape import TapeSpec, make_tape, tape_hash
-from parity.tolerances import device_class, tolerance
+from parity.engine.anchor import Anchor, wants_anchor
+from parity.engine.initial import weights_hash
+from parity.engine.localise import localise, localise_against_reference
+from parity.engine.probes import Oracle, diagnose
+from parity.engine.report import Report
+from parity.engine.settings import check_settings
+from parity.engine.suite import CHECKS, RunSpec, Row, compare_outputs, outputs_row, run_side, teacher_forced
+from parity.engine.tape import TapeSpec, make_tape, tape_hash
+from parity.engine.tolerances import device_class, tolerance
 
 
 def default_image_size(size_multiple: int) -> int:
@@ -113,15 +113,15 @@ def check_models(torch_model: Any, ms_model: Any, *, diffusion: DiffusionConfig 
     """Run every check on two models holding the same weights; return the ``Report`` (never raises
     for a numeric mismatch; ``ValueError`` for a bad configuration).
 
-    ``checks`` picks a subset of ``parity.suite.CHECKS``; ``compiled=False`` runs the samplers
+    ``checks`` picks a subset of ``parity.engine.suite.CHECKS``; ``compiled=False`` runs the samplers
     op by op instead of through their compiled steps (``ms.jit`` graphs in MindSpore); ``worker=True`` runs the PyTorch side in a
     process of its own alongside MindSpore, rebuilt from ``torch_model.config`` and its weights (only for
     an unmodified ``ddpm_torch.Unet``: the CLI's case); ``sides`` (a ``TorchSide``, ``MsSide`` pair) lets
     repeated calls on the same model objects reuse MindSpore's compiled steps; ``spec`` overrides the
     individual run options; ``weights`` ({PyTorch name: array}) are the weights both models were loaded
     from, which the float64 specification runs on (default: the PyTorch model's, as read back)."""
-    from parity.side_ms import MsSide
-    from parity.side_torch import TorchSide
+    from parity.sides.ms import MsSide
+    from parity.sides.torch import TorchSide
 
     cfg = torch_model.config
     if getattr(ms_model, "config", None) != cfg:
@@ -147,7 +147,7 @@ def check_models(torch_model: Any, ms_model: Any, *, diffusion: DiffusionConfig 
     state_t = side_t.state(torch_model)
     pool = None
     if worker:  # started first, so that its imports and PyTorch's work overlap MindSpore's
-        from parity.worker import TorchWorker
+        from parity.sides.worker import TorchWorker
 
         pool = TorchWorker(spec, state_t, tape_hash(tape), tdev, threads=1, compiled=compiled)
     report = Report(title or describe_run(spec), spec.to_dict(), tape_hash(tape), weights_hash(state_t), environment,
@@ -187,8 +187,8 @@ def require_results(report: Report) -> None:
 def _run_both(side_t: Any, model_t: Any, d_t: Any, side_m: Any, model_m: Any, d_m: Any, tape: dict, spec: RunSpec,
               timings: dict, worker: Any, weights: dict[str, np.ndarray]) -> tuple[dict, dict, np.ndarray | None, dict]:
     """Both sides' outputs, PyTorch's teacher-forced steps from MindSpore's trajectory and the float64 anchor
-    (``parity.anchor``): in this process one after the other, or with PyTorch and the anchor in ``worker``
-    (a ``parity.worker.TorchWorker``) meanwhile."""
+    (``parity.engine.anchor``): in this process one after the other, or with PyTorch and the anchor in ``worker``
+    (a ``parity.sides.worker.TorchWorker``) meanwhile."""
     if worker is None:
         out_m = run_side(side_m, model_m, d_m, tape, spec, timings)
         out_t = run_side(side_t, model_t, d_t, tape, spec, timings)

@@ -7,7 +7,7 @@
 
 With no arguments it needs no data and no files: the tutorial's U-Net (dim 28, 1 channel,
 dim_mults (1, 2, 4)), T=200 linear, Huber loss, seeded initial weights computed in numpy
-(parity.initial) and moved through ddpm_core.weights.torch_to_ms, one random tape (parity.tape).
+(parity.engine.initial) and moved through ddpm_core.weights.torch_to_ms, one random tape (parity.engine.tape).
 
 Exit codes: 0 every check passes; 1 a numeric or settings mismatch; 2 a structural problem (weights
 that do not map, a bad input file, a bad config: one line "error: ..."); 3 the environment refuses a
@@ -30,8 +30,8 @@ from ddpm_core.distributed import World
 from ddpm_core.frameworks import MissingFramework
 from parity.distributed import DEFAULT_TIMEOUT_S
 from parity.env import MS_DEVICES, EnvironmentRefused, fingerprint, unmeasured_note
-from parity.report import EXIT_ENVIRONMENT, EXIT_STRUCTURAL, Report
-from parity.suite import CHECKS
+from parity.engine.report import EXIT_ENVIRONMENT, EXIT_STRUCTURAL, Report
+from parity.engine.suite import CHECKS
 
 FRAMEWORKS = ("torch", "ms")
 
@@ -125,7 +125,7 @@ def _weights(args: argparse.Namespace) -> tuple[UnetConfig, dict, str, Diffusion
         cfg, state, source = loaded.config, loaded.state, f"{args.weights} ({loaded.file_naming} naming)"
         recorded = loaded.diffusion
     else:
-        from parity.initial import initial_weights
+        from parity.engine.initial import initial_weights
 
         cfg = cfg or TUTORIAL_UNET
         state, source = initial_weights(cfg, args.seed), f"seeded numpy init (seed {args.seed})"
@@ -172,8 +172,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     torch_info = setup_torch(args.torch_device, args.threads if args.in_process else 1)
     ms_info = setup_mindspore(args.ms_device, args.threads or 1)
     from parity.api import check_models, describe_run
-    from parity.side_ms import MsSide
-    from parity.side_torch import TorchSide
+    from parity.sides.ms import MsSide
+    from parity.sides.torch import TorchSide
 
     side_t, side_m = TorchSide(args.torch_device), MsSide(args.ms_device)
     model_t, model_m = side_t.build(cfg), side_m.build(cfg)
@@ -194,8 +194,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _training_parity(report: Report, spec: Any, state: dict, args: argparse.Namespace) -> None:
     """Rows of K training steps of each twin, one process against ``--workers`` under torchrun / msrun."""
     from parity.distributed import run_training, training_rows
-    from parity.tape import make_tape
-    from parity.tolerances import device_class
+    from parity.engine.tape import make_tape
+    from parity.engine.tolerances import device_class
 
     def progress(line: str) -> None:
         if not args.no_progress:
@@ -215,19 +215,19 @@ def _setup_one(framework: str, args: argparse.Namespace) -> tuple[Any, dict]:
 
     if framework == "torch":
         info = env.setup_torch(args.torch_device, args.threads)
-        from parity.side_torch import TorchSide
+        from parity.sides.torch import TorchSide
 
         return TorchSide(args.torch_device, compiled=args.compile == "on", progress=not args.no_progress), info
     info = env.setup_mindspore(args.ms_device, args.threads or 1)
-    from parity.side_ms import MsSide
+    from parity.sides.ms import MsSide
 
     return MsSide(args.ms_device, compiled=args.compile == "on", progress=not args.no_progress), info
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    from parity.golden import save_golden
-    from parity.suite import run_side
-    from parity.tape import make_tape
+    from parity.engine.golden import save_golden
+    from parity.engine.suite import run_side
+    from parity.engine.tape import make_tape
 
     cfg, state, source, diffusion = _weights(args)
     spec = _spec(args, cfg, diffusion)
@@ -248,9 +248,9 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from parity.api import describe_run, explain, require_results
-    from parity.golden import GoldenError, load_golden
-    from parity.suite import compare_outputs, run_side, teacher_forced
-    from parity.tolerances import device_class
+    from parity.engine.golden import GoldenError, load_golden
+    from parity.engine.suite import compare_outputs, run_side, teacher_forced
+    from parity.engine.tolerances import device_class
 
     _check_json_path(args)
     golden = load_golden(args.golden)
@@ -281,8 +281,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     env = fingerprint(info if args.framework == "torch" else None, info if args.framework == "ms" else None,
                       args.compile == "on")
     env["golden"] = {"path": str(args.golden), "framework": golden.framework, "environment": genv}
-    from parity.initial import weights_hash
-    from parity.tape import tape_hash
+    from parity.engine.initial import weights_hash
+    from parity.engine.tape import tape_hash
 
     report = Report(describe_run(spec).replace("parity.check:", "parity.check compare:"), spec.to_dict(),
                     tape_hash(golden.tape), weights_hash(golden.weights), env, timings=timings, mode="compare")

@@ -148,7 +148,7 @@ MEASURED_VERSIONS: dict[tuple[str, str], str] = {
                          "directions passed",
 }
 """(PyTorch release, MindSpore release) -> how it was measured. A pair is listed only once the twins' errors
-were measured on it and fit ``parity.tolerances``; scripts/version_matrix.py measures others (docs/hosts.md)."""
+were measured on it and fit ``parity.engine.tolerances``; scripts/version_matrix.py measures others (docs/hosts.md)."""
 
 
 def _release(version: str) -> str:

@@ -1,5 +1,5 @@
 """``python -m parity.measure``: measure the twins' errors over many seeds and configurations, the
-evidence behind parity/tolerances.py.
+evidence behind parity/engine/tolerances.py.
 
     python -m parity.measure --seeds 0-19 --configs tiny,small,resnet --json measured.json
 
@@ -54,12 +54,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from parity.api import check_models, make_spec
     from parity.env import setup_mindspore, setup_torch
-    from parity.initial import initial_weights
-    from parity.localise import module_errors
-    from parity.side_ms import MsSide
-    from parity.side_torch import TorchSide
-    from parity.tape import make_tape
-    from parity.tolerances import tolerance
+    from parity.engine.initial import initial_weights
+    from parity.engine.localise import module_errors
+    from parity.sides.ms import MsSide
+    from parity.sides.torch import TorchSide
+    from parity.engine.tape import make_tape
+    from parity.engine.tolerances import tolerance
 
     setup_torch("cpu", 1)
     setup_mindspore("CPU", 1)

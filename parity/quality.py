@@ -5,7 +5,7 @@ minutes on a 2-core CPU; docs/quality.md).
                              [--sampler ddpm|ddim] [--sample-steps K] [training options of ddpm_core.digits.RECIPE]
 
 For each seed s, both twins train on scikit-learn's digits (``--data digits``) from the same initial weights
-(``parity.initial.initial_weights(cfg, s)``) and the same per-step tape (``--seed s``), through their own training
+(``parity.engine.initial.initial_weights(cfg, s)``) and the same per-step tape (``--seed s``), through their own training
 CLIs (MindSpore, slower on CPU, may run fewer seeds: ``--ms-seeds``); each then samples ``--n`` images through its
 own sampling CLI, with its own sampling seed (so no two sets share noise). A classifier fitted to the digits'
 training split scores every set (``parity.digit_scores``), and the KID on its features measures:
@@ -45,7 +45,7 @@ from ddpm_core.config import UnetConfig
 from ddpm_core.digits import RECIPE, from_model_range, load_split
 from ddpm_core.weights import save_weights
 from parity.digit_scores import CONFIDENT, DigitClassifier, kid, set_scores
-from parity.initial import initial_weights
+from parity.engine.initial import initial_weights
 
 TWINS = ("torch", "ms")
 SAMPLE_SEED_BASE = {"torch": 1000, "ms": 2000}

@@ -125,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
     from parity.api import check_models
     from parity.env import setup_mindspore, setup_torch
-    from parity.initial import initial_weights
-    from parity.side_ms import MsSide
-    from parity.side_torch import TorchSide
+    from parity.engine.initial import initial_weights
+    from parity.sides.ms import MsSide
+    from parity.sides.torch import TorchSide
 
     setup_torch("cpu", 1)
     setup_mindspore("CPU", 1)

@@ -16,8 +16,8 @@ from ddpm_core.config import TUTORIAL_DIFFUSION, TUTORIAL_UNET, DiffusionConfig,
 from ddpm_core.naming import unet_parameters
 from ddpm_core.reference import ReferenceDiffusion, ReferenceUnet, layers
 from ddpm_core.schedules import make_schedule
-from parity.compare import compare
-from parity.tolerances import tolerance
+from parity.engine.compare import compare
+from parity.engine.tolerances import tolerance
 from tests.conftest import TWINS, seeded_weights
 from tests.tutorial import tutorial_code as tut
 
@@ -192,7 +192,7 @@ def test_float64_gate_fails_on_a_planted_bug(tutorial_case, monkeypatch, plant):
 
 SMALL_T = DiffusionConfig(timesteps=10, schedule="cosine")
 LOOP_T = DiffusionConfig(timesteps=10)
-"""The loops run the probes' loop schedule (parity/probes.py): linear, so the states stay ~N(0, 1) and the
+"""The loops run the probes' loop schedule (parity/engine/probes.py): linear, so the states stay ~N(0, 1) and the
 float32 entry's atol applies unscaled (a cosine schedule's first steps multiply the states by ~100)."""
 SHAPE = (3, 2, 4, 4)
 

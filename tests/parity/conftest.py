@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ddpm_core.config import DiffusionConfig, UnetConfig
-from parity.initial import initial_weights
+from parity.engine.initial import initial_weights
 
 TINY = UnetConfig(dim=8, channels=1, dim_mults=(1, 2))
 TINY_RESNET = UnetConfig(dim=8, channels=1, dim_mults=(1, 2), use_convnext=False)
@@ -26,8 +26,8 @@ FORWARD_CHECKS = ("settings", "weights", "predict", "reference")
 def sides() -> tuple[Any, Any]:
     """A session's (TorchSide, MsSide): kept so MindSpore's compiled steps are reused across runs on the
     shared models."""
-    from parity.side_ms import MsSide
-    from parity.side_torch import TorchSide
+    from parity.sides.ms import MsSide
+    from parity.sides.torch import TorchSide
 
     return TorchSide(), MsSide()
 

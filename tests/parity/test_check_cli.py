@@ -94,7 +94,7 @@ def test_weights_file_and_config_file_in_process(tmp_path):
     from ddpm_core.config import UnetConfig
     from ddpm_core.weights import save_weights
     from parity.check import main
-    from parity.initial import initial_weights
+    from parity.engine.initial import initial_weights
 
     cfg = UnetConfig(dim=8, channels=1, dim_mults=(1, 2))
     weights = tmp_path / "w.ckpt"
@@ -111,7 +111,7 @@ def test_weights_file_and_config_file_in_process(tmp_path):
     assert code == 0
     report = json.loads(out.read_text())
     assert "w.ckpt" in report["environment"]["weights_source"]
-    from parity.initial import weights_hash
+    from parity.engine.initial import weights_hash
 
     assert report["weights_sha256"] == weights_hash(initial_weights(cfg, 3))
 
@@ -181,8 +181,8 @@ def test_weights_bring_their_diffusion_settings(tmp_path, capsys):
     from ddpm_core.config import DiffusionConfig, UnetConfig
     from ddpm_core.weights import save_weights
     from parity.check import main
-    from parity.golden import load_golden
-    from parity.initial import initial_weights
+    from parity.engine.golden import load_golden
+    from parity.engine.initial import initial_weights
 
     cfg = UnetConfig(dim=8, channels=1, dim_mults=(1, 2))
     weights = tmp_path / "w.safetensors"

@@ -1,12 +1,12 @@
-"""parity.compare against hand-computed cases: the element-wise rule, the aggregates, the smallest
+"""parity.engine.compare against hand-computed cases: the element-wise rule, the aggregates, the smallest
 passing tolerance, non-finite values and shapes."""
 import math
 
 import numpy as np
 import pytest
 
-from parity.compare import Summary, compare, compare_many
-from parity.tolerances import Tolerance
+from parity.engine.compare import Summary, compare, compare_many
+from parity.engine.tolerances import Tolerance
 
 LOOSE_AGG = dict(max_rel_l2=1.0, min_cosine=-1.0, reason="test")
 

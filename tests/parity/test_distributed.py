@@ -28,8 +28,8 @@ PLANTED = "tests.parity.test_distributed"
 def _spec(batch: int = 2):
     from ddpm_core.config import DiffusionConfig, UnetConfig
     from parity.api import make_spec
-    from parity.initial import initial_weights
-    from parity.tape import make_tape
+    from parity.engine.initial import initial_weights
+    from parity.engine.tape import make_tape
 
     cfg = UnetConfig(dim=8, channels=1, dim_mults=(1, 2))
     spec = make_spec(cfg, DiffusionConfig(timesteps=10), 0, batch, 8, 2, 5)

@@ -20,7 +20,7 @@ tutorial configuration). `pytest -m slow` runs the other five."""
                                        pytest.param(TINY_RESNET, 6, marks=SLOW)],
                          ids=["convnext-1", "convnext-2", "convnext-3", "resnet-4", "resnet-5", "resnet-6"])
 def test_every_check_passes(cfg, seed, sides, shared_models, run):
-    from parity.initial import initial_weights
+    from parity.engine.initial import initial_weights
 
     model_t, model_m = shared_models(cfg)  # one compile per block type; weights reloaded in place
     weights = initial_weights(cfg, seed)

@@ -10,7 +10,7 @@ import pytest
 
 from ddpm_core.config import UnetConfig
 from ddpm_core.weights import load_weights, manifest, save_weights
-from parity.initial import initial_weights
+from parity.engine.initial import initial_weights
 from tests.one_framework import ROOT, run
 
 TINY = ["--config", '{"dim": 8, "channels": 1, "dim_mults": [1, 2]}', "--timesteps", "10", "--image-size", "8",

@@ -2,7 +2,7 @@
 fails (exit code 1), blames that twin (it is farther from the float64 specification) and localises it:
 the named module, the settings line, or the diagnosis.
 
-The tolerances must never be loosened to let one of these through (parity/tolerances.py)."""
+The tolerances must never be loosened to let one of these through (parity/engine/tolerances.py)."""
 import mindspore as ms
 import numpy as np
 import pytest
@@ -12,7 +12,7 @@ from torch import nn
 
 import ddpm_ms
 import ddpm_torch
-from parity.initial import initial_weights
+from parity.engine.initial import initial_weights
 from tests.parity.conftest import FORWARD_CHECKS, SIZE, TINY, TINY_T
 
 

@@ -1,13 +1,13 @@
-"""The diffusion-math probes' oracle (``parity.probes.Oracle``, the specification's DDPM math driven by the
+"""The diffusion-math probes' oracle (``parity.engine.probes.Oracle``, the specification's DDPM math driven by the
 toy model) predicts what each twin's probes produce, within the float32 diffusion-math tolerance."""
 import numpy as np
 import pytest
 
 from ddpm_core.config import TUTORIAL_DIFFUSION, DiffusionConfig
-from parity.compare import compare
-from parity.probes import Oracle, run_probes
-from parity.tape import TapeSpec, make_tape
-from parity.tolerances import tolerance
+from parity.engine.compare import compare
+from parity.engine.probes import Oracle, run_probes
+from parity.engine.tape import TapeSpec, make_tape
+from parity.engine.tolerances import tolerance
 
 LOSS_TYPES = ("huber", "l1", "l2")
 ETAS = (0.0, 0.5)

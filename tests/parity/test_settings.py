@@ -9,7 +9,7 @@ from torch import nn
 
 import ddpm_ms
 import ddpm_torch
-from parity.settings import check_settings, ms_settings, probe_channel_layer_norm, summarize, torch_settings
+from parity.engine.settings import check_settings, ms_settings, probe_channel_layer_norm, summarize, torch_settings
 
 
 @pytest.mark.parametrize("t_layer, m_layer", [

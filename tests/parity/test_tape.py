@@ -5,8 +5,8 @@ import pytest
 
 from ddpm_core.config import TUTORIAL_UNET, UnetConfig
 from ddpm_core.naming import unet_parameters
-from parity.initial import initial_weights, weights_hash
-from parity.tape import TapeSpec, make_tape, tape_hash
+from parity.engine.initial import initial_weights, weights_hash
+from parity.engine.tape import TapeSpec, make_tape, tape_hash
 
 SPEC = TapeSpec(seed=0, batch=2, channels=1, image_size=8, timesteps=10, adam_steps=3, ddim_steps=5)
 TINY = UnetConfig(dim=8, channels=1, dim_mults=(1, 2))

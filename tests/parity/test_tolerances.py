@@ -1,7 +1,7 @@
 """The tolerance table is data with reasons, complete for every output the harness compares."""
 import pytest
 
-from parity.tolerances import DEVICE_CLASSES, OUTPUTS, TOLERANCES, device_class, tolerance
+from parity.engine.tolerances import DEVICE_CLASSES, OUTPUTS, TOLERANCES, device_class, tolerance
 
 
 def test_every_output_has_an_entry_per_device_class_with_a_reason():

@@ -1,6 +1,6 @@
 """The same weights in both twins give the same noise predictions (CPU float32), and each documented
 MindSpore/PyTorch difference matters: flipping it back to PyTorch's default in the torch twin breaks
-the agreement. Every bound is the harness's (parity.tolerances), applied by ``parity.assert_close``.
+the agreement. Every bound is the harness's (parity.engine.tolerances), applied by ``parity.assert_close``.
 Run with ``-s`` to see the measured differences."""
 import numpy as np
 import pytest

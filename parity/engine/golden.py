@@ -18,9 +18,9 @@ import numpy as np
 
 from ddpm_core.atomic import atomic_write
 from ddpm_core.config import DiffusionConfig, UnetConfig
-from parity.initial import weights_hash
-from parity.suite import RunSpec
-from parity.tape import TapeSpec, tape_hash
+from parity.engine.initial import weights_hash
+from parity.engine.suite import RunSpec
+from parity.engine.tape import TapeSpec, tape_hash
 
 FORMAT = "ddpm-parity golden v1"
 _SECTIONS = ("out/", "tape/", "init/")

@@ -4,7 +4,7 @@ gained).
 
 Rules: the worker rebuilds the PyTorch twin from its ``UnetConfig`` and the PyTorch-named weights it
 is sent, replays the same tape (rebuilt from the spec and checked against the parent's hash) and runs
-exactly ``parity.suite.run_side``, then the float64 anchor (``parity.anchor``) while MindSpore samples; then
+exactly ``parity.engine.suite.run_side``, then the float64 anchor (``parity.engine.anchor``) while MindSpore samples; then
 it takes MindSpore's trajectory and returns the teacher-forced steps and the anchor's outputs. Only numpy arrays and plain data cross the pipe. Use it for unmodified ``ddpm_torch.Unet``
 models (the CLI's case); a model changed in the parent (a patched module, a planted bug) must run in
 the parent, which ``check_models`` does unless asked for a worker.
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from parity.suite import RunSpec
+from parity.engine.suite import RunSpec
 
 
 def _serve(conn: Any, trajectories: Any, spec: RunSpec, weights: dict, tape_sha256: str, device: str,
@@ -25,11 +25,11 @@ def _serve(conn: Any, trajectories: Any, spec: RunSpec, weights: dict, tape_sha2
     try:
         import time
 
-        from parity.anchor import Anchor, wants_anchor
+        from parity.engine.anchor import Anchor, wants_anchor
         from parity.env import setup_torch
-        from parity.side_torch import TorchSide
-        from parity.suite import run_side, teacher_forced
-        from parity.tape import make_tape, tape_hash
+        from parity.sides.torch import TorchSide
+        from parity.engine.suite import run_side, teacher_forced
+        from parity.engine.tape import make_tape, tape_hash
 
         setup_torch(device, threads)
         side = TorchSide(device, compiled=compiled)

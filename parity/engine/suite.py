@@ -16,11 +16,11 @@ import numpy as np
 
 from ddpm_core.config import LOSS_TYPES, DiffusionConfig, UnetConfig
 from ddpm_core.schedules import cosine_decay_lr
-from parity.compare import Comparison, Summary, compare, rms
-from parity.probes import run_probes
-from parity.tape import TapeSpec
-from parity.threeway import Anchored, anchor_arrays, anchored, logic_summary, prediction_rounding
-from parity.tolerances import Tolerance, tolerance
+from parity.engine.compare import Comparison, Summary, compare, rms
+from parity.engine.probes import run_probes
+from parity.engine.tape import TapeSpec
+from parity.engine.threeway import Anchored, anchor_arrays, anchored, logic_summary, prediction_rounding
+from parity.engine.tolerances import Tolerance, tolerance
 
 CHECKS = ("settings", "weights", "predict", "loss", "grad", "ddpm", "ddim", "probes", "adam", "reference")
 TUTORIAL_LR = dict(min_lr=1e-7, max_lr=1e-4, total_step=10 * 3750, step_per_epoch=3750, decay_epoch=10)
@@ -145,7 +145,7 @@ class Row:
     note: str = ""
     steps: list[int] = field(default_factory=list)
     anchor: Any = None
-    """A ``parity.threeway.Anchored``: each twin against the float64 specification, the blame; None for an
+    """A ``parity.engine.threeway.Anchored``: each twin against the float64 specification, the blame; None for an
     output the specification does not cover."""
     culprit: str | None = None
     """The twin a failure of this row blames when it has no anchor (the float64 logic row: PyTorch)."""
@@ -250,9 +250,9 @@ def compare_outputs(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], sp
                     one_step: tuple[np.ndarray, np.ndarray, str] | None = None,
                     anchor: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> list[Row]:
     """Rows for every output both sides computed. ``one_step`` = (PyTorch values, MindSpore values,
-    who stepped) of the teacher-forced DDPM check; ``anchor`` = ``parity.anchor.Anchor.outputs`` (the float64
+    who stepped) of the teacher-forced DDPM check; ``anchor`` = ``parity.engine.anchor.Anchor.outputs`` (the float64
     specification's and PyTorch float64's outputs): the rows it covers are compared three ways under
-    machine-relative tolerances (``parity.threeway``), and a float64 logic row is added."""
+    machine-relative tolerances (``parity.engine.threeway``), and a float64 logic row is added."""
     T, rows = spec.diffusion.timesteps, []
     a, b = _updates(a), _updates(b)
 

@@ -1,7 +1,7 @@
 """The MindSpore side of a parity run: the ddpm_ms twin behind numpy in / numpy out
 (``ddpm_core.contract.Side``; model building, loading and capture come from the twin's adapter).
 
-Same interface as ``parity.side_torch.TorchSide``. Rules: inputs come from the tape (never
+Same interface as ``parity.sides.torch.TorchSide``. Rules: inputs come from the tape (never
 MindSpore's RNG); weights arrive PyTorch-named and go through ``ddpm_core.weights.torch_to_ms``;
 every array returned is an explicit copy; gradients and states are returned under PyTorch names.
 ``compiled=True`` runs the samplers' steps through the twin's ``ms.jit`` graphs (compiled once per
@@ -136,6 +136,6 @@ class MsSide(Adapter):
 
     # ------------------------------------------------------------ localisation
     def settings(self, cell: nn.Cell) -> tuple[str, dict[str, Any]]:
-        from parity.settings import ms_settings
+        from parity.engine.settings import ms_settings
 
         return ms_settings(cell)

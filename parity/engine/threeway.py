@@ -1,11 +1,11 @@
 """Three-way comparison: each twin against the float64 specification, machine-relative fp32 gates, blame.
 
-For every row the specification covers (``parity.anchor``), with a = PyTorch float32, m = MindSpore
+For every row the specification covers (``parity.engine.anchor``), with a = PyTorch float32, m = MindSpore
 float32, s = the specification and a64 = the PyTorch twin in float64, all on the same inputs:
   * the float32 rounding of this run is measured on the noise predictions alone, as a against a64 (the
     PyTorch twin's own forward in float32 and in float64: the same code, so a bug in it cannot loosen the
     gate; the samplers' loops are not used for it, since a bug there would show up as "rounding");
-  * every anchored row's gate is ``parity.tolerances.machine_relative``: k x that rounding (in the row's
+  * every anchored row's gate is ``parity.engine.tolerances.machine_relative``: k x that rounding (in the row's
     units: sampler states per unit of RMS, a loss relative to its value), at least the rule's floors; the
     twins are compared with each other (the whole output) and each with s (the anchored part) under it,
     and the row passes only if all three pass;
@@ -22,9 +22,9 @@ from typing import Mapping
 
 import numpy as np
 
-from parity.anchor import PREFIX_STEPS, one_step_index
-from parity.compare import Comparison, Summary, compare, rms
-from parity.tolerances import BLAME_RATIO, RELATIVE, Tolerance, machine_relative, tolerance
+from parity.engine.anchor import PREFIX_STEPS, one_step_index
+from parity.engine.compare import Comparison, Summary, compare, rms
+from parity.engine.tolerances import BLAME_RATIO, RELATIVE, Tolerance, machine_relative, tolerance
 
 STEP_OUTPUTS = ("ddpm_one_step", "ddpm_trajectory", "ddim_trajectory")
 

@@ -1,7 +1,7 @@
 """The float64 anchor of a parity run: the executable specification (``ddpm_core.reference``) and the
 PyTorch twin run in float64, on every output the specification covers.
 
-Keys (as ``parity.suite.run_side`` names the twins' outputs):
+Keys (as ``parity.engine.suite.run_side`` names the twins' outputs):
   ``predict/t=N``    the tape's noise predictions
   ``loss/<type>``    the losses on the first training batch
   ``ddpm/prefix``    the first ``PREFIX_STEPS`` states of the free-running DDPM trajectory from x_T
@@ -13,7 +13,7 @@ would cost T + 2 x DDIM steps of them.
 Rules: the specification's outputs say which twin is wrong; the PyTorch twin in float64 differs from
 the specification only by float64 rounding unless its logic differs (the float64 logic gate); and
 PyTorch's float32 outputs against its own float64 run are this machine's float32 rounding on this run,
-the scale of the machine-relative tolerances (``parity.tolerances.machine_relative``). The float64
+the scale of the machine-relative tolerances (``parity.engine.tolerances.machine_relative``). The float64
 PyTorch model is a deep copy of the one under test, so a change made to it (a planted bug) is kept.
 Imports neither framework at import time.
 """
@@ -59,7 +59,7 @@ class Float64:
 
 
 def anchor_outputs(math: Float64, tape: Mapping[str, np.ndarray], spec: Any) -> dict[str, np.ndarray]:
-    """Every anchored output of ``math`` for ``spec`` (a ``parity.suite.RunSpec``) but the teacher-forced
+    """Every anchored output of ``math`` for ``spec`` (a ``parity.engine.suite.RunSpec``) but the teacher-forced
     steps, which wait for MindSpore's trajectory (``anchor_one_step``)."""
     checks, out, T = spec.checks, {}, spec.diffusion.timesteps
     if "predict" in checks:
@@ -102,7 +102,7 @@ class Anchor:
 
     def __init__(self, torch_model: Any, weights: Mapping[str, np.ndarray], spec: Any):
         self.spec = spec
-        from parity.side_torch import TorchSide
+        from parity.sides.torch import TorchSide
 
         reference = ReferenceSide()
         torch64 = TorchSide(str(next(torch_model.parameters()).device), dtype=np.float64)

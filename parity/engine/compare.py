@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from parity.tolerances import Tolerance
+from parity.engine.tolerances import Tolerance
 
 
 @dataclass

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ddpm_core.atomic import atomic_write_bytes
-from parity.localise import Finding
-from parity.settings import SettingMismatch, summarize
-from parity.suite import Row
+from parity.engine.localise import Finding
+from parity.engine.settings import SettingMismatch, summarize
+from parity.engine.suite import Row
 
 EXIT_PASS, EXIT_MISMATCH, EXIT_STRUCTURAL, EXIT_ENVIRONMENT = 0, 1, 2, 3
 SIDE_LABELS = {"torch": "PyTorch", "ms": "MindSpore"}

@@ -1,10 +1,10 @@
 """The PyTorch side of a parity run: the ddpm_torch twin behind numpy in / numpy out
 (``ddpm_core.contract.Side``; model building, loading and capture come from the twin's adapter).
 
-Same interface as ``parity.side_ms.MsSide`` (``parity.suite`` drives either without knowing which).
+Same interface as ``parity.sides.ms.MsSide`` (``parity.engine.suite`` drives either without knowing which).
 Rules: inputs are numpy arrays from the tape (never a framework RNG); every array returned is a fresh
 copy; parameters are named by their PyTorch names. ``dtype=np.float64`` gives the float64 side of the
-anchor (``parity.anchor``): the model, the diffusion tables and every float input in float64.
+anchor (``parity.engine.anchor``): the model, the diffusion tables and every float input in float64.
 """
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ class TorchSide(Adapter):
 
     # ------------------------------------------------------------ localisation
     def settings(self, module: nn.Module) -> tuple[str, dict[str, Any]]:
-        """(kind, what the layer is configured to do) in the framework-neutral vocabulary of parity.settings."""
-        from parity.settings import torch_settings
+        """(kind, what the layer is configured to do) in the framework-neutral vocabulary of parity.engine.settings."""
+        from parity.engine.settings import torch_settings
 
         return torch_settings(module)

@@ -8,7 +8,7 @@ and every difference is a failure that names the module, e.g.
 ``GELU approximate: tanh in MindSpore, none (exact) in PyTorch at `downs.1.0.net.2```.
 Settings a layer keeps in code rather than attributes are measured where a probe can do it
 (the channel LayerNorm's eps and variance ddof); anything else unknowable is left to the numeric
-localisation (parity.localise).
+localisation (parity.engine.localise).
 """
 from __future__ import annotations
 

@@ -19,9 +19,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from parity.compare import Comparison, compare
+from parity.engine.compare import Comparison, compare
 from ddpm_core.contract import Record
-from parity.tolerances import Tolerance
+from parity.engine.tolerances import Tolerance
 
 
 @dataclass
