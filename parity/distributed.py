@@ -33,9 +33,9 @@ import numpy as np
 from ddpm_core.atomic import atomic_write
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.distributed import World, free_port, msrun_command, torchrun_command
-from parity.compare import Comparison, Summary
-from parity.suite import Row, RunSpec, pairs_row
-from parity.tolerances import tolerance
+from parity.engine.compare import Comparison, Summary
+from parity.engine.suite import Row, RunSpec, pairs_row
+from parity.engine.tolerances import tolerance
 
 ENTRY = "parity.distributed"
 ROOT = Path(__file__).resolve().parents[1]
