@@ -34,8 +34,11 @@ def make_optimizer(model: nn.Cell, lr: float | Sequence[float]) -> nn.Adam:
 
 
 def loss_and_grads(model: nn.Cell, diffusion: GaussianDiffusion, x_start: ArrayLike, t: ArrayLike,
-                   noise: ArrayLike, loss_type: str | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-    """The training loss and its gradient for every trainable parameter, by MindSpore parameter name."""
+                   noise: ArrayLike, loss_type: str | None = None,
+                   loss_scale: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """The training loss and its gradient for every trainable parameter, by MindSpore parameter name. ``loss_scale``:
+    the gradients are taken of loss x scale and divided by it (a fixed loss scale, for float16 activations under
+    ``amp``; 1 changes nothing)."""
     x_start, noise = diffusion.tensor(x_start, ms.float32), diffusion.tensor(noise, ms.float32)
     t = diffusion.timesteps_tensor(t, x_start.shape[0])
     params = model.trainable_params()
@@ -43,13 +46,27 @@ def loss_and_grads(model: nn.Cell, diffusion: GaussianDiffusion, x_start: ArrayL
     def forward(x, tt, n):
         return diffusion.p_losses(model, x, tt, n, loss_type)
 
-    loss, grads = ms.value_and_grad(forward, None, params)(x_start, t, noise)
+    if loss_scale == 1.0:
+        loss, grads = ms.value_and_grad(forward, None, params)(x_start, t, noise)
+    else:
+        (_, loss), grads = ms.value_and_grad(scaled(forward, loss_scale), None, params, has_aux=True)(x_start, t, noise)
+        grads = tuple(g / loss_scale for g in grads)
     return loss, {p.name: g for p, g in zip(params, grads)}
 
 
+def scaled(forward: Callable, loss_scale: float) -> Callable:
+    """``forward`` returning (loss x ``loss_scale``, loss): its gradient is taken of the first only."""
+
+    def run(*args):
+        loss = forward(*args)
+        return loss * loss_scale, loss
+
+    return run
+
+
 def make_train_step(model: nn.Cell, diffusion: GaussianDiffusion, optimizer: nn.Optimizer,
-                    loss_type: str | None = None, compiled: bool = True,
-                    world: World = World()) -> Callable[[ArrayLike, ArrayLike, ArrayLike], Tensor]:
+                    loss_type: str | None = None, compiled: bool = True, world: World = World(),
+                    loss_scale: float = 1.0) -> Callable[[ArrayLike, ArrayLike, ArrayLike], Tensor]:
     """``step(x_start, t, noise) -> loss``: forward, loss, gradients and one optimizer update (the tutorial's
     ``train_step``).
 

@@ -92,19 +92,32 @@ def make_optimizer(model: nn.Module, lr: float | Sequence[float], rule: str = "m
 
 
 def loss_and_grads(model: nn.Module, diffusion: GaussianDiffusion, x_start: ArrayLike, t: ArrayLike,
-                   noise: ArrayLike, loss_type: str | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The training loss and its gradient for every parameter, by PyTorch parameter name."""
+                   noise: ArrayLike, loss_type: str | None = None,
+                   loss_scale: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training loss and its gradient for every parameter, by PyTorch parameter name. ``loss_scale``: the
+    backward pass runs on loss x scale and the gradients are divided by it (a fixed loss scale, for float16
+    activations under autocast; 1 changes nothing)."""
     model.zero_grad(set_to_none=True)
     loss = diffusion.p_losses(model, x_start, t, noise, loss_type)
-    loss.backward()
-    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters()}
+    (loss * loss_scale if loss_scale != 1.0 else loss).backward()
+    grads = {name: p.grad.detach() / loss_scale if loss_scale != 1.0 else p.grad.detach().clone()
+             for name, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
     return loss.detach(), grads
 
 
+def unscaled_finite(model: nn.Module, scaled_loss: torch.Tensor, loss_scale: float) -> bool:
+    """Backward on ``scaled_loss``, every gradient divided by ``loss_scale``; whether all are finite."""
+    scaled_loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    for g in grads:
+        g.div_(loss_scale)
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+
 def make_train_step(model: nn.Module, diffusion: GaussianDiffusion, optimizer: torch.optim.Optimizer,
-                    loss_type: str | None = None, channels_last: bool = True,
-                    world: World = World()) -> Callable[[ArrayLike, ArrayLike, ArrayLike], torch.Tensor]:
+                    loss_type: str | None = None, channels_last: bool = True, world: World = World(),
+                    loss_scale: float = 1.0) -> Callable[[ArrayLike, ArrayLike, ArrayLike], torch.Tensor]:
     """``step(x_start, t, noise) -> loss``: forward, loss, backward and one optimizer update.
 
     In a data-parallel job (``world``, see ddpm_torch/distributed.py) each rank passes its slice of the global
@@ -114,7 +127,11 @@ def make_train_step(model: nn.Module, diffusion: GaussianDiffusion, optimizer: t
     ``channels_last=True`` first moves ``model``'s weights to channels-last (NHWC strides, the same values, the same
     Parameter objects, so the optimizer is unaffected): every convolution and its gradients then run oneDNN's
     NHWC kernels, measured faster than NCHW for this U-Net on CPU (docs/performance.md). ``channels_last=False``:
-    NCHW, as built. The two agree to float32 rounding (tests/parity/test_bench.py)."""
+    NCHW, as built. The two agree to float32 rounding (tests/parity/test_bench.py).
+
+    ``loss_scale`` (a fixed loss scale, for float16 activations under autocast): the backward pass runs on
+    loss x scale, the gradients are divided by it, and a step whose gradients are not all finite is skipped
+    (as MindSpore's loss-scaled training cells do); 1 (the default) changes nothing."""
     if channels_last:
         model.to(memory_format=torch.channels_last)
     forward = distributed.data_parallel(model, world)
@@ -123,8 +140,11 @@ def make_train_step(model: nn.Module, diffusion: GaussianDiffusion, optimizer: t
         model.train()
         optimizer.zero_grad(set_to_none=True)
         loss = diffusion.p_losses(forward, x_start, t, noise, loss_type)
-        loss.backward()
-        optimizer.step()
+        if loss_scale == 1.0:
+            loss.backward()
+            optimizer.step()
+        elif unscaled_finite(model, loss * loss_scale, loss_scale):
+            optimizer.step()
         return distributed.mean(loss.detach(), world)
 
     return step

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from ddpm_core.amp import MS_LEVELS
 from ddpm_core.atomic import output_problem
 from ddpm_core.config import LOSS_TYPES, SCHEDULES, TUTORIAL_UNET, DiffusionConfig, UnetConfig, resolve_diffusion
 from ddpm_core.distributed import World
@@ -169,6 +170,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         World(0, args.workers).check_batch(spec.tape.batch)
     except ValueError as e:
         raise ValueError(f"--batch {spec.tape.batch} with --workers {args.workers}: {e}") from None
+    if args.precision != "fp32":
+        from parity.precision import cmd_precision
+
+        report = cmd_precision(args, cfg, state, source, spec)
+        report.timings["wall_including_setup"] = round(time.perf_counter() - t0, 3)
+        return _finish(report, args)
     torch_info = setup_torch(args.torch_device, args.threads if args.in_process else 1)
     ms_info = setup_mindspore(args.ms_device, args.threads or 1)
     from parity.api import check_models, describe_run
@@ -313,6 +320,11 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m parity.check", description=__doc__.split("\n\n")[0].replace("``", ""),
                                 epilog="subcommands: record, compare (python -m parity.check record --help)")
     _run_options(p)
+    g = p.add_argument_group("mixed precision")
+    g.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="fp16: both twins under mixed precision, each judged against float64 (docs/harness.md)")
+    g.add_argument("--ms-amp", choices=MS_LEVELS[1:], default="auto",
+                   help="MindSpore amp level of --precision fp16 (default auto, the measured match of torch.autocast)")
     g = p.add_argument_group("data-parallel training")
     g.add_argument("--workers", type=int, default=1,
                    help="N > 1: also train --train-steps steps of each twin as 1 process and as N workers (torchrun, "

@@ -138,9 +138,10 @@ def module_errors(side_t: Any, model_t: Any, side_m: Any, model_m: Any, x: np.nd
 
 
 def localise_against_reference(rec_t: list[Record], rec_m: list[Record], rec_ref: list[Record],
-                               tol: Tolerance) -> list[str]:
+                               tol: Tolerance, min_ratio: float = 0.0) -> list[str]:
     """For each twin, the first module call (PyTorch's finishing order) whose output is farther from the
-    specification than ``tol``, in words: "`downs.1.0` (ConvNextBlock): MindSpore 40x farther from the float64
+    specification than ``tol`` (and, with ``min_ratio``, more than that many times farther than the other
+    twin's by max abs: where a twin in lower precision leaves the other), in words: "`downs.1.0` (ConvNextBlock): MindSpore 40x farther from the float64
     specification than PyTorch (max abs 2.0e-03 vs 5.1e-05)". Empty if both twins stay within ``tol``."""
     by_ref = {r.key: r for r in rec_ref}
     by_m = {r.key: r for r in rec_m}
@@ -156,6 +157,8 @@ def localise_against_reference(rec_t: list[Record], rec_m: list[Record], rec_ref
                 continue
             o = _compare_tuple(r.key, theirs.outputs[:1], ref.outputs, tol)
             ratio = c.max_abs / o.max_abs if o.max_abs > 0 else float("inf")
+            if ratio <= min_ratio:
+                continue
             found.append(f"`{r.key or '(root)'}` ({r.kind}): {label} {ratio:.3g}x farther from the float64 "
                          f"specification than {other} (max abs {c.max_abs:.2e} vs {o.max_abs:.2e})")
             break

@@ -214,3 +214,51 @@ def tolerance(output: str, dtype: str = "float32", device: str = "cpu") -> Toler
     except KeyError:
         known = sorted({k for k in TOLERANCES if k[0] == output})
         raise KeyError(f"no tolerance for {(output, dtype, device)}; known for {output!r}: {known}") from None
+
+
+# ---------------------------------------------------------------- mixed precision (parity.precision)
+_FP16_RUNS = ("AMD EPYC, 2 cores, torch 2.14.1 / mindspore 2.10.0, CPU: torch.autocast float16 and amp O2/O3/auto "
+              "float16, loss scale 1024; ")
+_FP16 = ("each twin against float64 (the specification; the PyTorch twin in float64 for gradients and Adam steps), "
+         "relative L2 over the row; ")
+TOLERANCES.update({
+    ("prediction", "float16", "cpu"): Tolerance(
+        1e-1, 0.0, 6e-3, -1.0,
+        _FP16 + "float16 keeps 11 significant bits (2^-11 = 4.9e-4 per rounding) and ~40 layers round in it; "
+        "bfloat16 (8 bits) lands ~8x higher and fails", _FP16_RUNS + "MEASURE"),
+    ("loss", "float16", "cpu"): Tolerance(
+        1e-2, 0.0, 3e-3, -1.0,
+        _FP16 + "a mean of the prediction's error: its rounding partly averages out (a scalar: relative error)",
+        _FP16_RUNS + "MEASURE"),
+    ("grad", "float16", "cpu"): Tolerance(
+        1.0, 0.0, 2e-2, -1.0,
+        _FP16 + "all gradients concatenated: the backward pass rounds float16 activations again",
+        _FP16_RUNS + "MEASURE"),
+    ("adam", "float16", "cpu"): Tolerance(
+        1.0, 0.0, 5e-2, -1.0,
+        _FP16 + "all parameter changes concatenated: MindSpore's rule divides by sqrt(v) + 1e-8, so elements with a "
+        "gradient near zero move by a fraction of lr that rounding decides",
+        _FP16_RUNS + "MEASURE"),
+    ("module", "float16", "cpu"): Tolerance(
+        1e-3, 1e-3, math.inf, -1.0,
+        "one module's output against the specification while localising a float16 failure: more than float16 "
+        "rounding of the activations (|a - s| > 1e-3 + 1e-3 |s|), searched only where one twin is also "
+        "BLAME_RATIO x farther than the other", _FP16_RUNS + "MEASURE"),
+})
+
+
+@dataclass(frozen=True)
+class RatioRule:
+    """Two twins in the same precision must be about equally far from float64: the larger error over the smaller
+    at most ``bound``, each error counted at least at ``floor`` x the row's relative-L2 budget (errors far below
+    the budget, e.g. a loss whose rounding cancels by chance, say nothing about which twin is worse)."""
+
+    bound: float
+    floor: float
+    reason: str
+    measured: str = ""
+
+
+AMP_RATIO: dict[str, RatioRule] = {
+    "float16": RatioRule(2.0, 0.1, "msprobe's rule: a relative error more than 2x the other side's fails", "MEASURE"),
+}

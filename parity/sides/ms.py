@@ -22,6 +22,8 @@ from ddpm_ms.optim import loss_and_grads, make_optimizer, make_train_step
 
 
 class MsSide(Adapter):
+    loss_scale = 1.0  # the fixed loss scale of gradients and training steps (parity.precision sets it)
+
     def __init__(self, device: str = "CPU", compiled: bool = True, progress: bool = False, chunk: int = 32):
         self.device = device
         self.compiled = compiled
@@ -50,7 +52,7 @@ class MsSide(Adapter):
 
     def loss_and_grads(self, model: nn.Cell, diffusion: Any, x0: np.ndarray, t: np.ndarray, noise: np.ndarray,
                        loss_type: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        loss, grads = loss_and_grads(model, diffusion, x0, t, noise, loss_type)
+        loss, grads = loss_and_grads(model, diffusion, x0, t, noise, loss_type, self.loss_scale)
         names = self.torch_names(model)
         return self.numpy(loss), {names.get(n, n): self.numpy(g) for n, g in grads.items()}
 
@@ -64,7 +66,7 @@ class MsSide(Adapter):
             raise ValueError("the MindSpore side has only MindSpore's Adam rule")
         optimizer = make_optimizer(model, [float(v) for v in lrs])
         # op by op: the compiled training step costs tens of seconds to compile, far more than the few steps here
-        step = make_train_step(model, diffusion, optimizer, loss_type, compiled=False)
+        step = make_train_step(model, diffusion, optimizer, loss_type, compiled=False, loss_scale=self.loss_scale)
         names = self.torch_names(model)
         states = []
         for k, (x0, t, noise) in enumerate(batches):

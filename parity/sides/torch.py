@@ -23,6 +23,8 @@ from ddpm_torch.optim import loss_and_grads, make_optimizer, make_train_step
 
 
 class TorchSide(Adapter):
+    loss_scale = 1.0  # the fixed loss scale of gradients and training steps (parity.precision sets it)
+
     def __init__(self, device: str = "cpu", compiled: bool = True, progress: bool = False, chunk: int = 32,
                  dtype: np.dtype | type | None = None):
         super().__init__(device, dtype)
@@ -62,7 +64,7 @@ class TorchSide(Adapter):
 
     def loss_and_grads(self, model: nn.Module, diffusion: Any, x0: np.ndarray, t: np.ndarray, noise: np.ndarray,
                        loss_type: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        loss, grads = loss_and_grads(model, diffusion, x0, t, noise, loss_type)
+        loss, grads = loss_and_grads(model, diffusion, x0, t, noise, loss_type, self.loss_scale)
         return self.numpy(loss), {name: self.numpy(g) for name, g in grads.items()}
 
     def adam(self, model: nn.Module, diffusion: Any, batches: Sequence[tuple[np.ndarray, ...]], lrs: Sequence[float],
@@ -72,7 +74,7 @@ class TorchSide(Adapter):
         ``torch.optim.Adam`` with the same per-step learning rates. ``first_grads`` (the gradient of the
         first batch at these weights, already computed) makes step 1 the optimizer update alone."""
         optimizer = make_optimizer(model, list(lrs) if rule == "mindspore" else float(lrs[0]), rule=rule)
-        step = make_train_step(model, diffusion, optimizer, loss_type)
+        step = make_train_step(model, diffusion, optimizer, loss_type, loss_scale=self.loss_scale)
         states = []
         for k, (x0, t, noise) in enumerate(batches):
             if rule == "torch":
