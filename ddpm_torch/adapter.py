@@ -59,7 +59,8 @@ class Adapter:
 
     @staticmethod
     def numpy(x: torch.Tensor) -> np.ndarray:
-        return x.detach().cpu().numpy().copy()
+        x = x.detach()  # numpy has no bfloat16: such a tensor (an autocast activation) comes back as float32
+        return (x.float() if x.dtype == torch.bfloat16 else x).cpu().numpy().copy()
 
     def forward(self, model: nn.Module, x: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
         with torch.no_grad():

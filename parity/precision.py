@@ -94,7 +94,7 @@ def judged_row(label: str, output: str, a: np.ndarray, m: np.ndarray, ref: np.nd
     """The row of one output: PyTorch ``a`` and MindSpore ``m`` each against the float64 ``ref`` under the
     budget, the ratio rule, and the cross difference (reported; its limits are the two budgets added)."""
     budget = tolerance(output, dtype, device)
-    rule = AMP_RATIO[dtype]
+    rule = AMP_RATIO[(output, dtype)]
     j = Judged(budget, compare("PyTorch vs float64", a, ref, budget), compare("MindSpore vs float64", m, ref, budget),
                rule.bound, rule.floor * budget.max_rel_l2)
     cross_tol = replace(budget, atol=2 * budget.atol, max_rel_l2=2 * budget.max_rel_l2, min_cosine=-1.0, gate=False)
