@@ -221,25 +221,26 @@ _FP16_RUNS = ("AMD EPYC, 2 cores, torch 2.14.1 / mindspore 2.10.0, CPU: torch.au
               "float16, loss scale 1024; ")
 _FP16 = ("each twin against float64 (the specification; the PyTorch twin in float64 for gradients and Adam steps), "
          "relative L2 over the row; ")
+_M = "seed 0, tiny U-Net (dim 8, 8x8, T=10) and the tutorial U-Net (28x28, T=200), MindSpore auto and O3; worst: "
 TOLERANCES.update({
     ("prediction", "float16", "cpu"): Tolerance(
         1e-1, 0.0, 6e-3, -1.0,
         _FP16 + "float16 keeps 11 significant bits (2^-11 = 4.9e-4 per rounding) and ~40 layers round in it; "
-        "bfloat16 (8 bits) lands ~8x higher and fails", _FP16_RUNS + M + "2.0e-3 (tutorial, O3; PyTorch 1.9e-3); "
+        "bfloat16 (8 bits) lands ~8x higher and fails", _FP16_RUNS + _M + "2.0e-3 (tutorial, O3; PyTorch 1.9e-3); "
         "torch bfloat16 autocast 1.4e-2"),
     ("loss", "float16", "cpu"): Tolerance(
         1e-2, 0.0, 1e-3, -1.0,
         _FP16 + "a mean of the prediction's error: its rounding partly averages out (a scalar: relative error)",
-        _FP16_RUNS + M + "2.2e-4 (tiny, O3)"),
+        _FP16_RUNS + _M + "2.2e-4 (tiny, O3)"),
     ("grad", "float16", "cpu"): Tolerance(
         1.0, 0.0, 1e-2, -1.0,
         _FP16 + "all gradients concatenated: the backward pass rounds float16 activations again",
-        _FP16_RUNS + M + "2.7e-3 (tutorial, O3; PyTorch 2.2e-3)"),
+        _FP16_RUNS + _M + "2.7e-3 (tutorial, O3; PyTorch 2.2e-3)"),
     ("adam", "float16", "cpu"): Tolerance(
         1.0, 0.0, 1e-1, -1.0,
         _FP16 + "all parameter changes concatenated: MindSpore's rule divides by sqrt(v) + 1e-8, so elements with a "
         "gradient near zero move by a fraction of lr that rounding decides",
-        _FP16_RUNS + M + "3.6e-2 (tutorial, O3, 3 steps; PyTorch 2.9e-2)"),
+        _FP16_RUNS + _M + "3.6e-2 (tutorial, O3, 3 steps; PyTorch 2.9e-2)"),
     ("module", "float16", "cpu"): Tolerance(
         1e-3, 1e-3, math.inf, -1.0,
         "one module's output against the specification while localising a float16 failure: more than float16 "
@@ -261,14 +262,15 @@ class RatioRule:
     measured: str = ""
 
 
+_R = "seed 0, tiny and tutorial U-Nets, MindSpore auto and O3 against torch autocast: worst ratio "
 _MSPROBE = "msprobe's rule: a relative error more than 2x the other side's fails"
 AMP_RATIO: dict[tuple[str, str], RatioRule] = {
-    ("prediction", "float16"): RatioRule(2.0, 0.1, _MSPROBE, R + "1.17; torch bfloat16 vs MindSpore float16 ~8"),
+    ("prediction", "float16"): RatioRule(2.0, 0.1, _MSPROBE, _R + "1.17; torch bfloat16 vs MindSpore float16 ~8"),
     ("loss", "float16"): RatioRule(2.0, 0.1, _MSPROBE + "; a loss's float16 error partly cancels by chance, hence the "
-                                   "floor", R + "1.0 (errors 2e-6 to 2e-4, all under the floor of 1e-4 but one)"),
-    ("grad", "float16"): RatioRule(2.0, 0.1, _MSPROBE, R + "1.20"),
+                                   "floor", _R + "1.0 (errors 2e-6 to 2e-4, all under the floor of 1e-4 but one)"),
+    ("grad", "float16"): RatioRule(2.0, 0.1, _MSPROBE, _R + "1.20"),
     ("adam", "float16"): RatioRule(2.0, 0.5, _MSPROBE + "; an Adam step's error is the few elements whose tiny gradient "
                                    "flips sign in float16 (m / sqrt(v) is +-1 at step 1), a count that varies by chance "
                                    "between two equally precise twins, hence the higher floor",
-                                   R + "2.5 at floor 0.1 (tutorial, step 3: a false failure), 1.74 (tiny, O3) at 0.5"),
+                                   _R + "2.5 at floor 0.1 (tutorial, step 3: a false failure), 1.74 (tiny, O3) at 0.5"),
 }
