@@ -64,9 +64,9 @@ def measure(cfg: UnetConfig = TUTORIAL_UNET, size: int = 28, errors: bool = True
     import ddpm_ms.amp as ms_amp
     import ddpm_torch
     import ddpm_torch.amp as torch_amp
-    from parity.initial import initial_weights
-    from parity.side_ms import MsSide
-    from parity.side_torch import TorchSide
+    from parity.engine.initial import initial_weights
+    from parity.sides.ms import MsSide
+    from parity.sides.torch import TorchSide
 
     weights = initial_weights(cfg, 0)
     x, t = _inputs(cfg, size)

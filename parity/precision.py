@@ -25,13 +25,13 @@ from typing import Any, Mapping
 import numpy as np
 
 from ddpm_core.amp import DEFAULT_LOSS_SCALE, Policy
-from parity.anchor import SpecMath, Torch64Math, anchor_outputs
-from parity.compare import Comparison, Summary, compare
-from parity.localise import localise_against_reference, reference_records
-from parity.report import Report
-from parity.suite import RunSpec, Row, _updates, run_side
-from parity.tape import make_tape, tape_hash
-from parity.tolerances import AMP_RATIO, BLAME_RATIO, TOLERANCES, Tolerance, tolerance
+from parity.engine.anchor import Float64, anchor_outputs
+from parity.engine.compare import Comparison, Summary, compare
+from parity.engine.localise import localise_against_reference
+from parity.engine.report import Report
+from parity.engine.suite import RunSpec, Row, _updates, run_side
+from parity.engine.tape import make_tape, tape_hash
+from parity.engine.tolerances import AMP_RATIO, BLAME_RATIO, TOLERANCES, Tolerance, tolerance
 
 PRECISION_CHECKS = ("predict", "loss", "grad", "adam")
 PRECISIONS = {"fp16": "float16"}
@@ -104,23 +104,25 @@ def judged_row(label: str, output: str, a: np.ndarray, m: np.ndarray, ref: np.nd
     return row
 
 
-def reference_outputs(model_t: Any, side_t: Any, weights: Mapping[str, np.ndarray], spec: RunSpec,
+def reference_outputs(model_t: Any, weights: Mapping[str, np.ndarray], spec: RunSpec,
                       tape: Mapping[str, np.ndarray], timings: dict) -> dict[str, np.ndarray]:
     """Float64 outputs: predictions and losses of the specification, gradients and Adam steps of the PyTorch
-    twin in float64 (through the same side methods, at loss scale 1), and that twin's forward outputs for the
-    float64 logic row (``torch64/...``)."""
+    twin in float64 (a copy of ``model_t`` driven through the same side methods, at loss scale 1), and that
+    twin's forward outputs for the float64 logic row (``torch64/...``)."""
+    from ddpm_core.reference.side import ReferenceSide
+    from parity.sides.torch import TorchSide
+
     t0 = time.perf_counter()
-    ref = dict(anchor_outputs(SpecMath(spec.unet, spec.diffusion, weights), tape, spec))
-    t64 = Torch64Math(model_t, spec.diffusion)
-    ref.update({f"torch64/{k}": v for k, v in anchor_outputs(t64, tape, spec).items()})
+    reference = ReferenceSide()
+    ref = dict(anchor_outputs(Float64(reference, reference.load_model(weights, spec.unet),
+                                      reference.diffusion(spec.diffusion)), tape, spec))
+    side64 = TorchSide(str(next(model_t.parameters()).device), dtype=np.float64)
+    model64, diffusion64 = side64.adopt(model_t), side64.diffusion(spec.diffusion)
+    ref.update({f"torch64/{k}": v for k, v in anchor_outputs(Float64(side64, model64, diffusion64), tape, spec).items()})
     timings["reference/spec"] = round(time.perf_counter() - t0, 3)
     wanted = tuple(c for c in ("grad", "adam") if c in spec.checks)
     if wanted:
-        scale, side_t.loss_scale = side_t.loss_scale, 1.0
-        try:
-            ref.update(run_side(side_t, t64.model, t64.diff, tape, replace(spec, checks=wanted), timings))
-        finally:
-            side_t.loss_scale = scale
+        ref.update(run_side(side64, model64, diffusion64, tape, replace(spec, checks=wanted), timings))
     timings["reference/total"] = round(time.perf_counter() - t0, 3)
     return ref
 
@@ -157,14 +159,15 @@ def localise_precision(report: Report, sides: tuple[Any, Any], nets: tuple[Any, 
     """On a failure with a blamed twin: the first module (PyTorch's finishing order) on a prediction input
     where that twin's error against the specification exceeds the module budget and the other twin's by
     ``BLAME_RATIO``."""
-    from ddpm_core.reference import ReferenceUnet
+    from ddpm_core.reference.side import ReferenceSide
 
     blamed = {r.blame for r in report.failures if r.blame}
     if not blamed:
         return
     ts = [int(t) for t in tape["pred_t"]]
     x, t = tape["pred_x"][0], np.full(spec.tape.batch, ts[0], np.int32)
-    rec_ref = reference_records(ReferenceUnet(spec.unet, weights), x, t)
+    reference = ReferenceSide()
+    rec_ref = reference.capture(reference.load_model(weights, spec.unet), x, t)
     recs = [side.capture(amp.backbone(net), x, t) for side, net, amp in zip(sides, nets, amps)]
     names = {"torch": "PyTorch", "ms": "MindSpore"}
     for words in localise_against_reference(*recs, rec_ref, tolerance("module", dtype, device), min_ratio=BLAME_RATIO):
@@ -182,13 +185,13 @@ def check_precision(sides: tuple[Any, Any], models: tuple[Any, Any], weights: Ma
     its policy to the model."""
     import ddpm_ms.amp as ms_amp
     import ddpm_torch.amp as torch_amp
-    from parity.initial import weights_hash
+    from parity.engine.initial import weights_hash
 
     side_t, side_m = sides
     model_t, model_m = models
     spec = replace(spec, checks=tuple(c for c in PRECISION_CHECKS if c in spec.checks))
     tape, timings = make_tape(spec.tape), {}
-    ref = reference_outputs(model_t, side_t, weights, spec, tape, timings)
+    ref = reference_outputs(model_t, weights, spec, tape, timings)
     net_m = ms_amp.apply_policy(model_m, policies[1])
     net_t = torch_amp.apply_policy(model_t, policies[0])
     t0 = time.perf_counter()
@@ -215,7 +218,7 @@ def cmd_precision(args: Any, cfg: Any, state: Mapping[str, np.ndarray], source: 
     device's autocast; MindSpore's ``amp`` at LEVEL), judged against float64. ``EnvironmentRefused`` (exit 3)
     where MindSpore cannot apply LEVEL to the model, or a GPU/Ascend run that has no measured budget."""
     from parity.env import EnvironmentRefused, fingerprint, setup_mindspore, setup_torch
-    from parity.tolerances import device_class
+    from parity.engine.tolerances import device_class
 
     dtype = PRECISIONS[args.precision]
     device = device_class(args.torch_device, args.ms_device)
@@ -226,8 +229,8 @@ def cmd_precision(args: Any, cfg: Any, state: Mapping[str, np.ndarray], source: 
     torch_info = setup_torch(args.torch_device, args.threads or 1)
     ms_info = setup_mindspore(args.ms_device, args.threads or 1)
     import ddpm_ms.amp as ms_amp
-    from parity.side_ms import MsSide
-    from parity.side_torch import TorchSide
+    from parity.sides.ms import MsSide
+    from parity.sides.torch import TorchSide
 
     sides = (TorchSide(args.torch_device), MsSide(args.ms_device))
     models = tuple(side.build(cfg) for side in sides)

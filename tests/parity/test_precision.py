@@ -12,7 +12,7 @@ import pytest
 
 from ddpm_core.amp import Policy
 from parity.api import make_spec
-from parity.initial import initial_weights
+from parity.engine.initial import initial_weights
 from tests.parity.conftest import SIZE, TINY, TINY_T
 
 FORWARD = ("predict", "loss")
