@@ -19,7 +19,7 @@ from mindspore import Tensor, amp, nn
 
 from ddpm_core.amp import DtypeRecord, Policy
 
-MS_DTYPES = {"float16": ms.float16, "bfloat16": ms.bfloat16}
+DTYPES = {"float16": ms.float16, "bfloat16": ms.bfloat16}
 
 
 class UnsupportedPolicy(RuntimeError):
@@ -37,7 +37,7 @@ def apply_policy(model: nn.Cell, policy: Policy) -> nn.Cell:
     if policy.full:
         return model
     try:
-        net = amp.auto_mixed_precision(model, policy.level, dtype=MS_DTYPES[policy.dtype])
+        net = amp.auto_mixed_precision(model, policy.level, dtype=DTYPES[policy.dtype])
     except RuntimeError as e:
         raise UnsupportedPolicy(f"mindspore.amp.auto_mixed_precision(level={policy.level!r}) fails on this model: "
                                 f"{str(e).splitlines()[0]} (O1 rewrites the network with mindspore.rewrite, which "
@@ -47,14 +47,15 @@ def apply_policy(model: nn.Cell, policy: Policy) -> nn.Cell:
     return net
 
 
-def backbone(net: nn.Cell) -> nn.Cell:
+def backbone(model: nn.Cell) -> nn.Cell:
     """The U-Net whose cells carry the structural paths (inside O2/O3's ``_OutputTo32``)."""
-    return getattr(net, "_backbone", net)
+    return getattr(model, "_backbone", model)
 
 
-def observed_dtypes(net: nn.Cell, x: np.ndarray, t: np.ndarray) -> list[DtypeRecord]:
-    """Every cell call of ``net(x, t)`` (PyNative), in the order calls finish, with its dtypes."""
-    inner = backbone(net)
+def observed_dtypes(model: nn.Cell, x: np.ndarray, t: np.ndarray) -> list[DtypeRecord]:
+    """Every cell call of ``model(x, t)`` (PyNative), in the order calls finish, with its dtypes; ``model`` as
+    ``apply_policy`` returned it."""
+    inner = backbone(model)
     names = {id(c): n for n, c in inner.cells_and_names()}
     records: list[DtypeRecord] = []
 
@@ -65,7 +66,7 @@ def observed_dtypes(net: nn.Cell, x: np.ndarray, t: np.ndarray) -> list[DtypeRec
 
     handles = [c.register_forward_hook(hook) for _, c in inner.cells_and_names()]
     try:
-        net(Tensor(np.array(x)), Tensor(np.array(t)))
+        model(Tensor(np.array(x)), Tensor(np.array(t)))
     finally:
         for h in handles:
             h.remove()

@@ -17,7 +17,7 @@ from torch import nn
 
 from ddpm_core.amp import DtypeRecord, Policy
 
-TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -36,7 +36,7 @@ def apply_policy(model: nn.Module, policy: Policy) -> nn.Module:
 
     @functools.wraps(forward)
     def under_policy(*args: Any, **kwargs: Any) -> Any:
-        with torch.autocast(device, dtype=TORCH_DTYPES[policy.dtype]):
+        with torch.autocast(device, dtype=DTYPES[policy.dtype]):
             out = forward(*args, **kwargs)
         return out.float()
 

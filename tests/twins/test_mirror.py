@@ -55,10 +55,16 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("optim.py", "-def MindSporeAdam.step(closure)"): "see MindSporeAdam",
     ("optim.py", "-def make_optimizer(model,lr,rule)"): "PyTorch can also run torch.optim.Adam's rule (rule='torch')",
     ("optim.py", "+def make_optimizer(model,lr)"): "see the PyTorch line",
+    ("optim.py", "-def unscaled_finite(model,scaled_loss,loss_scale)"):
+        "PyTorch scales the loss it calls backward on and unscales each .grad in place",
+    ("optim.py", "+def scaled(forward,loss_scale)"):
+        "MindSpore differentiates a function: it must return loss x scale (and the loss as aux)",
+    ("amp.py", "+class UnsupportedPolicy"):
+        "MindSpore's amp O1 (mindspore.rewrite) refuses the tutorial's network; torch.autocast refuses nothing",
     ("optim.py", "+const JIT_LEVEL"): "the ms.jit level of the compiled step; PyTorch's step is eager",
-    ("optim.py", "-def make_train_step(model,diffusion,optimizer,loss_type,channels_last,world)"):
+    ("optim.py", "-def make_train_step(model,diffusion,optimizer,loss_type,channels_last,world,loss_scale)"):
         "PyTorch's fast path is channels-last memory (eager is fast already)",
-    ("optim.py", "+def make_train_step(model,diffusion,optimizer,loss_type,compiled,world)"):
+    ("optim.py", "+def make_train_step(model,diffusion,optimizer,loss_type,compiled,world,loss_scale)"):
         "MindSpore's fast path is the step compiled as one ms.jit graph",
     ("train.py", "-def compile_model(model,compile)"): "--compile on: PyTorch compiles the model (torch.compile)",
     ("train.py", "+def compiles_step(compile)"): "--compile auto/on: MindSpore compiles the whole training step",
