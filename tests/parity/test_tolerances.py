@@ -29,7 +29,7 @@ def test_exact_and_information_entries():
 
 def test_unknown_key_names_what_is_known():
     with pytest.raises(KeyError, match="known for 'prediction'"):
-        tolerance("prediction", "float16", "cpu")
+        tolerance("prediction", "bfloat16", "cpu")  # no bfloat16 budget: MindSpore CPU cannot run it
 
 
 @pytest.mark.parametrize("torch_device, ms_device, expected", [
