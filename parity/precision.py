@@ -5,11 +5,11 @@ sides' public methods), with their models put under a named policy by the twins'
 (PyTorch ``torch.autocast``, MindSpore ``amp.auto_mixed_precision`` at ``--ms-amp``) and the fixed loss scale
 ``ddpm_core.amp.DEFAULT_LOSS_SCALE`` for gradients and training steps. Every row compares each twin with a
 float64 reference on the same inputs: the noise predictions and the losses with the specification
-(``ddpm_core.reference``, through ``parity.anchor``), the gradients and the Adam steps with the PyTorch twin
+(``ddpm_core.reference``, through ``parity.engine.anchor``), the gradients and the Adam steps with the PyTorch twin
 run in float64 (the specification has no backward pass; the ``float64 logic`` row holds that twin to the
 specification on the forward outputs). A row passes only if
   * each twin's error (relative L2 against float64) is within the precision's budget
-    (``parity.tolerances``, ``(output, "float16", device)``), and
+    (``parity.engine.tolerances``, ``(output, "float16", device)``), and
   * the two errors are of the same size: the larger over the smaller, each counted at least at the
     rule's floor, is at most ``AMP_RATIO`` (msprobe's rule: <= 2 passes).
 The cross difference (twin against twin) is reported, not gated: it follows from the two errors. A failing

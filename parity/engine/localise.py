@@ -141,7 +141,8 @@ def localise_against_reference(rec_t: list[Record], rec_m: list[Record], rec_ref
                                tol: Tolerance, min_ratio: float = 0.0) -> list[str]:
     """For each twin, the first module call (PyTorch's finishing order) whose output is farther from the
     specification than ``tol`` (and, with ``min_ratio``, more than that many times farther than the other
-    twin's by max abs: where a twin in lower precision leaves the other), in words: "`downs.1.0` (ConvNextBlock): MindSpore 40x farther from the float64
+    twin's by max abs: where a twin in lower precision leaves the other), in words: "`downs.1.0` (ConvNextBlock):
+    MindSpore 40x farther from the float64
     specification than PyTorch (max abs 2.0e-03 vs 5.1e-05)". Empty if both twins stay within ``tol``."""
     by_ref = {r.key: r for r in rec_ref}
     by_m = {r.key: r for r in rec_m}

@@ -3,7 +3,7 @@ run lower than declared fails and is named, MindSpore's unsupported levels say w
 no float32 gradient, and the AMP policy table's generator is deterministic and matches docs/porting.md's columns.
 
 Tiny on purpose (``Unet(dim=8, dim_mults=(1, 2))``, 8x8, T=10, batch 2); the tutorial configuration's figures
-are in parity/tolerances.py and docs/harness.md.
+are in parity/engine/tolerances.py and docs/harness.md.
 """
 from __future__ import annotations
 
