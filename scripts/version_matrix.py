@@ -200,7 +200,7 @@ def convert(m: Matrix, ms_env: Env, torch_env: Env) -> None:
         if path.exists():
             path.chmod(0o600)
             path.unlink()
-    save = ("import mindspore as ms\nfrom tests.tutorial.tutorial_code import build_tutorial_unet\n"
+    save = ("import mindspore as ms\nfrom parity.tutorial_code import build_tutorial_unet\n"
             f"ms.save_checkpoint(build_tutorial_unet(), {str(ckpt)!r})")
     code_save, _, _ = m.run(ms_env, ["-c", save], "tutorial-ckpt")
     code_conv, seconds, tail = m.run(torch_env, ["-m", "parity.convert", ckpt, pt, "--manifest",

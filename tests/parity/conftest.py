@@ -91,7 +91,7 @@ def tutorial_ckpt(tmp_path_factory):
     user would: ``ms.save_checkpoint(unet_model, path)``; and its noise predictions."""
     import mindspore as ms
 
-    from tests.tutorial.tutorial_code import build_tutorial_unet
+    from parity.tutorial_code import build_tutorial_unet
 
     model = build_tutorial_unet()
     rng = np.random.default_rng(0)
