@@ -101,11 +101,13 @@ def lower_torch_threads() -> int:
 
 
 def child_env(*, threads: int | None = None, timeout_s: float | None = None, pythonpath: str | Path | None = None,
-              isa: str | bool = True, base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+              isa: str | bool = True, python: str | None = sys.executable, base: Mapping[str, str] | None = None,
+              **extra: str) -> dict[str, str]:
     """The environment for a child process: ``base`` (default ``os.environ``) with the ISA (``isa`` True: pinned
-    unless set; False: removed, oneDNN's default; a string: exactly that), ``GLOG_v=3`` unless set, this
-    interpreter's folder first on ``PATH``, ``pythonpath`` first on ``PYTHONPATH``, ``OMP_NUM_THREADS=threads``
-    and the collective timeout ``DDPM_DIST_TIMEOUT=timeout_s`` where given, then ``extra``."""
+    unless set; False: removed, oneDNN's default; a string: exactly that), ``GLOG_v=3`` unless set, the folder
+    of ``python`` (default: this interpreter; None: ``PATH`` as it is) first on ``PATH``, ``pythonpath`` first on
+    ``PYTHONPATH``, ``OMP_NUM_THREADS=threads`` and the collective timeout ``DDPM_DIST_TIMEOUT=timeout_s`` where
+    given, then ``extra``."""
     env = dict(os.environ if base is None else base)
     if isa is True:
         pin_isa(env)
@@ -114,7 +116,8 @@ def child_env(*, threads: int | None = None, timeout_s: float | None = None, pyt
     else:
         env[ISA_VARIABLE] = isa
     env.setdefault("GLOG_v", "3")
-    env["PATH"] = os.pathsep.join(filter(None, [os.path.dirname(sys.executable), env.get("PATH")]))
+    if python is not None:
+        env["PATH"] = os.pathsep.join(filter(None, [os.path.dirname(python), env.get("PATH")]))
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
     if threads is not None:

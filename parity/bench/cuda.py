@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ddpm_core.config import DiffusionConfig, UnetConfig
-from parity.bench.workloads import T, flops_per_image, inputs, lrs
+from parity.bench.workloads import inputs, lrs
 
 CUDA_CONFIGS: dict[str, tuple[str, str]] = {  # name -> (label, compute type of its peak)
     "eager": ("ddpm_torch eager (NCHW, float32, TF32 off)", "float32"),
