@@ -5,10 +5,11 @@ Rules:
   * ``ONEDNN_MAX_CPU_ISA=AVX2`` is pinned (``pin_isa``) before MindSpore runs its first CPU kernel, unless
     the variable is already set: MindSpore 2.10's CPU convolutions are 25-60x slower under oneDNN's default
     instruction set on AVX-512/AMX processors (docs/performance.md). PyTorch is never pinned.
-  * The thread default (``default_threads``) is ``OMP_NUM_THREADS`` when it is set, else the cores nobody
-    else is using: the cores this process may run on minus the 1-minute load average, at least 1. On a busy
-    2-core machine that is 1 thread, on an idle one every core (docs/training.md, "Threads", has the
-    measurements: scripts/thread_defaults.py).
+  * The PyTorch thread default (``default_threads``) is ``OMP_NUM_THREADS`` when it is set, else the cores
+    nobody else is using: the cores this process may run on minus the 1-minute load average, at least 1. On a
+    busy 2-core machine that is 1 thread, on an idle one every core. PyTorch's OpenMP threads spin-wait on each
+    other, so one more thread than free cores costs 3-13x (docs/training.md, "Threads";
+    scripts/thread_defaults.py). MindSpore's own pool is left as it is: it measured no better with 1 thread.
   * ``use_threads`` applies a count to one framework; it imports that framework, and only then.
   * ``child_env`` is the one place a child's environment is built: the ISA pin, quiet MindSpore logs, this
     interpreter first on ``PATH`` (msrun runs ``python``), the repository on ``PYTHONPATH``, the thread
@@ -70,11 +71,10 @@ def default_threads(environ: Mapping[str, str] = os.environ, n_cores: int | None
     return max(1, min(n, math.floor(n - busy + 0.5)))
 
 
-def use_threads(framework: str, threads: int | None = None) -> int:
-    """Give this process ``threads`` intra-op threads (default: ``default_threads()``) in ``framework``
-    ("torch": ``torch.set_num_threads``; "mindspore": its CPU kernel pool, ``threads_num``, which MindSpore
-    accepts once per process, before its first kernel); returns the count now in use."""
-    threads = default_threads() if threads is None else threads
+def use_threads(framework: str, threads: int) -> int:
+    """Give this process ``threads`` intra-op threads in ``framework`` ("torch": ``torch.set_num_threads``;
+    "ms"/"mindspore": its CPU kernel pool, ``threads_num``, which MindSpore accepts once per process, before its
+    first kernel); returns the count now in use."""
     if framework == "torch":
         import torch
 
