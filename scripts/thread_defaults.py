@@ -47,8 +47,8 @@ def child(framework: str, threads: int, steps: int, batch: int) -> None:
         import ddpm_torch as twin
         from ddpm_torch import optim
     model = twin.Unet.from_config(TUTORIAL_UNET)
-    step = optim.make_train_step(model, twin.GaussianDiffusion(), optim.make_optimizer(model, 1e-4),
-                                 fast=framework == "torch")
+    fast_path = {"channels_last": True} if framework == "torch" else {"compiled": False}  # PyNative
+    step = optim.make_train_step(model, twin.GaussianDiffusion(), optim.make_optimizer(model, 1e-4), **fast_path)
     times = []
     for _ in range(steps + 1):
         t0 = time.perf_counter()
