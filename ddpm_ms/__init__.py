@@ -1,13 +1,13 @@
 """The MindSpore "Diffusion Model" tutorial's U-Net and DDPM math as a library.
 
-Importing this package sets ``ONEDNN_MAX_CPU_ISA=AVX2`` (unless already set) before MindSpore
-runs any kernel: MindSpore 2.10's CPU convolutions are 25-60x slower under oneDNN's default
+Importing this package sets ``ONEDNN_MAX_CPU_ISA=AVX2`` (unless already set; ``ddpm_core.environment``)
+before MindSpore runs any kernel: MindSpore 2.10's CPU convolutions are 25-60x slower under oneDNN's default
 instruction set on AVX-512/AMX processors (docs/performance.md). Set the variable yourself to
 override it.
 """
-import os
+from ddpm_core.environment import pin_isa
 
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+pin_isa()  # before MindSpore runs a kernel
 
 from ddpm_core.frameworks import require  # noqa: E402
 

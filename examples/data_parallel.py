@@ -9,27 +9,27 @@ Outputs go to --out (default ./example_data_parallel).
 """
 import argparse
 import json
-import os
 import shlex
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ddpm_core import launch
 from ddpm_core.datasets import write_synthetic_fashion_mnist
-from ddpm_core.distributed import free_port, msrun_command, torchrun_command
+from ddpm_core.environment import child_env
 from ddpm_core.weights import load_weights
 
 TINY = ["--dim", "8", "--dim-mults", "1,2", "--image-size", "8", "--timesteps", "10"]
 
 
-def run(cmd: list[str]) -> None:
-    shown = ["python" if c == sys.executable else c for c in cmd]
-    print("$", shlex.join(shown), flush=True)  # quoted: paste it into a shell as it is
-    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
-    subprocess.run(cmd, check=True, env=env)
+def run(argv: list[str]) -> None:
+    """Print the command (quoted: paste it into a shell as it is), run it here, stop on a failure."""
+    print("$", shlex.join(["python" if c == sys.executable else c for c in argv]), flush=True)
+    finished = launch.run(argv, child_env(), Path.cwd(), timeout_s=3600)
+    if not finished.ok:
+        sys.exit(f"error: {argv[2]} {finished.why}")
 
 
 def losses(run_dir: Path) -> np.ndarray:
@@ -51,13 +51,9 @@ def main() -> None:
     train = ["--data", data, "--max-steps", args.max_steps, "--batch-size", args.batch_size, "--no-progress", *options]
 
     # 1. one process
-    run([sys.executable, "-m", module, *train, "--out", str(out / "one")])
+    run(launch.job_command(args.framework, 1, module, [*train, "--out", str(out / "one")]).argv)
     # 2. two workers, with the framework's own launcher (only the launcher in front changes)
-    two = [*train, "--out", str(out / "two")]
-    if args.framework == "torch":
-        run(torchrun_command(2, module, two, free_port(), python=sys.executable))
-    else:
-        run(msrun_command(2, module, two, free_port(), str(out / "msrun_log"), python=sys.executable))
+    run(launch.job_command(args.framework, 2, module, [*train, "--out", str(out / "two")], out / "msrun_log").argv)
 
     # 3. compare: the split changes only the order of float32 sums
     a, b = losses(out / "two"), losses(out / "one")

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +30,9 @@ import numpy as np
 
 from ddpm_core.atomic import atomic_write
 from ddpm_core.config import DiffusionConfig, UnetConfig
-from ddpm_core.distributed import World, free_port, msrun_command, torchrun_command
+from ddpm_core.distributed import World
+from ddpm_core.environment import child_env
+from ddpm_core.launch import LaunchError, describe, job_command, run
 from parity.engine.compare import Comparison, Summary
 from parity.engine.suite import Row, RunSpec, pairs_row
 from parity.engine.tolerances import tolerance
@@ -44,11 +44,6 @@ LABELS = {"torch": "PyTorch", "ms": "MindSpore"}
 COMPILE = "auto"
 """``train_steps``' ``compile`` for both twins, as the adam check trains: PyTorch eager; MindSpore's training step
 as one ``ms.jit`` graph (``make_train_step(compiled=True)``; tutorial U-Net, 3 steps: 18 s with the compile)."""
-TAIL_LINES = 12
-
-
-class LaunchError(RuntimeError):
-    """A run that failed or ran past its timeout; the message names the launcher and ends with its log's tail."""
 
 
 @dataclass(frozen=True)
@@ -157,85 +152,19 @@ def train(job: Job, world: World) -> tuple[list[float], dict[str, np.ndarray]]:
 
 
 # ---------------------------------------------------------------- launching
-def _child_env(timeout_s: float) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")  # msrun runs `python`
-    env.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-    env.setdefault("GLOG_v", "3")
-    env["OMP_NUM_THREADS"] = "1"
-    env["DDPM_DIST_TIMEOUT"] = str(int(timeout_s))  # a dead peer fails a collective instead of hanging it
-    return env
-
-
-def _tail(paths: Sequence[Path]) -> str:
-    """The last lines of each non-empty log, each headed by its name."""
-    parts = []
-    for path in paths:
-        try:
-            lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-        except OSError:
-            continue
-        if lines:
-            parts.append(f"--- {path.name} (last {min(len(lines), TAIL_LINES)} lines)\n"
-                         + "\n".join(lines[-TAIL_LINES:]))
-    return "\n".join(parts) or "(no output)"
-
-
 def launch(job_path: Path, out_path: Path, framework: str, device: str, workers: int, log_dir: Path,
            timeout_s: float = DEFAULT_TIMEOUT_S, module: str = ENTRY) -> float:
     """Run ``module`` (the entry) on ``job_path`` as one plain process (``workers`` 1) or N workers under
-    torchrun / msrun; return the wall seconds. ``LaunchError`` if it fails, writes no result or runs past
-    ``timeout_s`` (its process group is killed)."""
+    torchrun / msrun, one op thread each; return the wall seconds. ``LaunchError`` if it fails, writes no
+    result or runs past ``timeout_s`` (its process group is killed)."""
     args = ["--framework", framework, "--device", device, str(job_path), str(out_path)]
-    if workers == 1:
-        what, cmd = "a single process", [sys.executable, "-m", module, *args]
-    elif framework == "torch":
-        what, cmd = f"torchrun ({workers} workers)", torchrun_command(workers, module, args, free_port(),
-                                                                        python=sys.executable)
-    else:
-        what, cmd = f"msrun ({workers} workers)", msrun_command(workers, module, args, free_port(),
-                                                                str(log_dir / "msrun"), python=sys.executable)
+    job = job_command(framework, workers, module, args, log_dir / "msrun")
     log = log_dir / f"{framework}-{workers}.log"
-    start = time.perf_counter()
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_child_env(timeout_s), cwd=ROOT,
-                                start_new_session=True)
-        try:
-            code: int | None = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            code = None
-        finally:
-            if proc.poll() is None or code is None:  # timed out, or interrupted: nothing of it may outlive us
-                _kill_group(proc)
-    wall = time.perf_counter() - start
-    if code == 0 and out_path.is_file():
-        return wall
-    why = (f"ran past its {timeout_s:g} s timeout and was stopped" if code is None else
-           f"exited with code {code}" if code else "exited without writing its result")
-    logs = [log, *sorted((log_dir / "msrun").glob("*.log"))] if workers > 1 and framework == "ms" else [log]
-    error = _first_error(logs)
-    raise LaunchError(f"{LABELS[framework]} training, {what}, {why}" + (f"; {error}" if error else "") + "\n" + _tail(logs))
-
-
-def _first_error(logs: Sequence[Path]) -> str:
-    """The first ``error: ...`` line the entry printed ("" if none)."""
-    for path in logs:
-        try:
-            for line in path.read_text(errors="replace").splitlines():
-                if line.startswith("error: "):
-                    return line
-        except OSError:
-            continue
-    return ""
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
+    env = child_env(threads=1, timeout_s=timeout_s, pythonpath=ROOT)  # a dead peer fails a collective, no hang
+    finished = run(job.argv, env, ROOT, log, timeout_s)
+    if finished.ok and out_path.is_file():
+        return finished.wall_s
+    raise LaunchError(describe(f"{LABELS[framework]} training", job, finished, log))
 
 
 # ---------------------------------------------------------------- the check's rows

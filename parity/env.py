@@ -16,6 +16,7 @@ import platform
 import sys
 from typing import Any
 
+from ddpm_core.environment import ISA_VARIABLE, THREADS_VARIABLE, pin_isa
 from ddpm_core.frameworks import require
 
 MS_DEVICES = ("CPU", "GPU", "Ascend")
@@ -69,7 +70,7 @@ def setup_torch(device: str = "cpu", threads: int | None = None) -> dict[str, An
 
 def setup_mindspore(device: str = "CPU", threads: int | None = None) -> dict[str, Any]:
     """Check ``device`` exists, keep float32 on accelerators, set the thread count; return what was set."""
-    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")  # before MindSpore's first CPU kernel (ddpm_ms/__init__)
+    pin_isa()  # before MindSpore's first CPU kernel (as ddpm_ms/__init__ does)
     ms = require("mindspore")
     from mindspore import device_context as dc
 
@@ -120,8 +121,8 @@ def fingerprint(torch_info: dict | None, ms_info: dict | None, compiled: bool | 
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "numpy": np.__version__,
-        "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA"),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        ISA_VARIABLE: os.environ.get(ISA_VARIABLE),
+        THREADS_VARIABLE: os.environ.get(THREADS_VARIABLE),
     }
     if torch_info is not None:
         import torch

@@ -43,6 +43,7 @@ from ddpm_core.atomic import atomic_write_bytes
 from ddpm_core.cli import UserError, int_list, positive_int, run_main
 from ddpm_core.config import UnetConfig
 from ddpm_core.digits import RECIPE, from_model_range, load_split
+from ddpm_core.environment import child_env
 from ddpm_core.weights import save_weights
 from parity.digit_scores import CONFIDENT, DigitClassifier, kid, set_scores
 from parity.engine.initial import initial_weights
@@ -130,8 +131,7 @@ def run_job(job: Job, threads: int) -> Job:
         job.train_s, job.sample_s, job.resumed = done["train_s"], done["sample_s"], done["resumed"]
         job.load, job.reused = tuple(done["load"]), True
         return job
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), GLOG_v="3",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    env = child_env(threads=threads, pythonpath=Path(__file__).resolve().parents[1], GLOG_v="3")
     loads = [os.getloadavg()[0], *done.get("load", [])] if trained else [os.getloadavg()[0]]
     if trained:
         job.train_s, job.resumed = done["train_s"], done["resumed"]

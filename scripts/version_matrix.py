@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ddpm_core.environment import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_OLDEST = ["torch==2.13.0", "torchvision==0.28.0"]
@@ -77,7 +78,7 @@ class Matrix:
 
     def run(self, env: Env, args: list, log: str, timeout: float = 1800) -> tuple[int, float, str]:
         """``python args`` in ``env`` from the repository root; (exit code, seconds, output tail)."""
-        variables = dict(os.environ, PYTHONPATH=str(REPO), GLOG_v="3", OMP_NUM_THREADS="1")
+        variables = child_env(threads=1, pythonpath=REPO, python=self.python(env), GLOG_v="3")
         variables.pop("VIRTUAL_ENV", None)
         start = time.perf_counter()
         with open(self.root / "logs" / f"{log}.log", "w") as out:
@@ -200,7 +201,7 @@ def convert(m: Matrix, ms_env: Env, torch_env: Env) -> None:
         if path.exists():
             path.chmod(0o600)
             path.unlink()
-    save = ("import mindspore as ms\nfrom tests.tutorial.tutorial_code import build_tutorial_unet\n"
+    save = ("import mindspore as ms\nfrom parity.tutorial_code import build_tutorial_unet\n"
             f"ms.save_checkpoint(build_tutorial_unet(), {str(ckpt)!r})")
     code_save, _, _ = m.run(ms_env, ["-c", save], "tutorial-ckpt")
     code_conv, seconds, tail = m.run(torch_env, ["-m", "parity.convert", ckpt, pt, "--manifest",

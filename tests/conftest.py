@@ -5,10 +5,9 @@ the programs use): build a Unet from a ``UnetConfig``, load a ``{torch_name: nda
 a forward pass numpy in / numpy out, list the live parameters. Tests written against it run unchanged
 for both twins.
 """
-import os
+from ddpm_core.environment import pin_isa
 
-# MindSpore's oneDNN must see this before its first CPU kernel (docs/performance.md).
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+pin_isa()  # MindSpore's oneDNN must see this before its first CPU kernel (docs/performance.md)
 
 import functools  # noqa: E402
 from typing import Any, Callable  # noqa: E402

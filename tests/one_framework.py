@@ -9,7 +9,6 @@ one-framework virtual environments are in scripts/version_matrix.py.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,10 +32,9 @@ class Blocker:
 
 def run(host: str, module: str, args: list, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m module args`` on a ``host`` ("torch" or "ms") host: the other framework blocked."""
-    env = dict(os.environ if env is None else env)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-    env["GLOG_v"] = "3"
+    from ddpm_core.environment import child_env
+
+    env = child_env(pythonpath=ROOT, base=env, GLOG_v="3")
     return subprocess.run([sys.executable, __file__, ",".join(HOST[host]), module, *map(str, args)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=timeout)
 

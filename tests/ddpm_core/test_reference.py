@@ -19,7 +19,7 @@ from ddpm_core.schedules import make_schedule
 from parity.engine.compare import compare
 from parity.engine.tolerances import tolerance
 from tests.conftest import TWINS, seeded_weights
-from tests.tutorial import tutorial_code as tut
+from parity import tutorial_code as tut
 
 GATE64 = tolerance("prediction", "float64")
 PRED32 = tolerance("prediction", "float32")

@@ -15,7 +15,7 @@ from ddpm_core.schedules import (
     quadratic_beta_schedule,
     sigmoid_beta_schedule,
 )
-from tests.tutorial import tutorial_code as tut
+from parity import tutorial_code as tut
 
 
 def ulp_distance(a: np.ndarray, b: np.ndarray) -> int:

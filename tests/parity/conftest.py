@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from ddpm_core.config import DiffusionConfig, UnetConfig
+from ddpm_core.environment import child_env
 from parity.engine.initial import initial_weights
 
 TINY = UnetConfig(dim=8, channels=1, dim_mults=(1, 2))
@@ -78,11 +79,7 @@ def run(sides) -> Callable[..., Any]:
 def cli_env() -> dict[str, str]:
     """Environment for ``python -m parity.check`` subprocesses run from the repository root."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-    env["GLOG_v"] = "3"
-    return env
+    return child_env(pythonpath=root, GLOG_v="3")
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +88,7 @@ def tutorial_ckpt(tmp_path_factory):
     user would: ``ms.save_checkpoint(unet_model, path)``; and its noise predictions."""
     import mindspore as ms
 
-    from tests.tutorial.tutorial_code import build_tutorial_unet
+    from parity.tutorial_code import build_tutorial_unet
 
     model = build_tutorial_unet()
     rng = np.random.default_rng(0)

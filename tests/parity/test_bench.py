@@ -179,7 +179,7 @@ def test_bench_json_has_every_figure_for_every_configuration(smoke):
     report, _ = smoke
     assert set(report) >= {"date", "settings", "machine", "environment", "results", "parity_check", "targets",
                            "data_parallel"}
-    assert list(report["results"]) == ["tutorial", "ms_pynative", "ms_compiled", "torch_eager", "torch_fast"]
+    assert list(report["results"]) == ["tutorial", "ms_pynative", "ms_compiled", "torch_eager", "torch_channels_last"]
     for name, r in report["results"].items():
         for key in ("label", "isa", "setup_s", "warmup_train_s", "warmup_sample_s", "train_s", "sample_s",
                     "train_images_per_s", "sample_images_per_s", "train_vs_tutorial", "sample_vs_tutorial",
@@ -262,7 +262,7 @@ def dp_smoke(tmp_path_factory) -> tuple[dict, list[str]]:
     """The scaling part of the bench alone, torch only, the tiny model: 1 worker (2 and 1 threads), 2 via torchrun."""
     from parity.bench import data_parallel_scaling, dp_markdown, parse
 
-    args = parse(["--configs", "torch_fast", "--workers", "1,2", "--batch", "2", "--train-steps", "1", "--repeats",
+    args = parse(["--configs", "torch_channels_last", "--workers", "1,2", "--batch", "2", "--train-steps", "1", "--repeats",
                   "2", "--image-size", "8", "--model-config", SMALL.to_json(), "--quiet-wait", "0"])
     report = data_parallel_scaling(args, tmp_path_factory.mktemp("dp"))
     return report, dp_markdown(report)
@@ -275,7 +275,7 @@ def test_bench_data_parallel_scaling_smoke(dp_smoke):
     jobs = {(j["workers"], j["threads"]): j for j in report["jobs"]}
     assert set(jobs) == {(1, cores), (1, max(1, cores // 2)), (2, max(1, cores // 2))}
     for (n, threads), j in jobs.items():
-        assert j["framework"] == "torch" and j["config"] == "torch_fast" and j["threads_reported"] == threads
+        assert j["framework"] == "torch" and j["config"] == "torch_channels_last" and j["threads_reported"] == threads
         assert j["omp_num_threads"] == str(threads) and len(j["train_s"]) == 2 and len(j["warmup_step_s"]) == 2
         assert j["images_per_s"]["median"] > 0 and j["efficiency_same_threads"] > 0 and j["efficiency_vs_all_cores"] > 0
         assert j["launcher"] == ("torchrun" if n == 2 else "none (plain process)")

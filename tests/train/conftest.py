@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gzip
 import importlib
-import os
 import struct
 import subprocess
 import sys
@@ -18,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from ddpm_core.environment import child_env
 
 REPO = Path(__file__).resolve().parents[2]
 TWIN_NAMES = ("torch", "ms")
@@ -100,8 +101,7 @@ def run_cli(twin: str, name: str, *args: str, env: dict[str, str] | None = None,
     The subprocess computes with the same numerics as this process: oneDNN's instruction set (set by
     tests/conftest.py) and one PyTorch thread (``OMP_NUM_THREADS=1``, as ``torch.set_num_threads(1)`` there),
     so a run continued here is comparable bit for bit with one begun there."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                "OMP_NUM_THREADS": str(torch.get_num_threads()), **(env or {})}
+    full_env = child_env(threads=torch.get_num_threads(), pythonpath=REPO, **(env or {}))
     return subprocess.run([sys.executable, "-m", f"ddpm_{twin}.{name}", *args], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout, check=False)
 

@@ -4,9 +4,7 @@ stops the whole job, and ``--resume`` finishes it exactly as an uninterrupted 2-
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +12,8 @@ import numpy as np
 import pytest
 
 from parity.api import assert_close
-from ddpm_core.distributed import free_port, msrun_command, torchrun_command
+from ddpm_core.environment import child_env
+from ddpm_core.launch import job_command
 from ddpm_core.weights import load_weights
 from tests.train.conftest import REPO, TINY, run_cli, train
 
@@ -32,14 +31,9 @@ after a worker's SIGKILL here, with 6 s in 8 s."""
 
 def launch(twin: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``python -m ddpm_<twin>.train ARGS`` as a 2-worker job of the twin's launcher."""
-    module = f"ddpm_{twin}.train"
-    port = free_port()
-    command = (torchrun_command(WORKERS, module, args, port, python=sys.executable) if twin == "torch"
-               else msrun_command(WORKERS, module, args, port, str(log_dir), python=sys.executable))
-    full_env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
-                "OMP_NUM_THREADS": "1", "MS_NODE_TIMEOUT": str(MS_NODE_TIMEOUT_S), **(env or {})}
-    return subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True,
+    job = job_command(twin, WORKERS, f"ddpm_{twin}.train", args, log_dir)
+    full_env = child_env(threads=1, pythonpath=REPO, MS_NODE_TIMEOUT=str(MS_NODE_TIMEOUT_S), **(env or {}))
+    return subprocess.run(job.argv, cwd=REPO, env=full_env, capture_output=True, text=True,
                           timeout=LAUNCH_TIMEOUT_S, check=False)
 
 

@@ -10,7 +10,7 @@ from parity.api import assert_close
 from ddpm_core.config import TUTORIAL_DIFFUSION, DiffusionConfig, UnetConfig
 from ddpm_core.schedules import ddim_plan, derive_tables, linear_beta_schedule, make_schedule
 from tests.conftest import toy_model_np
-from tests.tutorial import tutorial_code as tut
+from parity import tutorial_code as tut
 
 SMALL_T = DiffusionConfig(timesteps=10)
 SHAPE = (2, 1, 4, 4)

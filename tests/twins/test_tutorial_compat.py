@@ -15,7 +15,7 @@ import ddpm_ms
 from parity.api import assert_close
 from ddpm_core.config import TUTORIAL_DIFFUSION, TUTORIAL_UNET
 from ddpm_core.naming import unet_parameters
-from tests.tutorial import tutorial_code as tut
+from parity import tutorial_code as tut
 
 T_VALUES = np.array([0, 57, 199], np.int32)
 
