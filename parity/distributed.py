@@ -33,6 +33,7 @@ import numpy as np
 from ddpm_core.atomic import atomic_write
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.distributed import World, free_port, msrun_command, torchrun_command
+from ddpm_core.errors import EXIT_USER_ERROR
 from parity.engine.compare import Comparison, Summary
 from parity.engine.suite import Row, RunSpec, pairs_row
 from parity.engine.tolerances import tolerance
@@ -140,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   **{f"weights/{k}": v for k, v in weights.items()}})
     except (ValueError, OSError, KeyError) as e:
         print(f"error: rank {world.rank}: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     finally:
         twin.shutdown(world)
     return 0
@@ -247,7 +248,7 @@ def run_training(spec: RunSpec, weights: Mapping[str, np.ndarray], tape: Mapping
                  devices: Mapping[str, str], timings: dict[str, float] | None = None,
                  timeout_s: float = DEFAULT_TIMEOUT_S, module: str = ENTRY,
                  progress: Callable[[str], None] | None = None) -> Runs:
-    """Each framework in ``devices`` trained ``spec.tape.adam_steps`` steps on the tape's training batches at
+    """Each framework in ``devices`` trained ``spec.tape.train_steps`` steps on the tape's training batches at
     ``spec.lrs``, as one plain process and as ``workers`` workers (launch and training seconds into ``timings``).
     ``ValueError`` before any launch if the batch does not split over ``workers``; a failed launch, or one whose
     processes did not form a job of ``workers``, is kept as its message (it becomes a failed row)."""

@@ -16,13 +16,10 @@ import platform
 import sys
 from typing import Any
 
+from ddpm_core.errors import EnvironmentRefused
 from ddpm_core.frameworks import require
 
 MS_DEVICES = ("CPU", "GPU", "Ascend")
-
-
-class EnvironmentRefused(RuntimeError):
-    """The environment cannot give a fair comparison (a requested device is missing)."""
 
 
 def _cpu_model() -> str:
