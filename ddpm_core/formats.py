@@ -93,7 +93,8 @@ def check_zip_crc(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+        # NotImplementedError: a damaged header names a compression method zipfile does not know
         raise _damaged(path, f"its zip structure is broken ({type_and_first_sentence(e)})") from None
     if bad is not None:
         raise _damaged(path, f"zip member {bad.split('/', 1)[-1]} fails its CRC-32 check")
