@@ -10,7 +10,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-EXIT_USAGE = 2
+from ddpm_core.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, MissingFramework, UserError
+
 COMPILE_CHOICES = ("auto", "on", "off")
 COMPILE_HELP = ("the compiled path. MindSpore: 'auto' and 'on' run each training step (forward, loss, gradients, "
                "Adam) or sampling step as one ms.jit graph (tens of seconds to compile, then several times faster than "
@@ -18,25 +19,18 @@ COMPILE_HELP = ("the compiled path. MindSpore: 'auto' and 'on' run each training
                "eager (fast already); 'on' uses torch.compile, which needs a C++ compiler and minutes to compile")
 
 
-class UserError(Exception):
-    """A problem with the user's input (a file, a folder, an option); printed as one line, exit 2."""
-
-
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Call ``main(argv)``; a ``UserError`` (or a ``WeightsError`` from reading weights, or a framework that
-    is not installed) becomes ``error: <message>`` on stderr and status 2,
-    without a traceback. Anything else is a bug and keeps its traceback."""
-    from ddpm_core.frameworks import MissingFramework
-    from ddpm_core.weights import WeightsError
-
+    """Call ``main(argv)``; a ``UserError`` (data, run folder and weights errors among them) or a framework
+    that is not installed becomes ``error: <message>`` on stderr and ``EXIT_USER_ERROR``, without a
+    traceback. Anything else is a bug and keeps its traceback."""
     try:
         return int(main(argv) or 0)
-    except (UserError, WeightsError, MissingFramework) as e:
+    except (UserError, MissingFramework) as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -146,10 +140,6 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
                    help="start from these weights (.pt/.ckpt/.safetensors) instead of the seeded initialisation")
     _diffusion_options(p.add_argument_group("diffusion"), required_defaults=True)
     return p
-
-
-RESUME_OVERRIDABLE = ("data", "workers", "max_steps", "save_every", "keep", "no_progress")
-"""Options ``--resume`` may change: they do not move the loss curve (the data must still hold the same examples)."""
 
 
 def explicit_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:

@@ -1,5 +1,6 @@
 """Model and diffusion configuration both twins are built from, with the checks that
-turn a bad configuration or a bad input into one clear ``ValueError``.
+turn a bad configuration or a bad input into one clear ``ValueError``, and ``read_config``, the one
+reader of a configuration the user gives as JSON text or a file.
 
 The ``Unet`` constructor defaults are the tutorial's class signature (``dim_mults=(1, 2, 4, 8)``,
 ``channels=3``); ``TUTORIAL_UNET`` is the configuration the tutorial actually trains.
@@ -8,8 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
+
+from ddpm_core.errors import UserError
 
 ATTENTION_HEADS = 4
 ATTENTION_DIM_HEAD = 32
@@ -225,3 +230,52 @@ def check_noise_sequence(noise_shape: Sequence[int], steps: int, x_shape: Sequen
 def check_same_shape(name: str, shape: Sequence[int], expected: Sequence[int]) -> None:
     if tuple(shape) != tuple(expected):
         raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(shape)}")
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """What a configuration given by the user holds: a run's config.json ({"unet", "diffusion",
+    "image_size"}, each optional) or the fields of ``UnetConfig`` alone."""
+
+    unet: UnetConfig | None
+    diffusion: DiffusionConfig | None = None
+    image_size: int | None = None
+
+
+def read_config(text_or_path: str | os.PathLike, option: str = "--config") -> ConfigFile:
+    """Parse ``option``'s value: JSON text (it starts with ``{``) or the path of a JSON file, holding a run's
+    config.json or ``UnetConfig`` fields. Any problem is one ``UserError`` that names ``option`` (and the
+    file) and what is wrong; nothing is guessed."""
+    text = str(text_or_path)
+    source = option
+    if not text.lstrip().startswith("{"):
+        try:
+            text, source = Path(text).read_text(encoding="utf-8"), f"{option} file {text}"
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"{option}: cannot read {text}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{source}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{source}: expected a JSON object (UnetConfig fields, or a run's config.json), "
+                        f"got {type(d).__name__}")
+    try:
+        if "unet" not in d and "diffusion" not in d:
+            return ConfigFile(UnetConfig.from_dict(d))
+        unet = UnetConfig.from_dict(d["unet"]) if "unet" in d else None
+        diffusion = DiffusionConfig.from_dict(d["diffusion"]) if "diffusion" in d else None
+        image_size = d.get("image_size")
+        if image_size is not None:
+            _positive_int("image_size", image_size)
+        return ConfigFile(unet, diffusion, image_size)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{source}: {e}") from None
+
+
+def read_unet_config(text_or_path: str | os.PathLike, option: str = "--config") -> UnetConfig:
+    """``read_config``'s ``UnetConfig``; a file without one is a ``UserError``."""
+    found = read_config(text_or_path, option)
+    if found.unet is None:
+        raise UserError(f"{option} {text_or_path}: holds no \"unet\" settings")
+    return found.unet

@@ -133,7 +133,7 @@ class Side(InferenceSide, Protocol):
 
 
 class Trainer(Protocol):
-    """What each twin's ``train.Trainer`` provides to the training loop (``ddpm_core.runs``)."""
+    """What each twin's ``train.Trainer`` provides to the training loop (``ddpm_core.train_loop``)."""
 
     framework: str
     naming: str

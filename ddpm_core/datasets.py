@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpm_core.atomic import host_tag, process_alive
-from ddpm_core.cli import UserError
+from ddpm_core.errors import DataError
 
 FORMATS = ("fashion-mnist", "image-folder", "digits")
 TRAIN_IMAGES = "train-images-idx3-ubyte"
@@ -41,10 +41,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tiff", ".JPG", ".JPEG", ".PNG", "
 """The tutorial's ``extensions=['.jpg', '.jpeg', '.png', '.tiff']`` and their upper-case spellings, matched
 exactly (MindSpore's ImageFolderDataset compares suffixes case-sensitively; torchvision is given the same
 test), so both twins list the same files."""
-
-
-class DataError(UserError):
-    """Training data that cannot be used; the message names the file or folder."""
 
 
 @dataclass(frozen=True)

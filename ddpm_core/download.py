@@ -57,7 +57,8 @@ def _check_files(raw: Path, resources: list[tuple[str, str]]) -> list[str]:
     return missing
 
 
-def _one_line(e: BaseException) -> str:
+def _flattened(e: BaseException) -> str:
+    """The whole message of ``e`` on one line (its lines joined), at most 400 characters."""
     text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
     return (text or type(e).__name__)[:400]
 
@@ -81,7 +82,7 @@ def download_fashion_mnist(root: str | os.PathLike) -> Path:
         try:
             FashionMNIST(str(tmp), train=True, download=True)
         except Exception as e:  # noqa: BLE001 - urllib, gzip and torchvision raise many types for a bad download
-            raise DataError(f"cannot download Fashion-MNIST into {root}: {_one_line(e)}; nothing was written there") from None
+            raise DataError(f"cannot download Fashion-MNIST into {root}: {_flattened(e)}; nothing was written there") from None
         fetched = tmp / "FashionMNIST" / "raw"
         try:
             _check_files(fetched, resources)

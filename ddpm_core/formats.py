@@ -1,5 +1,5 @@
 """Weight files on disk: the readers and writers of ``.pt``/``.pth`` (PyTorch), ``.ckpt`` (MindSpore)
-and ``.safetensors``, their checksums, and the error type every weight problem is reported with.
+and ``.safetensors``, and their checksums; every weight problem is a ``ddpm_core.errors.WeightsError``.
 
 Rules it keeps: each framework (and safetensors) is imported inside the reader or writer of its own
 format, never at import time; ``.ckpt`` files are read and written without MindSpore (``ddpm_core.ckpt``,
@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ddpm_core.config import DiffusionConfig, UnetConfig
+from ddpm_core.errors import WeightsError, type_and_first_sentence
 from ddpm_core.frameworks import require
 
 FORMATS = {".pt": "torch", ".pth": "torch", ".ckpt": "mindspore", ".safetensors": "safetensors"}
@@ -42,17 +43,6 @@ SAFETENSORS_CHECKSUM = "sha256"
 BFLOAT16_FORMATS = ("torch", "mindspore")
 _MODEL_ENTRIES = ("model", "state_dict")
 """A PyTorch checkpoint dict holding one of these entries keeps the weights there; the rest are extras."""
-
-
-class WeightsError(ValueError):
-    """Weights that do not fit a model, or a file that cannot be read or written: ``problems`` holds
-    one message per offending key; ``hint`` (optional) says what to try."""
-
-    def __init__(self, problems: list[str], context: str = "weights do not match the model", hint: str = ""):
-        self.problems, self.context, self.hint = list(problems), context, hint
-        lines = self.problems
-        text = f"{context}: {lines[0]}" if len(lines) == 1 else f"{context}:\n  " + "\n  ".join(lines)
-        super().__init__(text + (f"\n  hint: {hint}" if hint else ""))
 
 
 @dataclass(frozen=True)
@@ -81,13 +71,6 @@ class RawFile:
     """the file carried a checksum and every byte matched it"""
 
 
-def one_line(e: BaseException) -> str:
-    """The exception's type and first sentence, for a one-line message."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    first = lines[0].split(". ")[0][:200] if lines else "no message"
-    return f"{type(e).__name__}: {first}"
-
-
 def _damaged(path: Path, what: str) -> WeightsError:
     return WeightsError([f"damaged: {what}; the file changed after it was written"], f"cannot read {path}")
 
@@ -110,8 +93,9 @@ def check_zip_crc(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        raise _damaged(path, f"its zip structure is broken ({one_line(e)})") from None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+        # NotImplementedError: a damaged header names a compression method zipfile does not know
+        raise _damaged(path, f"its zip structure is broken ({type_and_first_sentence(e)})") from None
     if bad is not None:
         raise _damaged(path, f"zip member {bad.split('/', 1)[-1]} fails its CRC-32 check")
     return True
@@ -162,9 +146,9 @@ def _read_torch(path: Path) -> RawFile:
             raise WeightsError([f"refused by torch.load(weights_only=True): {detail} (a file that would run code "
                                 "when loaded, or a corrupt one; only tensors and plain containers are accepted)"],
                                f"cannot read {path}") from None
-        raise WeightsError([f"not a readable PyTorch file ({one_line(e)})"], f"cannot read {path}") from None
+        raise WeightsError([f"not a readable PyTorch file ({type_and_first_sentence(e)})"], f"cannot read {path}") from None
     except Exception as e:  # the zip and pickle readers raise many types for damaged bytes
-        raise WeightsError([f"truncated or not a PyTorch file ({one_line(e)})"], f"cannot read {path}") from None
+        raise WeightsError([f"truncated or not a PyTorch file ({type_and_first_sentence(e)})"], f"cannot read {path}") from None
     if not isinstance(obj, Mapping):
         raise WeightsError([f"holds a {type(obj).__name__}, not a state_dict"], f"cannot read {path}")
     extras = []
@@ -214,7 +198,7 @@ def _read_safetensors(path: Path) -> RawFile:
             metadata = dict(f.metadata() or {})
             entries = {name: f.get_tensor(name) for name in f.keys()}
     except Exception as e:  # safetensors raises its own SafetensorError (and TypeError for BF16 in numpy)
-        raise WeightsError([f"truncated or not a safetensors file ({one_line(e)})"],
+        raise WeightsError([f"truncated or not a safetensors file ({type_and_first_sentence(e)})"],
                            f"cannot read {path}") from None
     version = metadata.get("format_version", SAFETENSORS_VERSION)
     if version != SAFETENSORS_VERSION:

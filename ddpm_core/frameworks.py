@@ -14,14 +14,11 @@ import importlib
 import sys
 from types import ModuleType
 
-EXIT_MISSING = 2
+from ddpm_core.errors import EXIT_USER_ERROR, MissingFramework
+
 EXTRAS = {"torch": ("PyTorch", "torch"), "torchvision": ("torchvision", "torch"),
           "mindspore": ("MindSpore", "mindspore")}
 """top-level module -> (what it is called, the ddpm-parity extra that installs it)."""
-
-
-class MissingFramework(ImportError):
-    """A framework this code needs is not installed; the message says which extra to install."""
 
 
 def missing_message(module: str) -> str:
@@ -34,7 +31,7 @@ def missing_message(module: str) -> str:
 def _hook(exc_type: type, exc: BaseException, tb: object) -> None:
     if issubclass(exc_type, MissingFramework):
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_MISSING)
+        sys.exit(EXIT_USER_ERROR)
     _previous_hook(exc_type, exc, tb)
 
 

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ddpm_core.formats import WeightsError, one_line
+from ddpm_core.errors import WeightsError, type_and_first_sentence
 
 PLAUSIBLE_MAX_ABS = 1e4
 """The largest |weight| a file without a checksum may hold. The U-Net's weights stay within about +-10,
@@ -87,7 +87,7 @@ def check_sidecar(path: Path, state_torch_named: Mapping[str, np.ndarray]) -> No
         if not (isinstance(recorded, dict) and all(isinstance(v, str) for v in recorded.values())):
             raise ValueError("not a JSON object of tensor name -> sha256")
     except (OSError, ValueError) as e:
-        raise WeightsError([f"its manifest {sidecar} is unreadable ({one_line(e)})"], f"cannot read {path}") from None
+        raise WeightsError([f"its manifest {sidecar} is unreadable ({type_and_first_sentence(e)})"], f"cannot read {path}") from None
     mismatch = manifest_mismatch(state_torch_named, recorded)
     if mismatch:
         raise WeightsError([f"does not match its manifest {sidecar}: {mismatch}"], f"cannot read {path}")

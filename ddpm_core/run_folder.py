@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ddpm_core.atomic import atomic_write, atomic_write_bytes, remove_stale_temporaries
-from ddpm_core.cli import UserError
+from ddpm_core.errors import RunError, WeightsError
+from ddpm_core.formats import verify_checksum
 
 KILL_ENV = "DDPM_KILL_AT"
 KILL_RANK_ENV = "DDPM_KILL_RANK"
@@ -41,10 +42,6 @@ RUN_FILES = ("run.json", "config.json", "log.jsonl", "latest.json", "model.pt", 
 """The files a run writes in its folder (besides checkpoints/)."""
 CHECKPOINT_NAME = r"step_\d{9}\.(?:pt|ckpt)"
 """A checkpoint's file name in checkpoints/."""
-
-
-class RunError(UserError):
-    """A run folder that cannot be started or resumed."""
 
 
 def kill_point(where: str, step: int, rank: int = 0) -> None:
@@ -200,11 +197,10 @@ class RunDir:
         remove_stale_temporaries(self.checkpoints, CHECKPOINT_NAME)
 
     # ------------------------------------------------------------ resuming
-    def resume_point(self, ext: str, from_step: int | None = None,
-                     verify: Callable[[Path], bool] | None = None) -> ResumePoint:
+    def resume_point(self, ext: str, from_step: int | None = None) -> ResumePoint:
         """Where ``--resume`` starts: the newest recorded checkpoint, verified; or, with ``from_step``, that
-        step's checkpoint (0: the beginning). A checkpoint the records lack is accepted only if
-        ``verify(path)`` confirms its own checksum. Every refusal is a ``RunError`` that names the way on."""
+        step's checkpoint (0: the beginning). A checkpoint the records lack is accepted only if its own
+        checksum confirms it. Every refusal is a ``RunError`` that names the way on."""
         pointer = self._pointer()
         records = self.records(pointer)
         if from_step is None:
@@ -239,7 +235,7 @@ class RunDir:
             have = sorted({e["step"] for e in records} | {int(re.findall(r"\d{9}", n)[0]) for n in self._checkpoint_files()})
             raise RunError(f"--from-step {from_step}: {self.path} has no checkpoint of step {from_step} (steps: "
                            f"{', '.join(map(str, have)) or 'none'}; 0 starts from the beginning)")
-        if verify is None or not verify(path):
+        if not _own_checksum_matches(path):
             raise RunError(f"{path}: is not in the run's records and carries no checksum of its own to verify")
         return ResumePoint(from_step, str(path.relative_to(self.path)), adopt=True)
 
@@ -273,3 +269,12 @@ class RunDir:
         if not self.log_file.exists():
             return []
         return [json.loads(line) for line in self.log_file.read_text().splitlines() if line.strip()]
+
+
+def _own_checksum_matches(path: Path) -> bool:
+    """A checkpoint's own checksum (zip CRC-32 / MindSpore's CRC): True if it matched, False if it has none;
+    a ``RunError`` if it did not match."""
+    try:
+        return verify_checksum(path)
+    except WeightsError as e:
+        raise RunError(str(e)) from None

@@ -13,7 +13,6 @@ Rules it keeps:
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,9 +21,17 @@ from typing import Any
 import numpy as np
 
 from ddpm_core.atomic import atomic_write, output_problem
-from ddpm_core.cli import UserError, noise_strip_parser, sample_parser
-from ddpm_core.config import TUTORIAL_DIFFUSION, DiffusionConfig, UnetConfig, resolve_diffusion
-from ddpm_core.datasets import DataError, check_image_files
+from ddpm_core.cli import noise_strip_parser, sample_parser
+from ddpm_core.config import (
+    TUTORIAL_DIFFUSION,
+    ConfigFile,
+    DiffusionConfig,
+    UnetConfig,
+    read_config,
+    resolve_diffusion,
+)
+from ddpm_core.datasets import check_image_files
+from ddpm_core.errors import DataError, UserError
 from ddpm_core.images import (
     sample_noise,
     save_gif,
@@ -38,21 +45,6 @@ from ddpm_core.images import (
 DDIM_DEFAULT_STEPS = 50
 CHUNK_BYTES = 1 << 30
 """Per chunk of samples, the per-step noise and the returned states together stay under this."""
-
-
-def read_config_file(path: Path | str) -> tuple[UnetConfig | None, DiffusionConfig | None, int | None]:
-    """A run's config.json ({"unet", "diffusion", "image_size"}) or a bare UnetConfig dict; either as a file,
-    or as JSON text (``--config '{"dim": 16, ...}'``)."""
-    try:
-        text = str(path) if str(path).lstrip().startswith("{") else Path(path).read_text()
-        d = json.loads(text)
-        if "unet" not in d and "diffusion" not in d:
-            return UnetConfig.from_dict(d), None, None
-        unet = UnetConfig.from_dict(d["unet"]) if "unet" in d else None
-        diffusion = DiffusionConfig.from_dict(d["diffusion"]) if "diffusion" in d else None
-        return unet, diffusion, d.get("image_size")
-    except (OSError, ValueError, TypeError, AttributeError) as e:
-        raise UserError(f"{path}: not a usable config file ({type(e).__name__}: {e})") from None
 
 
 def find_config(weights: Path) -> Path | None:
@@ -77,10 +69,9 @@ def resolve(args: Any) -> Resolved:
 
     weights = Path(args.weights)
     inline = bool(args.config) and args.config.lstrip().startswith("{")
-    if args.config and not inline and not Path(args.config).is_file():
-        raise UserError(f"{args.config}: config file not found")
     found = args.config if args.config else find_config(weights)
-    unet, diffusion, image_size = read_config_file(found) if found else (None, None, None)
+    given = read_config(found, "--config" if args.config else "config") if found else ConfigFile(None)
+    unet, diffusion, image_size = given.unet, given.diffusion, given.image_size
     loaded = load_weights(weights, naming="torch", config=unet)
     source = "--config" if inline else str(found)
     if loaded.diffusion is not None:

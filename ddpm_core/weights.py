@@ -33,15 +33,14 @@ import numpy as np
 
 from ddpm_core.atomic import atomic_write, remove_stale_temporaries
 from ddpm_core.config import TUTORIAL_UNET, DiffusionConfig, UnetConfig
+from ddpm_core.errors import WeightsError, type_and_first_sentence
 from ddpm_core.formats import (
     BFLOAT16_FORMATS,
     READERS,
     WRITERS,
     RawFile,
     Skipped,
-    WeightsError,
     format_of,
-    one_line,
 )
 from ddpm_core.integrity import check_sidecar, implausible, manifest_sidecar
 from ddpm_core.integrity import manifest, tensor_digest  # noqa: F401 - also public here, as before
@@ -281,7 +280,7 @@ def _diffusion_from(raw: RawFile, path: Path) -> DiffusionConfig | None:
     try:
         return DiffusionConfig.from_dict(json.loads(text))
     except (ValueError, TypeError) as e:
-        raise WeightsError([f"diffusion_config in the metadata is not valid ({one_line(e)})"],
+        raise WeightsError([f"diffusion_config in the metadata is not valid ({type_and_first_sentence(e)})"],
                            f"cannot read {path}") from None
 
 
@@ -306,7 +305,7 @@ def _config_from(raw: RawFile, config: UnetConfig | None, path: Path) -> tuple[U
     try:
         found = UnetConfig.from_dict(json.loads(text))
     except (ValueError, TypeError) as e:
-        raise WeightsError([f"unet_config in the metadata is not a valid UnetConfig ({one_line(e)})"],
+        raise WeightsError([f"unet_config in the metadata is not a valid UnetConfig ({type_and_first_sentence(e)})"],
                            f"cannot read {path}") from None
     if config is not None and config != found:
         raise WeightsError([f"the file records {found}, but {config} was given"], f"config mismatch for {path}")
@@ -383,5 +382,5 @@ def save_weights(state: Mapping[str, np.ndarray], path: str | os.PathLike, namin
     try:
         atomic_write(path, lambda tmp: WRITERS[fmt](tmp, out, file_naming, config, dtype, diffusion))
     except OSError as e:
-        raise WeightsError([one_line(e)], f"cannot write {path}") from None
+        raise WeightsError([type_and_first_sentence(e)], f"cannot write {path}") from None
     return out

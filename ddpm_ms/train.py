@@ -1,7 +1,7 @@
 """``python -m ddpm_ms.train --data DIR --out RUN_DIR``: the tutorial's training in MindSpore; mirrors
 ddpm_torch/train.py.
 
-The loop, the run folder and the options are shared (``ddpm_core.runs``, ``ddpm_core.cli``); this file
+The loop, the run folder and the options are shared (``ddpm_core.train_loop``, ``ddpm_core.cli``); this file
 holds what is MindSpore's own: the ``Trainer`` (model, the tutorial's ``nn.Adam`` over its
 ``cosine_decay_lr`` list, one training step), its checkpoint file, and ``train_steps`` for training
 parity. Nothing here draws from MindSpore's RNG except the seeded initial weights.
@@ -21,8 +21,9 @@ from mindspore import Tensor
 from ddpm_core.cli import run_main
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.distributed import World
+from ddpm_core.errors import RunError
+from ddpm_core.train_loop import CHECKPOINT_FORMAT, train_main
 from ddpm_core.train_tape import shard
-from ddpm_core.runs import CHECKPOINT_FORMAT, RunError, train_main
 from ddpm_core.weights import ms_to_torch
 from ddpm_ms import distributed
 from ddpm_ms.adapter import Adapter

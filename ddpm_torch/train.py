@@ -1,7 +1,7 @@
 """``python -m ddpm_torch.train --data DIR --out RUN_DIR``: the tutorial's training in PyTorch; mirrors
 ddpm_ms/train.py.
 
-The loop, the run folder and the options are shared (``ddpm_core.runs``, ``ddpm_core.cli``); this file
+The loop, the run folder and the options are shared (``ddpm_core.train_loop``, ``ddpm_core.cli``); this file
 holds what is PyTorch's own: the ``Trainer`` (model, ``MindSporeAdam`` over the tutorial's
 ``cosine_decay_lr`` list, one training step), its checkpoint file, and ``train_steps`` for training
 parity. Nothing here draws from torch's RNG except the seeded initial weights.
@@ -20,8 +20,9 @@ from torch import nn
 from ddpm_core.cli import run_main
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.distributed import World
+from ddpm_core.errors import RunError
+from ddpm_core.train_loop import CHECKPOINT_FORMAT, train_main
 from ddpm_core.train_tape import shard
-from ddpm_core.runs import CHECKPOINT_FORMAT, RunError, train_main
 from ddpm_torch import distributed
 from ddpm_torch.adapter import Adapter
 from ddpm_torch.data import open_data

@@ -6,7 +6,6 @@
 Each step is one command line, printed before it runs; copy them. Outputs go to --out (default ./example_torch_to_ms).
 """
 import argparse
-import json
 import shlex
 import subprocess
 import sys
@@ -38,8 +37,8 @@ def main() -> None:
     # (interrupted? `python -m ddpm_torch.train --resume RUN_DIR` continues from the last checkpoint)
 
     # 2. convert the PyTorch weights to a MindSpore checkpoint (a .pt carries no config: pass the run's)
-    unet = json.dumps(json.loads((out / "run" / "config.json").read_text())["unet"])
-    run("-m", "parity.convert", str(out / "run" / "model.pt"), str(out / "model.ckpt"), "--config", unet)
+    run("-m", "parity.convert", str(out / "run" / "model.pt"), str(out / "model.ckpt"),
+        "--config", str(out / "run" / "config.json"))
 
     # 3. sample in MindSpore: a grid of 16 and the denoising of two of them as a GIF
     run("-m", "ddpm_ms.sample", "--weights", str(out / "model.ckpt"), "--config", str(out / "run" / "config.json"),

@@ -36,7 +36,7 @@ def default_image_size(size_multiple: int) -> int:
 
 
 def make_spec(unet: Any, diffusion: DiffusionConfig = TUTORIAL_DIFFUSION, seed: int = 0, batch: int = 2,
-              image_size: int | None = None, adam_steps: int = 3, ddim_steps: int = 20,
+              image_size: int | None = None, train_steps: int = 3, ddim_steps: int = 20,
               ddim_etas: Sequence[float] = (0.0, 0.5), pred_timesteps: Sequence[int] | None = None,
               checks: Sequence[str] = CHECKS) -> RunSpec:
     """A validated ``RunSpec`` (``ValueError`` naming the problem otherwise)."""
@@ -45,7 +45,7 @@ def make_spec(unet: Any, diffusion: DiffusionConfig = TUTORIAL_DIFFUSION, seed: 
     size = image_size or default_image_size(unet.size_multiple)
     if size % unet.size_multiple:
         raise ValueError(f"image size {size} is not a multiple of {unet.size_multiple} (dim_mults={unet.dim_mults})")
-    tape = TapeSpec(seed, batch, unet.channels, size, diffusion.timesteps, adam_steps, min(ddim_steps, diffusion.timesteps),
+    tape = TapeSpec(seed, batch, unet.channels, size, diffusion.timesteps, train_steps, min(ddim_steps, diffusion.timesteps),
                     None if pred_timesteps is None else tuple(int(t) for t in pred_timesteps))
     return RunSpec(unet, diffusion, tape, tuple(checks), tuple(float(e) for e in ddim_etas))
 
@@ -104,7 +104,7 @@ def explain(report: Report, outputs: tuple[dict, dict], tape: dict, spec: RunSpe
 
 
 def check_models(torch_model: Any, ms_model: Any, *, diffusion: DiffusionConfig = TUTORIAL_DIFFUSION, seed: int = 0,
-                 batch: int = 2, image_size: int | None = None, adam_steps: int = 3, ddim_steps: int = 20,
+                 batch: int = 2, image_size: int | None = None, train_steps: int = 3, ddim_steps: int = 20,
                  ddim_etas: Sequence[float] = (0.0, 0.5), pred_timesteps: Sequence[int] | None = None,
                  checks: Sequence[str] = CHECKS, compiled: bool = True, progress: bool = False,
                  environment: dict | None = None, title: str | None = None, spec: RunSpec | None = None,
@@ -126,7 +126,7 @@ def check_models(torch_model: Any, ms_model: Any, *, diffusion: DiffusionConfig 
     cfg = torch_model.config
     if getattr(ms_model, "config", None) != cfg:
         raise ValueError(f"the models differ in configuration: PyTorch {cfg}, MindSpore {getattr(ms_model, 'config', None)}")
-    spec = spec or make_spec(cfg, diffusion, seed, batch, image_size, adam_steps, ddim_steps, ddim_etas,
+    spec = spec or make_spec(cfg, diffusion, seed, batch, image_size, train_steps, ddim_steps, ddim_etas,
                              pred_timesteps, checks)
     import mindspore as ms
 

@@ -17,21 +17,27 @@ pip extra). ``record`` and ``compare`` import only the framework they run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 from ddpm_core.amp import MS_LEVELS
 from ddpm_core.atomic import output_problem
-from ddpm_core.config import LOSS_TYPES, SCHEDULES, TUTORIAL_UNET, DiffusionConfig, UnetConfig, resolve_diffusion
+from ddpm_core.config import (
+    LOSS_TYPES,
+    SCHEDULES,
+    TUTORIAL_UNET,
+    DiffusionConfig,
+    UnetConfig,
+    read_unet_config,
+    resolve_diffusion,
+)
 from ddpm_core.distributed import World
-from ddpm_core.frameworks import MissingFramework
+from ddpm_core.errors import EXIT_ENVIRONMENT, EXIT_USER_ERROR, EnvironmentRefused, MissingFramework, UserError, one_line
 from parity.distributed import DEFAULT_TIMEOUT_S
-from parity.env import MS_DEVICES, EnvironmentRefused, fingerprint, unmeasured_note
-from parity.engine.report import EXIT_ENVIRONMENT, EXIT_STRUCTURAL, Report
+from parity.env import MS_DEVICES, fingerprint, unmeasured_note
+from parity.engine.report import Report
 from parity.engine.suite import CHECKS
 
 FRAMEWORKS = ("torch", "ms")
@@ -92,32 +98,10 @@ def _device_options(p: argparse.ArgumentParser, frameworks: Sequence[str] = FRAM
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def parse_config(text: str | None) -> UnetConfig | None:
-    """``--config`` as JSON text or a JSON file -> UnetConfig (ValueError naming the problem)."""
-    if text is None:
-        return None
-    source = text
-    if not text.lstrip().startswith("{"):
-        path = Path(text)
-        if not path.is_file():
-            raise ValueError(f"--config: {text!r} is neither JSON text nor a readable file")
-        source = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(source)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--config is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError("--config must be a JSON object of UnetConfig fields")
-    try:
-        return UnetConfig.from_dict(data)
-    except TypeError as e:
-        raise ValueError(f"--config: {e}") from None
-
-
 def _weights(args: argparse.Namespace) -> tuple[UnetConfig, dict, str, DiffusionConfig]:
     """(config, PyTorch-named weights, where they came from, the diffusion settings: those recorded with
     --weights, else the options' or the tutorial's; an option contradicting recorded ones is a ValueError)."""
-    cfg = parse_config(args.config)
+    cfg = read_unet_config(args.config) if args.config is not None else None
     recorded, source = None, ""
     if args.weights:
         from ddpm_core.weights import load_weights
@@ -211,7 +195,7 @@ def _training_parity(report: Report, spec: Any, state: dict, args: argparse.Name
     runs = run_training(spec, state, make_tape(spec.tape), args.workers,
                         {"torch": args.torch_device, "ms": args.ms_device}, report.timings, args.launch_timeout,
                         progress=progress)
-    report.rows += training_rows(runs, state, spec.tape.adam_steps, args.workers,
+    report.rows += training_rows(runs, state, spec.tape.train_steps, args.workers,
                                  device_class(args.torch_device, args.ms_device))
     report.spec["workers"] = args.workers
     report.title += f"; training parity over {args.workers} workers"
@@ -349,18 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = " (with one framework per host, use `record` on one and `compare` on the other)" if command == "check" else ""
         print(f"error: {e}{hint}", file=sys.stderr)
         return EXIT_ENVIRONMENT
-    except (ValueError, OSError, KeyError) as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return EXIT_STRUCTURAL
-
-
-def _one_line(e: BaseException) -> str:
-    problems = getattr(e, "problems", None)
-    if problems:  # a WeightsError: its context and first problem (its str holds them all, one per line)
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        return f"{e.context}: {problems[0]}{more}"
-    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-    return text.splitlines()[0] if text else type(e).__name__
+    except (UserError, ValueError, OSError, KeyError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

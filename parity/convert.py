@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from ddpm_core.atomic import atomic_write_bytes, output_problem
-from ddpm_core.config import UnetConfig
-from ddpm_core.frameworks import MissingFramework
+from ddpm_core.config import read_unet_config
+from ddpm_core.errors import EXIT_USER_ERROR, MissingFramework, UserError
 from ddpm_core.weights import (
     DTYPES,
     WeightsError,
@@ -32,39 +32,13 @@ from ddpm_core.weights import (
 )
 from ddpm_core.integrity import manifest_sidecar
 
-EXIT_ERROR = 2
-
-
-class UsageError(Exception):
-    """A bad command line (config, arguments): one line for the user."""
-
-
-def parse_config(text: str) -> UnetConfig:
-    """``--config``: a JSON object of ``UnetConfig`` fields, or the path of a file holding one."""
-    source = "--config"
-    if not text.lstrip().startswith("{"):
-        try:
-            text, source = Path(text).read_text(), f"--config file {text}"
-        except OSError as e:
-            raise UsageError(f"--config: cannot read {text}: {e.strerror or e}") from None
-    try:
-        fields = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{source}: not valid JSON ({e})") from None
-    if not isinstance(fields, dict):
-        raise UsageError(f"{source}: expected a JSON object of UnetConfig fields, got {type(fields).__name__}")
-    try:
-        return UnetConfig.from_dict(fields)
-    except (TypeError, ValueError) as e:
-        raise UsageError(f"{source}: {e}") from None
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m parity.convert", description="Move U-Net weights between PyTorch (.pt/.pth), MindSpore (.ckpt) and .safetensors "
                                 "files, strictly and exactly (docs/weights.md).")
     p.add_argument("src", help="source file: .pt/.pth (PyTorch), .ckpt (MindSpore) or .safetensors")
     p.add_argument("dst", nargs="?", help="destination file; its extension picks the format")
-    p.add_argument("--config", help="UnetConfig as JSON or a JSON file path (default: the file's metadata, "
+    p.add_argument("--config", help="UnetConfig fields as JSON, or a JSON file of them or a run's config.json (default: the file's metadata, "
                                     "else the tutorial's dim=28, channels=1, dim_mults=(1, 2, 4))")
     p.add_argument("--dtype", choices=DTYPES, help="cast the weights (default: keep the source dtype)")
     p.add_argument("--manifest", nargs="?", const="-", metavar="PATH",
@@ -75,12 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     if args.dst is None and args.manifest is None:
-        raise UsageError("give DST to convert to, or --manifest to print the manifest")
-    config = parse_config(args.config) if args.config is not None else None
+        raise UserError("give DST to convert to, or --manifest to print the manifest")
+    config = read_unet_config(args.config) if args.config is not None else None
     for option, path in (("DST", args.dst), ("--manifest", args.manifest if args.manifest != "-" else None)):
         problem = path is not None and output_problem(path)
         if problem:  # before the (slow) read
-            raise UsageError(f"{option} {path}: {problem}")
+            raise UserError(f"{option} {path}: {problem}")
     if args.dst is not None:
         format_of(args.dst)  # a wrong extension fails before the (slow) read
     loaded = load_weights(args.src, naming="torch", config=config)
@@ -127,13 +101,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {problem}", file=sys.stderr)
         if e.hint:
             print(f"hint: {e.hint}", file=sys.stderr)
-        return EXIT_ERROR
-    except (UsageError, MissingFramework) as e:
+        return EXIT_USER_ERROR
+    except (UserError, MissingFramework) as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_USER_ERROR
     except OSError as e:
         print(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_USER_ERROR
     return 0
 
 

@@ -32,6 +32,7 @@ from ddpm_core.atomic import atomic_write
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.distributed import World
 from ddpm_core.environment import child_env
+from ddpm_core.errors import EXIT_USER_ERROR
 from ddpm_core.launch import LaunchError, describe, job_command, run
 from parity.engine.compare import Comparison, Summary
 from parity.engine.suite import Row, RunSpec, pairs_row
@@ -135,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   **{f"weights/{k}": v for k, v in weights.items()}})
     except (ValueError, OSError, KeyError) as e:
         print(f"error: rank {world.rank}: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     finally:
         twin.shutdown(world)
     return 0
@@ -176,7 +177,7 @@ def run_training(spec: RunSpec, weights: Mapping[str, np.ndarray], tape: Mapping
                  devices: Mapping[str, str], timings: dict[str, float] | None = None,
                  timeout_s: float = DEFAULT_TIMEOUT_S, module: str = ENTRY,
                  progress: Callable[[str], None] | None = None) -> Runs:
-    """Each framework in ``devices`` trained ``spec.tape.adam_steps`` steps on the tape's training batches at
+    """Each framework in ``devices`` trained ``spec.tape.train_steps`` steps on the tape's training batches at
     ``spec.lrs``, as one plain process and as ``workers`` workers (launch and training seconds into ``timings``).
     ``ValueError`` before any launch if the batch does not split over ``workers``; a failed launch, or one whose
     processes did not form a job of ``workers``, is kept as its message (it becomes a failed row)."""

@@ -17,13 +17,10 @@ import sys
 from typing import Any
 
 from ddpm_core.environment import ISA_VARIABLE, THREADS_VARIABLE, pin_isa
+from ddpm_core.errors import EnvironmentRefused
 from ddpm_core.frameworks import require
 
 MS_DEVICES = ("CPU", "GPU", "Ascend")
-
-
-class EnvironmentRefused(RuntimeError):
-    """The environment cannot give a fair comparison (a requested device is missing)."""
 
 
 def _cpu_model() -> str:

@@ -140,7 +140,7 @@ def precision_rows(out_t: Mapping[str, np.ndarray], out_m: Mapping[str, np.ndarr
     if "grad" in spec.checks:
         n = sum(k.startswith("grad/") for k in r)
         rows.append(judged_row(f"gradients ({n} tensors)", "grad", _flat(a, "grad/"), _flat(m, "grad/"), _flat(r, "grad/"), dtype, device))
-    for k in range(1, spec.tape.adam_steps + 1) if "adam" in spec.checks else ():
+    for k in range(1, spec.tape.train_steps + 1) if "adam" in spec.checks else ():
         key = f"adam/step{k}/"
         rows.append(judged_row(f"Adam step {k}: MindSporeAdam vs nn.Adam", "adam", _flat(a, key), _flat(m, key),
                                _flat(r, key), dtype, device))

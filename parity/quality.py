@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 
 from ddpm_core.atomic import atomic_write_bytes
-from ddpm_core.cli import UserError, int_list, positive_int, run_main
+from ddpm_core.cli import int_list, positive_int, run_main
+from ddpm_core.errors import UserError
 from ddpm_core.config import UnetConfig
 from ddpm_core.digits import RECIPE, from_model_range, load_split
 from ddpm_core.environment import child_env

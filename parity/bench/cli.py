@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ddpm_core.atomic import atomic_write_bytes
-from ddpm_core.config import TUTORIAL_UNET, UnetConfig
+from ddpm_core.config import TUTORIAL_UNET, read_unet_config
+from ddpm_core.errors import UserError
 from parity.bench.cuda import CUDA_CONFIGS, DEFAULT_CUDA_CONFIGS
 from parity.bench.load import cpu_info, wait_quiet
 from parity.bench.markdown import markdown
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data-parallel worker counts to time, e.g. 1,2 (weak scaling of torch_channels_last and "
                         "ms_compiled; default 1: none)")
     p.add_argument("--image-size", type=int, default=28)
-    p.add_argument("--model-config", default=TUTORIAL_UNET.to_json(), help="UnetConfig fields as JSON (default: the tutorial's)")
+    p.add_argument("--model-config", default=TUTORIAL_UNET.to_json(), help="UnetConfig fields as JSON text or a JSON file (default: the tutorial's)")
     p.add_argument("--no-check", action="store_true", help="do not time python -m parity.check")
     p.add_argument("--json", default=None, help="write every figure here (atomically)")
     p.add_argument("--markdown", default=None, help="write the Markdown table here (atomically)")
@@ -71,9 +72,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args.sample_steps = defaults["sample_steps"] if args.sample_steps is None else args.sample_steps
     known = CUDA_CONFIGS if args.device == "cuda" else CONFIGS
     try:
-        args.model_config = UnetConfig.from_dict(json.loads(args.model_config))
+        args.model_config = read_unet_config(args.model_config, "--model-config")
         args.workers = sorted({int(v) for v in args.workers.split(",")})
-    except (ValueError, TypeError) as e:
+    except (UserError, ValueError, TypeError) as e:
         p.error(str(e))
     if args.workers[0] < 1 or 1 not in args.workers:
         p.error("--workers: positive counts including 1 (the baseline of the scaling efficiency), e.g. 1,2")

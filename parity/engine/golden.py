@@ -44,6 +44,8 @@ class Golden:
     def spec(self) -> RunSpec:
         s = self.manifest["spec"]
         tape = dict(s["tape"])
+        if "adam_steps" in tape:  # recorded before adam_steps was renamed train_steps: the same K
+            tape["train_steps"] = tape.pop("adam_steps")
         tape["pred_timesteps"] = None if tape.get("pred_timesteps") is None else tuple(tape["pred_timesteps"])
         return RunSpec(UnetConfig.from_dict(s["unet"]), DiffusionConfig(**s["diffusion"]), TapeSpec(**tape),
                        tuple(s["checks"]), tuple(s["ddim_etas"]), tuple(s["loss_types"]))

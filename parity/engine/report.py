@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ddpm_core.atomic import atomic_write_bytes
+from ddpm_core.errors import EXIT_MISMATCH, EXIT_OK
 from parity.engine.localise import Finding
 from parity.engine.settings import SettingMismatch, summarize
 from parity.engine.suite import Row
 
-EXIT_PASS, EXIT_MISMATCH, EXIT_STRUCTURAL, EXIT_ENVIRONMENT = 0, 1, 2, 3
 SIDE_LABELS = {"torch": "PyTorch", "ms": "MindSpore"}
 
 
@@ -58,7 +58,7 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_PASS if self.passed else EXIT_MISMATCH
+        return EXIT_OK if self.passed else EXIT_MISMATCH
 
     def verdict(self, limit: int = 4) -> str:
         """PASS, or FAIL with where the twins part first, then the failing checks (at most ``limit``)."""

@@ -47,7 +47,7 @@ class RunSpec:
 
     @property
     def lrs(self) -> list[float]:
-        return cosine_decay_lr(**TUTORIAL_LR)[: self.tape.adam_steps]
+        return cosine_decay_lr(**TUTORIAL_LR)[: self.tape.train_steps]
 
     def to_dict(self) -> dict:
         return {"unet": self.unet.to_dict(), "diffusion": vars(self.diffusion).copy(), "tape": self.tape.to_dict(),
@@ -280,10 +280,10 @@ def compare_outputs(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], sp
         an = anchor_of(f"loss/{lt}", "loss")
         add(pairs_row(f"loss/{lt}", a, b, f"loss {lt}", device, "loss", tol=tol_of(an)), an)
     add(pairs_row("grad/", a, b, f"gradients ({sum(k.startswith('grad/') for k in b)} tensors)", device, "grad"))
-    for k in range(1, spec.tape.adam_steps + 1):
+    for k in range(1, spec.tape.train_steps + 1):
         add(pairs_row(f"adam/step{k}/", a, b, f"Adam step {k}: MindSporeAdam vs nn.Adam", device, "adam",
                       note="parameter change w_k - w_0"))
-    last = spec.tape.adam_steps
+    last = spec.tape.train_steps
     if any(k.startswith(f"adam_torch_rule/step{last}/") for k in a) and any(k.startswith(f"adam/step{last}/") for k in b):
         a_torch = {f"adam/step{last}/" + k.split("/", 2)[2]: v for k, v in a.items()
                    if k.startswith(f"adam_torch_rule/step{last}/")}

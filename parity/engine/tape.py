@@ -31,12 +31,12 @@ class TapeSpec:
     channels: int
     image_size: int
     timesteps: int
-    adam_steps: int = 3
+    train_steps: int = 3
     ddim_steps: int = 20
     pred_timesteps: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("batch", "channels", "image_size", "timesteps", "adam_steps", "ddim_steps"):
+        for name in ("batch", "channels", "image_size", "timesteps", "train_steps", "ddim_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -68,7 +68,7 @@ def make_tape(spec: TapeSpec) -> dict[str, np.ndarray]:
     probe_*                                  the diffusion-math probes' inputs (tiny shapes)
     """
     rng = np.random.Generator(np.random.PCG64(spec.seed))
-    T, shape, A = spec.timesteps, spec.shape, spec.adam_steps
+    T, shape, A = spec.timesteps, spec.shape, spec.train_steps
 
     def normal(*s: int) -> np.ndarray:
         return rng.standard_normal(s).astype(np.float32)

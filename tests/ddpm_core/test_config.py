@@ -1,6 +1,7 @@
 """ddpm_core.config: derived widths, serialisation, and every check that turns a bad configuration
 or input into one ``ValueError`` naming the problem."""
 import json
+import re
 
 import pytest
 
@@ -13,7 +14,10 @@ from ddpm_core.config import (
     check_same_shape,
     check_timestep_range,
     check_unet_input,
+    read_config,
+    read_unet_config,
 )
+from ddpm_core.errors import UserError
 
 
 def test_tutorial_unet_derived_widths():
@@ -141,3 +145,34 @@ def test_noise_sequence_and_same_shape_checks():
         check_noise_sequence((9, 2, 1, 8, 8), 10, (2, 1, 8, 8))
     with pytest.raises(ValueError, match="noise must have shape"):
         check_same_shape("noise", (2, 1, 8, 8), (2, 1, 8, 9))
+
+
+def test_read_config_takes_fields_or_a_run_config_as_text_or_file(tmp_path):
+    """One reader for every --config: UnetConfig fields or a run's config.json, inline or in a file."""
+    small = UnetConfig(dim=8, channels=1, dim_mults=(1, 2))
+    run = {"unet": small.to_dict(), "diffusion": {"timesteps": 10}, "image_size": 16}
+    (tmp_path / "config.json").write_text(json.dumps(run))
+    found = read_config(tmp_path / "config.json")
+    assert (found.unet, found.diffusion, found.image_size) == (small, DiffusionConfig(timesteps=10), 16)
+    assert read_config(json.dumps(run)) == found
+    assert read_unet_config(small.to_json()) == small == read_unet_config(str(tmp_path / "config.json"))
+
+
+@pytest.mark.parametrize("text, says", [
+    ("{dim: 8", "--config: not valid JSON"),
+    ("missing.json", "--config: cannot read missing.json"),
+    ("[1, 2]", "--config: cannot read [1, 2]"),
+    ('{"dims": 8}', "--config: unknown Unet config keys: dims"),
+    ('{"unet": {"dim": 8}, "diffusion": {"timesteps": 1}}', "--config: timesteps must be at least 2"),
+    ('{"unet": {"dim": 8}, "image_size": 0}', "--config: image_size must be a positive integer"),
+    ('{"diffusion": {}}', "holds no \"unet\" settings"),
+])
+def test_read_config_names_the_option_and_the_problem(text, says):
+    with pytest.raises(UserError, match=re.escape(says)):
+        read_unet_config(text)
+
+
+def test_read_config_names_the_file(tmp_path):
+    (tmp_path / "c.json").write_text("[1]")
+    with pytest.raises(UserError, match=re.escape(f"--model-config file {tmp_path / 'c.json'}: expected a JSON object")):
+        read_config(tmp_path / "c.json", "--model-config")

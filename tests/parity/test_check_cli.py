@@ -60,7 +60,7 @@ def test_bad_config_is_structural(cli_env):
     proc = check(["--config", '{"dim": 8, "colour": 3}', *TINY_ARGS[2:]], cli_env)
     assert proc.returncode == 2 and "unknown Unet config keys: colour" in one_line_error(proc)
     proc = check(["--config", "{not json", *TINY_ARGS[2:]], cli_env)
-    assert proc.returncode == 2 and "--config is not valid JSON" in one_line_error(proc)
+    assert proc.returncode == 2 and "--config: not valid JSON" in one_line_error(proc)
 
 
 def test_weights_that_do_not_map_are_structural(cli_env, tmp_path):

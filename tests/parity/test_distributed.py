@@ -57,7 +57,7 @@ def test_check_with_workers_end_to_end(cli_run):
     proc, report, wall = cli_run
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "PASS: the twins match on every check" in proc.stdout
-    assert report["spec"]["workers"] == 2 and report["spec"]["tape"]["adam_steps"] == 2
+    assert report["spec"]["workers"] == 2 and report["spec"]["tape"]["train_steps"] == 2
     labels = [r["label"] for r in report["rows"]]
     assert "Adam step 2: MindSporeAdam vs nn.Adam" in labels
     for what in ("PyTorch: 2 workers vs 1 process", "MindSpore: 2 workers vs 1 process",

@@ -18,7 +18,7 @@ from tests.parity.conftest import SIZE, TINY, TINY_T
 FORWARD = ("predict", "loss")
 
 
-def _run(sides, policies, checks=FORWARD, adam_steps=1, prepare=None):
+def _run(sides, policies, checks=FORWARD, train_steps=1, prepare=None):
     from parity.precision import check_precision
 
     models = tuple(side.build(TINY) for side in sides)
@@ -27,7 +27,7 @@ def _run(sides, policies, checks=FORWARD, adam_steps=1, prepare=None):
         side.load(model, weights)
     if prepare is not None:
         prepare(*models)
-    spec = make_spec(TINY, TINY_T, 0, 2, SIZE, adam_steps=adam_steps, checks=checks)
+    spec = make_spec(TINY, TINY_T, 0, 2, SIZE, train_steps=train_steps, checks=checks)
     return check_precision(sides, models, weights, spec, policies)
 
 

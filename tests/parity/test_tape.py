@@ -1,14 +1,16 @@
 """The tape and the seeded initial weights: deterministic, hashed, stable across runs and machines,
 and sensitive to every input."""
+import dataclasses
+
 import numpy as np
 import pytest
 
-from ddpm_core.config import TUTORIAL_UNET, UnetConfig
+from ddpm_core.config import TUTORIAL_UNET, DiffusionConfig, UnetConfig
 from ddpm_core.naming import unet_parameters
 from parity.engine.initial import initial_weights, weights_hash
 from parity.engine.tape import TapeSpec, make_tape, tape_hash
 
-SPEC = TapeSpec(seed=0, batch=2, channels=1, image_size=8, timesteps=10, adam_steps=3, ddim_steps=5)
+SPEC = TapeSpec(seed=0, batch=2, channels=1, image_size=8, timesteps=10, train_steps=3, ddim_steps=5)
 TINY = UnetConfig(dim=8, channels=1, dim_mults=(1, 2))
 
 # Pinned: a change means the tape (or numpy's PCG64 / uniform / normal streams) changed, and golden
@@ -81,3 +83,21 @@ def test_tutorial_weights_hash_is_over_torch_names():
     w = initial_weights(TUTORIAL_UNET, 0)
     renamed = {k.replace("weight", "w"): v for k, v in w.items()}
     assert weights_hash(renamed) != weights_hash(w)
+
+
+def test_a_golden_file_recorded_before_the_train_steps_rename_still_reads(tmp_path):
+    """Golden files store the tape spec in their manifest; older ones name K ``adam_steps``."""
+    import json
+
+    from parity.engine.golden import load_golden, save_golden
+    from parity.engine.suite import RunSpec
+
+    spec = RunSpec(TINY, DiffusionConfig(timesteps=10), dataclasses.replace(SPEC, train_steps=2))
+    path = tmp_path / "g.npz"
+    save_golden(path, "torch", spec, make_tape(spec.tape), initial_weights(TINY, 0), {}, {})
+    data = dict(np.load(path))
+    manifest = json.loads(bytes(data["manifest"]).decode())
+    manifest["spec"]["tape"]["adam_steps"] = manifest["spec"]["tape"].pop("train_steps")
+    data["manifest"] = np.frombuffer(json.dumps(manifest).encode(), np.uint8)
+    np.savez(path, **data)
+    assert load_golden(path).spec() == spec

@@ -4,7 +4,7 @@ checkpoint names the intact one to resume from; a diverged run stops at once; ba
 settings are one line before any work, and leave nothing behind that blocks a retry.
 
 MindSpore's PyNative steps cost seconds each on the CI machine, so the MindSpore cases train at most 2 steps;
-the run-folder logic they share with PyTorch (ddpm_core.runs, ddpm_core.run_folder) is exercised at length
+the run-folder logic they share with PyTorch (ddpm_core.train_loop, ddpm_core.run_folder) is exercised at length
 with PyTorch."""
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""A training run, framework-neutral: its settings and the loop that drives a twin's ``Trainer`` and
-``TrainingData`` through the per-step tape (docs/training.md). The folder, its records and checkpoints
-are ``ddpm_core.run_folder``'s.
+"""The training loop, framework-neutral: it drives a twin's ``Trainer`` and ``TrainingData`` through the
+per-step tape (docs/training.md), and reads top to bottom: command line and settings, the data-parallel
+job, the data, the trainer (new or restored), the steps, the checkpoints, the export. The settings are
+``ddpm_core.train_settings``'s; the folder, its records and checkpoints ``ddpm_core.run_folder``'s.
 
 Rules it keeps:
   * a file is either complete or absent: checkpoints, records, settings and exports go through
@@ -28,19 +29,19 @@ import json
 import math
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from ddpm_core.cli import RESUME_OVERRIDABLE, UserError, explicit_options, train_parser
+from ddpm_core.cli import train_parser
 from ddpm_core.config import DiffusionConfig, UnetConfig
-from ddpm_core.datasets import DataSpec, default_flip, default_image_size, make_stage_dir, prepare_data
+from ddpm_core.contract import Distributed, Trainer
+from ddpm_core.datasets import DataSpec, make_stage_dir, prepare_data
 from ddpm_core.distributed import World, launched_size
-from ddpm_core.download import default_root, download_fashion_mnist
-from ddpm_core.formats import WeightsError, verify_checksum
-from ddpm_core.run_folder import ResumePoint, RunDir, RunError, kill_point, read_json
-from ddpm_core.schedules import cosine_decay_lr
+from ddpm_core.download import download_fashion_mnist
+from ddpm_core.errors import Diverged, RunError, UserError
+from ddpm_core.run_folder import ResumePoint, RunDir, kill_point
+from ddpm_core.train_settings import Settings, check_settings, run_and_settings
 from ddpm_core.train_tape import (
     TAPE_VERSION,
     apply_flips,
@@ -55,160 +56,16 @@ CHECKPOINT_FORMAT = "ddpm-parity-train-state"
 CHECKPOINT_VERSION = 1
 
 
-class Trainer(Protocol):
-    """What each twin's ``train.Trainer`` provides (mirrored in ddpm_torch/train.py and ddpm_ms/train.py)."""
-
-    framework: str
-    naming: str
-    checkpoint_ext: str
-
-    def step(self, x_start: np.ndarray, t: np.ndarray, noise: np.ndarray) -> float: ...
-    def lr_position(self) -> int: ...
-    def numerics(self) -> dict[str, Any]: ...
-    def state(self) -> dict[str, np.ndarray]: ...
-    def save_checkpoint(self, path: Path, meta: dict[str, Any]) -> None: ...
-    def load_checkpoint(self, path: Path) -> dict[str, Any]: ...
-
-
-# ---------------------------------------------------------------- settings
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """Everything that decides the loss curve, resolved (no None left), as stored in run.json."""
-
-    framework: str
-    data: str
-    data_format: str
-    image_size: int
-    channels: int
-    workers: int
-    epochs: int
-    max_steps: int | None
-    save_every: int
-    keep: int
-    seed: int
-    batch_size: int
-    lr: float
-    min_lr: float
-    dim: int
-    dim_mults: tuple[int, ...]
-    timesteps: int
-    schedule: str
-    loss: str
-    compile: str
-    init_weights: str | None
-    no_progress: bool
-    examples: int = 0
-    tape_version: int = TAPE_VERSION
-    flip: bool = True
-
-    def unet_config(self) -> UnetConfig:
-        return UnetConfig(dim=self.dim, channels=self.channels, dim_mults=tuple(self.dim_mults))
-
-    def diffusion_config(self) -> DiffusionConfig:
-        return DiffusionConfig(timesteps=self.timesteps, schedule=self.schedule, loss_type=self.loss)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return steps_per_epoch(self.examples, self.batch_size)
-
-    @property
-    def schedule_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
-
-    @property
-    def end_step(self) -> int:
-        return min(self.schedule_steps, self.max_steps or self.schedule_steps)
-
-    def learning_rates(self) -> list[float]:
-        spe = self.steps_per_epoch
-        return cosine_decay_lr(self.min_lr, self.lr, self.schedule_steps, spe, self.epochs)
-
-    def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["dim_mults"] = list(self.dim_mults)
-        return d
-
-
-def _settings_from_args(args: Any, framework: str) -> Settings:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings) if hasattr(args, f.name)}
-    values["dim_mults"] = tuple(values["dim_mults"])
-    if values["image_size"] is None:
-        values["image_size"] = default_image_size(args.data, args.data_format)
-    if values["flip"] is None:
-        values["flip"] = default_flip(args.data, args.data_format)
-    if values["dim"] is None:
-        values["dim"] = values["image_size"]
-    return Settings(framework=framework, **values)
-
-
-def _check_settings(s: Settings) -> None:
-    try:
-        cfg = s.unet_config()
-        s.diffusion_config()
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    if s.image_size % cfg.size_multiple:
-        raise UserError(f"--image-size {s.image_size} is not a multiple of {cfg.size_multiple}: --dim-mults "
-                        f"{','.join(map(str, s.dim_mults))} halves the image {len(s.dim_mults) - 1} time(s)")
-    for option, value in (("--lr", s.lr), ("--min-lr", s.min_lr)):
-        if not math.isfinite(value):
-            raise UserError(f"{option} must be a finite number, got {value}")
-    if not 0.0 <= s.min_lr < s.lr:
-        raise UserError(f"need 0 <= --min-lr < --lr, got {s.min_lr} and {s.lr}")
-
-
-def _resume_settings(parser, argv: Sequence[str], args: Any, framework: str) -> tuple[RunDir, Settings]:
-    run = RunDir(args.resume)
-    if not run.settings_file.exists():
-        raise RunError(f"{run.path}: not a run folder (no run.json); start a run with --out")
-    if args.out is not None and Path(args.out).resolve() != run.path.resolve():
-        raise RunError("--resume RUN_DIR continues RUN_DIR in place; leave out --out")
-    stored = read_json(run.settings_file)
-    if "jit" in stored:  # run folders written before the option was named --compile
-        stored["compile"] = stored.pop("jit")
-    if stored.get("framework") != framework:
-        raise RunError(f"{run.path}: was trained with {stored.get('framework')}; resume it with "
-                       f"python -m ddpm_{stored.get('framework')}.train")
-    explicit = explicit_options(parser, argv) - {"resume", "out"}
-    changed = sorted(k for k in explicit if k not in RESUME_OVERRIDABLE and k in stored
-                     and _jsonable(getattr(args, k)) != stored[k])
-    if changed:
-        raise RunError(f"--resume keeps the run's settings; these differ from {run.settings_file}: "
-                       + ", ".join(f"--{k.replace('_', '-')}" for k in changed)
-                       + f" (only {', '.join('--' + k.replace('_', '-') for k in RESUME_OVERRIDABLE)} may change)")
-    for k in explicit & set(RESUME_OVERRIDABLE):
-        stored[k] = _jsonable(getattr(args, k))
-    stored["dim_mults"] = tuple(stored["dim_mults"])
-    return run, Settings(**stored)
-
-
-def _jsonable(v: Any) -> Any:
-    return list(v) if isinstance(v, tuple) else v
-
-
-# ---------------------------------------------------------------- the loop
 def train_main(argv: Sequence[str] | None, prog: str, framework: str,
-               open_data: Callable[[DataSpec, int], Any], make_trainer: Callable[..., Trainer], dist: Any) -> int:
+               open_data: Callable[[DataSpec, int], Any], make_trainer: Callable[..., Trainer],
+               dist: Distributed) -> int:
     """``python -m ddpm_<twin>.train``: parse, prepare the data, build or restore the trainer, run the loop.
     ``dist`` is the twin's ``distributed`` module (``init``, ``barrier``, ``shutdown``, ``PEER_FAILURES``):
     under ``torchrun`` / ``msrun`` this process is one rank of a data-parallel job."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = train_parser(prog)
     args = parser.parse_args(argv)
-    if args.resume:
-        if args.allow_other_files:
-            parser.error("--allow-other-files is for a new run (--out); --resume continues a run folder")
-        run, settings = _resume_settings(parser, argv, args, framework)
-    else:
-        if args.from_step is not None:
-            parser.error("--from-step goes with --resume RUN_DIR")
-        if not args.out:
-            parser.error("--out RUN_DIR is required (or --resume RUN_DIR)")
-        if args.download and not args.data:
-            args.data = str(default_root())
-        if not args.data:
-            parser.error("--data DIR is required (or --download: Fashion-MNIST, fetched once)")
-        run, settings = RunDir(args.out), _settings_from_args(args, framework)
+    run, settings = run_and_settings(parser, argv, args, framework)
     try:  # before joining: every process of the job (msrun's scheduler too) stops here at once
         World(0, launched_size()).check_batch(settings.batch_size)
     except ValueError as e:
@@ -227,7 +84,9 @@ def train_main(argv: Sequence[str] | None, prog: str, framework: str,
 
 
 def _prepare(run: RunDir, settings: Settings, args: Any, open_data: Callable[[DataSpec, int], Any],
-             make_trainer: Callable[..., Trainer], world: World, dist: Any) -> int:
+             make_trainer: Callable[..., Trainer], world: World, dist: Distributed) -> int:
+    """The data (downloaded once per job, staged, checked against a resumed run), the settings completed
+    with its facts and checked, the folder checked (a new run) or its resume point found; then ``_start``."""
     if args.download:
         if world.is_main:  # one download per job; the other ranks read what it leaves
             download_fashion_mnist(settings.data)
@@ -243,7 +102,7 @@ def _prepare(run: RunDir, settings: Settings, args: Any, open_data: Callable[[Da
             raise UserError(f"{spec.source}: {e}") from None
         settings = dataclasses.replace(settings, data_format=spec.format, channels=spec.channels,
                                        examples=spec.examples)
-        _check_settings(settings)
+        check_settings(settings)
         if not args.resume:
             dist.barrier(world)  # no rank has written yet: each sees the folder as the user left it
             run.check_new(args.allow_other_files)
@@ -252,19 +111,8 @@ def _prepare(run: RunDir, settings: Settings, args: Any, open_data: Callable[[Da
             run.remove_stale_temporaries()
         dist.barrier(world)
         data = open_data(spec, settings.workers)
-        if args.resume:
-            point = run.resume_point(make_trainer.checkpoint_ext, args.from_step, _verify_checkpoint)
-        else:
-            point = None
+        point = run.resume_point(make_trainer.checkpoint_ext, args.from_step) if args.resume else None
         return _start(run, settings, data, make_trainer, world, point)
-
-
-def _verify_checkpoint(path: Path) -> bool:
-    """A checkpoint's own checksum (zip CRC-32 / MindSpore's CRC): True if it matched, False if it has none."""
-    try:
-        return verify_checksum(path)
-    except WeightsError as e:
-        raise RunError(str(e)) from None
 
 
 def _start(run: RunDir, s: Settings, data: Any, make_trainer: Callable[..., Trainer], world: World,
@@ -277,8 +125,8 @@ def _start(run: RunDir, s: Settings, data: Any, make_trainer: Callable[..., Trai
         from ddpm_core.weights import load_weights
 
         weights = load_weights(s.init_weights, naming="torch", config=s.unet_config()).state
-    trainer = make_trainer(s.unet_config(), s.diffusion_config(), lrs, seed=s.seed, weights=weights, compile=s.compile,
-                           world=world)
+    trainer = make_trainer(s.unet_config(), s.diffusion_config(), lrs, seed=s.seed, weights=weights,
+                           compile=s.compile, world=world)
     created = point is None and world.is_main
     if created:
         run.create(s.to_json(), {"unet": s.unet_config().to_dict(),
@@ -319,18 +167,6 @@ def _restore(run: RunDir, trainer: Trainer, point: ResumePoint, s: Settings, wor
     return point.step
 
 
-class Diverged(RunError):
-    """A non-finite loss or non-finite weights: the run stops at once."""
-
-
-def _diverged(run: RunDir, step: int, what: str) -> Diverged:
-    newest = run.newest()
-    kept = "no checkpoint was written"
-    if newest:
-        kept = f"the last checkpoint, {newest['checkpoint']} (after {newest['step']} step(s)), is kept"
-    return Diverged(f"step {step}: {what}: training diverged and stopped (try a lower --lr); {kept}")
-
-
 def _train(run: RunDir, s: Settings, data: Any, trainer: Trainer, lrs: list[float], start: int, world: World,
            progress: dict[str, int]) -> int:
     """Steps ``start`` to the end: log, checkpoint, stop at the first non-finite loss; then export."""
@@ -346,6 +182,7 @@ def _train(run: RunDir, s: Settings, data: Any, trainer: Trainer, lrs: list[floa
                unit="step", dynamic_ncols=True)
     with open(run.log_file, "a") if world.is_main else contextlib.nullcontext() as log:
         for step, images in zip(range(start, end), data.batches(indices)):
+            # this rank's slice of the tape's global batch: images, flips, timesteps, noise
             draws = step_draws(s.seed, step, s.batch_size, shape, s.timesteps)
             x_start = to_model_range(apply_flips(images, shard(draws.flips, r, n)) if s.flip else images)
             loss = trainer.step(x_start, shard(draws.t, r, n), shard(draws.noise, r, n))
@@ -360,6 +197,7 @@ def _train(run: RunDir, s: Settings, data: Any, trainer: Trainer, lrs: list[floa
             progress["steps"] += 1
             kill_point("after-step", step + 1, r)
             done = step + 1
+            # checkpoint (rank 0): every --save-every steps and at the end
             if world.is_main and (done % s.save_every == 0 or done == end):
                 if not all(np.isfinite(v).all() for v in trainer.state().values()):
                     bar.close()
@@ -377,7 +215,17 @@ def _train(run: RunDir, s: Settings, data: Any, trainer: Trainer, lrs: list[floa
     return 0
 
 
+def _diverged(run: RunDir, step: int, what: str) -> Diverged:
+    """The error that stops a run at ``step``, naming the checkpoint kept."""
+    newest = run.newest()
+    kept = "no checkpoint was written"
+    if newest:
+        kept = f"the last checkpoint, {newest['checkpoint']} (after {newest['step']} step(s)), is kept"
+    return Diverged(f"step {step}: {what}: training diverged and stopped (try a lower --lr); {kept}")
+
+
 def _meta(s: Settings, trainer: Trainer, step: int, lrs: list[float]) -> dict[str, Any]:
+    """What a checkpoint records besides the weights and the optimizer: ``_restore`` checks it."""
     return {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "framework": trainer.framework,
         "step": step, "epoch": step // s.steps_per_epoch, "lr_position": trainer.lr_position(),
