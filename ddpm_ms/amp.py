@@ -38,10 +38,11 @@ def apply_policy(model: nn.Cell, policy: Policy) -> nn.Cell:
         return model
     try:
         net = amp.auto_mixed_precision(model, policy.level, dtype=DTYPES[policy.dtype])
-    except RuntimeError as e:
+    except (RuntimeError, TypeError) as e:  # which one depends on what the process built before (measured)
         raise UnsupportedPolicy(f"mindspore.amp.auto_mixed_precision(level={policy.level!r}) fails on this model: "
-                                f"{str(e).splitlines()[0]} (O1 rewrites the network with mindspore.rewrite, which "
-                                "cannot map the tutorial's Residual(*args) onto PreNorm.construct(x))") from None
+                                f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]} (O1 rewrites the network's "
+                                "Python source with mindspore.rewrite, which cannot map the tutorial's Residual(*args) "
+                                "onto PreNorm.construct(x), nor read the source of MindSpore's own primitives)") from None
     net.config = model.config
     net.precision_policy = policy
     return net

@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ddpm_core.frameworks import MissingFramework
         from parity.bench.cuda_run import cuda_markdown, run_cuda
         from parity.env import EnvironmentRefused
-        from parity.engine.report import EXIT_ENVIRONMENT
+        from ddpm_core.errors import EXIT_ENVIRONMENT
 
         try:
             report = run_cuda(args)
