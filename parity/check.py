@@ -216,73 +216,33 @@ def _setup_one(framework: str, args: argparse.Namespace) -> tuple[Any, dict]:
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    from parity.engine.golden import save_golden
-    from parity.engine.suite import run_side
-    from parity.engine.tape import make_tape
+    from parity.api import record_golden
 
     cfg, state, source, diffusion = _weights(args)
     spec = _spec(args, cfg, diffusion)
     side, info = _setup_one(args.framework, args)
-    model = side.build(cfg)
-    side.load(model, state)
-    tape = make_tape(spec.tape)
-    timings: dict[str, float] = {}
-    outputs = run_side(side, model, side.diffusion(spec.diffusion), tape, spec, timings)
     env = fingerprint(info if args.framework == "torch" else None, info if args.framework == "ms" else None,
                       args.compile == "on")
     env["weights_source"] = source
-    manifest = save_golden(args.out, args.framework, spec, tape, state, outputs, env, {"timings_s": timings})
-    print(f"recorded {len(outputs)} outputs of {side.label} to {args.out}\n"
+    manifest, count = record_golden(side, state, spec, args.out, env)
+    print(f"recorded {count} outputs of {side.label} to {args.out}\n"
           f"tape {manifest['tape_sha256'][:16]}  weights {manifest['weights_sha256'][:16]}", flush=True)
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from parity.api import describe_run, explain, require_results
-    from parity.engine.golden import GoldenError, load_golden
-    from parity.engine.suite import compare_outputs, run_side, teacher_forced
-    from parity.engine.tolerances import device_class
+    from parity.api import compare_golden
+    from parity.engine.golden import load_golden
 
     _check_json_path(args)
     golden = load_golden(args.golden)
-    if golden.framework == args.framework:
-        raise GoldenError(f"{args.golden} was recorded with {golden.framework}; compare it with the other "
-                          f"framework (--framework {'ms' if golden.framework == 'torch' else 'torch'})")
+    golden.check_compared_with(args.framework)  # before the framework's slow import
     side, info = _setup_one(args.framework, args)
-    spec = golden.spec()
-    model = side.build(spec.unet)
-    side.load(model, golden.weights)
-    diffusion = side.diffusion(spec.diffusion)
-    timings: dict[str, float] = {}
-    live = run_side(side, model, diffusion, golden.tape, spec, timings)
-    genv = golden.manifest.get("environment", {})
-    if args.framework == "torch":
-        a, b = live, golden.outputs
-        tdev, mdev = args.torch_device, genv.get("mindspore_setup", {}).get("device", "CPU")
-    else:
-        a, b = golden.outputs, live
-        tdev, mdev = genv.get("torch_setup", {}).get("device", "cpu"), args.ms_device
-    one_step = None
-    if "ddpm/trajectory" in golden.outputs:
-        stepped = teacher_forced(side, model, diffusion, golden.tape, golden.outputs["ddpm/trajectory"])
-        one_step = ((stepped, b["ddpm/trajectory"], "PyTorch stepping from MindSpore's recorded states")
-                    if args.framework == "torch" else
-                    (a["ddpm/trajectory"], stepped, "MindSpore stepping from PyTorch's recorded states"))
-    device = device_class(tdev, mdev)
     env = fingerprint(info if args.framework == "torch" else None, info if args.framework == "ms" else None,
                       args.compile == "on")
-    env["golden"] = {"path": str(args.golden), "framework": golden.framework, "environment": genv}
-    from parity.engine.initial import weights_hash
-    from parity.engine.tape import tape_hash
-
-    report = Report(describe_run(spec).replace("parity.check:", "parity.check compare:"), spec.to_dict(),
-                    tape_hash(golden.tape), weights_hash(golden.weights), env, timings=timings, mode="compare")
-    report.spec["checks"] = [c for c in spec.checks if c != "settings"]  # needs both frameworks in one process
-    report.rows = compare_outputs(a, b, spec, device, one_step)
-    require_results(report)
-    if not report.passed:
-        explain(report, (a, b), golden.tape, spec, None, None, None, None, device)
-    return _finish(report, args)
+    env["golden"] = {"path": str(args.golden), "framework": golden.framework,
+                     "environment": golden.manifest.get("environment", {})}
+    return _finish(compare_golden(golden, side, env), args)
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:

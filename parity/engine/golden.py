@@ -41,6 +41,13 @@ class Golden:
     def framework(self) -> str:
         return self.manifest["framework"]
 
+    def check_compared_with(self, framework: str) -> None:
+        """``GoldenError`` unless ``framework`` is the other one (a file is compared with the framework it was
+        not recorded with)."""
+        if framework == self.framework:
+            raise GoldenError(f"the golden file was recorded with {self.framework}; compare it with the other "
+                              f"framework (--framework {'ms' if self.framework == 'torch' else 'torch'})")
+
     def spec(self) -> RunSpec:
         s = self.manifest["spec"]
         tape = dict(s["tape"])
