@@ -20,9 +20,10 @@ from ddpm_core.config import DiffusionConfig
 from ddpm_core.schedules import DDIM_COEFS, DDIMPlan
 from ddpm_torch.adapter import Adapter
 from ddpm_torch.optim import loss_and_grads, make_optimizer, make_train_step
+from parity.sides.probes import ToyModelProbes
 
 
-class TorchSide(Adapter):
+class TorchSide(ToyModelProbes, Adapter):
     loss_scale = 1.0  # the fixed loss scale of gradients and training steps (parity.precision sets it)
 
     def __init__(self, device: str = "cpu", compiled: bool = True, progress: bool = False, chunk: int = 32,
@@ -134,22 +135,6 @@ class TorchSide(Adapter):
     def toy_model() -> Callable:
         """eps(x, t) = 0.9 x + 0.001 t: no U-Net, so the diffusion math is checked alone."""
         return lambda x, t: x * 0.9 + t.to(x.dtype).reshape(-1, 1, 1, 1) * 0.001
-
-    def probe_q_sample(self, diffusion: Any, x0: np.ndarray, t: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        return self.numpy(diffusion.q_sample(x0, t, noise))
-
-    def probe_p_sample(self, diffusion: Any, x: np.ndarray, t: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        return self.numpy(diffusion.p_sample(self.toy_model(), x, t, 1, noise))
-
-    def probe_loss(self, diffusion: Any, x0: np.ndarray, t: np.ndarray, noise: np.ndarray, loss_type: str) -> np.ndarray:
-        with torch.no_grad():
-            return self.numpy(diffusion.p_losses(self.toy_model(), x0, t, noise, loss_type))
-
-    def probe_ddpm_loop(self, diffusion: Any, x: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        return np.stack(diffusion.p_sample_loop(self.toy_model(), x.shape, img=x, noise=noise))
-
-    def probe_ddim_loop(self, diffusion: Any, x: np.ndarray, steps: int, eta: float, noise: np.ndarray) -> np.ndarray:
-        return np.stack(diffusion.ddim_sample_loop(self.toy_model(), x.shape, steps, eta, img=x, noise=noise))
 
     # ------------------------------------------------------------ localisation
     def settings(self, module: nn.Module) -> tuple[str, dict[str, Any]]:
