@@ -10,10 +10,10 @@ import pytest
 from mindspore import nn
 
 from ddpm_ms.layers import ComposedGELU, ComposedGroupNorm
-from parity.side_ms import MsSide
-from parity.side_torch import TorchSide
-from parity.initial import initial_weights
-from parity.suite import CHECKS
+from parity.sides.ms import MsSide
+from parity.sides.torch import TorchSide
+from parity.engine.initial import initial_weights
+from parity.engine.suite import CHECKS
 from tests.parity.conftest import SIZE, TINY, TINY_RESNET
 
 TINY_CHECK = ["--config", TINY.to_json(), "--timesteps", "10", "--image-size", str(SIZE), "--ddim-steps", "5",
@@ -85,7 +85,7 @@ def test_harness_catches_an_unbiased_variance_in_the_composed_group_norm(monkeyp
 
 def test_check_cli_selects_composed_ops(cli_env, tmp_path):
     out = tmp_path / "report.json"
-    code = ("import sys, parity.side_ms as s; from ddpm_ms.layers import ComposedGroupNorm as G; b = s.MsSide.build\n"
+    code = ("import sys, parity.sides.ms as s; from ddpm_ms.layers import ComposedGroupNorm as G; b = s.MsSide.build\n"
             "def build(self, cfg):\n"
             "    m = b(self, cfg); assert any(isinstance(c, G) for _, c in m.cells_and_names()); print('COMPOSED'); return m\n"
             "s.MsSide.build = build\n"
