@@ -30,9 +30,14 @@ class Adapter:
     name = "ms"
     label = "MindSpore"
 
+    def __init__(self, composed_ops: bool = False):
+        self.composed_ops = composed_ops
+        """Build ``Unet(composed_ops=True)``: GELU and GroupNorm from primitive ops (faster on CPU, not
+        bit-identical to the tutorial's kernels; ddpm_torch has no counterpart, its kernels are fast)."""
+
     def build(self, cfg: UnetConfig) -> nn.Cell:
-        """``Unet(cfg)`` with this framework's seeded initialisation, in eval mode."""
-        model = Unet.from_config(cfg)
+        """``Unet(cfg, composed_ops)`` with this framework's seeded initialisation, in eval mode."""
+        model = Unet.from_config(cfg, composed_ops=self.composed_ops)
         model.set_train(False)
         return model
 
@@ -104,6 +109,6 @@ class Adapter:
         return {n.rsplit(".", 1)[-1]: snapshot(p) for n, p in cell.parameters_and_names(expand=False)}
 
 
-def load_model(state: Mapping[str, np.ndarray], cfg: UnetConfig) -> nn.Cell:
-    """``Unet(cfg)`` holding ``state`` (PyTorch names, converted strictly), in eval mode."""
-    return Adapter().load_model(state, cfg)
+def load_model(state: Mapping[str, np.ndarray], cfg: UnetConfig, composed_ops: bool = False) -> nn.Cell:
+    """``Unet(cfg, composed_ops)`` holding ``state`` (PyTorch names, converted strictly), in eval mode."""
+    return Adapter(composed_ops).load_model(state, cfg)

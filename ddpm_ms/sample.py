@@ -18,10 +18,11 @@ from ddpm_ms.diffusion import GaussianDiffusion
 
 
 def make_denoiser(state: dict[str, np.ndarray], cfg: UnetConfig, diffusion_config: DiffusionConfig, sampler: str,
-                  steps: int, eta: float, compile: str, progress: bool) -> Denoise:
+                  steps: int, eta: float, compile: str, progress: bool, composed_ops: bool = False) -> Denoise:
     """``--compile`` auto/on: every sampling step runs as one ``ms.jit`` graph (the diffusion's
-    ``compiled=True``); off: op by op (PyNative)."""
-    model = load_model(state, cfg)
+    ``compiled=True``); off: op by op (PyNative). ``composed_ops``: the U-Net's GELU and GroupNorm from
+    primitive ops (``Unet(composed_ops=True)``)."""
+    model = load_model(state, cfg, composed_ops)
     diffusion = GaussianDiffusion(diffusion_config)
     compiled = compile != "off"
 

@@ -44,7 +44,10 @@ def compiles_step(compile: str) -> bool:
 class Trainer:
     """The U-Net, its diffusion, the tutorial's ``nn.Adam`` over the per-step learning rates, and one step.
 
-    ``weights`` (PyTorch names) replaces the seeded initialisation (``ms.set_seed(seed)``)."""
+    ``weights`` (PyTorch names) replaces the seeded initialisation (``ms.set_seed(seed)``). ``composed_ops``
+    builds the U-Net with GELU and GroupNorm composed from primitive ops (``ddpm_ms.Unet(composed_ops=True)``):
+    faster on CPU, within float32 rounding of MindSpore's kernels but not bit-identical to the tutorial's model;
+    the same parameters and checkpoints either way."""
 
     framework = "ms"
     naming = "ms"
@@ -52,10 +55,10 @@ class Trainer:
 
     def __init__(self, unet_config: UnetConfig, diffusion_config: DiffusionConfig, lrs: Sequence[float],
                  seed: int = 0, weights: dict[str, np.ndarray] | None = None, compile: str = "off",
-                 world: World = World()):
+                 world: World = World(), composed_ops: bool = False):
         ms.set_seed(seed)
         self.config = unet_config
-        self.model = Unet.from_config(unet_config)
+        self.model = Unet.from_config(unet_config, composed_ops=composed_ops)
         if weights is not None:
             Adapter().load(self.model, weights)
         self.diffusion = GaussianDiffusion(diffusion_config)
@@ -118,12 +121,15 @@ class Trainer:
 
 def train_steps(unet_config: UnetConfig, diffusion_config: DiffusionConfig, weights: dict[str, np.ndarray],
                 x_starts: np.ndarray, ts: np.ndarray, noises: np.ndarray,
-                lrs: Sequence[float], compile: str = "off", world: World = World()) -> tuple[list[float], dict[str, np.ndarray]]:
+                lrs: Sequence[float], compile: str = "off", world: World = World(),
+                composed_ops: bool = False) -> tuple[list[float], dict[str, np.ndarray]]:
     """Train from ``weights`` (PyTorch names) on a given tape: step k uses ``x_starts[k]`` (in [-1, 1]),
     ``ts[k]``, ``noises[k]`` and learning rate ``lrs[k]``. Returns the loss of every step and the final
-    weights (PyTorch names, copied); ``compile`` as ``--compile``. In a data-parallel job (``world``) every rank passes
-    the whole tape and computes its slice of each batch (``train_tape.shard``); the losses are the global batch's. The same function in ddpm_torch/train.py is its parity twin."""
-    trainer = Trainer(unet_config, diffusion_config, lrs, weights=weights, compile=compile, world=world)
+    weights (PyTorch names, copied); ``compile`` as ``--compile``, ``composed_ops`` as the ``Trainer``'s. In a
+    data-parallel job (``world``) every rank passes the whole tape and computes its slice of each batch
+    (``train_tape.shard``); the losses are the global batch's. The same function in ddpm_torch/train.py is its parity twin."""
+    trainer = Trainer(unet_config, diffusion_config, lrs, weights=weights, compile=compile, world=world,
+                      composed_ops=composed_ops)
     r, n = world.rank, world.size
     losses = [trainer.step(shard(x, r, n), shard(t, r, n), shard(e, r, n)) for x, t, e in zip(x_starts, ts, noises)]
     return losses, ms_to_torch(trainer.state(), unet_config)

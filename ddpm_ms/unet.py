@@ -48,28 +48,31 @@ class Unet(nn.Cell):
         *,
         use_convnext: bool = True,
         resnet_block_groups: int = 8,
+        composed_ops: bool = False,
     ):
         super().__init__()
         cfg = UnetConfig(dim, init_dim, out_dim, tuple(dim_mults), channels, with_time_emb, convnext_mult,
                          use_convnext, resnet_block_groups)
         self.config = cfg
         self.channels = channels
+        self.composed_ops = composed_ops
 
         init_dim = cfg.resolved_init_dim
         self.init_conv = nn.Conv2d(channels, init_dim, 7, padding=3, pad_mode="pad", has_bias=True)
 
         in_out = cfg.in_out
         if use_convnext:
-            block_klass = partial(ConvNextBlock, mult=convnext_mult)
+            block_klass = partial(ConvNextBlock, mult=convnext_mult, composed_ops=composed_ops)
         else:
-            block_klass = partial(ResnetBlock, groups=resnet_block_groups)
+            block_klass = partial(ResnetBlock, groups=resnet_block_groups, composed_ops=composed_ops)
+        prenorm = partial(PreNorm, composed_ops=composed_ops)
 
         time_dim = cfg.time_dim
         if with_time_emb:
             self.time_mlp = nn.SequentialCell(
                 SinusoidalPositionEmbeddings(dim),
                 nn.Dense(dim, time_dim),
-                gelu(),
+                gelu(composed_ops),
                 nn.Dense(time_dim, time_dim),
             )
         else:
@@ -86,7 +89,7 @@ class Unet(nn.Cell):
                     [
                         block_klass(dim_in, dim_out, time_emb_dim=time_dim),
                         block_klass(dim_out, dim_out, time_emb_dim=time_dim),
-                        Residual(PreNorm(dim_out, LinearAttention(dim_out))),
+                        Residual(prenorm(dim_out, LinearAttention(dim_out))),
                         Downsample(dim_out) if not is_last else nn.Identity(),
                     ]
                 )
@@ -94,7 +97,7 @@ class Unet(nn.Cell):
 
         mid_dim = cfg.dims[-1]
         self.mid_block1 = block_klass(mid_dim, mid_dim, time_emb_dim=time_dim)
-        self.mid_attn = Residual(PreNorm(mid_dim, Attention(mid_dim)))
+        self.mid_attn = Residual(prenorm(mid_dim, Attention(mid_dim)))
         self.mid_block2 = block_klass(mid_dim, mid_dim, time_emb_dim=time_dim)
 
         for ind, (dim_in, dim_out) in enumerate(reversed(in_out[1:])):
@@ -104,7 +107,7 @@ class Unet(nn.Cell):
                     [
                         block_klass(dim_out * 2, dim_in, time_emb_dim=time_dim),
                         block_klass(dim_in, dim_in, time_emb_dim=time_dim),
-                        Residual(PreNorm(dim_in, LinearAttention(dim_in))),
+                        Residual(prenorm(dim_in, LinearAttention(dim_in))),
                         Upsample(dim_in) if not is_last else nn.Identity(),
                     ]
                 )
@@ -123,8 +126,8 @@ class Unet(nn.Cell):
             param.name = name
 
     @classmethod
-    def from_config(cls, cfg: UnetConfig) -> "Unet":
-        return cls(**cfg.to_dict())
+    def from_config(cls, cfg: UnetConfig, composed_ops: bool = False) -> "Unet":
+        return cls(**cfg.to_dict(), composed_ops=composed_ops)
 
     def construct(self, x, time=None):
         check_unet_input(self.config, x.shape, None if time is None else time.shape)

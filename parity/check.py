@@ -87,6 +87,10 @@ def _device_options(p: argparse.ArgumentParser, frameworks: Sequence[str] = FRAM
                        help="MindSpore device target (Ascend: precision mode must_keep_origin_dtype)")
     g.add_argument("--compile", choices=("on", "off"), default="on",
                    help="on: the samplers' steps as compiled graphs (MindSpore: ms.jit; default); off: op by op")
+    if "ms" in frameworks:
+        g.add_argument("--ms-composed-ops", action="store_true",
+                       help="check ddpm_ms.Unet(composed_ops=True): GELU and GroupNorm from primitive ops (faster on "
+                            "CPU, not bit-identical to the tutorial's kernels)")
     g.add_argument("--threads", type=int, default=None,
                    help="CPU threads of MindSpore (default 1), and of PyTorch with --in-process or in record/compare (default: "
                         "PyTorch's; its worker process uses 1)")
@@ -166,13 +170,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     from parity.sides.ms import MsSide
     from parity.sides.torch import TorchSide
 
-    side_t, side_m = TorchSide(args.torch_device), MsSide(args.ms_device)
+    side_t, side_m = TorchSide(args.torch_device), MsSide(args.ms_device, composed_ops=args.ms_composed_ops)
     model_t, model_m = side_t.build(cfg), side_m.build(cfg)
     side_t.load(model_t, state)
     side_m.load(model_m, state)  # through ddpm_core.weights.torch_to_ms
     env = fingerprint(torch_info, ms_info, args.compile == "on")
     env["weights_source"] = source
     env["torch_side"] = "this process" if args.in_process else "a worker process (1 thread), alongside MindSpore"
+    env["ms_composed_ops"] = args.ms_composed_ops
     report = check_models(model_t, model_m, spec=spec, compiled=args.compile == "on", progress=not args.no_progress,
                           environment=env, title=describe_run(spec), sides=(side_t, side_m),
                           worker=not args.in_process, weights=state)
@@ -212,7 +217,8 @@ def _setup_one(framework: str, args: argparse.Namespace) -> tuple[Any, dict]:
     info = env.setup_mindspore(args.ms_device, args.threads or 1)
     from parity.sides.ms import MsSide
 
-    return MsSide(args.ms_device, compiled=args.compile == "on", progress=not args.no_progress), info
+    return MsSide(args.ms_device, compiled=args.compile == "on", progress=not args.no_progress,
+                  composed_ops=args.ms_composed_ops), info
 
 
 def cmd_record(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ CONFIGS: dict[str, str] = {
     "tutorial_default_isa": "tutorial as written, oneDNN default ISA",
     "ms_pynative": "ddpm_ms PyNative",
     "ms_compiled": "ddpm_ms compiled (ms.jit)",
+    "ms_composed": "ddpm_ms compiled, composed_ops",
     "torch_eager": "ddpm_torch eager (NCHW)",
     "torch_channels_last": "ddpm_torch channels-last",
 }
@@ -95,7 +96,7 @@ def twin(name: str, cfg: UnetConfig, batch: int, size: int) -> tuple[Callable, C
     (``compiled`` on the same configurations)."""
     from ddpm_core.config import DiffusionConfig
 
-    fast = name in ("ms_compiled", "torch_channels_last")
+    fast = name in ("ms_compiled", "ms_composed", "torch_channels_last")
     if name.startswith("ms_"):
         import mindspore as ms
 
@@ -110,7 +111,7 @@ def twin(name: str, cfg: UnetConfig, batch: int, size: int) -> tuple[Callable, C
         from ddpm_torch import optim
 
         torch.manual_seed(0)
-    model = package.Unet.from_config(cfg)
+    model = package.Unet.from_config(cfg, composed_ops=True) if name == "ms_composed" else package.Unet.from_config(cfg)
     fast_path = {"channels_last": fast} if name.startswith("torch") else {"compiled": fast}
     step = optim.make_train_step(model, package.GaussianDiffusion(), optim.make_optimizer(model, lrs()), **fast_path)
     x, t, noise = inputs(batch, cfg, size)

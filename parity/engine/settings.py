@@ -82,9 +82,18 @@ def torch_settings(m: Any) -> tuple[str, dict[str, Any]]:
     return kind, _custom(m)
 
 
+def _ms_layer_name(c: Any) -> str:
+    """The name of ``c``'s class, or of the MindSpore layer it extends: ``ddpm_ms``'s ``ComposedGroupNorm`` is an
+    ``nn.GroupNorm`` computed from primitive ops, with the same settings."""
+    for cls in type(c).__mro__:
+        if cls.__module__.startswith("mindspore.nn.layer"):
+            return cls.__name__
+    return type(c).__name__
+
+
 def ms_settings(c: Any) -> tuple[str, dict[str, Any]]:
     """(kind, settings) of a MindSpore cell, in torch_settings' vocabulary."""
-    name = type(c).__name__
+    name = _ms_layer_name(c)
     kind = _MS_KINDS.get(name, name)
     if name in ("Conv2d", "Conv2dTranspose"):
         if c.pad_mode == "pad":

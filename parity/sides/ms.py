@@ -25,8 +25,10 @@ from parity.sides.probes import ToyModelProbes
 class MsSide(ToyModelProbes, Adapter):
     loss_scale = 1.0  # the fixed loss scale of gradients and training steps (parity.precision sets it)
 
-    def __init__(self, device: str = "CPU", compiled: bool = True, progress: bool = False, chunk: int = 32):
+    def __init__(self, device: str = "CPU", compiled: bool = True, progress: bool = False, chunk: int = 32,
+                 composed_ops: bool = False):
         self.device = device
+        self.composed_ops = composed_ops
         self.compiled = compiled
         self.progress = progress
         self.chunk = chunk

@@ -145,6 +145,15 @@ def test_ms_parameter_names_are_structural():
     assert names == [s.ms_name for s in unet_parameters(model.config)]
 
 
+@pytest.mark.parametrize("cfg", TABLE_CONFIGS[:3], ids=lambda c: f"{c.dim}-{c.dim_mults}-{c.use_convnext}")
+def test_ms_composed_ops_keep_every_parameter_name_and_shape(cfg):
+    """``composed_ops`` changes how GELU and GroupNorm compute, never what is stored: the same table."""
+    model = ddpm_ms.Unet.from_config(cfg, composed_ops=True)
+    assert [(p.name, tuple(p.shape)) for p in model.get_parameters()] == [(s.ms_name, s.shape) for s in unet_parameters(cfg)]
+    kinds = {type(c).__name__ for _, c in model.cells_and_names()}
+    assert "ComposedGroupNorm" in kinds and "GroupNorm" not in kinds and "GELU" not in kinds
+
+
 def test_ms_celllist_names_collide_without_the_rename(monkeypatch):
     """MindSpore names the children of a CellList appended after attachment by index alone
     (``0.0.mlp.1.weight`` in both ``downs`` and ``ups``); ``use_structural_names`` is what fixes it."""
