@@ -18,6 +18,16 @@ LAYER_NORM_EPS = 1e-5
 GROUP_NORM_EPS = 1e-5
 
 
+def gelu() -> nn.Cell:
+    """The tutorial's ``nn.GELU()``: MindSpore's default is the tanh approximation."""
+    return nn.GELU(approximate=True)
+
+
+def group_norm(groups: int, channels: int) -> nn.GroupNorm:
+    """The tutorial's ``nn.GroupNorm(groups, channels)``: eps 1e-5, affine ``gamma``/``beta``."""
+    return nn.GroupNorm(groups, channels, eps=GROUP_NORM_EPS, affine=True)
+
+
 GELU_TANH_COEF = math.sqrt(2.0 / math.pi)
 GELU_CUBIC = 0.044715
 
@@ -28,9 +38,6 @@ class ComposedGELU(nn.GELU):
     The sigmoid form, because MindSpore 2.10's CPU ``tanh`` is an approximation (1e-4 off, measured by
     scripts/ms_ops_speed.py) while its ``sigmoid`` is within 1e-6: this form stays within 1e-6 of ``ops.gelu``."""
 
-    def __init__(self):
-        super().__init__(approximate=True)
-
     def construct(self, x):
         return x * ops.sigmoid((2.0 * GELU_TANH_COEF) * (x + GELU_CUBIC * (x * x * x)))
 
@@ -39,9 +46,6 @@ class ComposedGroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` (the same ``gamma``/``beta`` parameters, eps and groups) from primitive ops: the group
     mean and the population variance as two passes whose sums are matrix products with a constant column,
     (x - mean) * rsqrt(var + eps), then the per-channel affine."""
-
-    def __init__(self, groups: int, channels: int, eps: float = GROUP_NORM_EPS):
-        super().__init__(groups, channels, eps=eps, affine=True)
 
     def construct(self, x):
         b, c, h, w = x.shape
@@ -53,18 +57,17 @@ class ComposedGroupNorm(nn.GroupNorm):
         return y * self.gamma.reshape((1, c, 1, 1)) + self.beta.reshape((1, c, 1, 1))
 
 
-def gelu(composed: bool = False) -> nn.Cell:
-    """The tutorial's ``nn.GELU()``: MindSpore's default is the tanh approximation. ``composed``: the same
-    function from primitive ops (``ComposedGELU``), faster on CPU, not bit-identical."""
-    return ComposedGELU() if composed else nn.GELU(approximate=True)
-
-
-def group_norm(groups: int, channels: int, composed: bool = False) -> nn.GroupNorm:
-    """The tutorial's ``nn.GroupNorm(groups, channels)``: eps 1e-5, affine ``gamma``/``beta``. ``composed``:
-    the same function from primitive ops (``ComposedGroupNorm``), faster on CPU, not bit-identical."""
-    if composed:
-        return ComposedGroupNorm(groups, channels, eps=GROUP_NORM_EPS)
-    return nn.GroupNorm(groups, channels, eps=GROUP_NORM_EPS, affine=True)
+def compose_ops(model: nn.Cell) -> nn.Cell:
+    """``model`` with every GELU and GroupNorm computing from primitive ops (``ComposedGELU``,
+    ``ComposedGroupNorm``): faster on CPU inside ``ms.jit`` graphs, within float32 rounding of MindSpore's
+    kernels but not bit-identical to the tutorial's model. Changed in place (each cell keeps its parameters,
+    names and settings: only the class, and so ``construct``, changes), so checkpoints are the same."""
+    for _, cell in model.cells_and_names():
+        if type(cell) is nn.GELU and cell.approximate == "tanh":  # the tanh form is the one composed
+            cell.__class__ = ComposedGELU
+        elif type(cell) is nn.GroupNorm:
+            cell.__class__ = ComposedGroupNorm
+    return model
 
 
 def rearrange(heads: int, x: Tensor) -> Tensor:
@@ -111,10 +114,10 @@ class SinusoidalPositionEmbeddings(nn.Cell):
 class Block(nn.Cell):
     """Conv -> GroupNorm -> (scale, shift) -> SiLU; the tutorial's ResNet ``Block``."""
 
-    def __init__(self, dim: int, dim_out: int, groups: int = 1, *, composed_ops: bool = False):
+    def __init__(self, dim: int, dim_out: int, groups: int = 1):
         super().__init__()
         self.proj = nn.Conv2d(dim, dim_out, 3, pad_mode="pad", padding=1, has_bias=False)
-        self.norm = group_norm(groups, dim_out, composed_ops)
+        self.norm = group_norm(groups, dim_out)
         self.act = nn.SiLU()
 
     def construct(self, x, scale_shift=None):
@@ -129,13 +132,12 @@ class Block(nn.Cell):
 class ResnetBlock(nn.Cell):
     """The ResNet alternative the tutorial offers: two ``Block``s with the time embedding added between."""
 
-    def __init__(self, dim: int, dim_out: int, *, time_emb_dim: int | None = None, groups: int = 8,
-                 composed_ops: bool = False):
+    def __init__(self, dim: int, dim_out: int, *, time_emb_dim: int | None = None, groups: int = 8):
         super().__init__()
         self.mlp = (nn.SequentialCell(nn.SiLU(), nn.Dense(time_emb_dim, dim_out))
                     if time_emb_dim is not None else None)
-        self.block1 = Block(dim, dim_out, groups=groups, composed_ops=composed_ops)
-        self.block2 = Block(dim_out, dim_out, groups=groups, composed_ops=composed_ops)
+        self.block1 = Block(dim, dim_out, groups=groups)
+        self.block2 = Block(dim_out, dim_out, groups=groups)
         self.res_conv = nn.Conv2d(dim, dim_out, 1, has_bias=False) if dim != dim_out else nn.Identity()
 
     def construct(self, x, time_emb=None):
@@ -149,17 +151,16 @@ class ResnetBlock(nn.Cell):
 class ConvNextBlock(nn.Cell):
     """The tutorial's block: depthwise 7x7, time condition added, then norm/conv/GELU/norm/conv."""
 
-    def __init__(self, dim: int, dim_out: int, *, time_emb_dim: int | None = None, mult: int = 2, norm: bool = True,
-                 composed_ops: bool = False):
+    def __init__(self, dim: int, dim_out: int, *, time_emb_dim: int | None = None, mult: int = 2, norm: bool = True):
         super().__init__()
-        self.mlp = (nn.SequentialCell(gelu(composed_ops), nn.Dense(time_emb_dim, dim))
+        self.mlp = (nn.SequentialCell(gelu(), nn.Dense(time_emb_dim, dim))
                     if time_emb_dim is not None else None)
         self.ds_conv = nn.Conv2d(dim, dim, 7, padding=3, group=dim, pad_mode="pad", has_bias=False)
         self.net = nn.SequentialCell(
-            group_norm(1, dim, composed_ops) if norm else nn.Identity(),
+            group_norm(1, dim) if norm else nn.Identity(),
             nn.Conv2d(dim, dim_out * mult, 3, padding=1, pad_mode="pad", has_bias=False),
-            gelu(composed_ops),
-            group_norm(1, dim_out * mult, composed_ops),
+            gelu(),
+            group_norm(1, dim_out * mult),
             nn.Conv2d(dim_out * mult, dim_out, 3, padding=1, pad_mode="pad", has_bias=False),
         )
         self.res_conv = nn.Conv2d(dim, dim_out, 1, has_bias=False) if dim != dim_out else nn.Identity()
@@ -236,10 +237,10 @@ class LinearAttention(nn.Cell):
 class PreNorm(nn.Cell):
     """GroupNorm(1, dim) before ``fn``."""
 
-    def __init__(self, dim: int, fn: nn.Cell, *, composed_ops: bool = False):
+    def __init__(self, dim: int, fn: nn.Cell):
         super().__init__()
         self.fn = fn
-        self.norm = group_norm(1, dim, composed_ops)
+        self.norm = group_norm(1, dim)
 
     def construct(self, x):
         return self.fn(self.norm(x))

@@ -26,6 +26,7 @@ from ddpm_ms.layers import (
     ResnetBlock,
     SinusoidalPositionEmbeddings,
     Upsample,
+    compose_ops,
     gelu,
 )
 
@@ -55,24 +56,22 @@ class Unet(nn.Cell):
                          use_convnext, resnet_block_groups)
         self.config = cfg
         self.channels = channels
-        self.composed_ops = composed_ops
 
         init_dim = cfg.resolved_init_dim
         self.init_conv = nn.Conv2d(channels, init_dim, 7, padding=3, pad_mode="pad", has_bias=True)
 
         in_out = cfg.in_out
         if use_convnext:
-            block_klass = partial(ConvNextBlock, mult=convnext_mult, composed_ops=composed_ops)
+            block_klass = partial(ConvNextBlock, mult=convnext_mult)
         else:
-            block_klass = partial(ResnetBlock, groups=resnet_block_groups, composed_ops=composed_ops)
-        prenorm = partial(PreNorm, composed_ops=composed_ops)
+            block_klass = partial(ResnetBlock, groups=resnet_block_groups)
 
         time_dim = cfg.time_dim
         if with_time_emb:
             self.time_mlp = nn.SequentialCell(
                 SinusoidalPositionEmbeddings(dim),
                 nn.Dense(dim, time_dim),
-                gelu(composed_ops),
+                gelu(),
                 nn.Dense(time_dim, time_dim),
             )
         else:
@@ -89,7 +88,7 @@ class Unet(nn.Cell):
                     [
                         block_klass(dim_in, dim_out, time_emb_dim=time_dim),
                         block_klass(dim_out, dim_out, time_emb_dim=time_dim),
-                        Residual(prenorm(dim_out, LinearAttention(dim_out))),
+                        Residual(PreNorm(dim_out, LinearAttention(dim_out))),
                         Downsample(dim_out) if not is_last else nn.Identity(),
                     ]
                 )
@@ -97,7 +96,7 @@ class Unet(nn.Cell):
 
         mid_dim = cfg.dims[-1]
         self.mid_block1 = block_klass(mid_dim, mid_dim, time_emb_dim=time_dim)
-        self.mid_attn = Residual(prenorm(mid_dim, Attention(mid_dim)))
+        self.mid_attn = Residual(PreNorm(mid_dim, Attention(mid_dim)))
         self.mid_block2 = block_klass(mid_dim, mid_dim, time_emb_dim=time_dim)
 
         for ind, (dim_in, dim_out) in enumerate(reversed(in_out[1:])):
@@ -107,7 +106,7 @@ class Unet(nn.Cell):
                     [
                         block_klass(dim_out * 2, dim_in, time_emb_dim=time_dim),
                         block_klass(dim_in, dim_in, time_emb_dim=time_dim),
-                        Residual(prenorm(dim_in, LinearAttention(dim_in))),
+                        Residual(PreNorm(dim_in, LinearAttention(dim_in))),
                         Upsample(dim_in) if not is_last else nn.Identity(),
                     ]
                 )
@@ -117,6 +116,8 @@ class Unet(nn.Cell):
             block_klass(dim, dim), nn.Conv2d(dim, cfg.resolved_out_dim, 1, has_bias=False)
         )
         self.use_structural_names()
+        if composed_ops:  # MindSpore only: GELU and GroupNorm from primitive ops (layers.compose_ops)
+            compose_ops(self)
 
     def use_structural_names(self) -> None:
         """Name every parameter by its structural path (``downs.0.0.mlp.1.weight``), as the tutorial's

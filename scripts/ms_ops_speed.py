@@ -102,14 +102,14 @@ def cases(op: str, rng: np.random.Generator) -> tuple[np.ndarray, Callable, dict
         x = rng.standard_normal((BATCH, 56, 28, 28)).astype(np.float32)
         return x, lambda a: torch.nn.functional.gelu(a, approximate="tanh"), {
             "ms native ops.gelu": (layers.gelu(), []),
-            "ms composed, sigmoid form (ComposedGELU)": (layers.gelu(composed=True), []),
+            "ms composed, sigmoid form (ComposedGELU)": (layers.ComposedGELU(approximate=True), []),
             "ms composed, tanh form": (tanh_gelu, []),
         }
     if op == "groupnorm":
         c = 56
         x = rng.standard_normal((BATCH, c, 28, 28)).astype(np.float32)
         native = layers.group_norm(1, c)
-        composed = layers.group_norm(1, c, composed=True)
+        composed = layers.ComposedGroupNorm(1, c, eps=layers.GROUP_NORM_EPS, affine=True)
         tnorm = torch.nn.GroupNorm(1, c, eps=1e-5)
         return x, tnorm, {"ms native nn.GroupNorm": (native, list(native.trainable_params())),
                           "ms composed GroupNorm": (composed, list(composed.trainable_params()))}
@@ -169,7 +169,7 @@ def time_models(repeats: int) -> None:
     """Wall and process CPU seconds per call of ``model_runs``, interleaved, medians; ratios to torch."""
     runs = model_runs(repeats + 2)
     print()
-    print(f"| model pass | implementation | wall s/call | CPU s/call | wall x torch | wall x ms kernels |")
+    print("| model pass | implementation | wall s/call | CPU s/call | wall x torch | wall x ms kernels |")
     print("|---|---|---|---|---|---|")
     for kind, impls in runs.items():
         for fn in impls.values():
@@ -216,7 +216,7 @@ def main() -> int:
           f"ms per call, median of {args.repeats}")
     hz = os.sysconf("SC_CLK_TCK")
     b0, s0, w0 = *proc_busy(), time.time()
-    print(f"| op | pass | implementation | ms/call | x torch | x ms native | max abs diff vs ms native |")
+    print("| op | pass | implementation | ms/call | x torch | x ms native | max abs diff vs ms native |")
     print("|---|---|---|---|---|---|---|")
     for op in filter(None, args.ops.split(",")):
         x, tfwd, msimpl = cases(op, rng)

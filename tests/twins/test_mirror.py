@@ -28,7 +28,34 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("adapter.py", "+def Adapter.torch_names(model)"):
         "MindSpore's parameter names differ from PyTorch's (gamma/beta); PyTorch's are the names already",
     ("adapter.py", "-def load_model(state,cfg,device)"): "the device: see Adapter.__init__",
-    ("adapter.py", "+def load_model(state,cfg)"): "the device: see Adapter.__init__",
+    ("adapter.py", "+def Adapter.__init__(composed_ops)"): "MindSpore only: composed_ops (see layers.py)",
+    ("adapter.py", "+def load_model(state,cfg,composed_ops)"): "MindSpore only: composed_ops (see layers.py)",
+    ("layers.py", "+const GELU_TANH_COEF"): "composed_ops: MindSpore's CPU GELU and GroupNorm kernels are slow (5-10x "
+                                         "PyTorch's, docs/performance.md); PyTorch's are fast, so it has no composed path",
+    ("layers.py", "+const GELU_CUBIC"): "composed_ops, see GELU_TANH_COEF",
+    ("layers.py", "+class ComposedGELU"): "composed_ops, see GELU_TANH_COEF",
+    ("layers.py", "+def ComposedGELU.forward(x)"): "composed_ops, see GELU_TANH_COEF",
+    ("layers.py", "+class ComposedGroupNorm"): "composed_ops, see GELU_TANH_COEF",
+    ("layers.py", "+def ComposedGroupNorm.forward(x)"): "composed_ops, see GELU_TANH_COEF",
+    ("layers.py", "+def compose_ops(model)"): "composed_ops, see GELU_TANH_COEF",
+    ("unet.py", "-def Unet.__init__(dim,init_dim,out_dim,dim_mults,channels,with_time_emb,convnext_mult,use_convnext,"
+                "resnet_block_groups)"): "MindSpore only: composed_ops (see layers.py)",
+    ("unet.py", "+def Unet.__init__(dim,init_dim,out_dim,dim_mults,channels,with_time_emb,convnext_mult,use_convnext,"
+                "resnet_block_groups,composed_ops)"): "MindSpore only: composed_ops (see layers.py)",
+    ("unet.py", "-def Unet.from_config(cfg)"): "MindSpore only: composed_ops (see layers.py)",
+    ("unet.py", "+def Unet.from_config(cfg,composed_ops)"): "MindSpore only: composed_ops (see layers.py)",
+    ("sample.py", "-def make_denoiser(state,cfg,diffusion_config,sampler,steps,eta,compile,progress)"):
+        "MindSpore only: composed_ops (see layers.py)",
+    ("sample.py", "+def make_denoiser(state,cfg,diffusion_config,sampler,steps,eta,compile,progress,composed_ops)"):
+        "MindSpore only: composed_ops (see layers.py)",
+    ("train.py", "-def Trainer.__init__(unet_config,diffusion_config,lrs,seed,weights,compile,world)"):
+        "MindSpore only: composed_ops (see layers.py)",
+    ("train.py", "+def Trainer.__init__(unet_config,diffusion_config,lrs,seed,weights,compile,world,composed_ops)"):
+        "MindSpore only: composed_ops (see layers.py)",
+    ("train.py", "-def train_steps(unet_config,diffusion_config,weights,x_starts,ts,noises,lrs,compile,world)"):
+        "MindSpore only: composed_ops (see layers.py)",
+    ("train.py", "+def train_steps(unet_config,diffusion_config,weights,x_starts,ts,noises,lrs,compile,world,composed_ops)"):
+        "MindSpore only: composed_ops (see layers.py)",
     ("data.py", "+const _DECODE_FAILED"): "MindSpore's dataset pipeline reports decode errors by message text",
     ("data.py", "-def load_image(path)"): "PyTorch's pipeline decodes with PIL in Python; MindSpore's in its own ops",
     ("data.py", "+class _Indices"): "MindSpore's GeneratorDataset takes a sampler object; PyTorch's DataLoader an iterable",
