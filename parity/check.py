@@ -305,4 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Every output is written and closed (atomically) and the worker has exited; the frameworks' interpreter
+    # teardown (measured 1.2 s with both loaded) does nothing this command needs.
+    os._exit(code)
