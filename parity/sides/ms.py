@@ -19,10 +19,10 @@ from ddpm_core.config import DiffusionConfig
 from ddpm_core.schedules import DDIM_COEFS, DDIMPlan
 from ddpm_ms.adapter import Adapter
 from ddpm_ms.optim import loss_and_grads, make_optimizer, make_train_step
-from parity.sides.probes import ToyModelProbes
+from parity.sides.shared import SharedCalls
 
 
-class MsSide(ToyModelProbes, Adapter):
+class MsSide(SharedCalls, Adapter):
     loss_scale = 1.0  # the fixed loss scale of gradients and training steps (parity.precision sets it)
 
     def __init__(self, device: str = "CPU", compiled: bool = True, progress: bool = False, chunk: int = 32,
@@ -82,11 +82,6 @@ class MsSide(ToyModelProbes, Adapter):
         return states
 
     # ------------------------------------------------------------ samplers
-    def ddpm(self, model: nn.Cell, diffusion: Any, x_T: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        states = diffusion.p_sample_loop(model, x_T.shape, img=x_T, noise=noise, progress=self.progress,
-                                         compiled=self.compiled)
-        return np.stack(states)
-
     def ddpm_one_step(self, model: nn.Cell, diffusion: Any, xs: np.ndarray, ts: np.ndarray,
                       noise: np.ndarray) -> np.ndarray:
         """One ``p_step`` from each given state: xs (N, B, ...), ts (N,), noise (N, B, ...) -> (N, B, ...).
@@ -111,12 +106,6 @@ class MsSide(ToyModelProbes, Adapter):
         t = self.tensor(np.full(len(x), int(plan.t[k]), np.int32))
         return self.numpy(diffusion.ddim_step(model, self.tensor(x), t, *coefs,
                                               None if noise is None else self.tensor(noise)))
-
-    def ddim(self, model: nn.Cell, diffusion: Any, x_T: np.ndarray, steps: int, eta: float,
-             noise: np.ndarray) -> np.ndarray:
-        states = diffusion.ddim_sample_loop(model, x_T.shape, steps, eta, img=x_T, noise=noise,
-                                            progress=self.progress, compiled=self.compiled)
-        return np.stack(states)
 
     # ------------------------------------------------------------ diffusion-math probes (toy model)
     @staticmethod

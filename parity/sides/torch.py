@@ -20,10 +20,10 @@ from ddpm_core.config import DiffusionConfig
 from ddpm_core.schedules import DDIM_COEFS, DDIMPlan
 from ddpm_torch.adapter import Adapter
 from ddpm_torch.optim import loss_and_grads, make_optimizer, make_train_step
-from parity.sides.probes import ToyModelProbes
+from parity.sides.shared import SharedCalls
 
 
-class TorchSide(ToyModelProbes, Adapter):
+class TorchSide(SharedCalls, Adapter):
     loss_scale = 1.0  # the fixed loss scale of gradients and training steps (parity.precision sets it)
 
     def __init__(self, device: str = "cpu", compiled: bool = True, progress: bool = False, chunk: int = 32,
@@ -94,11 +94,6 @@ class TorchSide(ToyModelProbes, Adapter):
         return states
 
     # ------------------------------------------------------------ samplers
-    def ddpm(self, model: nn.Module, diffusion: Any, x_T: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        states = diffusion.p_sample_loop(model, x_T.shape, img=x_T, noise=noise, progress=self.progress,
-                                         compiled=self.compiled)
-        return np.stack(states)
-
     def ddpm_one_step(self, model: nn.Module, diffusion: Any, xs: np.ndarray, ts: np.ndarray,
                       noise: np.ndarray) -> np.ndarray:
         """One ``p_step`` from each given state: xs (N, B, ...), ts (N,), noise (N, B, ...) -> (N, B, ...).
@@ -123,12 +118,6 @@ class TorchSide(ToyModelProbes, Adapter):
         with torch.no_grad():
             return self.numpy(diffusion.ddim_step(model, self.tensor(x), t, *coefs,
                                                   None if noise is None else self.tensor(noise)))
-
-    def ddim(self, model: nn.Module, diffusion: Any, x_T: np.ndarray, steps: int, eta: float,
-             noise: np.ndarray) -> np.ndarray:
-        states = diffusion.ddim_sample_loop(model, x_T.shape, steps, eta, img=x_T, noise=noise,
-                                            progress=self.progress, compiled=self.compiled)
-        return np.stack(states)
 
     # ------------------------------------------------------------ diffusion-math probes (toy model)
     @staticmethod
