@@ -32,7 +32,7 @@ def main() -> None:
     if data is None:  # no data given: tiny synthetic garments and a tiny model
         data, options = str(write_synthetic_fashion_mnist(tempfile.mkdtemp(prefix="fashion-"))), TINY
 
-    # 1. train in MindSpore (the U-Net forward runs as an ms.jit graph: --jit auto)
+    # 1. train in MindSpore (the whole training step runs as one ms.jit graph: --compile auto)
     run("-m", "ddpm_ms.train", "--data", data, "--out", str(out / "run"), *options)
     # (interrupted? `python -m ddpm_ms.train --resume RUN_DIR` continues from the last checkpoint)
 

@@ -69,24 +69,24 @@ def assert_same_training(a, b, start: dict[str, np.ndarray], what: str) -> None:
 def trained(ms_twin, torch_twin, make_weights):
     """(losses, weights) after 3 steps from the same seeded weights, for each twin and path."""
     weights = make_weights(SMALL)
-    return {"ms_fast": train_ms(ms_twin, weights, True), "ms_pynative": train_ms(ms_twin, weights, False),
-            "torch_fast": train_torch(torch_twin, weights, True), "torch_eager": train_torch(torch_twin, weights, False),
+    return {"ms_compiled": train_ms(ms_twin, weights, True), "ms_pynative": train_ms(ms_twin, weights, False),
+            "torch_channels_last": train_torch(torch_twin, weights, True), "torch_eager": train_torch(torch_twin, weights, False),
             "start": weights}
 
 
 def test_ms_compiled_training_step_equals_pynative(trained):
-    assert_same_training(trained["ms_fast"], trained["ms_pynative"], trained["start"], "ms compiled vs PyNative")
-    moved = max(float(np.max(np.abs(trained["ms_fast"][1][k] - trained["start"][k]))) for k in trained["start"])
+    assert_same_training(trained["ms_compiled"], trained["ms_pynative"], trained["start"], "ms compiled vs PyNative")
+    moved = max(float(np.max(np.abs(trained["ms_compiled"][1][k] - trained["start"][k]))) for k in trained["start"])
     assert moved > MOVED, "the weights must have moved, or the comparison proves nothing"
 
 
 def test_ms_compiled_training_step_matches_torch_twin(trained):
-    assert_same_training(trained["ms_fast"], trained["torch_fast"], trained["start"], "ms compiled vs torch fast")
-    assert_same_training(trained["ms_fast"], trained["torch_eager"], trained["start"], "ms compiled vs torch eager")
+    assert_same_training(trained["ms_compiled"], trained["torch_channels_last"], trained["start"], "ms compiled vs torch channels-last")
+    assert_same_training(trained["ms_compiled"], trained["torch_eager"], trained["start"], "ms compiled vs torch eager")
 
 
-def test_torch_fast_training_step_equals_eager(trained):
-    assert_same_training(trained["torch_fast"], trained["torch_eager"], trained["start"], "torch fast vs eager")
+def test_torch_channels_last_training_step_equals_eager(trained):
+    assert_same_training(trained["torch_channels_last"], trained["torch_eager"], trained["start"], "torch channels-last vs eager")
 
 
 def test_training_comparison_sees_a_wrong_learning_rate(trained, torch_twin, make_weights):

@@ -219,7 +219,7 @@ def test_same_init_weights_give_the_same_losses_in_both_twins(tmp_path, fashion_
 
 
 def test_mindspore_graph_training_matches_pynative(make_weights):
-    """MindSpore trains with its U-Net forward as an ``ms.jit`` graph by default (``--jit auto``)."""
+    """MindSpore trains with its U-Net forward as an ``ms.jit`` graph by default (``--compile auto``)."""
     from ddpm_core.config import DiffusionConfig, UnetConfig
     from ddpm_core.train_tape import tape_arrays
 
