@@ -25,15 +25,15 @@ def snapshot(x: Tensor) -> np.ndarray:
 
 
 class Adapter:
-    """``ddpm_ms`` numpy in, numpy out (MindSpore picks the device from its context)."""
+    """``ddpm_ms`` numpy in, numpy out (MindSpore picks the device from its context). ``composed_ops``
+    builds ``Unet(composed_ops=True)``: GELU and GroupNorm from primitive ops (faster on CPU, not bit-identical
+    to the tutorial's kernels; ddpm_torch has no counterpart, its kernels are fast)."""
 
     name = "ms"
     label = "MindSpore"
 
     def __init__(self, composed_ops: bool = False):
         self.composed_ops = composed_ops
-        """Build ``Unet(composed_ops=True)``: GELU and GroupNorm from primitive ops (faster on CPU, not
-        bit-identical to the tutorial's kernels; ddpm_torch has no counterpart, its kernels are fast)."""
 
     def build(self, cfg: UnetConfig) -> nn.Cell:
         """``Unet(cfg, composed_ops)`` with this framework's seeded initialisation, in eval mode."""

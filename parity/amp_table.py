@@ -94,8 +94,7 @@ def measure(cfg: UnetConfig = TUTORIAL_UNET, size: int = 28, errors: bool = True
 
     def torch_net(device: str, dtype: str) -> Any:
         side = TorchSide(device)
-        model = side.build(cfg)
-        side.load(model, weights)
+        model = side.load_model(weights, cfg)
         return torch_amp.apply_policy(model, Policy("torch", "autocast", dtype))
 
     def torch_predict(net: Any) -> np.ndarray:
@@ -111,8 +110,7 @@ def measure(cfg: UnetConfig = TUTORIAL_UNET, size: int = 28, errors: bool = True
     ms_side = MsSide()
 
     def ms_net(level: str, dtype: str) -> Any:
-        model = ms_side.build(cfg)
-        ms_side.load(model, weights)
+        model = ms_side.load_model(weights, cfg)
         return ms_amp.apply_policy(model, Policy("ms", level, dtype))
 
     for level in ("O1", "O2", "O3", "auto"):

@@ -171,9 +171,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from parity.sides.torch import TorchSide
 
     side_t, side_m = TorchSide(args.torch_device), MsSide(args.ms_device, composed_ops=args.ms_composed_ops)
-    model_t, model_m = side_t.build(cfg), side_m.build(cfg)
-    side_t.load(model_t, state)
-    side_m.load(model_m, state)  # through ddpm_core.weights.torch_to_ms
+    model_t, model_m = side_t.load_model(state, cfg), side_m.load_model(state, cfg)  # the twins' one load path
     env = fingerprint(torch_info, ms_info, args.compile == "on")
     env["weights_source"] = source
     env["torch_side"] = "this process" if args.in_process else "a worker process (1 thread), alongside MindSpore"

@@ -233,10 +233,8 @@ def cmd_precision(args: Any, cfg: Any, state: Mapping[str, np.ndarray], source: 
     from parity.sides.torch import TorchSide
 
     sides = (TorchSide(args.torch_device), MsSide(args.ms_device))
-    models = tuple(side.build(cfg) for side in sides)
-    for side, model in zip(sides, models):
-        side.load(model, dict(state))
-    env = fingerprint(torch_info, ms_info, "pynative")
+    models = tuple(side.load_model(state, cfg) for side in sides)
+    env = fingerprint(torch_info, ms_info, False)  # no sampler runs here: every MindSpore call is op by op
     env["weights_source"] = source
     policies = (Policy("torch", "autocast", dtype), Policy("ms", args.ms_amp, dtype))
     from parity.api import describe_run

@@ -27,8 +27,8 @@ class MsSide(SharedCalls, Adapter):
 
     def __init__(self, device: str = "CPU", compiled: bool = True, progress: bool = False, chunk: int = 32,
                  composed_ops: bool = False):
+        super().__init__(composed_ops)
         self.device = device
-        self.composed_ops = composed_ops
         self.compiled = compiled
         self.progress = progress
         self.chunk = chunk

@@ -33,8 +33,7 @@ def _serve(conn: Any, trajectories: Any, spec: RunSpec, weights: dict, tape_sha2
 
         setup_torch(device, threads)
         side = TorchSide(device, compiled=compiled)
-        model = side.build(spec.unet)
-        side.load(model, weights)
+        model = side.load_model(weights, spec.unet)
         tape = make_tape(spec.tape)
         if tape_hash(tape) != tape_sha256:
             raise RuntimeError("the worker's tape differs from the parent's")
