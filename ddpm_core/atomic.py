@@ -4,20 +4,33 @@ Rules it keeps:
   * every file this project writes (weights, checkpoints, logs snapshots, pictures, reports) goes through
     ``atomic_write``: a temporary file in the destination folder, flushed and fsynced, then ``os.replace``d
     into place; on any failure the temporary file is removed;
+  * a write that fails for the file system's sake (no space left, a read-only mount, no permission, a
+    quota) is one ``OutputError`` naming the destination, whatever the writer raised (PyTorch and
+    safetensors raise their own types for a full disk); any other failure keeps its type;
   * a temporary file is recognisably ours: ``.<destination name>.<host>-<pid>.<8 random>.tmp`` (MindSpore's
-    writer adds ``.ckpt`` or ``.tmp`` to it). A process killed with SIGKILL cannot remove it, so
-    ``remove_stale_temporaries`` removes those of a destination whose process on this host is gone, and
-    nothing else: a user's own ``*.tmp`` files, and those of a live process, are left alone;
+    writer adds ``.ckpt`` or ``.tmp`` to it). A process killed with SIGKILL cannot remove it, so every write
+    first removes those of its destination whose process on this host is gone (``remove_stale_temporaries``),
+    and nothing else: a user's own ``*.tmp`` files, and those of a live process, are left alone;
   * ``output_problem`` says, before any expensive work, why a path could not be written.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
+
+import numpy as np
+
+from ddpm_core.errors import OutputError, UserError
+
+FULL_BELOW = 1 << 20
+"""A writer that fails without an ``OSError`` (torch.save's RuntimeError) failed for lack of space when its
+file system has less than this free afterwards (the partial temporary file still in place)."""
 
 
 def host_tag() -> str:
@@ -50,8 +63,12 @@ def _temp_prefix(name: str) -> str:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; after the block succeeds it replaces ``path``."""
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(dest.name), suffix=".tmp", dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(dest.parent, re.escape(dest.name))
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(dest.name), suffix=".tmp", dir=dest.parent)
+    except OSError as e:
+        raise OutputError(f"cannot write {dest}: {_reason(e)}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -60,9 +77,50 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, dest)
+    except Exception as e:
+        fault = None if isinstance(e, UserError) else write_fault(e, dest.parent)
+        if fault is None:
+            raise
+        raise OutputError(f"cannot write {dest}: {fault}") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _reason(e: OSError) -> str:
+    return e.strerror or str(e) or type(e).__name__
+
+
+def free_bytes(folder: str | os.PathLike) -> int | None:
+    """The bytes this process may still write on the file system of ``folder`` (or of its nearest existing
+    parent); None if it cannot be told."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+
+
+def write_fault(e: BaseException, folder: Path) -> str | None:
+    """Why writing in ``folder`` failed, when the file system is the cause: an ``OSError`` from the system
+    (in ``e`` or what it was raised from) gives its reason; any other failure counts only when the file system
+    is now (almost) full or ``folder`` is not writable. None: not a file-system fault (a bug keeps its type)."""
+    seen: BaseException | None = e
+    for _ in range(8):  # the chain of causes, not followed around a cycle
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return _reason(seen) + (" (the disk is full)" if seen.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+        seen = seen.__cause__ or seen.__context__
+    free = free_bytes(folder)
+    if free is not None and free < FULL_BELOW:
+        return f"no space left on its file system (the writer raised {type(e).__name__})"
+    if not os.access(folder, os.W_OK):
+        return f"{folder} is not writable"
+    return None
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
@@ -74,6 +132,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
+    """``np.savez``'s file (stored members ``NAME.npy``, zip64), with the zip closed here also when a write
+    fails: ``np.savez`` leaves a failed zip to the garbage collector, whose late close prints a traceback."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        for name, array in arrays.items():
+            with z.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, names: str) -> list[Path]:

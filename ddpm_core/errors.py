@@ -38,6 +38,11 @@ class Diverged(RunError):
     """A non-finite loss or non-finite weights: the run stops at once."""
 
 
+class OutputError(UserError):
+    """An output that cannot be written: a full disk, a read-only or forbidden destination, an output that
+    would replace an input; the message names the path (``ddpm_core.atomic``, ``ddpm_core.paths``)."""
+
+
 class WeightsError(UserError, ValueError):
     """Weights that do not fit a model, or a file that cannot be read or written: ``problems`` holds
     one message per offending key; ``hint`` (optional) says what to try."""

@@ -11,6 +11,10 @@ RUN_DIR layout:
   model.{pt|ckpt}, model.safetensors    the final weights, exported through ``ddpm_core.weights``
 
 Rules it keeps:
+  * one training writes a run folder at a time: it holds the folder's lock (``fcntl.flock`` on the folder
+    itself, so nothing is added to it) from before its first check to its exit; a second ``--out`` or
+    ``--resume`` of the folder is refused in one line. A new run's folder is made to be locked, and removed
+    again if it stays empty (the run stopped before writing anything);
   * a folder is ours only if it holds run.json; a new run goes into a missing or empty folder, or (with
     ``--allow-other-files``) beside other files, never over a file named like one it writes;
   * nothing is deleted unless the run's records name it: pruning keeps the newest ``--keep`` checkpoints by
@@ -22,7 +26,9 @@ Rules it keeps:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -30,10 +36,10 @@ import re
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from ddpm_core.atomic import atomic_write, atomic_write_bytes, remove_stale_temporaries
-from ddpm_core.errors import RunError, WeightsError
+from ddpm_core.atomic import atomic_write, atomic_write_bytes, output_problem, remove_stale_temporaries
+from ddpm_core.errors import OutputError, RunError, WeightsError
 from ddpm_core.formats import verify_checksum
 
 KILL_ENV = "DDPM_KILL_AT"
@@ -91,12 +97,55 @@ class RunDir:
         self.log_file = self.path / "log.jsonl"
         self.latest_file = self.path / "latest.json"
         self._made: list[Path] = []
+        self._lock: int | None = None
+
+    # ------------------------------------------------------------ one writer at a time
+    def lock(self, new: bool) -> None:
+        """Take the folder's lock for this process (``new``: make the folder first, as a new run's; ``unlock``
+        removes it again if it stays empty). Refused (``RunError``) while another process holds it; a folder
+        that cannot be made or written in is refused (``OutputError``) before any work."""
+        self._refuse_a_file()
+        for _ in range(3):  # a folder removed and made again between our open and our lock: lock the new one
+            if new:
+                missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
+                try:
+                    self.path.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise OutputError(f"--out {self.path}: cannot make the folder ({e.strerror or e})") from None
+                self._made = missing + [p for p in self._made if p not in missing]
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                self._made = []  # the holder writes in them now
+                raise RunError(f"{self.path}: another training is writing this run folder (it holds the folder's "
+                               f"lock); wait for it to finish{', or pick another --out' if new else ''}") from None
+            if _same_inode(fd, self.path):
+                self._lock = fd
+                break
+            os.close(fd)
+        else:
+            self._made = []
+            raise RunError(f"{self.path}: the folder keeps being replaced while this training tries to lock it")
+        problem = output_problem(self.settings_file)
+        if problem:
+            self.unlock()
+            raise OutputError(f"{'--out' if new else '--resume'} {self.path}: {problem}")
+
+    def unlock(self) -> None:
+        """Release the lock; first, unless the folder holds a run, remove the folders made for it while empty."""
+        if not self.settings_file.exists():
+            self._remove_made()
+        self._made = []
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     # ------------------------------------------------------------ a new run
     def check_new(self, allow_other_files: bool = False) -> None:
         """Refuse (``RunError``) a folder a new run must not write into; change nothing."""
-        if self.path.exists() and not self.path.is_dir():
-            raise RunError(f"{self.path}: is a file, not a folder; give --out a new or empty folder")
+        self._refuse_a_file()
         if self.settings_file.exists():
             raise RunError(f"{self.path}: already holds a run; continue it with --resume {self.path}, or pick a new --out")
         if not self.path.is_dir():
@@ -113,11 +162,15 @@ class RunDir:
                            "pick a new or empty --out, or pass --allow-other-files to write the run beside them "
                            "(they are left alone)")
 
+    def _refuse_a_file(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError(f"{self.path}: is a file, not a folder; give --out a new or empty folder")
+
     def create(self, settings: dict[str, Any], config: dict[str, Any], framework: str) -> None:
         """Write a new run's settings, config and empty records; ``discard`` undoes exactly this."""
         missing = [p for p in (self.checkpoints, self.path, *self.path.parents) if not p.exists()]
         self.checkpoints.mkdir(parents=True, exist_ok=True)
-        self._made = missing  # innermost first
+        self._made = missing + [p for p in self._made if p not in missing]  # innermost first
         write_json(self.settings_file, settings)
         write_json(self.config_file, config)
         write_json(self.latest_file, {"step": 0, "checkpoint": None, "framework": framework, "checkpoints": []})
@@ -127,7 +180,13 @@ class RunDir:
         made if they are empty. Anything else stays."""
         for f in (self.settings_file, self.config_file, self.latest_file, self.log_file):
             f.unlink(missing_ok=True)
+        self._remove_made()
+
+    def _remove_made(self) -> None:
+        """The folders this object made (innermost first), while they are empty."""
         for folder in self._made:
+            if not folder.exists():
+                continue
             try:
                 folder.rmdir()
             except OSError:
@@ -252,6 +311,28 @@ class RunDir:
         write_json(self.latest_file, {**entry, "framework": framework, "checkpoints": records + [entry]})
 
     # ------------------------------------------------------------ the log
+    @contextlib.contextmanager
+    def log_writer(self) -> Iterator[Callable[[dict[str, Any]], None]]:
+        """A function that appends one JSON line to log.jsonl and flushes it; a write that fails (a full disk)
+        is one ``OutputError`` naming the log (a half-written last line is dropped by ``cut_log``)."""
+        try:
+            f = open(self.log_file, "a")
+        except OSError as e:
+            raise OutputError(f"cannot write {self.log_file}: {e.strerror or e}") from None
+
+        def write(record: dict[str, Any]) -> None:
+            try:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+            except OSError as e:
+                raise OutputError(f"cannot write {self.log_file}: {e.strerror or e}") from None
+
+        try:
+            yield write
+        finally:
+            with contextlib.suppress(OSError):  # each line was flushed; a failed one was reported
+                f.close()
+
     def cut_log(self, step: int) -> None:
         """Keep the log lines of steps before ``step`` (dropping a half-written last line), atomically."""
         if not self.log_file.exists():
@@ -269,6 +350,26 @@ class RunDir:
         if not self.log_file.exists():
             return []
         return [json.loads(line) for line in self.log_file.read_text().splitlines() if line.strip()]
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike, new: bool = False) -> Iterator[RunDir]:
+    """``RunDir(path)`` with its lock held for the block (``RunDir.lock``)."""
+    run = RunDir(path)
+    run.lock(new)
+    try:
+        yield run
+    finally:
+        run.unlock()
+
+
+def _same_inode(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the folder open as ``fd`` (it may have been removed and made again)."""
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _own_checksum_matches(path: Path) -> bool:

@@ -8,7 +8,9 @@ Rules it keeps:
   * the config comes from, in order: ``--config``, the weights file's own metadata (safetensors), a
     ``config.json`` beside the weights (a run folder's, also for ``checkpoints/*``), else the tutorial's;
     the diffusion settings likewise, and ``--timesteps``/``--schedule`` may not contradict recorded ones;
-  * the output paths are checked before any sampling, so a bad ``--out`` costs nothing.
+  * the output paths are checked before any sampling, so a bad ``--out`` costs nothing: each must be
+    writable and another file than every input (the weights, their config and manifest) and than each other
+    (``ddpm_core.paths``); the ``--npy`` file's size is known, so its free space is checked too.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core.atomic import atomic_write, output_problem
+from ddpm_core.atomic import atomic_write
 from ddpm_core.cli import noise_strip_parser, sample_parser
 from ddpm_core.config import (
     TUTORIAL_DIFFUSION,
@@ -41,6 +43,8 @@ from ddpm_core.images import (
     tile,
     to_uint8,
 )
+from ddpm_core.integrity import manifest_sidecar
+from ddpm_core.paths import check_outputs, check_space
 
 DDIM_DEFAULT_STEPS = 50
 CHUNK_BYTES = 1 << 30
@@ -93,12 +97,10 @@ def resolve(args: Any) -> Resolved:
     return Resolved(loaded.state, loaded.config, diffusion, size)
 
 
-def check_outputs(*options: tuple[str, str | None]) -> None:
-    """A ``UserError`` for the first (option, path) that could not be written (before any expensive work)."""
-    for option, path in options:
-        problem = path is not None and output_problem(path)
-        if problem:
-            raise UserError(f"{option} {path}: {problem}")
+def weights_inputs(weights: str) -> list[tuple[str, Path | str | None]]:
+    """The files ``sample`` reads beside ``--weights``: its config.json and its manifest sidecar."""
+    return [("--weights", weights), ("the config beside --weights", find_config(Path(weights))),
+            ("the manifest of --weights", manifest_sidecar(weights))]
 
 
 def chunk_size(requested: int, steps: int, shape: tuple[int, int, int]) -> int:
@@ -142,7 +144,8 @@ def sample_main(argv: Sequence[str] | None, prog: str, framework: str,
                 make_denoiser: Callable[..., Denoise]) -> int:
     """``python -m ddpm_<twin>.sample``: a grid PNG of ``--n`` samples and a GIF of the chosen ones."""
     args = sample_parser(prog).parse_args(argv)
-    check_outputs(("--out", args.out), ("--gif", args.gif))
+    check_outputs([("--out", args.out), ("--npy", args.npy), ("--gif", args.gif)],
+                  [*weights_inputs(args.weights), ("--config", args.config)])
     r = resolve(args)
     unet, diffusion = r.unet, r.diffusion
     if args.sampler == "ddpm":
@@ -159,6 +162,8 @@ def sample_main(argv: Sequence[str] | None, prog: str, framework: str,
     if args.gif and bad:
         raise UserError(f"--gif-index {','.join(map(str, bad))} outside the {args.n} samples")
     shape = (unet.channels, r.image_size, r.image_size)
+    if args.npy:
+        check_space("--npy", args.npy, args.n * int(np.prod(shape)) * 4 + 128)
     denoise = make_denoiser(r.state, unet, diffusion, args.sampler, steps, args.eta, args.compile, not args.no_progress)
     samples, gif_states = generate(denoise, args.n, args.seed, steps, shape, args.batch_size,
                                    args.gif_index if args.gif else ())
@@ -182,7 +187,7 @@ def noise_strip_main(argv: Sequence[str] | None, prog: str, framework: str, load
                      make_q_sample: Callable[[DiffusionConfig], Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]]) -> int:
     """``python -m ddpm_<twin>.noise_strip IMAGE``: the image at each ``--t``, side by side (the tutorial's figure)."""
     args = noise_strip_parser(prog).parse_args(argv)
-    check_outputs(("--out", args.out))
+    check_outputs([("--out", args.out)], [("IMAGE", args.image)])
     try:
         diffusion = DiffusionConfig(timesteps=args.timesteps, schedule=args.schedule)
     except ValueError as e:

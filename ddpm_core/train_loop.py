@@ -19,16 +19,20 @@ Rules it keeps:
     SIGKILL at that point (in a data-parallel job, only rank ``DDPM_KILL_RANK`` when that is set); the tests
     use it to interrupt runs deterministically;
   * data parallel (``torchrun`` / ``msrun``, ddpm_core/distributed.py): every rank runs this loop on its slice
-    of each global batch; rank 0 alone writes the run folder, and every rank resumes from the same checkpoint.
+    of each global batch; rank 0 alone writes the run folder, and every rank resumes from the same checkpoint;
+  * one training per run folder: rank 0 holds the folder's lock from before its first check to its exit
+    (``RunDir.lock``); the folder must be writable, must not be (or lie inside) ``--data``, and its file system
+    must have room for the checkpoints kept and the exports, all checked before the first step; a write that
+    fails later (a full disk) is one line naming the file, and the run resumes from its last checkpoint.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,7 +43,8 @@ from ddpm_core.contract import Distributed, Trainer
 from ddpm_core.datasets import DataSpec, make_stage_dir, prepare_data
 from ddpm_core.distributed import World, launched_size
 from ddpm_core.download import download_fashion_mnist
-from ddpm_core.errors import Diverged, RunError, UserError
+from ddpm_core.errors import Diverged, OutputError, RunError, UserError
+from ddpm_core.paths import check_inside, check_space
 from ddpm_core.run_folder import ResumePoint, RunDir, kill_point
 from ddpm_core.train_settings import Settings, check_settings, run_and_settings
 from ddpm_core.train_tape import (
@@ -70,8 +75,12 @@ def train_main(argv: Sequence[str] | None, prog: str, framework: str,
         World(0, launched_size()).check_batch(settings.batch_size)
     except ValueError as e:
         raise UserError(f"--batch-size: {e}") from None
+    if Path(settings.data).is_dir():
+        check_inside("--resume" if args.resume else "--out", run.path, "--data", settings.data)
     world = dist.init()
     try:
+        if world.is_main:
+            run.lock(new=not args.resume)
         return _prepare(run, settings, args, open_data, make_trainer, world, dist)
     except dist.PEER_FAILURES as e:
         if not world.distributed:
@@ -80,6 +89,7 @@ def train_main(argv: Sequence[str] | None, prog: str, framework: str,
         raise RunError(f"rank {world.rank} of {world.size}: a collective operation failed ({first}): another worker "
                        f"has stopped or is unreachable; after fixing the cause, continue with --resume {run.path}") from None
     finally:
+        run.unlock()
         dist.shutdown(world)
 
 
@@ -127,6 +137,8 @@ def _start(run: RunDir, s: Settings, data: Any, make_trainer: Callable[..., Trai
         weights = load_weights(s.init_weights, naming="torch", config=s.unet_config()).state
     trainer = make_trainer(s.unet_config(), s.diffusion_config(), lrs, seed=s.seed, weights=weights,
                            compile=s.compile, world=world)
+    if world.is_main:
+        _check_room(run, s, trainer, point, lrs)
     created = point is None and world.is_main
     if created:
         run.create(s.to_json(), {"unet": s.unet_config().to_dict(),
@@ -141,6 +153,11 @@ def _start(run: RunDir, s: Settings, data: Any, make_trainer: Callable[..., Trai
             run.discard()
             raise Diverged(f"{e}; {run.path} was removed") from None
         raise
+    except OutputError as e:
+        if created and progress["steps"] == 0:
+            run.discard()
+            raise
+        raise OutputError(f"{e}; once it can be written, continue with --resume {run.path}") from None
     except BaseException:
         if created and progress["steps"] == 0:
             run.discard()
@@ -180,15 +197,14 @@ def _train(run: RunDir, s: Settings, data: Any, trainer: Trainer, lrs: list[floa
         if end > start else np.zeros((0, s.batch_size // n), np.int64)
     bar = tqdm(total=end, initial=start, disable=s.no_progress or not world.is_main, desc=f"train[{s.framework}]",
                unit="step", dynamic_ncols=True)
-    with open(run.log_file, "a") if world.is_main else contextlib.nullcontext() as log:
+    with run.log_writer() if world.is_main else contextlib.nullcontext() as log:
         for step, images in zip(range(start, end), data.batches(indices)):
             # this rank's slice of the tape's global batch: images, flips, timesteps, noise
             draws = step_draws(s.seed, step, s.batch_size, shape, s.timesteps)
             x_start = to_model_range(apply_flips(images, shard(draws.flips, r, n)) if s.flip else images)
             loss = trainer.step(x_start, shard(draws.t, r, n), shard(draws.noise, r, n))
             if world.is_main:
-                log.write(json.dumps({"step": step, "epoch": step // spe, "loss": loss, "lr": lrs[step]}) + "\n")
-                log.flush()
+                log({"step": step, "epoch": step // spe, "loss": loss, "lr": lrs[step]})
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", epoch=step // spe, refresh=False)
             if not math.isfinite(loss):  # the global batch's loss: every rank stops here
@@ -213,6 +229,18 @@ def _train(run: RunDir, s: Settings, data: Any, trainer: Trainer, lrs: list[floa
     print(f"{s.framework}: {end} steps in {run.path}{workers} (log.jsonl, checkpoints/, model{trainer.checkpoint_ext}, "
           "model.safetensors)", file=sys.stderr)
     return 0
+
+
+def _check_room(run: RunDir, s: Settings, trainer: Trainer, point: ResumePoint | None, lrs: list[float]) -> None:
+    """Refuse, before the first step, a run whose file system cannot hold the checkpoints it keeps at once
+    (``--keep``, plus the one written before the oldest is pruned) and the two exports. A checkpoint is
+    estimated as the weights and Adam's two moments, plus the learning rates MindSpore stores."""
+    model = sum(v.nbytes for v in trainer.state().values())
+    start, end, every = point.step if point else 0, s.end_step, s.save_every
+    planned = max(0, end // every - start // every + (1 if end % every and end > start else 0))
+    checkpoint = 3 * model + 4 * len(lrs) + (1 << 16)
+    check_space("--out" if point is None else "--resume", run.path,
+                min(planned, s.keep + 1) * checkpoint + (2 * model if end > start else 0))
 
 
 def _diverged(run: RunDir, step: int, what: str) -> Diverged:

@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ddpm_core.atomic import atomic_write, remove_stale_temporaries
+from ddpm_core.atomic import atomic_write
 from ddpm_core.config import TUTORIAL_UNET, DiffusionConfig, UnetConfig
 from ddpm_core.errors import WeightsError, type_and_first_sentence
 from ddpm_core.formats import (
@@ -368,7 +368,7 @@ def save_weights(state: Mapping[str, np.ndarray], path: str | os.PathLike, namin
     (``ms.load_param_into_net`` ready), ``.safetensors`` keep ``naming`` and record it with the config
     and ``diffusion``. ``dtype`` casts (``None`` keeps the dtype). Returns what was written, in the file's
     naming. If anything fails the destination is untouched and no temporary file is left; temporary files
-    of earlier writes to ``path`` whose process was killed are removed first.
+    of earlier writes to ``path`` whose process was killed are removed first (``ddpm_core.atomic``).
     """
     path = Path(path)
     fmt = format_of(path)
@@ -378,7 +378,6 @@ def save_weights(state: Mapping[str, np.ndarray], path: str | os.PathLike, namin
     file_naming = FILE_NAMING.get(fmt, naming)
     out = cast_weights(convert(state, config, naming, file_naming), dtype)
     check_weights(out, config, file_naming)
-    remove_stale_temporaries(path.parent, re.escape(path.name))
     try:
         atomic_write(path, lambda tmp: WRITERS[fmt](tmp, out, file_naming, config, dtype, diffusion))
     except OSError as e:

@@ -89,14 +89,16 @@ class Trainer:
     def save_checkpoint(self, path: Path, meta: dict[str, Any]) -> None:
         """Model, optimizer and ``meta``, with MindSpore's CRC-32 trailer (``crc_check=True``)."""
         named = path.with_name(path.name + ".ckpt")  # ms.save_checkpoint appends .ckpt to any other name
+        partial = path.with_name(path.name + ".tmp")  # where it writes before renaming to ``named``
         try:
             ms.save_checkpoint([{"name": p.name, "data": p} for p in self._saved()], str(named),
                                append_dict={META_KEY: json.dumps(meta)}, crc_check=True)
             os.chmod(named, 0o600)  # MindSpore makes it read-only; the atomic write sets the final mode
             os.replace(named, path)
         finally:
-            if named.exists():
-                named.unlink()
+            for f in (named, partial):  # left by a failed write (a full disk)
+                if f.exists():
+                    f.unlink()
 
     def load_checkpoint(self, path: Path) -> dict[str, Any]:
         try:

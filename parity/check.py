@@ -23,7 +23,6 @@ import time
 from typing import Any, Sequence
 
 from ddpm_core.amp import MS_LEVELS
-from ddpm_core.atomic import output_problem
 from ddpm_core.config import (
     LOSS_TYPES,
     SCHEDULES,
@@ -35,6 +34,8 @@ from ddpm_core.config import (
 )
 from ddpm_core.distributed import World
 from ddpm_core.errors import EXIT_ENVIRONMENT, EXIT_USER_ERROR, EnvironmentRefused, MissingFramework, UserError, one_line
+from ddpm_core.integrity import manifest_sidecar
+from ddpm_core.paths import check_outputs
 from parity.distributed import DEFAULT_TIMEOUT_S
 from parity.env import MS_DEVICES, fingerprint, unmeasured_note
 from parity.engine.report import Report
@@ -130,11 +131,13 @@ def _spec(args: argparse.Namespace, cfg: UnetConfig, diffusion: DiffusionConfig)
                      args.ddim_eta, args.pred_timesteps, args.checks)
 
 
-def _check_json_path(args: argparse.Namespace) -> None:
-    """A bad --json path fails before the run, not after it."""
-    problem = args.json and output_problem(args.json)
-    if problem:
-        raise ValueError(f"--json {args.json}: {problem}")
+def _check_outputs(args: argparse.Namespace, *outputs: tuple[str, str | None]) -> None:
+    """Before the run, not after it: each output (--json, record's --out) writable and another file than
+    every input (--weights and its manifest, --config, compare's golden file) and than each other."""
+    weights = getattr(args, "weights", None)
+    inputs = [("--weights", weights), ("the manifest of --weights", manifest_sidecar(weights) if weights else None),
+              ("--config", getattr(args, "config", None)), ("GOLDEN", getattr(args, "golden", None))]
+    check_outputs([*outputs, ("--json", args.json)], inputs)
 
 
 def _finish(report: Report, args: argparse.Namespace) -> int:
@@ -149,7 +152,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from parity.env import setup_mindspore, setup_torch
 
     t0 = time.perf_counter()
-    _check_json_path(args)
+    _check_outputs(args)
     cfg, state, source, diffusion = _weights(args)  # structural problems first: they need no framework
     spec = _spec(args, cfg, diffusion)
     if args.workers < 1:
@@ -222,6 +225,7 @@ def _setup_one(framework: str, args: argparse.Namespace) -> tuple[Any, dict]:
 def cmd_record(args: argparse.Namespace) -> int:
     from parity.api import record_golden
 
+    _check_outputs(args, ("--out", args.out))
     cfg, state, source, diffusion = _weights(args)
     spec = _spec(args, cfg, diffusion)
     side, info = _setup_one(args.framework, args)
@@ -238,7 +242,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from parity.api import compare_golden
     from parity.engine.golden import load_golden
 
-    _check_json_path(args)
+    _check_outputs(args)
     golden = load_golden(args.golden)
     golden.check_compared_with(args.framework)  # before the framework's slow import
     side, info = _setup_one(args.framework, args)

@@ -8,6 +8,10 @@ exit with status 2, without a traceback. Notes (what was skipped, what was writt
 file was replaced) go to stderr; the manifest, when printed, is the only thing on stdout. A manifest
 written to ``DST.manifest.json`` is DST's sidecar: every later read of DST verifies it, and a conversion
 that replaces DST rewrites it. Temporary files of an earlier conversion to DST that was killed are removed.
+Before reading SRC, every output (DST, --manifest, DST's sidecar) must be writable and another file than
+every input (SRC, its sidecar, --config) and than each other, so a conversion never replaces what it reads
+(a training checkpoint converted onto itself would lose its optimizer and progress); before writing, DST's
+file system must have room for it.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from ddpm_core.atomic import atomic_write_bytes, output_problem
+from ddpm_core.atomic import atomic_write_bytes
 from ddpm_core.config import read_unet_config
 from ddpm_core.errors import EXIT_USER_ERROR, MissingFramework, UserError
 from ddpm_core.weights import (
@@ -31,6 +35,7 @@ from ddpm_core.weights import (
     save_weights,
 )
 from ddpm_core.integrity import manifest_sidecar
+from ddpm_core.paths import check_outputs, check_space, same_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,11 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     if args.dst is None and args.manifest is None:
         raise UserError("give DST to convert to, or --manifest to print the manifest")
+    manifest_out = args.manifest if args.manifest != "-" else None
+    sidecar = manifest_sidecar(args.dst) if args.dst is not None else None
+    rewritten = sidecar if sidecar is not None and sidecar.exists() else None  # a conversion to DST rewrites it
+    if rewritten is not None and manifest_out is not None and same_file(rewritten, manifest_out):
+        rewritten = None  # --manifest writes it
+    src_sidecar = manifest_sidecar(args.src)  # read (to verify SRC) when it exists
+    check_outputs([("DST", args.dst), ("--manifest", manifest_out), ("DST's sidecar manifest", rewritten)],
+                  [("SRC", args.src), ("SRC's sidecar manifest", src_sidecar if src_sidecar.exists() else None),
+                   ("--config", args.config)])
     config = read_unet_config(args.config) if args.config is not None else None
-    for option, path in (("DST", args.dst), ("--manifest", args.manifest if args.manifest != "-" else None)):
-        problem = path is not None and output_problem(path)
-        if problem:  # before the (slow) read
-            raise UserError(f"{option} {path}: {problem}")
     if args.dst is not None:
         format_of(args.dst)  # a wrong extension fails before the (slow) read
     loaded = load_weights(args.src, naming="torch", config=config)
@@ -68,15 +78,14 @@ def run(args: argparse.Namespace) -> None:
     if args.dst is not None:
         # a .safetensors destination keeps the source's naming (recorded in its metadata)
         naming = loaded.file_naming
+        check_space("DST", args.dst, sum(v.nbytes for v in state.values()) + 256 * len(state) + (1 << 16))
         replaced = Path(args.dst).exists()
         save_weights(convert(state, loaded.config, "torch", naming), args.dst, naming, loaded.config, dtype=dtype,
                      diffusion=loaded.diffusion)
         print(f"wrote {args.dst}: {len(state)} tensors, {dtype or loaded.dtype}, from {args.src} "
               f"({loaded.file_naming} naming){'; it replaced the file that was there' if replaced else ''}",
               file=sys.stderr)
-        sidecar = manifest_sidecar(args.dst)
-        written_below = args.manifest not in (None, "-") and Path(args.manifest).resolve() == sidecar.resolve()
-        if sidecar.exists() and not written_below:
+        if rewritten is not None:
             atomic_write_bytes(sidecar, text.encode())
             print(f"updated {sidecar}, the sidecar manifest of {args.dst}", file=sys.stderr)
     if args.manifest is not None:

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ddpm_core.atomic import atomic_write
+from ddpm_core.atomic import atomic_write, write_npz
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from parity.engine.initial import weights_hash
 from parity.engine.suite import RunSpec
@@ -69,11 +69,7 @@ def save_golden(path: str | Path, framework: str, spec: RunSpec, tape: Mapping[s
     arrays.update({f"init/{k}": np.asarray(v) for k, v in weights.items()})
     arrays["manifest"] = np.frombuffer(json.dumps(manifest, sort_keys=True, default=str).encode(), dtype=np.uint8)
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    atomic_write(path, write)
+    atomic_write(path, lambda tmp: write_npz(tmp, arrays))
     return manifest
 
 
