@@ -140,12 +140,12 @@ def _start(run: RunDir, s: Settings, data: Any, make_trainer: Callable[..., Trai
     if world.is_main:
         _check_room(run, s, trainer, point, lrs)
     created = point is None and world.is_main
-    if created:
-        run.create(s.to_json(), {"unet": s.unet_config().to_dict(),
-                                 "diffusion": dataclasses.asdict(s.diffusion_config()),
-                                 "image_size": s.image_size}, s.framework)
     progress = {"steps": 0}
     try:
+        if created:
+            run.create(s.to_json(), {"unet": s.unet_config().to_dict(),
+                                     "diffusion": dataclasses.asdict(s.diffusion_config()),
+                                     "image_size": s.image_size}, s.framework)
         start = _restore(run, trainer, point, s, world) if point is not None else 0
         return _train(run, s, data, trainer, lrs, start, world, progress)
     except Diverged as e:
@@ -239,8 +239,7 @@ def _check_room(run: RunDir, s: Settings, trainer: Trainer, point: ResumePoint |
     start, end, every = point.step if point else 0, s.end_step, s.save_every
     planned = max(0, end // every - start // every + (1 if end % every and end > start else 0))
     checkpoint = 3 * model + 4 * len(lrs) + (1 << 16)
-    check_space("--out" if point is None else "--resume", run.path,
-                min(planned, s.keep + 1) * checkpoint + (2 * model if end > start else 0))
+    check_space("--out" if point is None else "--resume", run.path, min(planned, s.keep + 1) * checkpoint + 2 * model)
 
 
 def _diverged(run: RunDir, step: int, what: str) -> Diverged:
