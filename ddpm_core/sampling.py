@@ -8,7 +8,8 @@ Rules it keeps:
   * the config comes from, in order: ``--config``, the weights file's own metadata (safetensors), a
     ``config.json`` beside the weights (a run folder's, also for ``checkpoints/*``), else the tutorial's;
     the diffusion settings likewise, and ``--timesteps``/``--schedule`` may not contradict recorded ones;
-  * the output paths are checked before any sampling, so a bad ``--out`` costs nothing.
+  * the output paths are checked before any sampling, so a bad ``--out`` costs nothing; then ``--device``
+    (the twin's ``device.resolve_device``: a missing device is one line, exit 3), before any weights are read.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from ddpm_core.config import (
     read_config,
     resolve_diffusion,
 )
+from ddpm_core.contract import Devices
 from ddpm_core.datasets import check_image_files
 from ddpm_core.errors import DataError, UserError
 from ddpm_core.images import (
@@ -139,10 +141,12 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
 
 
 def sample_main(argv: Sequence[str] | None, prog: str, framework: str,
-                make_denoiser: Callable[..., Denoise]) -> int:
-    """``python -m ddpm_<twin>.sample``: a grid PNG of ``--n`` samples and a GIF of the chosen ones."""
+                make_denoiser: Callable[..., Denoise], devices: Devices) -> int:
+    """``python -m ddpm_<twin>.sample``: a grid PNG of ``--n`` samples and a GIF of the chosen ones, on
+    ``--device`` (``devices``: the twin's ``device`` module)."""
     args = sample_parser(prog).parse_args(argv)
     check_outputs(("--out", args.out), ("--gif", args.gif))
+    device = devices.resolve_device(args.device)
     r = resolve(args)
     unet, diffusion = r.unet, r.diffusion
     if args.sampler == "ddpm":
@@ -159,7 +163,8 @@ def sample_main(argv: Sequence[str] | None, prog: str, framework: str,
     if args.gif and bad:
         raise UserError(f"--gif-index {','.join(map(str, bad))} outside the {args.n} samples")
     shape = (unet.channels, r.image_size, r.image_size)
-    denoise = make_denoiser(r.state, unet, diffusion, args.sampler, steps, args.eta, args.compile, not args.no_progress)
+    denoise = make_denoiser(r.state, unet, diffusion, args.sampler, steps, args.eta, args.compile, not args.no_progress,
+                            device)
     samples, gif_states = generate(denoise, args.n, args.seed, steps, shape, args.batch_size,
                                    args.gif_index if args.gif else ())
     save_grid(args.out, samples, args.scale)
@@ -179,10 +184,13 @@ LoadImage = Callable[[str, int], np.ndarray]
 
 
 def noise_strip_main(argv: Sequence[str] | None, prog: str, framework: str, load_image: LoadImage,
-                     make_q_sample: Callable[[DiffusionConfig], Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]]) -> int:
-    """``python -m ddpm_<twin>.noise_strip IMAGE``: the image at each ``--t``, side by side (the tutorial's figure)."""
+                     make_q_sample: Callable[[DiffusionConfig, str], Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]],
+                     devices: Devices) -> int:
+    """``python -m ddpm_<twin>.noise_strip IMAGE``: the image at each ``--t``, side by side (the tutorial's figure),
+    computed on ``--device``."""
     args = noise_strip_parser(prog).parse_args(argv)
     check_outputs(("--out", args.out))
+    device = devices.resolve_device(args.device)
     try:
         diffusion = DiffusionConfig(timesteps=args.timesteps, schedule=args.schedule)
     except ValueError as e:
@@ -196,7 +204,7 @@ def noise_strip_main(argv: Sequence[str] | None, prog: str, framework: str, load
     check_image_files([str(path)])
     x01 = load_image(str(path), args.image_size)
     x_start = (x01 * 2 - 1).astype(np.float32)[None]
-    q_sample = make_q_sample(diffusion)
+    q_sample = make_q_sample(diffusion, device)
     noisy = [q_sample(x_start, np.array([t], np.int32), strip_noise(args.seed, k, x_start.shape[1:]))[0]
              for k, t in enumerate(args.t)]
     save_png(args.out, tile(to_uint8(np.stack(noisy)), len(noisy), args.scale))
