@@ -8,8 +8,8 @@ Rules it keeps:
     ``torch.cuda.set_device``; on CUDA, TF32 is switched off (float32 means float32: TF32 rounds
     convolutions 500x worse, docs/training.md);
   * ``check_precision`` refuses (exit 3) a precision the device cannot run: every one on the CPU
-    (``torch.autocast("cpu")`` runs float16 and bfloat16), bfloat16 on CUDA only where
-    ``torch.cuda.is_bf16_supported()``;
+    (``torch.autocast("cpu")`` runs float16 and bfloat16), bfloat16 on CUDA only where the GPU has it natively
+    (``torch.cuda.is_bf16_supported(including_emulation=False)``: compute capability 8.0 or newer);
   * ``use_deterministic`` switches PyTorch's deterministic algorithms and cuDNN's deterministic kernels on or
     off; ``CUBLAS_WORKSPACE_CONFIG`` (ddpm_core.environment) is set first, before any cuBLAS handle exists;
   * ``on_cpu`` copies a checkpoint's tensors to the CPU, so no saved file names a device.
@@ -56,9 +56,9 @@ def resolve_device(name: str | None) -> str:
 def check_precision(device: str, precision: str) -> Policy:
     """The ``ddpm_torch.amp`` policy of ``--precision`` on ``device`` (``torch.autocast`` in bfloat16 or float16;
     fp32: none). ``EnvironmentRefused`` where the device cannot run it."""
-    if precision == "bf16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
-        raise EnvironmentRefused(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support in "
-                                 f"PyTorch {torch.__version__}; use --precision fp16 or fp32")
+    if precision == "bf16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise EnvironmentRefused(f"--precision bf16: {torch.cuda.get_device_name(device)} has no native bfloat16 "
+                                 "(compute capability below 8.0); use --precision fp16 or fp32")
     return train_policy("torch", precision)
 
 

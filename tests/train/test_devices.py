@@ -299,9 +299,9 @@ def test_a_cuda_job_joins_with_nccl_and_a_cpu_job_with_gloo(monkeypatch):
 def test_bfloat16_is_refused_on_a_gpu_without_it(monkeypatch):
     from ddpm_torch.device import check_precision
 
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Tesla V100")
-    with pytest.raises(EnvironmentRefused, match="Tesla V100 has no bfloat16"):
+    with pytest.raises(EnvironmentRefused, match="Tesla V100 has no native bfloat16"):
         check_precision("cuda:0", "bf16")
     assert check_precision("cuda:0", "fp16").dtype == "float16" and check_precision("cpu", "bf16").dtype == "bfloat16"
 
