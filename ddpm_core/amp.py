@@ -4,7 +4,9 @@ Rule: a policy is named the way its framework names it, and each twin's ``amp`` 
 (``ddpm_torch/amp.py``, ``ddpm_ms/amp.py``) is the only code that turns the name into framework calls.
 PyTorch: ``torch.autocast`` in float16 or bfloat16 on the model's device (``fp32``: none). MindSpore:
 ``mindspore.amp.auto_mixed_precision`` at level O1, O2, O3 or "auto" (``O0``: none), in float16 or bfloat16.
-``DTYPES`` names a policy's low-precision dtype the same way in both twins.
+``DTYPES`` names a policy's low-precision dtype the same way in both twins. Training's ``--precision``
+(``train_policy``) uses the matched pair measured in docs/porting.md: ``torch.autocast`` and MindSpore's
+"auto" level, each with float32 weights, float16 with the fixed loss scale ``DEFAULT_LOSS_SCALE``.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ TORCH_POLICIES = ("fp32", "autocast")
 MS_LEVELS = ("O0", "O1", "O2", "O3", "auto")
 DEFAULT_LOSS_SCALE = 1024.0
 """The fixed loss scale of the float16 training steps in both twins (docs/harness.md, "Loss scaling")."""
+TRAIN_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+"""``--precision`` -> the low-precision dtype of its policy (fp32: none)."""
 
 
 @dataclass(frozen=True)
@@ -58,3 +62,19 @@ class DtypeRecord:
     kind: str
     inputs: tuple[str, ...]
     output: str
+
+
+def train_policy(framework: str, precision: str) -> Policy:
+    """The policy of training's ``--precision`` (``ddpm_core.devices.PRECISIONS``) in ``framework`` ("torch":
+    ``torch.autocast``; "ms": amp level "auto"; fp32: full precision)."""
+    if precision == "fp32":
+        return Policy(framework, "fp32" if framework == "torch" else "O0")
+    if precision not in TRAIN_DTYPES:
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    return Policy(framework, "autocast" if framework == "torch" else "auto", TRAIN_DTYPES[precision])
+
+
+def train_loss_scale(precision: str) -> float:
+    """The fixed loss scale of a training step at ``precision``: ``DEFAULT_LOSS_SCALE`` for fp16 (float16's
+    range would flush small gradients to zero), 1 for bf16 (float32's range) and fp32."""
+    return DEFAULT_LOSS_SCALE if precision == "fp16" else 1.0

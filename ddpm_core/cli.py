@@ -10,7 +10,15 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from ddpm_core.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, MissingFramework, UserError
+from ddpm_core.devices import DEVICE_HELP, PRECISIONS
+from ddpm_core.errors import (
+    EXIT_ENVIRONMENT,
+    EXIT_INTERRUPTED,
+    EXIT_USER_ERROR,
+    EnvironmentRefused,
+    MissingFramework,
+    UserError,
+)
 
 COMPILE_CHOICES = ("auto", "on", "off")
 COMPILE_HELP = ("the compiled path. MindSpore: 'auto' and 'on' run each training step (forward, loss, gradients, "
@@ -21,13 +29,17 @@ COMPILE_HELP = ("the compiled path. MindSpore: 'auto' and 'on' run each training
 
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Call ``main(argv)``; a ``UserError`` (data, run folder and weights errors among them) or a framework
-    that is not installed becomes ``error: <message>`` on stderr and ``EXIT_USER_ERROR``, without a
-    traceback. Anything else is a bug and keeps its traceback."""
+    that is not installed becomes ``error: <message>`` on stderr and ``EXIT_USER_ERROR``, a missing device
+    (``EnvironmentRefused``) the same with ``EXIT_ENVIRONMENT``, without a traceback. Anything else is a bug
+    and keeps its traceback."""
     try:
         return int(main(argv) or 0)
     except (UserError, MissingFramework) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except EnvironmentRefused as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -129,6 +141,15 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
                    help="seeds the initial weights and the per-step tape (batches, flips, t, noise)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--compile", choices=COMPILE_CHOICES, default="auto", help=COMPILE_HELP)
+    g = p.add_argument_group("device and numerics")
+    g.add_argument("--device", default=None, help=DEVICE_HELP + "; --resume may change it")
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (default), or mixed precision with float32 weights: bf16 (bfloat16 activations) or fp16 "
+                        "(float16 activations, a fixed loss scale of 1024); where the device supports it (docs/training.md)")
+    g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
+                   help="deterministic kernels (PyTorch: torch.use_deterministic_algorithms, cuDNN's deterministic "
+                        "kernels, CUBLAS_WORKSPACE_CONFIG; MindSpore: set_deterministic), so that --resume continues "
+                        "bit for bit on a GPU too; --no-deterministic trades that for speed (1.19x per step on an H200)")
     g = p.add_argument_group("optimizer")
     g.add_argument("--batch-size", type=positive_int, default=16, help="global batch size (tutorial: 16)")
     g.add_argument("--lr", type=float, default=1e-4, help="max_lr of nn.cosine_decay_lr (tutorial: 1e-4)")
@@ -179,6 +200,7 @@ def sample_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--scale", type=positive_int, default=2, help="pixel scale of the pictures")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--compile", choices=COMPILE_CHOICES, default="auto", help=COMPILE_HELP)
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     _diffusion_options(p, required_defaults=False)
     return p
 
@@ -191,5 +213,6 @@ def noise_strip_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--t", type=int_list, default=(0, 50, 100, 150, 199), help="timesteps shown (tutorial: 0,50,100,150,199)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--scale", type=positive_int, default=1)
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     _diffusion_options(p, required_defaults=True)
     return p

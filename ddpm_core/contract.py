@@ -155,6 +155,14 @@ class Trainer(Protocol):
     def load_checkpoint(self, path: Path) -> dict[str, Any]: ...
 
 
+class Devices(Protocol):
+    """Each twin's ``device`` module: where a command runs and in which numerics (ddpm_core.devices names them)."""
+
+    def resolve_device(self, name: str | None) -> str: ...
+    def check_precision(self, device: str, precision: str) -> Any: ...
+    def use_deterministic(self, on: bool) -> dict[str, Any]: ...
+
+
 class Distributed(Protocol):
     """Each twin's ``distributed`` module, as the training loop uses it (``World`` from ddpm_core.distributed)."""
 

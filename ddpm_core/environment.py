@@ -11,6 +11,10 @@ Rules:
     other, so one more thread than free cores costs 3-13x (docs/training.md, "Threads";
     scripts/thread_defaults.py). MindSpore's own pool is left as it is: it measured no better with 1 thread.
   * ``use_threads`` applies a count to one framework; it imports that framework, and only then.
+  * ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (``pin_cublas_workspace``) is set, unless already set, when a twin
+    switches PyTorch's deterministic mode on (``ddpm_torch.device.use_deterministic``): cuBLAS reads it when
+    a process creates its first handle, so it must come before any CUDA matrix product; without it
+    ``torch.use_deterministic_algorithms(True)`` refuses CUDA matrix products.
   * ``child_env`` is the one place a child's environment is built: the ISA pin, quiet MindSpore logs, this
     interpreter first on ``PATH`` (msrun runs ``python``), the repository on ``PYTHONPATH``, the thread
     count, the collective timeout.
@@ -29,12 +33,20 @@ from ddpm_core.distributed import TIMEOUT_ENV
 ISA_VARIABLE = "ONEDNN_MAX_CPU_ISA"
 ISA = "AVX2"
 THREADS_VARIABLE = "OMP_NUM_THREADS"
+CUBLAS_VARIABLE = "CUBLAS_WORKSPACE_CONFIG"
+CUBLAS_DETERMINISTIC = ":4096:8"
 
 
 def pin_isa(environ: MutableMapping[str, str] = os.environ) -> None:
     """``ONEDNN_MAX_CPU_ISA=AVX2`` in ``environ`` unless it is already set (the user's value wins). Call it
     before MindSpore's first CPU kernel: oneDNN reads the variable once."""
     environ.setdefault(ISA_VARIABLE, ISA)
+
+
+def pin_cublas_workspace(environ: MutableMapping[str, str] = os.environ) -> None:
+    """``CUBLAS_WORKSPACE_CONFIG=:4096:8`` in ``environ`` unless it is already set (":16:8" is the user's other
+    deterministic choice): the workspace cuBLAS needs to give bit-identical matrix products run to run."""
+    environ.setdefault(CUBLAS_VARIABLE, CUBLAS_DETERMINISTIC)
 
 
 def cores() -> int:

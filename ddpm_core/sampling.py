@@ -10,7 +10,9 @@ Rules it keeps:
     the diffusion settings likewise, and ``--timesteps``/``--schedule`` may not contradict recorded ones;
   * the output paths are checked before any sampling, so a bad ``--out`` costs nothing: each must be
     writable and another file than every input (the weights, their config and manifest) and than each other
-    (``ddpm_core.paths``); the ``--npy`` file's size is known, so its free space is checked too.
+    (``ddpm_core.paths``); the ``--npy`` file's size is known, so its free space is checked too; then
+    ``--device`` (the twin's ``device.resolve_device``: a missing device is one line, exit 3), before any
+    weights are read.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from ddpm_core.config import (
     read_config,
     resolve_diffusion,
 )
+from ddpm_core.contract import Devices
 from ddpm_core.datasets import check_image_files
 from ddpm_core.errors import DataError, UserError
 from ddpm_core.images import (
@@ -141,11 +144,13 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
 
 
 def sample_main(argv: Sequence[str] | None, prog: str, framework: str,
-                make_denoiser: Callable[..., Denoise]) -> int:
-    """``python -m ddpm_<twin>.sample``: a grid PNG of ``--n`` samples and a GIF of the chosen ones."""
+                make_denoiser: Callable[..., Denoise], devices: Devices) -> int:
+    """``python -m ddpm_<twin>.sample``: a grid PNG of ``--n`` samples and a GIF of the chosen ones, on
+    ``--device`` (``devices``: the twin's ``device`` module)."""
     args = sample_parser(prog).parse_args(argv)
     check_outputs([("--out", args.out), ("--npy", args.npy), ("--gif", args.gif)],
                   [*weights_inputs(args.weights), ("--config", args.config)])
+    device = devices.resolve_device(args.device)
     r = resolve(args)
     unet, diffusion = r.unet, r.diffusion
     if args.sampler == "ddpm":
@@ -164,7 +169,8 @@ def sample_main(argv: Sequence[str] | None, prog: str, framework: str,
     shape = (unet.channels, r.image_size, r.image_size)
     if args.npy:
         check_space("--npy", args.npy, args.n * int(np.prod(shape)) * 4 + 128)
-    denoise = make_denoiser(r.state, unet, diffusion, args.sampler, steps, args.eta, args.compile, not args.no_progress)
+    denoise = make_denoiser(r.state, unet, diffusion, args.sampler, steps, args.eta, args.compile, not args.no_progress,
+                            device)
     samples, gif_states = generate(denoise, args.n, args.seed, steps, shape, args.batch_size,
                                    args.gif_index if args.gif else ())
     save_grid(args.out, samples, args.scale)
@@ -184,10 +190,13 @@ LoadImage = Callable[[str, int], np.ndarray]
 
 
 def noise_strip_main(argv: Sequence[str] | None, prog: str, framework: str, load_image: LoadImage,
-                     make_q_sample: Callable[[DiffusionConfig], Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]]) -> int:
-    """``python -m ddpm_<twin>.noise_strip IMAGE``: the image at each ``--t``, side by side (the tutorial's figure)."""
+                     make_q_sample: Callable[[DiffusionConfig, str], Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]],
+                     devices: Devices) -> int:
+    """``python -m ddpm_<twin>.noise_strip IMAGE``: the image at each ``--t``, side by side (the tutorial's figure),
+    computed on ``--device``."""
     args = noise_strip_parser(prog).parse_args(argv)
     check_outputs([("--out", args.out)], [("IMAGE", args.image)])
+    device = devices.resolve_device(args.device)
     try:
         diffusion = DiffusionConfig(timesteps=args.timesteps, schedule=args.schedule)
     except ValueError as e:
@@ -201,7 +210,7 @@ def noise_strip_main(argv: Sequence[str] | None, prog: str, framework: str, load
     check_image_files([str(path)])
     x01 = load_image(str(path), args.image_size)
     x_start = (x01 * 2 - 1).astype(np.float32)[None]
-    q_sample = make_q_sample(diffusion)
+    q_sample = make_q_sample(diffusion, device)
     noisy = [q_sample(x_start, np.array([t], np.int32), strip_noise(args.seed, k, x_start.shape[1:]))[0]
              for k, t in enumerate(args.t)]
     save_png(args.out, tile(to_uint8(np.stack(noisy)), len(noisy), args.scale))

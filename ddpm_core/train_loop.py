@@ -24,6 +24,9 @@ Rules it keeps:
     (``RunDir.lock``); the folder must be writable, must not be (or lie inside) ``--data``, and its file system
     must have room for the checkpoints kept and the exports, all checked before the first step; a write that
     fails later (a full disk) is one line naming the file, and the run resumes from its last checkpoint.
+  * the device (``--device``) and the precision are checked by the twin's ``device`` module before anything
+    else: a device that is not there, or cannot run ``--precision``, stops the command with one line and
+    exit status 3, and no folder is created.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ import numpy as np
 
 from ddpm_core.cli import train_parser
 from ddpm_core.config import DiffusionConfig, UnetConfig
-from ddpm_core.contract import Distributed, Trainer
+from ddpm_core.contract import Devices, Distributed, Trainer
 from ddpm_core.datasets import DataSpec, make_stage_dir, prepare_data
 from ddpm_core.distributed import World, launched_size
 from ddpm_core.download import download_fashion_mnist
@@ -63,25 +66,28 @@ CHECKPOINT_VERSION = 1
 
 def train_main(argv: Sequence[str] | None, prog: str, framework: str,
                open_data: Callable[[DataSpec, int], Any], make_trainer: Callable[..., Trainer],
-               dist: Distributed) -> int:
+               dist: Distributed, devices: Devices) -> int:
     """``python -m ddpm_<twin>.train``: parse, prepare the data, build or restore the trainer, run the loop.
     ``dist`` is the twin's ``distributed`` module (``init``, ``barrier``, ``shutdown``, ``PEER_FAILURES``):
-    under ``torchrun`` / ``msrun`` this process is one rank of a data-parallel job."""
+    under ``torchrun`` / ``msrun`` this process is one rank of a data-parallel job. ``devices`` is the twin's
+    ``device`` module: ``--device`` and ``--precision`` are checked before anything is written."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = train_parser(prog)
     args = parser.parse_args(argv)
+    device = devices.resolve_device(args.device)
     run, settings = run_and_settings(parser, argv, args, framework)
+    devices.check_precision(device, settings.precision)
     try:  # before joining: every process of the job (msrun's scheduler too) stops here at once
         World(0, launched_size()).check_batch(settings.batch_size)
     except ValueError as e:
         raise UserError(f"--batch-size: {e}") from None
     if Path(settings.data).is_dir():
         check_inside("--resume" if args.resume else "--out", run.path, "--data", settings.data)
-    world = dist.init()
+    world = dist.init(device)
     try:
         if world.is_main:
             run.lock(new=not args.resume)
-        return _prepare(run, settings, args, open_data, make_trainer, world, dist)
+        return _prepare(run, settings, args, open_data, make_trainer, world, dist, device)
     except dist.PEER_FAILURES as e:
         if not world.distributed:
             raise
@@ -94,7 +100,7 @@ def train_main(argv: Sequence[str] | None, prog: str, framework: str,
 
 
 def _prepare(run: RunDir, settings: Settings, args: Any, open_data: Callable[[DataSpec, int], Any],
-             make_trainer: Callable[..., Trainer], world: World, dist: Distributed) -> int:
+             make_trainer: Callable[..., Trainer], world: World, dist: Distributed, device: str) -> int:
     """The data (downloaded once per job, staged, checked against a resumed run), the settings completed
     with its facts and checked, the folder checked (a new run) or its resume point found; then ``_start``."""
     if args.download:
@@ -122,13 +128,15 @@ def _prepare(run: RunDir, settings: Settings, args: Any, open_data: Callable[[Da
         dist.barrier(world)
         data = open_data(spec, settings.workers)
         point = run.resume_point(make_trainer.checkpoint_ext, args.from_step) if args.resume else None
-        return _start(run, settings, data, make_trainer, world, point)
+        return _start(run, settings, data, make_trainer, world, point,
+                      {"device": device, "deterministic": args.deterministic})
 
 
 def _start(run: RunDir, s: Settings, data: Any, make_trainer: Callable[..., Trainer], world: World,
-           point: ResumePoint | None) -> int:
-    """Build the trainer; for a new run (``point`` None) only then write the folder, and remove it again if
-    the run stops before completing a step; for a resumed one, restore ``point``. Then train."""
+           point: ResumePoint | None, placement: dict[str, Any]) -> int:
+    """Build the trainer (on ``placement``'s device, deterministic or not); for a new run (``point`` None) only
+    then write the folder, and remove it again if the run stops before completing a step; for a resumed one,
+    restore ``point``. Then train."""
     lrs = s.learning_rates()
     weights = None
     if s.init_weights and (point is None or point.checkpoint is None):  # a checkpoint replaces them
@@ -136,7 +144,7 @@ def _start(run: RunDir, s: Settings, data: Any, make_trainer: Callable[..., Trai
 
         weights = load_weights(s.init_weights, naming="torch", config=s.unet_config()).state
     trainer = make_trainer(s.unet_config(), s.diffusion_config(), lrs, seed=s.seed, weights=weights,
-                           compile=s.compile, world=world)
+                           compile=s.compile, world=world, precision=s.precision, **placement)
     if world.is_main:
         _check_room(run, s, trainer, point, lrs)
     created = point is None and world.is_main
@@ -172,8 +180,9 @@ def _restore(run: RunDir, trainer: Trainer, point: ResumePoint, s: Settings, wor
             raise RunError(f"{point.checkpoint}: holds step {meta['step']}, not {point.step}")
         if meta["tape"] != {"version": TAPE_VERSION, "seed": s.seed, "next_step": point.step}:
             raise RunError(f"{point.checkpoint}: its tape {meta['tape']} does not continue this run")
-        if trainer.lr_position() != point.step:
-            raise RunError(f"{point.checkpoint}: the optimizer is at step {trainer.lr_position()}, not {point.step}")
+        if trainer.lr_position() != meta["lr_position"]:  # behind the step where a float16 step was skipped
+            raise RunError(f"{point.checkpoint}: the optimizer is at step {trainer.lr_position()}, not "
+                           f"{meta['lr_position']}")
         if meta.get("numerics") != trainer.numerics():
             print(f"warning: the run began with {meta.get('numerics')} and continues with {trainer.numerics()}; "
                   "the losses may differ from an uninterrupted run in the last bits", file=sys.stderr)

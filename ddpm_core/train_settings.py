@@ -7,7 +7,10 @@ Rules it keeps:
     in run.json as it is;
   * ``--resume`` keeps the stored settings: an option given again must agree with them, except those in
     ``RESUME_OVERRIDABLE``, which do not move the loss curve;
-  * a bad combination is one ``UserError`` (``RunError`` for the run folder) naming the options.
+  * a bad combination is one ``UserError`` (``RunError`` for the run folder) naming the options;
+  * ``--device`` and ``--deterministic`` are not settings: they say where and how exactly each step is
+    computed, not what it computes, so a run started on a GPU continues on the CPU and the reverse (each
+    checkpoint records them with the numerics, and ``--resume`` warns when they changed).
 """
 from __future__ import annotations
 
@@ -60,6 +63,7 @@ class Settings:
     examples: int = 0
     tape_version: int = TAPE_VERSION
     flip: bool = True
+    precision: str = "fp32"
 
     def unet_config(self) -> UnetConfig:
         return UnetConfig(dim=self.dim, channels=self.channels, dim_mults=tuple(self.dim_mults))
@@ -131,6 +135,7 @@ def _resume_settings(parser: argparse.ArgumentParser, argv: Sequence[str], args:
     stored = read_json(run.settings_file)
     if "jit" in stored:  # run folders written before the option was named --compile
         stored["compile"] = stored.pop("jit")
+    stored.setdefault("precision", "fp32")  # run folders written before --precision trained in float32
     if stored.get("framework") != framework:
         raise RunError(f"{run.path}: was trained with {stored.get('framework')}; resume it with "
                        f"python -m ddpm_{stored.get('framework')}.train")

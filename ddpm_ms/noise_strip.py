@@ -16,6 +16,7 @@ from ddpm_core.cli import run_main
 from ddpm_core.config import DiffusionConfig
 from ddpm_core.datasets import DataError
 from ddpm_core.sampling import noise_strip_main
+from ddpm_ms import device as devices
 from ddpm_ms.diffusion import GaussianDiffusion
 
 
@@ -30,14 +31,17 @@ def load_image(path: str, size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.float32)
 
 
-def make_q_sample(config: DiffusionConfig) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+def make_q_sample(config: DiffusionConfig, device: str = "CPU") -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    """``q_sample`` on ``device`` (MindSpore's device target, for the whole process: ``device.resolve_device``),
+    numpy in and out."""
+    devices.resolve_device(device)
     diffusion = GaussianDiffusion(config)
     return lambda x, t, noise: diffusion.q_sample(x, t, noise).asnumpy().copy()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_main(lambda a: noise_strip_main(a, "python -m ddpm_ms.noise_strip", "ms", load_image,
-                                               make_q_sample), argv)
+                                               make_q_sample, devices), argv)
 
 
 if __name__ == "__main__":

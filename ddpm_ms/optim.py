@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import mindspore as ms
-from mindspore import Tensor, nn, ops
+from mindspore import Tensor, amp, nn, ops
 
 from ddpm_core.config import check_same_shape
 from ddpm_core.distributed import World
@@ -80,19 +80,33 @@ def make_train_step(model: nn.Cell, diffusion: GaussianDiffusion, optimizer: nn.
     the graph; one whose storage is replaced (``set_data``, ``load_param_into_net``, as when resuming) is not:
     MindSpore 2.10's graph would go on training the old storage, so such a change compiles a fresh graph.
     ``compiled=False``: op by op (PyNative). A ``model`` that is not an ``nn.Cell`` (e.g. a forward already wrapped
-    in ``ms.jit``) always takes the op-by-op step."""
+    in ``ms.jit``) always takes the op-by-op step.
+
+    ``loss_scale`` (a fixed loss scale, for float16 activations under ``amp``): the gradients are taken of
+    loss x scale and divided by it, and a step whose gradients are not all finite leaves the weights and
+    ``nn.Adam`` untouched (as MindSpore's loss-scaled training cells do); 1 (the default) changes nothing."""
 
     def forward(x, tt, n):
         return diffusion.loss(model, x, tt, n, loss_type)
 
-    grad_fn = ms.value_and_grad(forward, None, optimizer.parameters, has_aux=False)
+    unscaled = loss_scale == 1.0
+    grad_fn = ms.value_and_grad(forward if unscaled else scaled(forward, loss_scale), None, optimizer.parameters,
+                                has_aux=not unscaled)
     reducer = distributed.grad_reducer(optimizer.parameters, world)
 
     def train(x, tt, n):
         loss, grads = grad_fn(x, tt, n)
+        if not unscaled:
+            loss = loss[1]
+            grads = tuple([g / loss_scale for g in grads])
         if reducer is not None:
             grads = reducer(grads)
-        return ops.depend(distributed.mean(loss, world), optimizer(grads))
+        loss = distributed.mean(loss, world)
+        if unscaled:
+            return ops.depend(loss, optimizer(grads))
+        if amp.all_finite(grads):
+            loss = ops.depend(loss, optimizer(grads))
+        return loss
 
     graphs: dict[str, Any] = {}
 

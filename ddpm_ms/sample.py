@@ -13,15 +13,19 @@ import numpy as np
 from ddpm_core.cli import run_main
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.sampling import Denoise, sample_main
+from ddpm_ms import device as devices
 from ddpm_ms.adapter import load_model
 from ddpm_ms.diffusion import GaussianDiffusion
 
 
 def make_denoiser(state: dict[str, np.ndarray], cfg: UnetConfig, diffusion_config: DiffusionConfig, sampler: str,
-                  steps: int, eta: float, compile: str, progress: bool, composed_ops: bool = False) -> Denoise:
+                  steps: int, eta: float, compile: str, progress: bool, device: str = "CPU",
+                  composed_ops: bool = False) -> Denoise:
     """``--compile`` auto/on: every sampling step runs as one ``ms.jit`` graph (the diffusion's
     ``compiled=True``); off: op by op (PyNative). ``composed_ops``: the U-Net's GELU and GroupNorm from
-    primitive ops (``Unet(composed_ops=True)``)."""
+    primitive ops (``Unet(composed_ops=True)``). ``device``: MindSpore's device target, for the whole process
+    (``device.resolve_device``)."""
+    devices.resolve_device(device)
     model = load_model(state, cfg, composed_ops)
     diffusion = GaussianDiffusion(diffusion_config)
     compiled = compile != "off"
@@ -39,7 +43,7 @@ def make_denoiser(state: dict[str, np.ndarray], cfg: UnetConfig, diffusion_confi
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(lambda a: sample_main(a, "python -m ddpm_ms.sample", "ms", make_denoiser), argv)
+    return run_main(lambda a: sample_main(a, "python -m ddpm_ms.sample", "ms", make_denoiser, devices), argv)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from torchvision import transforms  # noqa: E402
 from ddpm_core.cli import run_main  # noqa: E402
 from ddpm_core.config import DiffusionConfig  # noqa: E402
 from ddpm_core.sampling import noise_strip_main  # noqa: E402
+from ddpm_torch import device as devices  # noqa: E402
 from ddpm_torch.data import load_image as load_pil  # noqa: E402
 from ddpm_torch.diffusion import GaussianDiffusion  # noqa: E402
 
@@ -31,14 +32,15 @@ def load_image(path: str, size: int) -> np.ndarray:
     return transform(load_pil(path)).numpy()
 
 
-def make_q_sample(config: DiffusionConfig) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
-    diffusion = GaussianDiffusion(config)
-    return lambda x, t, noise: diffusion.q_sample(x, t, noise).numpy()
+def make_q_sample(config: DiffusionConfig, device: str = "cpu") -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    """``q_sample`` on ``device``, numpy in and out."""
+    diffusion = GaussianDiffusion(config, device)
+    return lambda x, t, noise: diffusion.q_sample(x, t, noise).cpu().numpy()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_main(lambda a: noise_strip_main(a, "python -m ddpm_torch.noise_strip", "torch", load_image,
-                                               make_q_sample), argv)
+                                               make_q_sample, devices), argv)
 
 
 if __name__ == "__main__":

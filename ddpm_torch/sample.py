@@ -13,17 +13,19 @@ import numpy as np
 from ddpm_core.cli import run_main
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.sampling import Denoise, sample_main
+from ddpm_torch import device as devices
 from ddpm_torch.adapter import load_model
 from ddpm_torch.diffusion import GaussianDiffusion
 from ddpm_torch.train import compile_model
 
 
 def make_denoiser(state: dict[str, np.ndarray], cfg: UnetConfig, diffusion_config: DiffusionConfig, sampler: str,
-                  steps: int, eta: float, compile: str, progress: bool) -> Denoise:
+                  steps: int, eta: float, compile: str, progress: bool, device: str = "cpu") -> Denoise:
     """``--compile`` on: the U-Net through ``torch.compile``; auto/off: eager. The sampling steps run
-    through the diffusion's step functions either way (``compiled=True``, eager in PyTorch)."""
-    model = compile_model(load_model(state, cfg), compile)
-    diffusion = GaussianDiffusion(diffusion_config)
+    through the diffusion's step functions either way (``compiled=True``, eager in PyTorch). The model, the
+    start and the per-step noise live on ``device``; the states come back as numpy."""
+    model = compile_model(load_model(state, cfg, device), compile)
+    diffusion = GaussianDiffusion(diffusion_config, device)
 
     def denoise(start: np.ndarray, noise: np.ndarray) -> np.ndarray:
         if sampler == "ddpm":
@@ -38,7 +40,7 @@ def make_denoiser(state: dict[str, np.ndarray], cfg: UnetConfig, diffusion_confi
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(lambda a: sample_main(a, "python -m ddpm_torch.sample", "torch", make_denoiser), argv)
+    return run_main(lambda a: sample_main(a, "python -m ddpm_torch.sample", "torch", make_denoiser, devices), argv)
 
 
 if __name__ == "__main__":

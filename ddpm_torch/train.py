@@ -4,12 +4,14 @@ ddpm_ms/train.py.
 The loop, the run folder and the options are shared (``ddpm_core.train_loop``, ``ddpm_core.cli``); this file
 holds what is PyTorch's own: the ``Trainer`` (model, ``MindSporeAdam`` over the tutorial's
 ``cosine_decay_lr`` list, one training step), its checkpoint file, and ``train_steps`` for training
-parity. Nothing here draws from torch's RNG except the seeded initial weights.
+parity. Nothing here draws from torch's RNG except the seeded initial weights (drawn on the CPU, then moved:
+the same weights on every device). The model, its optimizer state and every batch live on the trainer's
+device; a checkpoint holds CPU tensors only, so it resumes on any device (``ddpm_torch.device``).
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +19,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from ddpm_core.amp import train_loss_scale
 from ddpm_core.cli import run_main
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.distributed import World
 from ddpm_core.errors import RunError
 from ddpm_core.train_loop import CHECKPOINT_FORMAT, train_main
 from ddpm_core.train_tape import shard
+from ddpm_torch import device as devices
 from ddpm_torch import distributed
 from ddpm_torch.adapter import Adapter
+from ddpm_torch.amp import apply_policy
 from ddpm_torch.data import open_data
 from ddpm_torch.diffusion import GaussianDiffusion
 from ddpm_torch.optim import make_optimizer, make_train_step
@@ -39,7 +44,11 @@ def compile_model(model: nn.Module, compile: str) -> nn.Module:
 class Trainer:
     """The U-Net, its diffusion, MindSpore's Adam rule over the per-step learning rates, and one step.
 
-    ``weights`` (PyTorch names) replaces the seeded initialisation (``torch.manual_seed(seed)``)."""
+    ``weights`` (PyTorch names) replaces the seeded initialisation (``torch.manual_seed(seed)``). ``device``
+    (as ``device.resolve_device`` returns it) holds the model, the optimizer state and every batch;
+    ``precision`` ("fp32", "bf16", "fp16") runs the forward pass under ``torch.autocast`` with float32 weights,
+    fp16 with the fixed loss scale ``ddpm_core.amp.DEFAULT_LOSS_SCALE``; ``deterministic`` as
+    ``device.use_deterministic``."""
 
     framework = "torch"
     naming = "torch"
@@ -47,15 +56,22 @@ class Trainer:
 
     def __init__(self, unet_config: UnetConfig, diffusion_config: DiffusionConfig, lrs: Sequence[float],
                  seed: int = 0, weights: dict[str, np.ndarray] | None = None, compile: str = "off",
-                 world: World = World()):
+                 world: World = World(), device: str = "cpu", precision: str = "fp32", deterministic: bool = True):
+        self.deterministic = devices.use_deterministic(deterministic)
         torch.manual_seed(seed)
-        self.model = Unet.from_config(unet_config)
+        self.device, self.precision = torch.device(device), precision
+        self.model = Unet.from_config(unet_config).to(self.device)
         if weights is not None:
-            Adapter().load(self.model, weights)
-        self.diffusion = GaussianDiffusion(diffusion_config)
+            Adapter(device).load(self.model, weights)
+        apply_policy(self.model, devices.check_precision(device, precision))
+        self.diffusion = GaussianDiffusion(diffusion_config, self.device)
         self.optimizer = make_optimizer(self.model, list(lrs))
         self.compile, self.world = compile, world
-        self._step = make_train_step(compile_model(self.model, compile), self.diffusion, self.optimizer, world=world)
+        self._step = self._make_step()
+
+    def _make_step(self) -> Callable[[np.ndarray, np.ndarray, np.ndarray], torch.Tensor]:
+        return make_train_step(compile_model(self.model, self.compile), self.diffusion, self.optimizer, world=self.world,
+                               loss_scale=train_loss_scale(self.precision))
 
     def step(self, x_start: np.ndarray, t: np.ndarray, noise: np.ndarray) -> float:
         return float(self._step(x_start, t, noise))
@@ -66,16 +82,18 @@ class Trainer:
     def numerics(self) -> dict[str, Any]:
         """What decides the last bits of a step on CPU: the library, oneDNN's instruction set, the threads."""
         return {"torch": str(torch.__version__), "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
-                "threads": torch.get_num_threads(), "workers": self.world.size}
+                "threads": torch.get_num_threads(), "workers": self.world.size, "device": str(self.device),
+                "deterministic": self.deterministic["deterministic_algorithms"]}
 
     def state(self) -> dict[str, np.ndarray]:
         """The model's weights, PyTorch names, copied."""
         return {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
 
     def save_checkpoint(self, path: Path, meta: dict[str, Any]) -> None:
-        """Model, optimizer, RNG state and ``meta``; ``torch.save``'s zip holds a CRC-32 of each member."""
-        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "torch_rng_state": torch.get_rng_state(), "meta": meta}, path)
+        """Model, optimizer, RNG state and ``meta``, as CPU tensors (loadable on any device);
+        ``torch.save``'s zip holds a CRC-32 of each member."""
+        torch.save(devices.on_cpu({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                                   "torch_rng_state": torch.get_rng_state(), "meta": meta}), path)
 
     def load_checkpoint(self, path: Path) -> dict[str, Any]:
         try:
@@ -88,25 +106,27 @@ class Trainer:
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng_state"])
-        self._step = make_train_step(compile_model(self.model, self.compile), self.diffusion, self.optimizer, world=self.world)
+        self._step = self._make_step()
         return meta
 
 
 def train_steps(unet_config: UnetConfig, diffusion_config: DiffusionConfig, weights: dict[str, np.ndarray],
                 x_starts: np.ndarray, ts: np.ndarray, noises: np.ndarray,
-                lrs: Sequence[float], compile: str = "off", world: World = World()) -> tuple[list[float], dict[str, np.ndarray]]:
+                lrs: Sequence[float], compile: str = "off", world: World = World(),
+                device: str = "cpu") -> tuple[list[float], dict[str, np.ndarray]]:
     """Train from ``weights`` (PyTorch names) on a given tape: step k uses ``x_starts[k]`` (in [-1, 1]),
     ``ts[k]``, ``noises[k]`` and learning rate ``lrs[k]``. Returns the loss of every step and the final
-    weights (PyTorch names, copied); ``compile`` as ``--compile``. In a data-parallel job (``world``) every rank passes
+    weights (PyTorch names, copied); ``compile`` as ``--compile``, ``device`` as the ``Trainer``'s. In a data-parallel job (``world``) every rank passes
     the whole tape and computes its slice of each batch (``train_tape.shard``); the losses are the global batch's. The same function in ddpm_ms/train.py is its parity twin."""
-    trainer = Trainer(unet_config, diffusion_config, lrs, weights=weights, compile=compile, world=world)
+    trainer = Trainer(unet_config, diffusion_config, lrs, weights=weights, compile=compile, world=world, device=device)
     r, n = world.rank, world.size
     losses = [trainer.step(shard(x, r, n), shard(t, r, n), shard(e, r, n)) for x, t, e in zip(x_starts, ts, noises)]
     return losses, trainer.state()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(lambda a: train_main(a, "python -m ddpm_torch.train", "torch", open_data, Trainer, distributed), argv)
+    return run_main(lambda a: train_main(a, "python -m ddpm_torch.train", "torch", open_data, Trainer, distributed,
+                                         devices), argv)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python examples/data_parallel.py --framework torch                  # no data: tiny synthetic run, ~1 minute
     python examples/data_parallel.py --framework ms --data ~/data/fashion-mnist --max-steps 50
+    python examples/data_parallel.py --framework torch --device cuda    # 2 GPUs: NCCL, one GPU per worker
 
 Each training command is printed before it runs; copy them. The two runs use the same global batch, seed
 and tape, so their loss curves and final weights agree up to float32 rounding (docs/distributed.md).
@@ -43,12 +44,16 @@ def main() -> None:
     p.add_argument("--max-steps", default="6")
     p.add_argument("--batch-size", default="4", help="the global batch (even: it is split over 2 workers)")
     p.add_argument("--out", default="example_data_parallel")
+    p.add_argument("--device", default=None,
+                   help="the twin's --device (PyTorch: cpu, cuda; MindSpore: CPU, GPU, Ascend); default: the CPU")
     args = p.parse_args()
     out, module = Path(args.out), f"ddpm_{args.framework}.train"
     data, options = args.data, []
     if data is None:
         data, options = str(write_synthetic_fashion_mnist(tempfile.mkdtemp(prefix="fashion-"), examples=32)), TINY
     train = ["--data", data, "--max-steps", args.max_steps, "--batch-size", args.batch_size, "--no-progress", *options]
+    if args.device:
+        train += ["--device", args.device]
 
     # 1. one process
     run(launch.job_command(args.framework, 1, module, [*train, "--out", str(out / "one")]).argv)

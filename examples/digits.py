@@ -4,6 +4,7 @@ its wheel: nothing is downloaded), then sample a grid from each.
     python -m pip install -e '.[digits]'
     python examples/digits.py                          # both twins, the recipe of docs/quality.md
     python examples/digits.py --twins torch --epochs 20   # PyTorch only, a shorter (blurrier) run
+    python examples/digits.py --twins torch --torch-device cuda   # on a GPU
 
 Both twins start from the same initial weights, train on the same per-step tape (batches, t, noise) and
 sample from the same noise, so cell i of one grid and cell i of the other are comparable. Each step is one
@@ -39,6 +40,8 @@ def main() -> None:
     p.add_argument("--out", default="example_digits")
     p.add_argument("--epochs", default=RECIPE["epochs"], help=f"training epochs (recipe: {RECIPE['epochs']})")
     p.add_argument("--n", default="64", help="samples in each grid")
+    p.add_argument("--torch-device", default="cpu", help="the PyTorch twin's --device: cpu, cuda or cuda:N")
+    p.add_argument("--ms-device", default="CPU", help="the MindSpore twin's --device: CPU, GPU or Ascend")
     args = p.parse_args()
     out = Path(args.out)
     recipe = {**RECIPE, "epochs": args.epochs}
@@ -51,12 +54,13 @@ def main() -> None:
 
     times = {}
     for twin in args.twins.split(","):
+        device = args.torch_device if twin == "torch" else args.ms_device
         # 2. train on the digits' training split (1,497 images; no horizontal flips for digits)
         train_s = run("-m", f"ddpm_{twin}.train", "--data", "digits", "--out", str(out / twin),
-                      "--init-weights", str(init), *options)
+                      "--init-weights", str(init), "--device", device, *options)
         # 3. sample a grid with the tutorial's DDPM sampler (T=200 steps), the same noise in both twins
         sample_s = run("-m", f"ddpm_{twin}.sample", "--weights", str(out / twin / "model.safetensors"),
-                       "--n", args.n, "--scale", "4", "--out", str(out / f"{twin}.png"))
+                       "--n", args.n, "--scale", "4", "--out", str(out / f"{twin}.png"), "--device", device)
         times[twin] = {"train_s": round(train_s, 1), "sample_s": round(sample_s, 1),
                        "steps": len((out / twin / "log.jsonl").read_text().splitlines())}
         print(f"{twin}: trained {times[twin]['steps']} steps in {train_s:.0f} s, sampled {args.n} in {sample_s:.0f} s "

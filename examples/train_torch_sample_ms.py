@@ -2,6 +2,7 @@
 
     python examples/train_torch_sample_ms.py --data ~/data/fashion-mnist   # the real thing (10 epochs: hours)
     python examples/train_torch_sample_ms.py                               # no data: a 1-minute tiny demo
+    python examples/train_torch_sample_ms.py --torch-device cuda --ms-device GPU   # on a GPU (each twin's word)
 
 Each step is one command line, printed before it runs; copy them. Outputs go to --out (default ./example_torch_to_ms).
 """
@@ -26,6 +27,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="Fashion-MNIST folder (train-images-idx3-ubyte[.gz], ...); default: synthetic")
     p.add_argument("--out", default="example_torch_to_ms")
+    p.add_argument("--torch-device", default="cpu", help="the PyTorch twin's --device: cpu, cuda or cuda:N")
+    p.add_argument("--ms-device", default="CPU", help="the MindSpore twin's --device: CPU, GPU or Ascend")
     args = p.parse_args()
     out = Path(args.out)
     data, options = args.data, []
@@ -33,7 +36,7 @@ def main() -> None:
         data, options = str(write_synthetic_fashion_mnist(tempfile.mkdtemp(prefix="fashion-"))), TINY
 
     # 1. train in PyTorch (tutorial defaults: batch 16, Adam, cosine_decay_lr 1e-4 -> 1e-7, T=200, Huber)
-    run("-m", "ddpm_torch.train", "--data", data, "--out", str(out / "run"), *options)
+    run("-m", "ddpm_torch.train", "--data", data, "--out", str(out / "run"), "--device", args.torch_device, *options)
     # (interrupted? `python -m ddpm_torch.train --resume RUN_DIR` continues from the last checkpoint)
 
     # 2. convert the PyTorch weights to a MindSpore checkpoint (a .pt carries no config: pass the run's)
@@ -42,7 +45,8 @@ def main() -> None:
 
     # 3. sample in MindSpore: a grid of 16 and the denoising of two of them as a GIF
     run("-m", "ddpm_ms.sample", "--weights", str(out / "model.ckpt"), "--config", str(out / "run" / "config.json"),
-        "--n", "16", "--out", str(out / "samples.png"), "--gif", str(out / "denoise.gif"), "--gif-index", "0,5")
+        "--n", "16", "--out", str(out / "samples.png"), "--gif", str(out / "denoise.gif"), "--gif-index", "0,5",
+        "--device", args.ms_device)
     print(f"done: {out / 'samples.png'}, {out / 'denoise.gif'}, training log {out / 'run' / 'log.jsonl'}")
 
 

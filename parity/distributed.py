@@ -32,7 +32,7 @@ from ddpm_core.atomic import atomic_write
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.distributed import World
 from ddpm_core.environment import child_env
-from ddpm_core.errors import EXIT_USER_ERROR
+from ddpm_core.errors import EXIT_ENVIRONMENT, EXIT_USER_ERROR, EnvironmentRefused, UserError
 from ddpm_core.launch import LaunchError, describe, job_command, run
 from parity.engine.compare import Comparison, Summary
 from parity.engine.suite import Row, RunSpec, pairs_row
@@ -116,20 +116,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("out")
     args = p.parse_args(argv)
     if args.framework == "torch":
+        from ddpm_torch import device as devices
         from ddpm_torch import distributed as twin
     else:
+        from ddpm_ms import device as devices
         from ddpm_ms import distributed as twin
-    world = twin.init(args.device)  # msrun's scheduler process serves and exits in here
+    try:
+        device = devices.resolve_device(args.device)  # under torchrun, cuda is this worker's own GPU
+    except (UserError, EnvironmentRefused) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ENVIRONMENT if isinstance(e, EnvironmentRefused) else EXIT_USER_ERROR
+    world = twin.init(device)  # msrun's scheduler process serves and exits in here
     try:
         from parity import env
 
-        (env.setup_torch if args.framework == "torch" else env.setup_mindspore)(args.device, 1)
+        (env.setup_torch if args.framework == "torch" else env.setup_mindspore)(device, 1)
         job = read_job(args.job)
         if job.framework != args.framework:
             raise ValueError(f"{args.job} is a {job.framework} job, not {args.framework}")
         world.check_batch(job.x_starts.shape[1])
         start = time.perf_counter()
-        losses, weights = train(job, world)
+        losses, weights = train(job, world, device)
         if world.is_main:
             _write_npz(args.out, {"losses": np.asarray(losses, np.float64), "workers": np.array(world.size),
                                   "train_s": np.array(time.perf_counter() - start),
@@ -142,14 +149,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def train(job: Job, world: World) -> tuple[list[float], dict[str, np.ndarray]]:
-    """The twin's ``train_steps`` on ``job`` as rank ``world.rank`` of ``world.size``."""
+def train(job: Job, world: World, device: str) -> tuple[list[float], dict[str, np.ndarray]]:
+    """The twin's ``train_steps`` on ``job`` as rank ``world.rank`` of ``world.size``, on ``device``."""
     if job.framework == "torch":
         from ddpm_torch.train import train_steps
     else:
         from ddpm_ms.train import train_steps
     return train_steps(job.unet, job.diffusion, dict(job.weights), job.x_starts, job.ts, job.noises, list(job.lrs),
-                       compile=job.compile, world=world)
+                       compile=job.compile, world=world, device=device)
 
 
 # ---------------------------------------------------------------- launching

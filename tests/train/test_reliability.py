@@ -223,7 +223,8 @@ def test_a_bad_sample_output_is_refused_before_sampling(tmp_path, trained_runs, 
         raise AssertionError("sampled before checking --out")
 
     with pytest.raises(Exception, match="is a folder, not a file"):
-        sample_main(["--weights", weights, "--out", str(tmp_path)], "sample", twin_name, never)
+        sample_main(["--weights", weights, "--out", str(tmp_path)], "sample", twin_name, never,
+                    twin_module(twin_name, "device"))
 
 
 @pytest.mark.parametrize("fmt", ["native", "safetensors"])

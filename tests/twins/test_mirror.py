@@ -44,18 +44,21 @@ ALLOWED: dict[tuple[str, str], str] = {
                 "resnet_block_groups,composed_ops)"): "MindSpore only: composed_ops (see layers.py)",
     ("unet.py", "-def Unet.from_config(cfg)"): "MindSpore only: composed_ops (see layers.py)",
     ("unet.py", "+def Unet.from_config(cfg,composed_ops)"): "MindSpore only: composed_ops (see layers.py)",
-    ("sample.py", "-def make_denoiser(state,cfg,diffusion_config,sampler,steps,eta,compile,progress)"):
+    ("sample.py", "-def make_denoiser(state,cfg,diffusion_config,sampler,steps,eta,compile,progress,device)"):
         "MindSpore only: composed_ops (see layers.py)",
-    ("sample.py", "+def make_denoiser(state,cfg,diffusion_config,sampler,steps,eta,compile,progress,composed_ops)"):
+    ("sample.py", "+def make_denoiser(state,cfg,diffusion_config,sampler,steps,eta,compile,progress,device,"
+                  "composed_ops)"): "MindSpore only: composed_ops (see layers.py)",
+    ("train.py", "-def Trainer.__init__(unet_config,diffusion_config,lrs,seed,weights,compile,world,device,precision,"
+                 "deterministic)"): "MindSpore only: composed_ops (see layers.py)",
+    ("train.py", "+def Trainer.__init__(unet_config,diffusion_config,lrs,seed,weights,compile,world,device,precision,"
+                 "deterministic,composed_ops)"): "MindSpore only: composed_ops (see layers.py)",
+    ("train.py", "-def train_steps(unet_config,diffusion_config,weights,x_starts,ts,noises,lrs,compile,world,device)"):
         "MindSpore only: composed_ops (see layers.py)",
-    ("train.py", "-def Trainer.__init__(unet_config,diffusion_config,lrs,seed,weights,compile,world)"):
-        "MindSpore only: composed_ops (see layers.py)",
-    ("train.py", "+def Trainer.__init__(unet_config,diffusion_config,lrs,seed,weights,compile,world,composed_ops)"):
-        "MindSpore only: composed_ops (see layers.py)",
-    ("train.py", "-def train_steps(unet_config,diffusion_config,weights,x_starts,ts,noises,lrs,compile,world)"):
-        "MindSpore only: composed_ops (see layers.py)",
-    ("train.py", "+def train_steps(unet_config,diffusion_config,weights,x_starts,ts,noises,lrs,compile,world,composed_ops)"):
-        "MindSpore only: composed_ops (see layers.py)",
+    ("train.py", "+def train_steps(unet_config,diffusion_config,weights,x_starts,ts,noises,lrs,compile,world,device,"
+                 "composed_ops)"): "MindSpore only: composed_ops (see layers.py)",
+    ("device.py", "-def on_cpu(obj)"):
+        "torch.save records each tensor's device, so a CUDA checkpoint is copied to the CPU first; MindSpore's "
+        "save_checkpoint writes host arrays",
     ("data.py", "+const _DECODE_FAILED"): "MindSpore's dataset pipeline reports decode errors by message text",
     ("data.py", "-def load_image(path)"): "PyTorch's pipeline decodes with PIL in Python; MindSpore's in its own ops",
     ("data.py", "+class _Indices"): "MindSpore's GeneratorDataset takes a sampler object; PyTorch's DataLoader an iterable",
