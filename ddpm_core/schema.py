@@ -125,8 +125,9 @@ def obj(required: Mapping[str, Check], optional: Mapping[str, Check] | None = No
             raise Invalid(field, f"expected a JSON object, got {shown(value)}")
         unknown = sorted(str(k) for k in value if k not in required and k not in optional)
         if unknown:
-            raise Invalid(_sub(field, unknown[0]), "unknown field (known: "
-                          f"{', '.join(sorted([*required, *optional]))})")
+            known = sorted([*required, *optional])
+            raise Invalid(_sub(field, unknown[0]), "unknown field" + (f" (known: {', '.join(known)})"
+                                                                       if len(known) <= 8 else ""))
         for key, inner in required.items():
             if key not in value:
                 raise Invalid(_sub(field, key), "missing")
