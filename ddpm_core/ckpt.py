@@ -183,8 +183,8 @@ def parse(data: bytes, crc_check: bool = False) -> list[Entry]:
     message = Checkpoint()
     try:
         message.ParseFromString(payload)
-    except DecodeError as e:
-        raise CheckpointError(f"protobuf: {e}") from None
+    except (DecodeError, UnicodeDecodeError) as e:  # a tag that is not UTF-8 fails in the string decoder
+        raise CheckpointError(f"protobuf: {type(e).__name__}: {str(e)[:200]}") from None
     if not message.value:
         raise CheckpointError("no entries")
     entries: list[Entry] = []
