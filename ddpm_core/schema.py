@@ -116,6 +116,18 @@ def list_of(item: Check, min_len: int = 0) -> Check:
     return check
 
 
+def dict_of(value: Check, key_pattern: str | None = None) -> Check:
+    """A JSON object of any keys (matching ``key_pattern`` in full when given) whose every value ``value`` accepts."""
+    def check(v: Any, field: str) -> None:
+        if not isinstance(v, dict):
+            raise Invalid(field, f"expected a JSON object, got {shown(v)}")
+        for key, item in v.items():
+            if key_pattern is not None and not re.fullmatch(key_pattern, key):
+                raise Invalid(_sub(field, key), f"not a key of the form {key_pattern}")
+            value(item, _sub(field, key))
+    return check
+
+
 def obj(required: Mapping[str, Check], optional: Mapping[str, Check] | None = None) -> Check:
     """A JSON object with every key of ``required``, any of ``optional``, and no other key."""
     optional = dict(optional or {})
