@@ -184,7 +184,7 @@ def parse(data: bytes, crc_check: bool = False) -> list[Entry]:
     try:
         message.ParseFromString(payload)
     except (DecodeError, UnicodeDecodeError) as e:  # a tag that is not UTF-8 fails in the string decoder
-        raise CheckpointError(f"protobuf: {type(e).__name__}: {str(e)[:200]}") from None
+        raise CheckpointError(f"protobuf: {str(e)[:200]}") from None
     if not message.value:
         raise CheckpointError("no entries")
     entries: list[Entry] = []

@@ -85,9 +85,12 @@ def check_safetensors_header(path: str | os.PathLike) -> None:
         try:
             _SAFETENSORS_ENTRY(entry, "")
             offsets = entry["data_offsets"]
-            if len(offsets) != 2 or not offsets[0] <= offsets[1] <= data:
-                raise ValueError(f"data_offsets {offsets} are not [begin, end] within the file's {data} bytes of data")
+            if len(offsets) != 2 or offsets[0] > offsets[1]:
+                raise ValueError(f"data_offsets {offsets} are not [begin, end]")
             begin, end = offsets
+            if end > data:
+                raise ValueError(f"data_offsets {offsets} reach beyond the {data} bytes of data the file holds "
+                                 "(truncated, or not a safetensors file)")
             need = declared_bytes(entry["shape"], SAFETENSORS_ITEMSIZE[entry["dtype"]])
             if need != end - begin:
                 raise ValueError(f"shape {entry['shape']} of {entry['dtype']} needs {need} bytes, its data_offsets "

@@ -118,7 +118,7 @@ CRAFTED = {  # file name -> (writer, what the one line says)
         "shape [1099511627776, 1099511627776] of F32 needs 4835703278458516698824704 bytes, its data_offsets hold 4"),
     "beyond.safetensors": (lambda p: safetensors_with_header(
         p, {"x": {"dtype": "F32", "shape": [1024], "data_offsets": [0, 4096]}}, bytes(4)),
-        "data_offsets [0, 4096] are not [begin, end] within the file's 4 bytes of data"),
+        "data_offsets [0, 4096] reach beyond the 4 bytes of data the file holds"),
     "header_length.safetensors": (lambda p: safetensors_with_header(p, {}, length=2 ** 62),
                                   "its header claims 4611686018427387904 bytes"),
     "inflates.pt": (pt_that_inflates, "would expand to 4194304 bytes, beyond the file's"),
