@@ -71,12 +71,13 @@ def read_json(path: Path) -> Any:
     return schema.load_json(path, RunError)
 
 
-_RECORD = schema.obj({"step": schema.integer(0), "checkpoint": schema.string(pattern=rf"checkpoints/{CHECKPOINT_NAME}"),
-                      "bytes": schema.integer(0), "sha256": schema.string(pattern="[0-9a-f]{64}")})
+_CHECKPOINT = schema.string(pattern=rf"checkpoints/{CHECKPOINT_NAME}")
+_SHA256 = schema.string(pattern="[0-9a-f]{64}")
+_RECORD = schema.obj({"step": schema.integer(0), "checkpoint": _CHECKPOINT, "bytes": schema.integer(0),
+                      "sha256": _SHA256})
 LATEST_SCHEMA = schema.obj(
-    {"step": schema.integer(0), "checkpoint": schema.optional(schema.string(pattern=rf"checkpoints/{CHECKPOINT_NAME}"))},
-    {"framework": schema.string(), "bytes": schema.integer(0), "sha256": schema.string(pattern="[0-9a-f]{64}"),
-     "checkpoints": schema.list_of(_RECORD)})
+    {"step": schema.integer(0), "checkpoint": schema.optional(_CHECKPOINT)},
+    {"framework": schema.string(), "bytes": schema.integer(0), "sha256": _SHA256, "checkpoints": schema.list_of(_RECORD)})
 """latest.json: the newest checkpoint's record (its "checkpoint" null before the first), and under "checkpoints"
 every record the run keeps (absent in run folders written before the records were kept)."""
 

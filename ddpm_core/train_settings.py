@@ -175,8 +175,9 @@ def checkpoint_mismatch(path: Path, found: Mapping[str, Sequence[int]],
                   if n in found and tuple(found[n]) != tuple(e)), None)
     if not (lacking or extra or shape):
         return None
-    what = (f"{shape[0]} has shape {shape[1]}, but the model of the run's settings needs {shape[2]}" if shape else
-            f"{len(lacking)} missing (first: {lacking[0]})" if lacking else f"{len(extra)} unexpected (first: {extra[0]})")
+    what = (f"{shape[0]} has shape {shape[1]}, but the model of the run's settings needs {shape[2]}" if shape
+            else f"{len(lacking)} missing (first: {lacking[0]})" if lacking
+            else f"{len(extra)} unexpected (first: {extra[0]})")
     return RunError(f"{path}: {what}; run.json does not describe the model this checkpoint holds (was it edited?)")
 
 
