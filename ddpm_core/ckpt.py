@@ -19,7 +19,8 @@ them), in a private descriptor pool: no generated ``_pb2`` module to keep in ste
 runtime, and no clash with MindSpore's own ``checkpoint.proto`` when both are loaded in one process.
 
 Rules it keeps: imports neither framework; every problem is one ``CheckpointError`` (a ``ValueError``)
-naming it; a read checks each tensor's byte count against its shape and dtype.
+naming it; a read checks each tensor's dims (integers >= 0, at most ``MAX_DIMS``) and its byte count,
+computed without overflow, against its shape and dtype before any array is made (``ddpm_core.tensor_headers``).
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+
+from ddpm_core.tensor_headers import MAX_DIMS, declared_bytes
 
 CRC_MARK = b"crc_num"
 CRC_BYTES = 10
@@ -146,7 +149,10 @@ def _decode(name: str, tensor_type: str, dims: list[int], content: bytes) -> np.
     else:
         raise CheckpointError(f"tensor {name!r}: tensor_type {tensor_type!r} is not supported here "
                               f"(known: {', '.join([*NUMPY_TYPES, BFLOAT16, STRING_TYPE])})")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    try:
+        expected = declared_bytes(shape, dtype.itemsize)  # Python integers: dims overflowing int64 stay large
+    except ValueError as e:
+        raise CheckpointError(f"tensor {name!r}: {e}") from None
     if len(content) != expected:
         raise CheckpointError(f"tensor {name!r}: {len(content)} bytes, but shape {list(shape)} of {tensor_type} "
                               f"needs {expected}")
@@ -177,8 +183,8 @@ def parse(data: bytes, crc_check: bool = False) -> list[Entry]:
     message = Checkpoint()
     try:
         message.ParseFromString(payload)
-    except DecodeError as e:
-        raise CheckpointError(f"protobuf: {e}") from None
+    except (DecodeError, UnicodeDecodeError) as e:  # a tag that is not UTF-8 fails in the string decoder
+        raise CheckpointError(f"protobuf: {str(e)[:200]}") from None
     if not message.value:
         raise CheckpointError("no entries")
     entries: list[Entry] = []
@@ -191,6 +197,8 @@ def parse(data: bytes, crc_check: bool = False) -> list[Entry]:
         if i + 1 < len(values) and values[i + 1].tag == value.tag:
             continue  # MindSpore joins consecutive pieces with the same tag
         t = value.tensor
+        if len(t.dims) > MAX_DIMS:  # before copying them out of the message
+            raise CheckpointError(f"tensor {value.tag!r}: {len(t.dims)} dims (at most {MAX_DIMS})")
         entries.append(Entry(value.tag, _decode(value.tag, t.tensor_type, list(t.dims), b"".join(pieces)),
                              t.tensor_type))
         pieces = []

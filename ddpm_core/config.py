@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 from ddpm_core.errors import UserError
+from ddpm_core.schema import json_problem, read_limited, shown
 
 ATTENTION_HEADS = 4
 ATTENTION_DIM_HEAD = 32
@@ -37,7 +39,10 @@ class UnetConfig:
     resnet_block_groups: int = 8
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "dim_mults", tuple(int(m) for m in self.dim_mults))
+        if not isinstance(self.dim_mults, (list, tuple)):  # a string "12" would otherwise read as (1, 2)
+            raise ValueError(f"dim_mults must be a list of positive integers, got {shown(self.dim_mults)}")
+        mults = tuple(int(m) if _is_int(m) else m for m in self.dim_mults)  # numpy integers become ints
+        object.__setattr__(self, "dim_mults", mults)
         check_unet_config(self)
 
     @property
@@ -88,16 +93,40 @@ class UnetConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "UnetConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown Unet config keys: {', '.join(unknown)}")
-        return cls(**d)
+        return cls(**_fields_of(cls, d, "Unet config"))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _fields_of(cls: type, d: Any, what: str) -> dict[str, Any]:
+    """``d`` if it is a JSON object holding every required field of the dataclass ``cls`` and no other key."""
+    if not isinstance(d, dict):
+        raise ValueError(f"expected a JSON object of {what} fields, got {shown(d)}")
+    fields = dataclasses.fields(cls)
+    unknown = sorted(set(d) - {f.name for f in fields})
+    if unknown:
+        raise ValueError(f"unknown {what} keys: {', '.join(map(str, unknown))}")
+    missing = [f.name for f in fields if f.default is dataclasses.MISSING and f.name not in d]
+    if missing:
+        raise ValueError(f"{missing[0]}: missing from the {what}")
+    return d
 
 
 def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {shown(value)}")
+
+
+def _flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {shown(value)}")
+
+
+def _finite(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {shown(value)}")
 
 
 def check_unet_config(cfg: UnetConfig) -> None:
@@ -106,6 +135,8 @@ def check_unet_config(cfg: UnetConfig) -> None:
     _positive_int("channels", cfg.channels)
     _positive_int("convnext_mult", cfg.convnext_mult)
     _positive_int("resnet_block_groups", cfg.resnet_block_groups)
+    _flag("with_time_emb", cfg.with_time_emb)
+    _flag("use_convnext", cfg.use_convnext)
     if cfg.with_time_emb and (cfg.dim < 4 or cfg.dim % 2):
         raise ValueError(f"dim={cfg.dim}: the time embedding needs an even dim >= 4 (its sinusoids divide by "
                          f"dim // 2 - 1 and make 2 * (dim // 2) features for a layer that takes dim)")
@@ -117,8 +148,8 @@ def check_unet_config(cfg: UnetConfig) -> None:
         _positive_int("out_dim", cfg.out_dim)
     if not cfg.dim_mults:
         raise ValueError("dim_mults must name at least one level")
-    for m in cfg.dim_mults:
-        _positive_int("each dim_mults entry", m)
+    for i, m in enumerate(cfg.dim_mults):
+        _positive_int(f"dim_mults[{i}]", m)
     if cfg.dim_mults[0] != 1:
         raise ValueError(
             f"dim_mults[0] must be 1: the final block takes dim={cfg.dim} channels but the up path "
@@ -172,6 +203,8 @@ class DiffusionConfig:
         _positive_int("timesteps", self.timesteps)
         if self.timesteps < 2:
             raise ValueError(f"timesteps must be at least 2, got {self.timesteps}")
+        for name in ("beta_start", "beta_end", "p2_loss_weight_gamma", "p2_loss_weight_k"):
+            _finite(name, getattr(self, name))
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.loss_type not in LOSS_TYPES:
@@ -185,11 +218,7 @@ class DiffusionConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DiffusionConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown diffusion config keys: {', '.join(unknown)}")
-        return cls(**d)
+        return cls(**_fields_of(cls, d, "diffusion config"))
 
     def short(self) -> str:
         return f"T={self.timesteps} {self.schedule}, {self.loss_type} loss"
@@ -250,13 +279,15 @@ def read_config(text_or_path: str | os.PathLike, option: str = "--config") -> Co
     source = option
     if not text.lstrip().startswith("{"):
         try:
-            text, source = Path(text).read_text(encoding="utf-8"), f"{option} file {text}"
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"{option}: cannot read {text}: {getattr(e, 'strerror', None) or e}") from None
+            text, source = read_limited(text).decode("utf-8"), f"{option} file {text}"
+        except OSError as e:
+            raise UserError(f"{option}: cannot read {text}: {e.strerror or type(e).__name__}") from None
+        except ValueError as e:  # larger than the limit (/dev/zero), or not UTF-8
+            raise UserError(f"{option} file {text}: {json_problem(e)}") from None
     try:
         d = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{source}: not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:
+        raise UserError(f"{source}: {json_problem(e)}") from None
     if not isinstance(d, dict):
         raise UserError(f"{source}: expected a JSON object (UnetConfig fields, or a run's config.json), "
                         f"got {type(d).__name__}")
@@ -265,6 +296,9 @@ def read_config(text_or_path: str | os.PathLike, option: str = "--config") -> Co
             return ConfigFile(UnetConfig.from_dict(d))
         unet = UnetConfig.from_dict(d["unet"]) if "unet" in d else None
         diffusion = DiffusionConfig.from_dict(d["diffusion"]) if "diffusion" in d else None
+        unknown = sorted(set(d) - {"unet", "diffusion", "image_size"})
+        if unknown:
+            raise ValueError(f"{unknown[0]}: unknown field of a run's config.json (known: diffusion, image_size, unet)")
         image_size = d.get("image_size")
         if image_size is not None:
             _positive_int("image_size", image_size)

@@ -4,7 +4,8 @@ and ``.safetensors``, and their checksums; every weight problem is a ``ddpm_core
 Rules it keeps: each framework (and safetensors) is imported inside the reader or writer of its own
 format, never at import time; ``.ckpt`` files are read and written without MindSpore (``ddpm_core.ckpt``,
 byte for byte as ``mindspore.save_checkpoint`` writes them); PyTorch files are read with ``torch.load(weights_only=True)``; a file
-that cannot be read is one ``WeightsError`` naming it. ``ddpm_core.weights`` builds the strict,
+that cannot be read is one ``WeightsError`` naming it; what a file declares about its tensors is checked
+against its real size before anything is allocated (``ddpm_core.tensor_headers``). ``ddpm_core.weights`` builds the strict,
 atomic ``load_weights``/``save_weights`` on top of these.
 
 Checksums: every file written here carries one, in the place its format offers, and every reader
@@ -32,6 +33,7 @@ import numpy as np
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.errors import WeightsError, type_and_first_sentence
 from ddpm_core.frameworks import require
+from ddpm_core.tensor_headers import check_safetensors_header, check_zip_sizes
 
 FORMATS = {".pt": "torch", ".pth": "torch", ".ckpt": "mindspore", ".safetensors": "safetensors"}
 """file extension -> format. ``torch`` files are written in torch naming, ``mindspore`` in ms naming,
@@ -90,6 +92,7 @@ def check_zip_crc(path: Path) -> bool:
     (the legacy format, which has no checksum); a ``WeightsError`` when a member fails or cannot be read."""
     if not zipfile.is_zipfile(path):
         return False
+    check_zip_sizes(path)  # a member that would inflate beyond the file is refused before testzip reads it
     try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
@@ -193,6 +196,7 @@ def _read_mindspore(path: Path) -> RawFile:
 def _read_safetensors(path: Path) -> RawFile:
     from safetensors import safe_open
 
+    check_safetensors_header(path)
     try:
         with safe_open(str(path), framework="np") as f:
             metadata = dict(f.metadata() or {})

@@ -9,20 +9,26 @@ values from a file without a checksum must be finite and within ``PLAUSIBLE_MAX_
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from ddpm_core.errors import WeightsError, type_and_first_sentence
+from ddpm_core import schema
+from ddpm_core.errors import UserError, WeightsError
 
 PLAUSIBLE_MAX_ABS = 1e4
 """The largest |weight| a file without a checksum may hold. The U-Net's weights stay within about +-10,
 initialised or trained; a damaged byte in a float32's exponent makes values like 1e20 or NaN."""
 MANIFEST_SUFFIX = ".manifest.json"
 """``<weights file><MANIFEST_SUFFIX>`` beside a weights file is its manifest sidecar (``parity.convert --manifest``)."""
+
+
+MANIFEST_SCHEMA = schema.dict_of(schema.string(pattern="[0-9a-f]{64}"))
+"""A manifest: {tensor name: sha256 as 64 lowercase hex digits}."""
+MANIFEST_LIMIT = 16 << 20
+"""The largest manifest read (16 MiB: some 100,000 tensors)."""
 
 
 def tensor_digest(value: np.ndarray) -> str:
@@ -83,11 +89,9 @@ def check_sidecar(path: Path, state_torch_named: Mapping[str, np.ndarray]) -> No
     """A ``WeightsError`` (one line) unless the weights of ``path`` match its manifest sidecar."""
     sidecar = manifest_sidecar(path)
     try:
-        recorded = json.loads(sidecar.read_text())
-        if not (isinstance(recorded, dict) and all(isinstance(v, str) for v in recorded.values())):
-            raise ValueError("not a JSON object of tensor name -> sha256")
-    except (OSError, ValueError) as e:
-        raise WeightsError([f"its manifest {sidecar} is unreadable ({type_and_first_sentence(e)})"], f"cannot read {path}") from None
+        recorded = schema.load_json(sidecar, limit=MANIFEST_LIMIT, schema=MANIFEST_SCHEMA)
+    except UserError as e:
+        raise WeightsError([f"its manifest is unreadable: {e}"], f"cannot read {path}") from None
     mismatch = manifest_mismatch(state_torch_named, recorded)
     if mismatch:
         raise WeightsError([f"does not match its manifest {sidecar}: {mismatch}"], f"cannot read {path}")

@@ -38,6 +38,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ddpm_core import schema
 from ddpm_core.atomic import atomic_write, atomic_write_bytes, output_problem, remove_stale_temporaries
 from ddpm_core.errors import OutputError, RunError, WeightsError
 from ddpm_core.formats import verify_checksum
@@ -72,10 +73,29 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise RunError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+    """The JSON value in ``path``, read with a size limit; any problem is one ``RunError`` naming the file."""
+    return schema.load_json(path, RunError)
+
+
+_CHECKPOINT = schema.string(pattern=rf"checkpoints/{CHECKPOINT_NAME}")
+_SHA256 = schema.string(pattern="[0-9a-f]{64}")
+_RECORD = schema.obj({"step": schema.integer(0), "checkpoint": _CHECKPOINT, "bytes": schema.integer(0),
+                      "sha256": _SHA256})
+LATEST_SCHEMA = schema.obj(
+    {"step": schema.integer(0), "checkpoint": schema.optional(_CHECKPOINT)},
+    {"framework": schema.string(), "bytes": schema.integer(0), "sha256": _SHA256, "checkpoints": schema.list_of(_RECORD)})
+"""latest.json: the newest checkpoint's record (its "checkpoint" null before the first), and under "checkpoints"
+every record the run keeps (absent in run folders written before the records were kept)."""
+
+
+def check_latest(pointer: Any, path: Path) -> dict[str, Any]:
+    """``pointer`` (latest.json's content) if it fits ``LATEST_SCHEMA`` and names the size and sha256 of the
+    checkpoint it names; else a ``RunError`` naming ``path`` and the field."""
+    schema.check(pointer, LATEST_SCHEMA, str(path), RunError)
+    lacking = [k for k in ("bytes", "sha256") if pointer["checkpoint"] is not None and k not in pointer]
+    if lacking:
+        raise RunError(f"{path}: {lacking[0]}: missing (the record of {pointer['checkpoint']} needs it)")
+    return pointer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +219,7 @@ class RunDir:
         return sorted(f"checkpoints/{f.name}" for f in self.checkpoints.iterdir() if re.fullmatch(CHECKPOINT_NAME, f.name))
 
     def _pointer(self) -> dict[str, Any] | None:
-        return read_json(self.latest_file) if self.latest_file.exists() else None
+        return check_latest(read_json(self.latest_file), self.latest_file) if self.latest_file.exists() else None
 
     def records(self, pointer: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """The checkpoints the run keeps, oldest first: {"step", "checkpoint", "bytes", "sha256"} each."""
@@ -210,11 +230,7 @@ class RunDir:
             entries = pointer["checkpoints"]
         else:  # written before the records were kept: the newest checkpoint alone
             entries = [pointer] if pointer.get("checkpoint") else []
-        out = []
-        for e in entries:
-            if not re.fullmatch(rf"checkpoints/{CHECKPOINT_NAME}", str(e.get("checkpoint"))):
-                raise RunError(f"{self.latest_file}: names {e.get('checkpoint')!r}, which is not a checkpoint of a run")
-            out.append({k: e[k] for k in ("step", "checkpoint", "bytes", "sha256")})
+        out = [{k: e[k] for k in ("step", "checkpoint", "bytes", "sha256")} for e in entries]  # check_latest'd
         return sorted(out, key=lambda e: e["step"])
 
     def problem(self, entry: dict[str, Any]) -> str | None:

@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ddpm_core.cli import explicit_options
-from ddpm_core.config import DiffusionConfig, UnetConfig
+from ddpm_core import schema
+from ddpm_core.cli import COMPILE_CHOICES, explicit_options
+from ddpm_core.config import LOSS_TYPES, SCHEDULES, DiffusionConfig, UnetConfig
+from ddpm_core.datasets import FORMATS as DATA_FORMATS
 from ddpm_core.datasets import default_flip, default_image_size
 from ddpm_core.download import default_root
 from ddpm_core.errors import RunError, UserError
@@ -30,6 +32,8 @@ from ddpm_core.run_folder import RunDir, read_json
 from ddpm_core.schedules import cosine_decay_lr
 from ddpm_core.train_tape import TAPE_VERSION, steps_per_epoch
 
+FRAMEWORKS = ("torch", "ms")
+"""The twins a run is trained with, by package suffix (``python -m ddpm_<framework>.train``)."""
 RESUME_OVERRIDABLE = ("data", "workers", "max_steps", "save_every", "keep", "no_progress")
 """Options ``--resume`` may change: they do not move the loss curve (the data must still hold the same examples)."""
 
@@ -93,6 +97,19 @@ class Settings:
         return d
 
 
+RUN_SCHEMA = schema.for_dataclass(Settings, {
+    "framework": schema.string(FRAMEWORKS), "data_format": schema.string(DATA_FORMATS),
+    "image_size": schema.integer(1), "channels": schema.integer(1), "workers": schema.integer(0),
+    "epochs": schema.integer(1), "max_steps": schema.optional(schema.integer(1)), "save_every": schema.integer(1),
+    "keep": schema.integer(1), "seed": schema.integer(0), "batch_size": schema.integer(1),
+    "min_lr": schema.number(0.0), "dim": schema.integer(1), "dim_mults": schema.list_of(schema.integer(1), 1),
+    "timesteps": schema.integer(2), "schedule": schema.string(SCHEDULES), "loss": schema.string(LOSS_TYPES),
+    "compile": schema.string(COMPILE_CHOICES), "examples": schema.integer(0), "tape_version": schema.integer(0),
+})
+"""run.json: the fields of ``Settings`` (those with a default may be absent, as in older run folders), each
+of its type and within the range its command-line option accepts; no other key."""
+
+
 def run_and_settings(parser: argparse.ArgumentParser, argv: Sequence[str], args: argparse.Namespace,
                      framework: str) -> tuple[RunDir, Settings]:
     """The run folder and its settings: ``--resume``'s stored ones, or a new run's from the options (the data's
@@ -133,9 +150,11 @@ def _resume_settings(parser: argparse.ArgumentParser, argv: Sequence[str], args:
     if args.out is not None and Path(args.out).resolve() != run.path.resolve():
         raise RunError("--resume RUN_DIR continues RUN_DIR in place; leave out --out")
     stored = read_json(run.settings_file)
-    if "jit" in stored:  # run folders written before the option was named --compile
+    if isinstance(stored, dict) and "jit" in stored:  # run folders written before the option was named --compile
         stored["compile"] = stored.pop("jit")
-    stored.setdefault("precision", "fp32")  # run folders written before --precision trained in float32
+    if isinstance(stored, dict):
+        stored.setdefault("precision", "fp32")  # run folders written before --precision trained in float32
+    schema.check(stored, RUN_SCHEMA, str(run.settings_file), RunError)
     if stored.get("framework") != framework:
         raise RunError(f"{run.path}: was trained with {stored.get('framework')}; resume it with "
                        f"python -m ddpm_{stored.get('framework')}.train")
@@ -150,6 +169,22 @@ def _resume_settings(parser: argparse.ArgumentParser, argv: Sequence[str], args:
         stored[k] = _jsonable(getattr(args, k))
     stored["dim_mults"] = tuple(stored["dim_mults"])
     return run, Settings(**stored)
+
+
+def checkpoint_mismatch(path: Path, found: Mapping[str, Sequence[int]],
+                        expected: Mapping[str, Sequence[int]]) -> RunError | None:
+    """A ``RunError`` naming ``path`` when its tensors (name -> shape) are not those of the model and optimizer
+    that the run's settings build (a hand-edited run.json, say); None when they are. Both twins check
+    this before loading a checkpoint, so the refusal is the same one line in both."""
+    lacking, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    shape = next(((n, tuple(found[n]), tuple(e)) for n, e in expected.items()
+                  if n in found and tuple(found[n]) != tuple(e)), None)
+    if not (lacking or extra or shape):
+        return None
+    what = (f"{shape[0]} has shape {shape[1]}, but the model of the run's settings needs {shape[2]}" if shape
+            else f"{len(lacking)} missing (first: {lacking[0]})" if lacking
+            else f"{len(extra)} unexpected (first: {extra[0]})")
+    return RunError(f"{path}: {what}; run.json does not describe the model this checkpoint holds (was it edited?)")
 
 
 def _jsonable(v: Any) -> Any:

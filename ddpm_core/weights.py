@@ -93,22 +93,46 @@ def expected_parameters(cfg: UnetConfig, naming: str) -> dict[str, ParamSpec]:
 
 
 def weight_problems(state: Mapping[str, np.ndarray], cfg: UnetConfig, naming: str) -> list[str]:
-    """Every reason ``state`` is not exactly the parameters of ``Unet(cfg)`` in ``naming``; empty if it is."""
+    """Every reason ``state`` is not exactly the parameters of ``Unet(cfg)`` in ``naming``; empty if it is.
+    One cause is one line: tensors of the same wrong dtype, or holding NaN or inf, are named together, and
+    more than ``LISTED`` missing, unexpected or misshapen tensors are counted in one line."""
     expected = expected_parameters(cfg, naming)
-    problems = [f"missing: {name} (expected shape {spec.shape})" for name, spec in expected.items() if name not in state]
-    problems += [f"unexpected: {name} (shape {np.shape(state[name])})" for name in state if name not in expected]
+    missing = [f"{name} (expected shape {spec.shape})" for name, spec in expected.items() if name not in state]
+    unexpected = [f"{name} (shape {np.shape(state[name])})" for name in state if name not in expected]
+    shapes, dtypes, nonfinite = [], {}, []
     for name, spec in expected.items():
         if name not in state:
             continue
         value = np.asarray(state[name])
         if tuple(value.shape) != spec.shape:
-            problems.append(f"shape mismatch: {name}: expected {spec.shape}, found {tuple(value.shape)}")
+            shapes.append(f"{name}: expected {spec.shape}, found {tuple(value.shape)}")
         elif not np.issubdtype(value.dtype, np.floating):
-            problems.append(f"dtype: {name}: expected a floating-point tensor, found {value.dtype}")
+            dtypes.setdefault(value.dtype.name, []).append(name)
         elif not np.all(np.isfinite(value)):
-            bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
-            problems.append(f"non-finite values: {name}: {bad} of {value.size} are NaN or inf")
+            nonfinite.append((name, int(np.size(value) - np.count_nonzero(np.isfinite(value))), value.size))
+    problems = [*_listed("missing", missing), *_listed("unexpected", unexpected), *_listed("shape mismatch", shapes)]
+    for dtype, names in dtypes.items():
+        if len(names) == 1:
+            problems.append(f"dtype: {names[0]}: expected a floating-point tensor, found {dtype}")
+        else:
+            which = "every tensor is" if len(names) == len(expected) else f"{len(names)} tensors are"
+            problems.append(f"dtype: {which} {dtype} (first: {names[0]}); expected floating-point tensors")
+    if len(nonfinite) == 1:
+        problems.append("non-finite values: {}: {} of {} are NaN or inf".format(*nonfinite[0]))
+    elif nonfinite:
+        problems.append(f"non-finite values: {sum(n for _, n, _ in nonfinite)} NaN or inf in {len(nonfinite)} tensors "
+                        f"(first: {nonfinite[0][0]})")
     return problems
+
+
+LISTED = 4
+"""``weight_problems`` names up to this many missing (unexpected, misshapen) tensors one per line; more are one line."""
+
+
+def _listed(kind: str, items: list[str]) -> list[str]:
+    if len(items) <= LISTED:
+        return [f"{kind}: {item}" for item in items]
+    return [f"{kind}: {len(items)} tensors (first: {items[0]}; last: {items[-1]})"]
 
 
 def check_weights(state: Mapping[str, np.ndarray], cfg: UnetConfig, naming: str) -> None:

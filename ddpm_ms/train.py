@@ -25,6 +25,7 @@ from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.distributed import World
 from ddpm_core.errors import RunError
 from ddpm_core.train_loop import CHECKPOINT_FORMAT, train_main
+from ddpm_core.train_settings import checkpoint_mismatch
 from ddpm_core.train_tape import shard
 from ddpm_core.weights import ms_to_torch
 from ddpm_ms import device as devices
@@ -125,13 +126,12 @@ class Trainer:
         if meta.get("format") != CHECKPOINT_FORMAT or meta.get("framework") != self.framework:
             raise RunError(f"{path}: not a {self.framework} training checkpoint of this project")
         params = self._saved()
-        if sorted(saved) != sorted(p.name for p in params):
-            raise RunError(f"{path}: its entries do not match this model and optimizer")
+        mismatch = checkpoint_mismatch(path, {n: tuple(v.shape) for n, v in saved.items()},
+                                       {p.name: tuple(p.shape) for p in params})
+        if mismatch:
+            raise mismatch
         for p in params:
-            value = saved[p.name].asnumpy()
-            if value.shape != tuple(p.shape):
-                raise RunError(f"{path}: {p.name} has shape {value.shape}, expected {tuple(p.shape)}")
-            p.set_data(Tensor(np.array(value, copy=True), dtype=p.dtype))
+            p.set_data(Tensor(np.array(saved[p.name].asnumpy(), copy=True), dtype=p.dtype))
         self._step = self._make_step()
         return meta
 

@@ -25,6 +25,7 @@ from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.distributed import World
 from ddpm_core.errors import RunError
 from ddpm_core.train_loop import CHECKPOINT_FORMAT, train_main
+from ddpm_core.train_settings import checkpoint_mismatch
 from ddpm_core.train_tape import shard
 from ddpm_torch import device as devices
 from ddpm_torch import distributed
@@ -103,6 +104,10 @@ class Trainer:
             raise RunError(f"{path}: not a readable training checkpoint ({type(e).__name__}: {e})") from None
         if meta.get("format") != CHECKPOINT_FORMAT or meta.get("framework") != self.framework:
             raise RunError(f"{path}: not a {self.framework} training checkpoint of this project")
+        mismatch = checkpoint_mismatch(path, {n: tuple(v.shape) for n, v in state["model"].items()},
+                                       {n: tuple(v.shape) for n, v in self.model.state_dict().items()})
+        if mismatch:
+            raise mismatch
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng_state"])

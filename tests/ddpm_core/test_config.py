@@ -70,7 +70,7 @@ def test_from_dict_rejects_unknown_keys():
         ({"dim": 8, "channels": 0}, "channels must be a positive integer"),
         ({"dim": 8, "dim_mults": ()}, "dim_mults must name at least one level"),
         ({"dim": 8, "dim_mults": (2, 4)}, "dim_mults\\[0\\] must be 1"),
-        ({"dim": 8, "dim_mults": (1, 0)}, "each dim_mults entry must be a positive integer"),
+        ({"dim": 8, "dim_mults": (1, 0)}, r"dim_mults\[1\] must be a positive integer"),
         ({"dim": 12, "use_convnext": False, "resnet_block_groups": 8}, "resnet_block_groups=8 must divide"),
         ({"dim": 8, "out_dim": -1}, "out_dim must be a positive integer"),
     ],

@@ -25,6 +25,7 @@ from ddpm_core.weights import (
     round_to_bfloat16,
     save_weights,
     torch_to_ms,
+    weight_problems,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -204,13 +205,32 @@ def test_wrong_config_is_named_from_the_shapes_in_one_line(tmp_path, cfg):
         load_weights(tmp_path / "w.ckpt", config=other)
 
 
-def test_weights_of_no_config_keep_one_line_per_key_and_the_hint(tmp_path):
+def test_weights_of_no_config_count_each_kind_of_problem_in_one_line_and_keep_the_hint(tmp_path):
+    """Issue 25: one cause, one line; the weights of another U-Net listed 100+ keys, one line each."""
     state = random_weights(CONVNEXT)
     del state["final_conv.1.weight"]  # fits no U-Net at all
     formats.WRITERS["torch"](tmp_path / "w.pt", state, "torch", CONVNEXT, None)
     with pytest.raises(WeightsError) as info:
         load_weights(tmp_path / "w.pt")
-    assert len(info.value.problems) > 100 and "--config" in info.value.hint
+    kinds = [p.split(":")[0] for p in info.value.problems]
+    assert len(kinds) == len(set(kinds)) and "--config" in info.value.hint
+    assert any(re.fullmatch(r"(missing|unexpected|shape mismatch): \d{2,} tensors \(first: .*", p)
+               for p in info.value.problems), info.value.problems
+
+
+def test_one_cause_is_one_line_and_a_few_keys_are_each_named(tmp_path):
+    """All-int32 weights were 114 lines for one cause; NaN in several tensors likewise."""
+    state = random_weights(CONVNEXT)
+    ints = {k: v.astype(np.int32) for k, v in state.items()}
+    assert weight_problems(ints, CONVNEXT, "torch") == [
+        f"dtype: every tensor is int32 (first: {next(iter(state))}); expected floating-point tensors"]
+    nan = {k: (v * np.nan if i % 2 else v) for i, (k, v) in enumerate(state.items())}
+    (line,) = weight_problems(nan, CONVNEXT, "torch")
+    assert line.startswith(f"non-finite values: {sum(v.size for i, v in enumerate(state.values()) if i % 2)} NaN or inf "
+                           f"in {len(state) // 2} tensors")
+    few = {k: v for k, v in list(state.items())[2:]}
+    assert weight_problems(few, CONVNEXT, "torch") == [f"missing: {k} (expected shape {v.shape})"
+                                                       for k, v in list(state.items())[:2]]
 
 
 # ---------------------------------------------------------------- unreadable files and safety
