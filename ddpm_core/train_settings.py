@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ddpm_core.cli import explicit_options
+from ddpm_core.cli import DEFAULT_MAX_LOSS, explicit_options
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.datasets import default_flip, default_image_size
 from ddpm_core.download import default_root
@@ -27,7 +27,7 @@ from ddpm_core.run_folder import RunDir, read_json
 from ddpm_core.schedules import cosine_decay_lr
 from ddpm_core.train_tape import TAPE_VERSION, steps_per_epoch
 
-RESUME_OVERRIDABLE = ("data", "workers", "max_steps", "save_every", "keep", "no_progress")
+RESUME_OVERRIDABLE = ("data", "workers", "max_steps", "save_every", "keep", "no_progress", "max_loss")
 """Options ``--resume`` may change: they do not move the loss curve (the data must still hold the same examples)."""
 
 
@@ -60,6 +60,8 @@ class Settings:
     examples: int = 0
     tape_version: int = TAPE_VERSION
     flip: bool = True
+    max_loss: float = DEFAULT_MAX_LOSS
+    """stop when a step's loss exceeds this (runs started before the option existed resume with the default)"""
 
     def unet_config(self) -> UnetConfig:
         return UnetConfig(dim=self.dim, channels=self.channels, dim_mults=tuple(self.dim_mults))
@@ -164,5 +166,7 @@ def check_settings(s: Settings) -> None:
     for option, value in (("--lr", s.lr), ("--min-lr", s.min_lr)):
         if not math.isfinite(value):
             raise UserError(f"{option} must be a finite number, got {value}")
+    if not s.max_loss > 0:
+        raise UserError(f"--max-loss must be a number > 0 (inf: no limit), got {s.max_loss}")
     if not 0.0 <= s.min_lr < s.lr:
         raise UserError(f"need 0 <= --min-lr < --lr, got {s.min_lr} and {s.lr}")
