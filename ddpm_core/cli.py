@@ -87,8 +87,8 @@ def _train_examples(prog: str) -> str:
   # continue after an interruption, bit for bit
   {prog} --resume runs/a
   # no data, no network: synthetic garments (bright rectangles), a tiny model, 20 steps (PyTorch: under a minute)
-  python -c "from ddpm_core.datasets import write_synthetic_fashion_mnist as w; w('synthetic')"
-  {prog} --data synthetic --out runs/tiny --max-steps 20 --dim 8 --timesteps 20
+  python -c "from ddpm_core.datasets import write_synthetic_fashion_mnist as w; w('runs/synthetic')"
+  {prog} --data runs/synthetic --out runs/tiny --max-steps 20 --dim 8 --timesteps 20
 (examples/train_torch_sample_ms.py does the last one, then converts and samples in the other framework)"""
 
 

@@ -10,7 +10,8 @@ dim_mults (1, 2, 4)), T=200 linear, Huber loss, seeded initial weights computed 
 (parity.engine.initial) and moved through ddpm_core.weights.torch_to_ms, one random tape (parity.engine.tape).
 
 Exit codes: 0 every check passes; 1 a numeric or settings mismatch; 2 a structural problem (weights
-that do not map, a bad input file, a bad config: one line "error: ..."); 3 the environment refuses a
+that do not map, a bad input file, a bad config or option, a run whose estimated memory exceeds what the
+machine has available: one line "error: ..."); 3 the environment refuses a
 fair comparison (a requested device is missing, or a framework is not installed: the line names the
 pip extra). ``record`` and ``compare`` import only the framework they run.
 """

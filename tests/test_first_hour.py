@@ -55,7 +55,7 @@ def test_train_help_shows_how_to_train_without_data(tmp_path):
     write = next(shlex.split(ln) for ln in lines if ln.startswith("python -c"))
     subprocess.run([sys.executable, *write[1:]], cwd=tmp_path, check=True,
                    env={"PYTHONPATH": str(ROOT)})
-    train = next(shlex.split(ln) for ln in lines if "--data synthetic" in ln)
+    train = next(shlex.split(ln) for ln in lines if "--data runs/synthetic" in ln)
     data = tmp_path / train[train.index("--data") + 1]
     with make_stage_dir() as stage:
         assert prepare_data(data, "auto", 28, None, stage).examples == 64
