@@ -21,6 +21,11 @@ from ddpm_core.errors import (
 )
 
 COMPILE_CHOICES = ("auto", "on", "off")
+DEFAULT_MAX_LOSS = 100.0
+"""``train --max-loss``: a step's loss above this stops the run as diverged. Real runs stay far below: the
+per-element loss of a noise prediction is about 0.4 (Huber), 0.8 (L1) or 1 (L2) for a model that predicts 0
+(docs/training.md has the measured ranges); a loss of 100 means predictions off by about 100 (Huber, L1) or 10
+(L2) standard deviations of the noise."""
 COMPILE_HELP = ("the compiled path. MindSpore: 'auto' and 'on' run each training step (forward, loss, gradients, "
                "Adam) or sampling step as one ms.jit graph (tens of seconds to compile, then several times faster than "
                "PyNative on CPU); 'off' runs op by op (PyNative), as the tutorial does. PyTorch: 'auto' and 'off' are "
@@ -94,8 +99,8 @@ def _train_examples(prog: str) -> str:
   # continue after an interruption, bit for bit
   {prog} --resume runs/a
   # no data, no network: synthetic garments (bright rectangles), a tiny model, 20 steps (PyTorch: under a minute)
-  python -c "from ddpm_core.datasets import write_synthetic_fashion_mnist as w; w('synthetic')"
-  {prog} --data synthetic --out runs/tiny --max-steps 20 --dim 8 --timesteps 20
+  python -c "from ddpm_core.datasets import write_synthetic_fashion_mnist as w; w('runs/synthetic')"
+  {prog} --data runs/synthetic --out runs/tiny --max-steps 20 --dim 8 --timesteps 20
 (examples/train_torch_sample_ms.py does the last one, then converts and samples in the other framework)"""
 
 
@@ -139,6 +144,9 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     g.add_argument("--keep", type=positive_int, default=2, help="checkpoints to keep (the newest)")
     g.add_argument("--seed", type=non_negative_int, default=0,
                    help="seeds the initial weights and the per-step tape (batches, flips, t, noise)")
+    g.add_argument("--max-loss", type=float, default=DEFAULT_MAX_LOSS, metavar="L",
+                   help=f"stop as diverged when a step's loss exceeds L, keeping the checkpoints written so far "
+                        f"(default {DEFAULT_MAX_LOSS:g}, far above any real run's loss; inf: no limit)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--compile", choices=COMPILE_CHOICES, default="auto", help=COMPILE_HELP)
     g = p.add_argument_group("device and numerics")

@@ -15,9 +15,12 @@ EXIT_MISMATCH = 1
 """parity: a numeric or settings mismatch between the twins."""
 EXIT_USER_ERROR = 2
 """A problem with the user's input: an option, a file, a folder, weights that do not map (what the parity
-harness calls a structural problem); the twins' commands also use it for a framework that is not installed."""
+harness calls a structural problem), a request whose memory cannot fit in what the machine has available
+(``ddpm_core.memory``), a training that diverged, weights whose samples are NaN or inf; the twins' commands
+and ``parity.convert`` also use it for a framework that is not installed."""
 EXIT_ENVIRONMENT = 3
-"""parity: the environment refuses a fair comparison (a requested device or a framework is missing)."""
+"""parity.check: the environment refuses a fair comparison (a requested device is missing, or a framework it
+needs is not installed)."""
 EXIT_INTERRUPTED = 130
 """Ctrl-C, as a shell reports a process ended by SIGINT."""
 

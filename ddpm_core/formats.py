@@ -42,6 +42,8 @@ SAFETENSORS_FORMAT = "ddpm-parity-weights"
 SAFETENSORS_VERSION = "1"
 SAFETENSORS_CHECKSUM = "sha256"
 """metadata key of ``entries_digest`` over the file's tensors"""
+IMAGE_SIZE_KEY = "image_size"
+"""safetensors metadata key: the height = width the model was trained at (a decimal string)"""
 BFLOAT16_FORMATS = ("torch", "mindspore")
 _MODEL_ENTRIES = ("model", "state_dict")
 """A PyTorch checkpoint dict holding one of these entries keeps the weights there; the rest are extras."""
@@ -216,7 +218,7 @@ def _read_safetensors(path: Path) -> RawFile:
 
 
 def _write_torch(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: UnetConfig, dtype: str | None,
-                 diffusion: DiffusionConfig | None = None):
+                 diffusion: DiffusionConfig | None = None, image_size: int | None = None):
     """A plain state_dict (no room for settings: ``load_state_dict`` takes it strictly); zip CRC-32s."""
     torch = require("torch")
 
@@ -227,7 +229,7 @@ def _write_torch(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: 
 
 
 def _write_mindspore(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: UnetConfig, dtype: str | None,
-                     diffusion: DiffusionConfig | None = None):
+                     diffusion: DiffusionConfig | None = None, image_size: int | None = None):
     """Tensors only (``load_param_into_net(strict_load=True)`` takes it as is), with MindSpore's CRC footer,
     written by ``ddpm_core.ckpt`` (no MindSpore needed)."""
     from ddpm_core import ckpt
@@ -240,8 +242,9 @@ def _write_mindspore(path: Path, state: Mapping[str, np.ndarray], naming: str, c
 
 
 def _write_safetensors(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: UnetConfig, dtype: str | None,
-                       diffusion: DiffusionConfig | None = None):
-    """Tensors, the naming, the configs and the ``sha256`` of the tensors in the metadata."""
+                       diffusion: DiffusionConfig | None = None, image_size: int | None = None):
+    """Tensors, the naming, the configs, the image size the model was trained at and the ``sha256`` of the
+    tensors in the metadata."""
     from safetensors.numpy import save_file
 
     tensors = {n: np.ascontiguousarray(v) for n, v in state.items()}
@@ -249,6 +252,8 @@ def _write_safetensors(path: Path, state: Mapping[str, np.ndarray], naming: str,
                 "unet_config": cfg.to_json(), SAFETENSORS_CHECKSUM: entries_digest(tensors)}
     if diffusion is not None:
         metadata["diffusion_config"] = diffusion.to_json()
+    if image_size is not None:
+        metadata[IMAGE_SIZE_KEY] = str(image_size)
     save_file(tensors, path, metadata=metadata)
 
 

@@ -38,6 +38,16 @@ def _hook(exc_type: type, exc: BaseException, tb: object) -> None:
 _previous_hook = sys.excepthook
 
 
+def framework_of(obj: object) -> str | None:
+    """``"torch"`` or ``"mindspore"`` when ``obj``'s class comes from that framework (an ``nn.Module``, a
+    ``Cell``, a tensor), judged by the modules its classes are defined in, so nothing is imported; else None."""
+    for cls in type(obj).__mro__:
+        top = cls.__module__.split(".")[0]
+        if top in ("torch", "mindspore"):
+            return top
+    return None
+
+
 def require(module: str) -> ModuleType:
     """Import ``module`` (``torch``, ``torchvision``, ``mindspore`` or a submodule of one) and return it;
     ``MissingFramework`` if its framework is not installed. Other import errors propagate unchanged."""

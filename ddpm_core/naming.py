@@ -147,7 +147,7 @@ def torch_to_ms_names(cfg: UnetConfig) -> dict[str, str]:
 
 def parameter_count(cfg: UnetConfig) -> int:
     """Number of scalar parameters in ``Unet(cfg)``."""
-    return int(sum(np.prod(s.shape) for s in unet_parameters(cfg)))
+    return sum(math.prod(s.shape) for s in unet_parameters(cfg))  # exact for any size: Python ints
 
 
 def infer_config(shapes: Mapping[str, tuple[int, ...]]) -> UnetConfig | None:

@@ -5,14 +5,17 @@ Rules it keeps:
   * sample i depends on (seed, i) only (``ddpm_core.images.sample_noise``), so ``--n``, ``--batch-size``
     and the framework do not change it: the same weights and seed give the same samples in both twins,
     up to float rounding;
-  * the config comes from, in order: ``--config``, the weights file's own metadata (safetensors), a
-    ``config.json`` beside the weights (a run folder's, also for ``checkpoints/*``), else the tutorial's;
-    the diffusion settings likewise, and ``--timesteps``/``--schedule`` may not contradict recorded ones;
+  * the config, the diffusion settings and the image size come from the weights file's own metadata
+    (safetensors), ``--config`` or a ``config.json`` beside the weights (``ddpm_core.recorded``), else the
+    tutorial's (the image size: the model's dim), with a note; ``--timesteps``/``--schedule`` may not
+    contradict recorded ones;
   * the output paths are checked before any sampling, so a bad ``--out`` costs nothing: each must be
     writable and another file than every input (the weights, their config and manifest) and than each other
     (``ddpm_core.paths``); the ``--npy`` file's size is known, so its free space is checked too; then
     ``--device`` (the twin's ``device.resolve_device``: a missing device is one line, exit 3), before any
-    weights are read.
+    weights are read; the memory the run needs (``ddpm_core.memory``) is checked before any sampling, so an
+    ``--n`` that cannot fit costs nothing;
+  * nothing is written from non-finite states: weights that sample NaN or inf stop the run with one line.
 """
 from __future__ import annotations
 
@@ -26,18 +29,14 @@ import numpy as np
 
 from ddpm_core.atomic import atomic_write
 from ddpm_core.cli import noise_strip_parser, sample_parser
-from ddpm_core.config import (
-    TUTORIAL_DIFFUSION,
-    ConfigFile,
-    DiffusionConfig,
-    UnetConfig,
-    read_config,
-    resolve_diffusion,
-)
+from ddpm_core.config import TUTORIAL_DIFFUSION, DiffusionConfig, UnetConfig, resolve_diffusion
 from ddpm_core.contract import Devices
 from ddpm_core.datasets import check_image_files
 from ddpm_core.errors import DataError, UserError
+from ddpm_core.memory import FLOAT32, Need, activation_bytes, parameter_count, require
+from ddpm_core.recorded import find_config, load_recorded
 from ddpm_core.images import (
+    grid_size,
     sample_noise,
     save_gif,
     save_grid,
@@ -54,14 +53,6 @@ CHUNK_BYTES = 1 << 30
 """Per chunk of samples, the per-step noise and the returned states together stay under this."""
 
 
-def find_config(weights: Path) -> Path | None:
-    """config.json beside the weights, or beside the run folder of a ``checkpoints/`` file."""
-    for folder in (weights.parent, weights.parent.parent if weights.parent.name == "checkpoints" else None):
-        if folder is not None and (folder / "config.json").is_file():
-            return folder / "config.json"
-    return None
-
-
 @dataclasses.dataclass(frozen=True)
 class Resolved:
     state: dict[str, np.ndarray]  # PyTorch names
@@ -71,30 +62,23 @@ class Resolved:
 
 
 def resolve(args: Any) -> Resolved:
-    """The weights and every config ``sample`` needs, with the command line's overrides."""
-    from ddpm_core.weights import load_weights
-
-    weights = Path(args.weights)
-    inline = bool(args.config) and args.config.lstrip().startswith("{")
-    found = args.config if args.config else find_config(weights)
-    given = read_config(found, "--config" if args.config else "config") if found else ConfigFile(None)
-    unet, diffusion, image_size = given.unet, given.diffusion, given.image_size
-    loaded = load_weights(weights, naming="torch", config=unet)
-    source = "--config" if inline else str(found)
-    if loaded.diffusion is not None:
-        if diffusion is not None and diffusion != loaded.diffusion:
-            raise UserError(f"{source} gives {diffusion.short()}, but {weights} records {loaded.diffusion.short()}")
-        diffusion, source = loaded.diffusion, str(weights)
+    """The weights and every config ``sample`` needs (``ddpm_core.recorded``), with the command line's overrides."""
+    r = load_recorded(args.weights, args.config)
+    loaded, weights = r.loaded, args.weights
     flags = {"--timesteps": ("timesteps", args.timesteps), "--schedule": ("schedule", args.schedule)}
-    if diffusion is None and args.timesteps is None and args.schedule is None:
+    if r.diffusion is None and args.timesteps is None and args.schedule is None:
         print(f"note: no diffusion settings are recorded with {weights} (nor in a config.json beside it); sampling "
               f"with the tutorial's {TUTORIAL_DIFFUSION.short()}: pass --timesteps/--schedule if it was trained otherwise",
               file=sys.stderr)
     try:
-        diffusion = resolve_diffusion(diffusion, source, flags)
+        diffusion = resolve_diffusion(r.diffusion, r.source, flags)
     except ValueError as e:
         raise UserError(str(e)) from None
-    size = args.image_size or image_size or loaded.config.dim  # the tutorial trains at image_size == dim
+    if r.image_size is None and args.image_size is None:
+        print(f"note: no image size is recorded with {weights} (nor in a config.json beside it); sampling at "
+              f"{loaded.config.dim}x{loaded.config.dim}, the model's dim (the tutorial trains at image size = dim): "
+              "pass --image-size if it was trained otherwise", file=sys.stderr)
+    size = args.image_size or r.image_size or loaded.config.dim
     if size % loaded.config.size_multiple:
         raise UserError(f"--image-size {size} is not a multiple of {loaded.config.size_multiple} for this model")
     return Resolved(loaded.state, loaded.config, diffusion, size)
@@ -118,20 +102,49 @@ Denoise = Callable[[np.ndarray, np.ndarray], np.ndarray]
 def generate(denoise: Denoise, n: int, seed: int, steps: int, shape: tuple[int, int, int], batch_size: int,
              keep: Sequence[int] = ()) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """``n`` samples (n, C, H, W), sample i from ``sample_noise(seed, i)`` whatever the chunking, and the
-    whole denoising (x_T first, (steps + 1, C, H, W)) of each sample in ``keep``."""
+    whole denoising (x_T first, (steps + 1, C, H, W)) of each sample in ``keep``. A chunk whose states hold
+    NaN or inf stops it there (``UserError`` naming the first sample and step): nothing is made from them."""
     chunk = chunk_size(batch_size, steps, shape)
-    finals, kept = [], {}
+    finals, kept = np.empty((n, *shape), np.float32), {}
     for first in range(0, n, chunk):
         idx = range(first, min(n, first + chunk))
         drawn = [sample_noise(seed, i, steps, shape) for i in idx]
         start = np.stack([d[0] for d in drawn])
         noise = np.stack([d[1] for d in drawn], axis=1)
         states = np.asarray(denoise(start, noise))
-        finals.append(states[-1])
+        check_finite(states, first, n)
+        finals[first:first + len(idx)] = states[-1]
         for j, i in enumerate(idx):
             if i in keep:
                 kept[i] = np.concatenate([start[None, j], states[:, j]])
-    return np.concatenate(finals), kept
+    return finals, kept
+
+
+def check_finite(states: np.ndarray, first: int, n: int) -> None:
+    """A ``UserError`` if the states (steps, b, C, H, W) of samples ``first``.. hold NaN or inf: finite weights
+    that do not denoise (a training that diverged) would otherwise give a garbage picture and an all-NaN .npy."""
+    bad = ~np.isfinite(states).reshape(states.shape[0], states.shape[1], -1).all(axis=2)  # (steps, b)
+    if bad.any():
+        step, j = np.argwhere(bad)[0]
+        samples = int(bad.any(axis=0).sum())
+        others = f" (and {samples - 1} more of samples {first}-{first + states.shape[1] - 1})" if samples > 1 else ""
+        raise UserError(f"sample {first + j} of {n} is NaN or inf after sampling step {step + 1} of {states.shape[0]}"
+                        f"{others}: these weights do not denoise (did their training diverge?); nothing was written")
+
+
+def sampling_need(cfg: UnetConfig, n: int, shape: tuple[int, int, int], chunk: int, steps: int, scale: int) -> Need:
+    """A lower bound of ``sample_main``'s memory (``ddpm_core.memory``): the model and one chunk's forward pass,
+    its noise and states, the ``n`` samples kept (float32, the clipped copy and the uint8 copy ``to_uint8`` makes)
+    and the grid picture (with the scaled copy of the samples ``tile`` makes)."""
+    c, h, w = shape
+    per_sample = c * h * w
+    width, height = grid_size(n, h, w, scale)
+    return Need({
+        "the model and one forward pass": FLOAT32 * parameter_count(cfg) + activation_bytes(cfg, chunk, h, False),
+        f"a chunk of {chunk} samples' noise and states": chunk * 2 * (steps + 1) * per_sample * FLOAT32,
+        f"the {n} samples": n * per_sample * (2 * FLOAT32 + 1),
+        f"the {width}x{height} grid": width * height * c + (n * per_sample * scale * scale if scale > 1 else 0),
+    })
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> None:
@@ -169,6 +182,8 @@ def sample_main(argv: Sequence[str] | None, prog: str, framework: str,
     shape = (unet.channels, r.image_size, r.image_size)
     if args.npy:
         check_space("--npy", args.npy, args.n * int(np.prod(shape)) * 4 + 128)
+    require(sampling_need(unet, args.n, shape, chunk_size(args.batch_size, steps, shape), steps, args.scale),
+            f"sampling {args.n} images of {r.image_size}x{r.image_size}", "use a smaller --n (or --scale)")
     denoise = make_denoiser(r.state, unet, diffusion, args.sampler, steps, args.eta, args.compile, not args.no_progress,
                             device)
     samples, gif_states = generate(denoise, args.n, args.seed, steps, shape, args.batch_size,

@@ -9,8 +9,11 @@ Rules it keeps:
     killed at any instant resumes from the last complete checkpoint;
   * a new run writes nothing until its settings are valid and its trainer is built, and one that stops
     before completing a step leaves no folder behind that would block a retry;
-  * a non-finite loss (or non-finite weights at a checkpoint) stops the run at once with one line naming the
-    step; the checkpoints written before stay;
+  * a non-finite loss, a loss above ``--max-loss`` (a divergence no real run reaches, ``cli.DEFAULT_MAX_LOSS``)
+    or non-finite weights at a checkpoint stop the run at once with one line naming the step; the checkpoints
+    written before stay, and nothing is exported;
+  * a model and batch whose memory (``ddpm_core.memory``, a lower bound) exceeds what the machine has available
+    are refused in one line before the trainer is built;
   * resuming replays nothing and skips nothing: the log is cut back to the checkpoint's step and the tape
     is a function of (seed, step), so the resumed loss curve equals an uninterrupted one exactly, given the
     same numerics (library versions, oneDNN instruction set, PyTorch threads: recorded in each checkpoint,
@@ -47,6 +50,7 @@ from ddpm_core.datasets import DataSpec, make_stage_dir, prepare_data
 from ddpm_core.distributed import World, launched_size
 from ddpm_core.download import download_fashion_mnist
 from ddpm_core.errors import Diverged, OutputError, RunError, UserError
+from ddpm_core.memory import require, training_need
 from ddpm_core.paths import check_inside, check_space
 from ddpm_core.run_folder import ResumePoint, RunDir, kill_point
 from ddpm_core.train_settings import Settings, check_settings, run_and_settings
@@ -119,6 +123,11 @@ def _prepare(run: RunDir, settings: Settings, args: Any, open_data: Callable[[Da
         settings = dataclasses.replace(settings, data_format=spec.format, channels=spec.channels,
                                        examples=spec.examples)
         check_settings(settings)
+        cfg, size = settings.unet_config(), settings.image_size
+        per_rank = f" ({settings.batch_size // world.size} per worker)" if world.distributed else ""
+        require(training_need(cfg, settings.batch_size // world.size, size),
+                f"training {cfg.short()} on batches of {settings.batch_size}{per_rank} at {size}x{size}",
+                "choose a smaller --dim, --dim-mults, --batch-size or --image-size")
         if not args.resume:
             dist.barrier(world)  # no rank has written yet: each sees the folder as the user left it
             run.check_new(args.allow_other_files)
@@ -216,9 +225,10 @@ def _train(run: RunDir, s: Settings, data: Any, trainer: Trainer, lrs: list[floa
                 log({"step": step, "epoch": step // spe, "loss": loss, "lr": lrs[step]})
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", epoch=step // spe, refresh=False)
-            if not math.isfinite(loss):  # the global batch's loss: every rank stops here
+            if not math.isfinite(loss) or loss > s.max_loss:  # the global batch's loss: every rank stops here
                 bar.close()
-                raise _diverged(run, step, f"the loss is {loss}")
+                what = f"the loss is {loss}" if not math.isfinite(loss) else f"the loss {loss:.3g} exceeds --max-loss {s.max_loss:g}"
+                raise _diverged(run, step, what)
             progress["steps"] += 1
             kill_point("after-step", step + 1, r)
             done = step + 1
@@ -233,7 +243,7 @@ def _train(run: RunDir, s: Settings, data: Any, trainer: Trainer, lrs: list[floa
     bar.close()
     if not world.is_main:
         return 0
-    export(run, trainer, s.unet_config(), s.diffusion_config())
+    export(run, trainer, s.unet_config(), s.diffusion_config(), s.image_size)
     workers = f", {n} workers" if world.distributed else ""
     print(f"{s.framework}: {end} steps in {run.path}{workers} (log.jsonl, checkpoints/, model{trainer.checkpoint_ext}, "
           "model.safetensors)", file=sys.stderr)
@@ -252,11 +262,17 @@ def _check_room(run: RunDir, s: Settings, trainer: Trainer, point: ResumePoint |
 
 
 def _diverged(run: RunDir, step: int, what: str) -> Diverged:
-    """The error that stops a run at ``step``, naming the checkpoint kept."""
-    newest = run.newest()
+    """The error that stops a run at ``step``, naming the last good checkpoint kept: the newest one from before
+    ``step`` (a checkpoint after ``step`` steps holds the very weights whose loss at ``step`` diverged)."""
+    records = run.records()
+    good = [r for r in records if r["step"] < step]
     kept = "no checkpoint was written"
-    if newest:
-        kept = f"the last checkpoint, {newest['checkpoint']} (after {newest['step']} step(s)), is kept"
+    if good:
+        kept = f"the last good checkpoint, {good[-1]['checkpoint']} (after {good[-1]['step']} step(s)), is kept"
+    elif records:
+        kept = "no checkpoint from before it was written"
+    if records and records[-1]["step"] == step:
+        kept += f" ({records[-1]['checkpoint']} holds the weights that gave this loss)"
     return Diverged(f"step {step}: {what}: training diverged and stopped (try a lower --lr); {kept}")
 
 
@@ -272,11 +288,11 @@ def _meta(s: Settings, trainer: Trainer, step: int, lrs: list[float]) -> dict[st
     }
 
 
-def export(run: RunDir, trainer: Trainer, cfg: UnetConfig, diffusion: DiffusionConfig) -> None:
+def export(run: RunDir, trainer: Trainer, cfg: UnetConfig, diffusion: DiffusionConfig, image_size: int) -> None:
     """RUN_DIR/model.{pt|ckpt} in the twin's format and RUN_DIR/model.safetensors (which also records the
-    diffusion settings), via ``ddpm_core.weights``."""
+    diffusion settings and the image size, so they travel with the file), via ``ddpm_core.weights``."""
     from ddpm_core.weights import save_weights
 
     state = trainer.state()
     save_weights(state, run.path / f"model{trainer.checkpoint_ext}", trainer.naming, cfg)
-    save_weights(state, run.path / "model.safetensors", trainer.naming, cfg, diffusion=diffusion)
+    save_weights(state, run.path / "model.safetensors", trainer.naming, cfg, diffusion=diffusion, image_size=image_size)

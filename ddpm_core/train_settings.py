@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from ddpm_core import schema
-from ddpm_core.cli import COMPILE_CHOICES, explicit_options
+from ddpm_core.cli import COMPILE_CHOICES, DEFAULT_MAX_LOSS, explicit_options
 from ddpm_core.config import LOSS_TYPES, SCHEDULES, DiffusionConfig, UnetConfig
 from ddpm_core.datasets import FORMATS as DATA_FORMATS
 from ddpm_core.datasets import default_flip, default_image_size
+from ddpm_core.devices import PRECISIONS
 from ddpm_core.download import default_root
 from ddpm_core.errors import RunError, UserError
 from ddpm_core.run_folder import RunDir, read_json
@@ -34,7 +35,7 @@ from ddpm_core.train_tape import TAPE_VERSION, steps_per_epoch
 
 FRAMEWORKS = ("torch", "ms")
 """The twins a run is trained with, by package suffix (``python -m ddpm_<framework>.train``)."""
-RESUME_OVERRIDABLE = ("data", "workers", "max_steps", "save_every", "keep", "no_progress")
+RESUME_OVERRIDABLE = ("data", "workers", "max_steps", "save_every", "keep", "no_progress", "max_loss")
 """Options ``--resume`` may change: they do not move the loss curve (the data must still hold the same examples)."""
 
 
@@ -68,6 +69,8 @@ class Settings:
     tape_version: int = TAPE_VERSION
     flip: bool = True
     precision: str = "fp32"
+    max_loss: float = DEFAULT_MAX_LOSS
+    """stop when a step's loss exceeds this (runs started before the option existed resume with the default)"""
 
     def unet_config(self) -> UnetConfig:
         return UnetConfig(dim=self.dim, channels=self.channels, dim_mults=tuple(self.dim_mults))
@@ -105,6 +108,7 @@ RUN_SCHEMA = schema.for_dataclass(Settings, {
     "min_lr": schema.number(0.0), "dim": schema.integer(1), "dim_mults": schema.list_of(schema.integer(1), 1),
     "timesteps": schema.integer(2), "schedule": schema.string(SCHEDULES), "loss": schema.string(LOSS_TYPES),
     "compile": schema.string(COMPILE_CHOICES), "examples": schema.integer(0), "tape_version": schema.integer(0),
+    "precision": schema.string(PRECISIONS), "max_loss": schema.number(0.0, infinite=True),
 })
 """run.json: the fields of ``Settings`` (those with a default may be absent, as in older run folders), each
 of its type and within the range its command-line option accepts; no other key."""
@@ -204,5 +208,7 @@ def check_settings(s: Settings) -> None:
     for option, value in (("--lr", s.lr), ("--min-lr", s.min_lr)):
         if not math.isfinite(value):
             raise UserError(f"{option} must be a finite number, got {value}")
+    if not s.max_loss > 0:
+        raise UserError(f"--max-loss must be a number > 0 (inf: no limit), got {s.max_loss}")
     if not 0.0 <= s.min_lr < s.lr:
         raise UserError(f"need 0 <= --min-lr < --lr, got {s.min_lr} and {s.lr}")

@@ -14,7 +14,8 @@ Rules it keeps:
   * Intact: every file written carries a checksum (``ddpm_core.formats``), verified on reading; a file
     without one must hold plausible values (``implausible``); a manifest sidecar
     (``<file>.manifest.json``), when present, must match. Each refusal is one line.
-  * Self-describing: safetensors files carry the U-Net and diffusion settings (``LoadedWeights.diffusion``);
+  * Self-describing: safetensors files carry the U-Net and diffusion settings and the image size
+    (``LoadedWeights.diffusion``, ``.image_size``; ``ddpm_core.recorded`` adds a run's config.json);
     weights that fit another U-Net than the one assumed are named in one line (``naming.infer_config``).
   * Framework-neutral: torch, mindspore and safetensors are imported inside the reader or writer
     of their own format, never at import time.
@@ -36,6 +37,7 @@ from ddpm_core.config import TUTORIAL_UNET, DiffusionConfig, UnetConfig
 from ddpm_core.errors import WeightsError, type_and_first_sentence
 from ddpm_core.formats import (
     BFLOAT16_FORMATS,
+    IMAGE_SIZE_KEY,
     READERS,
     WRITERS,
     RawFile,
@@ -295,6 +297,8 @@ class LoadedWeights:
     """the diffusion settings recorded with the weights (safetensors metadata), or None"""
     verified: bool = False
     """the file's checksum was verified (False: it carries none, and its values were found plausible)"""
+    image_size: int | None = None
+    """the image size recorded with the weights (safetensors metadata), or None"""
 
 
 def _diffusion_from(raw: RawFile, path: Path) -> DiffusionConfig | None:
@@ -306,6 +310,17 @@ def _diffusion_from(raw: RawFile, path: Path) -> DiffusionConfig | None:
     except (ValueError, TypeError) as e:
         raise WeightsError([f"diffusion_config in the metadata is not valid ({type_and_first_sentence(e)})"],
                            f"cannot read {path}") from None
+
+
+def _image_size_from(raw: RawFile, cfg: UnetConfig, path: Path) -> int | None:
+    text = raw.metadata.get(IMAGE_SIZE_KEY)
+    if text is None:
+        return None
+    size = int(text) if text.isdigit() else 0
+    if size <= 0 or size % cfg.size_multiple:
+        raise WeightsError([f"{IMAGE_SIZE_KEY} {text!r} in the metadata is not a positive multiple of "
+                            f"{cfg.size_multiple}"], f"cannot read {path}")
+    return size
 
 
 def _wrong_config(model: Mapping[str, Any], cfg: UnetConfig, assumed: bool) -> str | None:
@@ -379,18 +394,19 @@ def load_weights(path: str | os.PathLike, naming: str = "torch", config: UnetCon
     if manifest_sidecar(path).exists():
         check_sidecar(path, state if naming == "torch" else convert(model, cfg, file_naming, "torch"))
     return LoadedWeights(state, cfg, naming, file_naming, raw.extras + skipped, prefix,
-                         dtypes.pop() if len(dtypes) == 1 else "mixed", str(path), diffusion, raw.verified)
+                         dtypes.pop() if len(dtypes) == 1 else "mixed", str(path), diffusion, raw.verified,
+                         _image_size_from(raw, cfg, path))
 
 
 def save_weights(state: Mapping[str, np.ndarray], path: str | os.PathLike, naming: str = "torch",
                  config: UnetConfig = TUTORIAL_UNET, dtype: str | None = None,
-                 diffusion: DiffusionConfig | None = None) -> dict[str, np.ndarray]:
+                 diffusion: DiffusionConfig | None = None, image_size: int | None = None) -> dict[str, np.ndarray]:
     """Write ``state`` (in ``naming``, for ``Unet(config)``) to ``path`` atomically, strictly checked, with
     the format's checksum.
 
     ``.pt``/``.pth`` get torch naming (``load_state_dict`` ready), ``.ckpt`` ms naming
-    (``ms.load_param_into_net`` ready), ``.safetensors`` keep ``naming`` and record it with the config
-    and ``diffusion``. ``dtype`` casts (``None`` keeps the dtype). Returns what was written, in the file's
+    (``ms.load_param_into_net`` ready), ``.safetensors`` keep ``naming`` and record it with the config,
+    ``diffusion`` and ``image_size``. ``dtype`` casts (``None`` keeps the dtype). Returns what was written, in the file's
     naming. If anything fails the destination is untouched and no temporary file is left; temporary files
     of earlier writes to ``path`` whose process was killed are removed first (``ddpm_core.atomic``).
     """
@@ -399,11 +415,14 @@ def save_weights(state: Mapping[str, np.ndarray], path: str | os.PathLike, namin
     if dtype == "bfloat16" and fmt not in BFLOAT16_FORMATS:
         raise WeightsError([f"a {fmt} file cannot hold bfloat16 here (numpy has no bfloat16); "
                             "use .pt or .ckpt, or another --dtype"], f"cannot write {path}")
+    if image_size is not None and (image_size <= 0 or image_size % config.size_multiple):
+        raise WeightsError([f"image size {image_size} is not a positive multiple of {config.size_multiple}"],
+                           f"cannot write {path}")
     file_naming = FILE_NAMING.get(fmt, naming)
     out = cast_weights(convert(state, config, naming, file_naming), dtype)
     check_weights(out, config, file_naming)
     try:
-        atomic_write(path, lambda tmp: WRITERS[fmt](tmp, out, file_naming, config, dtype, diffusion))
+        atomic_write(path, lambda tmp: WRITERS[fmt](tmp, out, file_naming, config, dtype, diffusion, image_size))
     except OSError as e:
         raise WeightsError([type_and_first_sentence(e)], f"cannot write {path}") from None
     return out

@@ -21,6 +21,7 @@ from ddpm_core.config import (
     check_same_shape,
     check_timestep_range,
 )
+from ddpm_core.frameworks import framework_of
 from ddpm_core.schedules import DDIM_COEFS, ddim_plan, make_schedule
 
 ArrayLike = np.ndarray | Tensor
@@ -38,6 +39,14 @@ def state_dtype(model: Callable) -> ms.Type:
     float32 for a model without parameters."""
     param = next(model.get_parameters(), None) if isinstance(model, nn.Cell) else None
     return param.dtype if param is not None else ms.float32
+
+
+def check_model(model: Callable) -> None:
+    """A PyTorch model given to this diffusion is a ``TypeError`` naming the fix (the model would fail
+    deep inside, on a tensor of the other framework: "x is ... but the model's weights are ...")."""
+    if framework_of(model) == "torch":
+        raise TypeError(f"a PyTorch model ({type(model).__name__}) needs ddpm_torch.GaussianDiffusion; you passed it "
+                        f"to ddpm_ms's (build the model with ddpm_ms.Unet, or use ddpm_torch.GaussianDiffusion)")
 
 
 def l1_loss(a: Tensor, b: Tensor) -> Tensor:
@@ -96,6 +105,7 @@ class GaussianDiffusion:
     def p_losses(self, model: nn.Cell, x_start: ArrayLike, t: ArrayLike, noise: ArrayLike | None = None,
                  loss_type: str | None = None) -> Tensor:
         """Mean over the batch of (per-element loss(noise, model(x_t, t)) * p2_weight[t])."""
+        check_model(model)
         x_start = self.tensor(x_start)
         noise = ops.standard_normal(x_start.shape).astype(x_start.dtype) if noise is None else self.tensor(noise, x_start.dtype)
         t = self.timesteps_tensor(t, x_start.shape[0])
@@ -131,6 +141,7 @@ class GaussianDiffusion:
     def p_sample(self, model: nn.Cell, x: ArrayLike, t: ArrayLike, t_index: int,
                  noise: ArrayLike | None = None) -> Tensor:
         """One ancestral step x_t -> x_{t-1}; at t_index 0 the mean alone."""
+        check_model(model)
         x = self.tensor(x)
         t = self.timesteps_tensor(t, x.shape[0])
         model_mean = self.p_mean(model, x, t)
@@ -183,6 +194,7 @@ class GaussianDiffusion:
 
         ``compiled=True`` runs every step through one ``ms.jit`` graph of ``p_step`` (compiled on the first
         step, about 10x faster per step on CPU); the default runs ``p_sample`` op by op (PyNative)."""
+        check_model(model)
         shape = tuple(shape)
         img = ops.standard_normal(shape).astype(ms.float32) if img is None else self.tensor(img, state_dtype(model))
         check_same_shape("img", img.shape, shape)
@@ -209,6 +221,7 @@ class GaussianDiffusion:
         ``compiled=True`` runs every step through one ``ms.jit`` graph of ``ddim_step``."""
         plan = ddim_plan(self.config, steps, eta)
         coef = {name: Tensor(getattr(plan, name)) for name in DDIM_COEFS}
+        check_model(model)
         shape = tuple(shape)
         img = ops.standard_normal(shape).astype(ms.float32) if img is None else self.tensor(img, state_dtype(model))
         check_same_shape("img", img.shape, shape)

@@ -21,6 +21,7 @@ from ddpm_core.config import (
     check_same_shape,
     check_timestep_range,
 )
+from ddpm_core.frameworks import framework_of
 from ddpm_core.schedules import DDIM_COEFS, ddim_plan, make_schedule
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -36,6 +37,14 @@ def state_dtype(model: Callable) -> torch.dtype:
     float64 for the harness's float64 run), float32 for a model without parameters."""
     param = next(model.parameters(), None) if isinstance(model, nn.Module) else None
     return param.dtype if param is not None else torch.float32
+
+
+def check_model(model: Callable) -> None:
+    """A MindSpore model given to this diffusion is a ``TypeError`` naming the fix (the model would fail
+    deep inside, on a tensor of the other framework: "x is ... but the model's weights are ...")."""
+    if framework_of(model) == "mindspore":
+        raise TypeError(f"a MindSpore model ({type(model).__name__}) needs ddpm_ms.GaussianDiffusion; you passed it "
+                        f"to ddpm_torch's (build the model with ddpm_torch.Unet, or use ddpm_ms.GaussianDiffusion)")
 
 
 def l1_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -63,9 +72,11 @@ class GaussianDiffusion:
             setattr(self, name, torch.from_numpy(table).to(self.device))
 
     def tensor(self, x: ArrayLike, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """``x`` (numpy or tensor) as a tensor on this diffusion's device."""
-        t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
-        return t.to(device=self.device, dtype=dtype or t.dtype)
+        """``x`` (numpy or tensor) as a tensor on this diffusion's device. A read-only array (the harness's tape)
+        is copied: PyTorch's tensors are writable, and sharing its memory would let a write change the tape."""
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(np.ascontiguousarray(x) if x.flags.writeable else np.array(x, order="C"))
+        return x.to(device=self.device, dtype=dtype or x.dtype)
 
     def timesteps_tensor(self, t: ArrayLike, batch: int) -> torch.Tensor:
         """Validated int32 timesteps of shape (batch,)."""
@@ -95,6 +106,7 @@ class GaussianDiffusion:
     def p_losses(self, model: nn.Module, x_start: ArrayLike, t: ArrayLike, noise: ArrayLike | None = None,
                  loss_type: str | None = None) -> torch.Tensor:
         """Mean over the batch of (per-element loss(noise, model(x_t, t)) * p2_weight[t])."""
+        check_model(model)
         x_start = self.tensor(x_start)
         noise = torch.randn_like(x_start) if noise is None else self.tensor(noise, x_start.dtype)
         t = self.timesteps_tensor(t, x_start.shape[0])
@@ -131,6 +143,7 @@ class GaussianDiffusion:
     def p_sample(self, model: nn.Module, x: ArrayLike, t: ArrayLike, t_index: int,
                  noise: ArrayLike | None = None) -> torch.Tensor:
         """One ancestral step x_t -> x_{t-1}; at t_index 0 the mean alone."""
+        check_model(model)
         x = self.tensor(x)
         t = self.timesteps_tensor(t, x.shape[0])
         model_mean = self.p_mean(model, x, t)
@@ -171,6 +184,7 @@ class GaussianDiffusion:
 
         ``compiled=True`` runs every step through ``p_step`` (the MindSpore twin's compiled path; eager
         here, same results); the default runs ``p_sample``."""
+        check_model(model)
         shape = tuple(shape)
         img = torch.randn(shape, device=self.device) if img is None else self.tensor(img, state_dtype(model))
         check_same_shape("img", img.shape, shape)
@@ -198,6 +212,7 @@ class GaussianDiffusion:
         ``compiled=True`` runs every step through ``compiled("ddim", model)`` (eager here, see ``compiled``)."""
         plan = ddim_plan(self.config, steps, eta)
         coef = {name: self.tensor(getattr(plan, name)) for name in DDIM_COEFS}
+        check_model(model)
         shape = tuple(shape)
         img = torch.randn(shape, device=self.device) if img is None else self.tensor(img, state_dtype(model))
         check_same_shape("img", img.shape, shape)

@@ -8,7 +8,7 @@ its wheel: nothing is downloaded), then sample a grid from each.
 
 Both twins start from the same initial weights, train on the same per-step tape (batches, t, noise) and
 sample from the same noise, so cell i of one grid and cell i of the other are comparable. Each step is one
-command line, printed before it runs; copy them. Outputs go to --out (default ./example_digits):
+command line, printed before it runs; copy them. Outputs go to --out (default runs/digits):
 RUN folders torch/ and ms/, the grids torch.png and ms.png, and times.json.
 """
 import argparse
@@ -37,7 +37,7 @@ def run(*cmd: str) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--twins", default="torch,ms", help="comma-separated: torch, ms")
-    p.add_argument("--out", default="example_digits")
+    p.add_argument("--out", default="runs/digits")
     p.add_argument("--epochs", default=RECIPE["epochs"], help=f"training epochs (recipe: {RECIPE['epochs']})")
     p.add_argument("--n", default="64", help="samples in each grid")
     p.add_argument("--torch-device", default="cpu", help="the PyTorch twin's --device: cpu, cuda or cuda:N")

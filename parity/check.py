@@ -10,7 +10,8 @@ dim_mults (1, 2, 4)), T=200 linear, Huber loss, seeded initial weights computed 
 (parity.engine.initial) and moved through ddpm_core.weights.torch_to_ms, one random tape (parity.engine.tape).
 
 Exit codes: 0 every check passes; 1 a numeric or settings mismatch; 2 a structural problem (weights
-that do not map, a bad input file, a bad config: one line "error: ..."); 3 the environment refuses a
+that do not map, a bad input file, a bad config or option, a run whose estimated memory exceeds what the
+machine has available: one line "error: ..."); 3 the environment refuses a
 fair comparison (a requested device is missing, or a framework is not installed: the line names the
 pip extra). ``record`` and ``compare`` import only the framework they run.
 """
@@ -103,31 +104,36 @@ def _device_options(p: argparse.ArgumentParser, frameworks: Sequence[str] = FRAM
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _weights(args: argparse.Namespace) -> tuple[UnetConfig, dict, str, DiffusionConfig]:
-    """(config, PyTorch-named weights, where they came from, the diffusion settings: those recorded with
-    --weights, else the options' or the tutorial's; an option contradicting recorded ones is a ValueError)."""
-    cfg = read_unet_config(args.config) if args.config is not None else None
-    recorded, source = None, ""
-    if args.weights:
-        from ddpm_core.weights import load_weights
-
-        loaded = load_weights(args.weights, naming="torch", config=cfg)
-        cfg, state, source = loaded.config, loaded.state, f"{args.weights} ({loaded.file_naming} naming)"
-        recorded = loaded.diffusion
-    else:
-        from parity.engine.initial import initial_weights
-
-        cfg = cfg or TUTORIAL_UNET
-        state, source = initial_weights(cfg, args.seed), f"seeded numpy init (seed {args.seed})"
+def _weights(args: argparse.Namespace) -> tuple[UnetConfig, dict, str, Any]:
+    """(config, PyTorch-named weights, where they came from, the run's spec). With --weights, the settings
+    recorded with them (``ddpm_core.recorded``: the safetensors metadata, a run's config.json beside them) give
+    the config, the diffusion settings and the image size unless an option does; an option contradicting the
+    recorded diffusion settings is a ValueError. The memory the run needs is checked (``ddpm_core.memory``)
+    before the seeded weights are made."""
     flags = {"--timesteps": ("timesteps", args.timesteps), "--schedule": ("schedule", args.schedule),
              "--loss-type": ("loss_type", args.loss_type)}
-    return cfg, state, source, resolve_diffusion(recorded, str(args.weights), flags)
+    if args.weights:
+        from ddpm_core.recorded import load_recorded
+
+        found = load_recorded(args.weights, args.config)
+        cfg, state = found.loaded.config, found.loaded.state
+        source = f"{args.weights} ({found.loaded.file_naming} naming)"
+        spec = _spec(args, cfg, resolve_diffusion(found.diffusion, found.source, flags),
+                     args.image_size or found.image_size)
+        _require_memory(spec)
+        return cfg, state, source, spec
+    from parity.engine.initial import initial_weights
+
+    cfg = read_unet_config(args.config) if args.config is not None else TUTORIAL_UNET
+    spec = _spec(args, cfg, resolve_diffusion(None, "", flags), args.image_size)
+    _require_memory(spec)
+    return cfg, initial_weights(cfg, args.seed), f"seeded numpy init (seed {args.seed})", spec
 
 
-def _spec(args: argparse.Namespace, cfg: UnetConfig, diffusion: DiffusionConfig):
+def _spec(args: argparse.Namespace, cfg: UnetConfig, diffusion: DiffusionConfig, image_size: int | None):
     from parity.api import make_spec
 
-    return make_spec(cfg, diffusion, args.seed, args.batch, args.image_size, args.train_steps, args.ddim_steps,
+    return make_spec(cfg, diffusion, args.seed, args.batch, image_size, args.train_steps, args.ddim_steps,
                      args.ddim_eta, args.pred_timesteps, args.checks)
 
 
@@ -138,6 +144,21 @@ def _check_outputs(args: argparse.Namespace, *outputs: tuple[str, str | None]) -
     inputs = [("--weights", weights), ("the manifest of --weights", manifest_sidecar(weights) if weights else None),
               ("--config", getattr(args, "config", None)), ("GOLDEN", getattr(args, "golden", None))]
     check_outputs([*outputs, ("--json", args.json)], inputs)
+
+
+def _require_memory(spec: Any) -> None:
+    """``TooLarge`` (exit 2) when a lower bound of the run's memory exceeds what the machine has available: the
+    weights in numpy and in both twins, the tape, and one training batch's feature maps."""
+    from ddpm_core.memory import FLOAT32, Need, activation_bytes, parameter_count, require
+
+    t = spec.tape
+    per_batch = t.batch * t.channels * t.image_size * t.image_size * FLOAT32
+    steps = t.timesteps + t.ddim_steps + 2 * t.train_steps + 1 + len(t.pred_timesteps or (0, 0, 0, 0, 0))
+    require(Need({"the weights in numpy and in both twins": 3 * FLOAT32 * parameter_count(spec.unet),
+                  "the tape": steps * per_batch,
+                  "the feature maps of one training batch": activation_bytes(spec.unet, t.batch, t.image_size, True)}),
+            f"checking {spec.unet.short()} on a batch of {t.batch} at {t.image_size}x{t.image_size}",
+            "choose a smaller model (--config), --batch or --image-size")
 
 
 def _finish(report: Report, args: argparse.Namespace) -> int:
@@ -153,8 +174,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     _check_outputs(args)
-    cfg, state, source, diffusion = _weights(args)  # structural problems first: they need no framework
-    spec = _spec(args, cfg, diffusion)
+    cfg, state, source, spec = _weights(args)  # structural problems first: they need no framework
     if args.workers < 1:
         raise ValueError(f"--workers must be a positive integer, got {args.workers}")
     try:
@@ -226,8 +246,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     from parity.api import record_golden
 
     _check_outputs(args, ("--out", args.out))
-    cfg, state, source, diffusion = _weights(args)
-    spec = _spec(args, cfg, diffusion)
+    cfg, state, source, spec = _weights(args)
     side, info = _setup_one(args.framework, args)
     env = fingerprint(info if args.framework == "torch" else None, info if args.framework == "ms" else None,
                       args.compile == "on")

@@ -2,7 +2,8 @@
 move U-Net weights between PyTorch (.pt/.pth), MindSpore (.ckpt) and .safetensors files.
 
 A thin layer over ``ddpm_core.weights`` (docs/weights.md): formats come from the extensions, the
-checks are strict, the write is atomic. Expected failures (weights that do not fit, a file that
+checks are strict, the write is atomic. The settings recorded with SRC (its metadata, or a run's config.json
+beside it: ``ddpm_core.recorded``) travel into a .safetensors DST. Expected failures (weights that do not fit, a file that
 cannot be read or written, a bad config) print one ``error: `` line per problem on stderr and
 exit with status 2, without a traceback. Notes (what was skipped, what was written, which existing
 file was replaced) go to stderr; the manifest, when printed, is the only thing on stdout. A manifest
@@ -21,7 +22,6 @@ import sys
 from pathlib import Path
 
 from ddpm_core.atomic import atomic_write_bytes
-from ddpm_core.config import read_unet_config
 from ddpm_core.errors import EXIT_USER_ERROR, MissingFramework, UserError
 from ddpm_core.weights import (
     DTYPES,
@@ -30,12 +30,12 @@ from ddpm_core.weights import (
     convert,
     describe_skipped,
     format_of,
-    load_weights,
     manifest,
     save_weights,
 )
 from ddpm_core.integrity import manifest_sidecar
 from ddpm_core.paths import check_outputs, check_space, same_file
+from ddpm_core.recorded import load_recorded
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="source file: .pt/.pth (PyTorch), .ckpt (MindSpore) or .safetensors")
     p.add_argument("dst", nargs="?", help="destination file; its extension picks the format")
     p.add_argument("--config", help="UnetConfig fields as JSON, or a JSON file of them or a run's config.json (default: the file's metadata, "
-                                    "else the tutorial's dim=28, channels=1, dim_mults=(1, 2, 4))")
+                                    "a run's config.json beside SRC, else the tutorial's dim=28, channels=1, dim_mults=(1, 2, 4)); "
+                                    "a .safetensors DST records the diffusion settings and image size found with them")
     p.add_argument("--dtype", choices=DTYPES, help="cast the weights (default: keep the source dtype)")
     p.add_argument("--manifest", nargs="?", const="-", metavar="PATH",
                    help="per-tensor sha256 in torch naming, as JSON: printed, or written to PATH; "
@@ -64,10 +65,12 @@ def run(args: argparse.Namespace) -> None:
     check_outputs([("DST", args.dst), ("--manifest", manifest_out), ("DST's sidecar manifest", rewritten)],
                   [("SRC", args.src), ("SRC's sidecar manifest", src_sidecar if src_sidecar.exists() else None),
                    ("--config", args.config)])
-    config = read_unet_config(args.config) if args.config is not None else None
     if args.dst is not None:
         format_of(args.dst)  # a wrong extension fails before the (slow) read
-    loaded = load_weights(args.src, naming="torch", config=config)
+    recorded = load_recorded(args.src, args.config)  # with a run's config.json beside SRC, as sample reads it
+    loaded = recorded.loaded
+    if recorded.config_file is not None:
+        print(f"read the settings recorded in {recorded.config_file}", file=sys.stderr)
     if loaded.prefix:
         print(f"removed the wrapper prefix {loaded.prefix!r} from the model's parameter names", file=sys.stderr)
     for line in describe_skipped(loaded.skipped):
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> None:
         check_space("DST", args.dst, sum(v.nbytes for v in state.values()) + 256 * len(state) + (1 << 16))
         replaced = Path(args.dst).exists()
         save_weights(convert(state, loaded.config, "torch", naming), args.dst, naming, loaded.config, dtype=dtype,
-                     diffusion=loaded.diffusion)
+                     diffusion=recorded.diffusion, image_size=recorded.image_size)
         print(f"wrote {args.dst}: {len(state)} tensors, {dtype or loaded.dtype}, from {args.src} "
               f"({loaded.file_naming} naming){'; it replaced the file that was there' if replaced else ''}",
               file=sys.stderr)

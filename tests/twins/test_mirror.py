@@ -76,6 +76,9 @@ ALLOWED: dict[tuple[str, str], str] = {
         "PyTorch averages gradients by wrapping the model (DistributedDataParallel)",
     ("distributed.py", "+def grad_reducer(parameters,world)"):
         "MindSpore averages them with a DistributedGradReducer applied to the gradients",
+    ("optim.py", "+const FUSED_SPARSE_ADAM_NOTICE"):
+        "MindSpore's nn.Adam builds the deprecated ops.FusedSparseAdam and logs it on every run; PyTorch logs nothing",
+    ("optim.py", "+def without_notice(text)"): "see FUSED_SPARSE_ADAM_NOTICE",
     ("optim.py", "-class MindSporeAdam"): "MindSpore's Adam rule (eps on the uncorrected sqrt(v)) written for PyTorch; "
                                           "MindSpore has it as nn.Adam",
     ("optim.py", "-def MindSporeAdam.__init__(params,lr,betas,eps)"): "see MindSporeAdam",
