@@ -13,7 +13,6 @@ tests do not run as root or cannot mount); root ignores file modes, so read-only
 """
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
