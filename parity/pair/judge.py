@@ -1,0 +1,95 @@
+"""How a pair is judged: the gate from the model's own float32 rounding, and which side is to blame.
+
+Rules it keeps (framework-free):
+  * the arbiter is the PyTorch model in float64 on the same inputs; the gate of every compared tensor is
+    ``k`` x the PyTorch float32 model's error against it (``parity.engine.tolerances.RELATIVE``), so it holds on
+    any machine and a wrong side can never loosen its own gate;
+  * a divergence is blamed on the side whose error against float64 exceeds the other's by more than
+    ``BLAME_RATIO`` (errors below one float32 ulp count as one ulp: they say nothing); otherwise on neither;
+  * a module whose own error (fed identical inputs) is beyond what float32 can round to (the ``pair_function``
+    entry) computes a different function, not a less precise one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from parity.engine.compare import Comparison, compare
+from parity.engine.tolerances import BLAME_RATIO, RELATIVE, Tolerance, machine_relative, tolerance
+
+ULP = float(np.finfo(np.float32).eps)
+
+
+@dataclass
+class Judged:
+    """One call's (or output's) comparison: PyTorch float32 against the other side under the machine-relative
+    gate, and each side's relative L2 error against float64."""
+
+    comparison: Comparison
+    err_torch: float
+    err_other: float
+
+    @property
+    def passed(self) -> bool:
+        return self.comparison.passed
+
+
+def _arrays(values: Sequence[object]) -> list[np.ndarray | None]:
+    return [None if v is None else np.asarray(v) for v in values]
+
+
+def gate(output: str, device: str, rounding: Comparison) -> Tolerance:
+    """The machine-relative gate for ``output`` ("pair_output" / "pair_module") from a rounding comparison."""
+    return machine_relative(tolerance(output, "float32", device), rounding.max_abs, rounding.rel_l2, RELATIVE[output])
+
+
+def judge(name: str, torch_out: Sequence[object], other_out: Sequence[object], ref_out: Sequence[object],
+          output: str = "pair_module", device: str = "cpu") -> Judged:
+    """Compare the PyTorch float32 outputs (``a``) with the other side's (``b``), array by array, each under the
+    gate from its own float32 rounding; the failing array, else the one with the largest error, is reported."""
+    t, o, r = _arrays(torch_out), _arrays(other_out), _arrays(ref_out)
+    loose = tolerance(output, "float32", device)
+    if len(t) != len(o):
+        c = Comparison(name, loose)
+        c.problem = f"{len(t)} output tensor(s) in PyTorch, {len(o)} in the other side"
+        return Judged(c, 0.0, 0.0)
+    worst: Judged | None = None
+    for i, (a, b, ref) in enumerate(zip(t, o, r + [None] * (len(t) - len(r)))):
+        if a is None or b is None:
+            continue
+        label = name if len(t) == 1 else f"{name}[{i}]"
+        if ref is not None and ref.shape == a.shape:
+            g = gate(output, device, compare(label, a, ref, loose))
+            et, eo = rel_l2(a, ref), rel_l2(b, ref) if b.shape == ref.shape else float("inf")
+        else:
+            g, et, eo = loose, float("nan"), float("nan")
+        j = Judged(compare(label, a, b, g), et, eo)
+        if not j.passed:
+            return j
+        if worst is None or j.comparison.max_abs > worst.comparison.max_abs:
+            worst = j
+    return worst or Judged(Comparison(name, loose), 0.0, 0.0)
+
+
+def rel_l2(a: np.ndarray, ref: np.ndarray) -> float:
+    """||a - ref|| / ||ref|| in float64 (0 when equal, inf when ref is 0 and a is not)."""
+    a64, r64 = np.asarray(a, np.float64), np.asarray(ref, np.float64)
+    d, n = float(np.linalg.norm(a64 - r64)), float(np.linalg.norm(r64))
+    return 0.0 if d == 0 else (d / n if n > 0 else float("inf"))
+
+
+def blame(err_torch: float, err_other: float, other_label: str) -> str:
+    """The side farther from float64 by more than BLAME_RATIO ("PyTorch" or ``other_label``), else "neither"."""
+    a, b = max(err_torch, ULP), max(err_other, ULP)
+    if b > BLAME_RATIO * a:
+        return other_label
+    if a > BLAME_RATIO * b:
+        return "PyTorch"
+    return "neither"
+
+
+def different_function(own_err: float, device: str = "cpu") -> bool:
+    """Whether an own error (relative L2 against float64, on identical inputs) is beyond float32 rounding."""
+    return own_err > tolerance("pair_function", "float32", device).max_rel_l2
