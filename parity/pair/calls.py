@@ -6,7 +6,8 @@ forward hook and passes its own ``to_numpy``):
     ``inplace=True``, ``out += identity``) cannot change what was recorded;
   * a module called several times gets call numbers 0, 1, ... and the key ``path#k`` (``path`` for call 0);
   * each call knows the call it ran inside (``parent``), so the tree is the real nesting of calls, not of names;
-  * ``active`` is the innermost module running, so a failure inside a forward pass can name its module.
+  * ``active`` is the innermost module running, so a failure inside a forward pass can name its module (outputs
+    are copied before the call leaves the stack, so an asynchronous framework's error surfaces in its module).
 """
 from __future__ import annotations
 
@@ -76,8 +77,8 @@ class CallRecorder:
         self._stack.append(call)
 
     def post(self, module: Any, args: Any, output: Any) -> None:
-        call = self._stack.pop()
-        call.outputs = to_tuple(output, self.to_numpy)
+        outputs = to_tuple(output, self.to_numpy)  # first: a framework that runs ops asynchronously fails here
+        self._stack.pop().outputs = outputs
 
     def active(self) -> str | None:
         """The innermost module path running now (None outside any)."""

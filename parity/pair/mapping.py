@@ -5,7 +5,8 @@ Rules it keeps (framework-free: it sees names, shapes and the class of each tens
     the MindSpore parameter or cell path it becomes, ``None`` to drop it, or ``(name, layout)``);
   * then the rules, in order: the identical name, then a leaf rename the owner's kind calls for (``LEAF_RULES``:
     norm ``weight``/``bias`` -> ``gamma``/``beta``, BatchNorm statistics, Embedding's ``embedding_table``), with
-    a layout (``LAYOUTS``) where the shapes differ only by one (Conv1d's extra axis); ``DROPPED`` leaves go;
+    a layout (``LAYOUTS``) where the shapes differ only by one (Conv1d's extra axis); a ``DROPPED`` leaf that
+    found no target goes;
   * then the structure: modules whose remaining tensors have the same leaves and shapes are aligned in module
     order (a longest common subsequence), so renamed modules (``fc`` -> ``classifier``) map without a rule;
   * every PyTorch tensor left unmapped, every MindSpore tensor without a source, and every target claimed twice
@@ -292,16 +293,15 @@ def map_weights(torch_tensors: Sequence[Tensor], ms_tensors: Sequence[Tensor],
     for t in torch_tensors:
         if t.name in done:
             continue
-        drop = next((d for d in DROPPED if t.kind in d.kinds and d.leaf == t.leaf), None)
-        if drop is not None:
-            done.add(t.name)
-            wm.dropped.append((t.name, drop.reason))
-            continue
         for ms_name, how in _candidates(t):
             layout = _fits(t, ms_by[ms_name].shape) if ms_name in ms_by and ms_name not in claimed else None
             if layout is not None:
                 claim(t, ms_name, how, layout)
                 break
+        drop = next((d for d in DROPPED if t.kind in d.kinds and d.leaf == t.leaf), None)
+        if t.name not in done and drop is not None:
+            done.add(t.name)
+            wm.dropped.append((t.name, drop.reason))
 
     rest_t = _by_owner([t for t in torch_tensors if t.name not in done])
     rest_m = _by_owner([t for t in ms_tensors if t.name not in claimed])

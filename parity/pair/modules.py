@@ -2,8 +2,9 @@
 
 Rules it keeps (framework-free: it sees module trees and the weight map, never a tensor):
   * two modules are a pair when the tensors below them (their own and their descendants') map exactly onto each
-    other; names play no part, so wrappers, renames and reordered registration do not break the pairing; when a
-    wrapper and what it wraps own the same tensors on one side, the k-th outermost pairs with the k-th outermost;
+    other; names play no part, so wrappers, renames and reordered registration do not break the pairing; when
+    wrappers and what they wrap hold the same tensors, the innermost pair with each other and the wrappers pair
+    where their kinds line up (a Sequential with a SequentialCell), in order;
   * the roots are a pair;
   * a module without tensors (an activation, a pooling, a dropout) is paired by position between paired
     neighbours: inside a pair of parents, the children between two consecutive paired children are paired in
@@ -73,19 +74,21 @@ def pair_modules(tree_t: list[ModuleInfo], tree_m: list[ModuleInfo], wm: WeightM
     rename = wm.ms_name()
     below_t = {p: frozenset(rename[n] for n in s if n in rename) for p, s in _below(by_t).items()}
     below_m = _below(by_m)
+    groups_t: dict[frozenset[str], list[str]] = {}
     groups_m: dict[frozenset[str], list[str]] = {}
-    for info in tree_m:
-        if below_m[info.path]:
-            groups_m.setdefault(below_m[info.path], []).append(info.path)
+    for tree, below, groups in ((tree_t, below_t, groups_t), (tree_m, below_m, groups_m)):
+        for info in tree:
+            if below[info.path] and info.path:
+                groups.setdefault(below[info.path], []).append(info.path)
     pairs: dict[str, str] = {"": ""} if "" in by_t and "" in by_m else {}
-    seen: dict[frozenset[str], int] = {}
-    for info in tree_t:
-        key = below_t[info.path]
-        if not key or info.path in pairs or key not in groups_m:
+    for key, outer_t in groups_t.items():
+        outer_m = groups_m.get(key, [])
+        if not outer_m:
             continue
-        k = seen[key] = seen.get(key, -1) + 1
-        if k < len(groups_m[key]) and groups_m[key][k] not in pairs.values():
-            pairs[info.path] = groups_m[key][k]
+        pairs[outer_t[-1]] = outer_m[-1]  # the innermost: the modules that own the tensors
+        rest_t, rest_m = outer_t[:-1], outer_m[:-1]
+        for i, j in lcs([by_t[p].kind for p in rest_t], [by_m[p].kind for p in rest_m], lambda a, b: a == b):
+            pairs[rest_t[i]] = rest_m[j]
 
     queue = list(pairs.items())
     while queue:

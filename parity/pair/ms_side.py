@@ -173,11 +173,11 @@ class MsPairSide:
                                 f"({kind}); pass a shim of standard ops in the SPEC") from None
 
     def forward(self, args: Sequence[np.ndarray], record: bool = False) -> tuple[tuple, CallTree | None]:
-        """The model's outputs on ``args`` (flattened to numpy), and the call tree when ``record``. Without
-        ``record`` the pre-hooks still run, so a missing kernel is named with its cell."""
+        """The model's outputs on ``args`` (flattened to numpy), and the call tree when ``record``. The hooks run
+        either way: copying each cell's output waits for its ops (PyNative runs them asynchronously), so a missing
+        kernel is raised, and named, inside the cell that launched it."""
         rec = CallRecorder({id(c): p for p, c in self._cells.items()},
-                           {id(c): kind_of(c) for c in self._cells.values()},
-                           self.numpy if record else (lambda x: np.zeros(0)))
+                           {id(c): kind_of(c) for c in self._cells.values()}, self.numpy)
         handles = []
         for c in self._cells.values():
             handles.append(c.register_forward_pre_hook(rec.pre))

@@ -1,0 +1,83 @@
+"""parity.pair on a hand-written pair (tests/pair/tiny_pair.py): the correct port passes, and each planted porting
+slip fails, is found at its module, is blamed on MindSpore, and names the setting where one can be read."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from parity.pair import assert_pair_parity, compare
+from tests.pair import tiny_pair as tp
+
+SLIPS = {  # slip -> (the module it is in, the setting that says so, or "" where no setting can)
+    "ln_eps": ("block.norm", "eps"),
+    "gelu": ("block.act", "approximate"),
+    "transpose": ("head", ""),
+    "momentum": ("bn", "momentum"),
+}
+
+
+def test_the_correct_port_passes_and_compared_everything() -> None:
+    report = assert_pair_parity(tp.torch_model(), tp.ms_model(), tp.inputs())
+    d = report.to_dict()
+    assert d["passed"] and d["first_divergence"] is None
+    assert d["weights"]["counts"] == {"identical": 8, "rule": 6, "dropped": 1}
+    assert len(d["weights"]["check"]["members"]) == 14 and not d["modules"]["unpaired_torch"]
+    (only,) = d["inputs"]
+    assert only["output"]["max_abs"] > 0  # two float32 implementations: compared, not skipped
+    assert len(only["depth"]) == 10  # every module call on both sides, against float64
+    assert d["training_mode"]["passed"] and d["training_mode"]["output"]["max_abs"] > 0
+
+
+@pytest.mark.parametrize("slip", sorted(SLIPS))
+def test_each_porting_slip_is_found_at_its_module_and_blamed_on_mindspore(slip: str) -> None:
+    report = compare(tp.torch_model(), tp.ms_model(slip), tp.inputs(), name_map=tp.name_map(slip))
+    assert not report.passed
+    first = report.first_divergence()
+    module, setting = SLIPS[slip]
+    assert first["module"] == {"torch": module, "other": module}, first["message"]
+    assert first["blame"] == "MindSpore" and first["own"] and first["different_function"], first["message"]
+    if setting:
+        assert [s["key"] for s in first["settings"]] == [setting], first["message"]
+    with pytest.raises(AssertionError, match="FAIL"):
+        assert_pair_parity(tp.torch_model(), tp.ms_model(slip), tp.inputs(), name_map=tp.name_map(slip))
+
+
+def test_the_momentum_convention_is_read_in_pytorchs_terms() -> None:
+    report = compare(tp.torch_model(), tp.ms_model("momentum"), tp.inputs())
+    (setting,) = report.inputs[0].settings
+    assert (setting.torch_value, round(setting.other_value, 6)) == (0.1, 0.9)
+    assert report.inputs[0].output.passed  # eval mode cannot see it: the training-mode pass does
+    assert [b.buffer for b in report.train.buffers] == ["bn.running_mean", "bn.running_var"]
+
+
+def test_pytorch_against_pytorch_is_a_pair_too() -> None:
+    """The other side may be PyTorch (another device, or here a copy): the same engine, no MindSpore involved."""
+    report = compare(tp.torch_model(), tp.torch_model(), tp.inputs())
+    assert report.passed and report.other_label.startswith("PyTorch")
+    assert report.inputs[0].output.comparison.max_abs == 0  # the same kernels on the same device: bit-identical
+
+
+def test_an_op_without_a_kernel_names_the_op_and_the_cell() -> None:
+    from mindspore import mint, nn
+    from torch import nn as tnn
+
+    from parity.pair.ms_side import KernelMissing
+
+    class Inner(nn.Cell):
+        def construct(self, x):
+            return mint.baddbmm(x, x, x)  # no CPU kernel in MindSpore 2.10
+
+    class Outer(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.inner = Inner()
+
+        def construct(self, x):
+            return self.inner(x)
+
+    class Same(tnn.Module):
+        def forward(self, x):
+            return x.baddbmm(x, x)
+
+    with pytest.raises(KernelMissing, match=r"kernel for Baddbmm, in cell `inner` \(Inner\)"):
+        compare(Same(), Outer(), [np.ones((1, 2, 2), np.float32)])
