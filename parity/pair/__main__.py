@@ -1,9 +1,10 @@
-"""``python -m parity.pair SPEC.py [--json OUT] [--markdown OUT] [--junit OUT] [--set KEY=VALUE ...]``
+"""``python -m parity.pair SPEC.py [--json OUT] [--markdown OUT] [--junit OUT] [--set KEY=VALUE ...] [--self-test]``
 
 Compares the SPEC's PyTorch model with its port on every input it gives (docs/pairs.md) and prints the table and
 findings. Exit status: 0 the pair matches; 1 it differs (the first divergence named, with its blame); 2 a
 structural problem (weights that do not map, one line each; a bad SPEC or option); 3 the environment refuses (a
-missing device, an op without a kernel on it, a package the SPEC needs).
+missing device, an op without a kernel on it, a package the SPEC needs). ``--self-test`` plants bugs in the
+MindSpore side and prints which the verdict catches (parity.pair.selftest); its status is the unplanted pair's.
 
 Rules it keeps: output paths are checked before any work and written atomically after it; an expected problem is
 one ``error:`` line without a traceback.
@@ -32,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an option for the SPEC's functions that declare KEY as a parameter (repeatable)")
     p.add_argument("--no-train-pass", action="store_true",
                    help="skip the training-mode pass that compares running statistics")
+    p.add_argument("--self-test", action="store_true",
+                   help="plant small bugs in the MindSpore side one at a time (each norm's epsilon x1.2, a weight "
+                        "x(1+1e-5), each activation's variant) and report which the verdict catches, and where")
     return p
 
 
@@ -45,14 +49,27 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{flag} {path}: {problem}")
     options = dict(parse_option(o) for o in args.options)
     spec = load_spec(args.spec, options)
-    from parity.pair.run import compare
+    devices = {"torch_device": spec.devices.get("torch", "cpu"), "other_device": spec.devices.get("ms", "")}
+    extra: dict = {}
+    extra_md = ""
+    if args.self_test:
+        from parity.pair.selftest import self_test, table, to_dicts
 
-    report = compare(spec.torch_model, spec.ms_model, spec.inputs, name_map=spec.name_map,
-                     torch_device=spec.devices.get("torch", "cpu"), other_device=spec.devices.get("ms", ""),
-                     train_pass=not args.no_train_pass, name=spec.path.stem)
-    print(report.text())
-    texts = {"json": lambda: json.dumps(report.to_dict(), indent=1, default=str) + "\n",
-             "markdown": report.markdown, "junit": report.junit}
+        report, probes = self_test(spec.torch_model, spec.ms_model, spec.inputs, name_map=spec.name_map,
+                                   progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True), **devices)
+        report.name = spec.path.stem
+        print(report.text())
+        found = table(probes) if report.passed else "self-test: not run, the pair already differs (fix that first)"
+        print("\n" + found)
+        extra, extra_md = {"self_test": to_dicts(probes)}, f"\n## Self-test\n\n```\n{found}\n```\n"
+    else:
+        from parity.pair.run import compare
+
+        report = compare(spec.torch_model, spec.ms_model, spec.inputs, name_map=spec.name_map,
+                         train_pass=not args.no_train_pass, name=spec.path.stem, **devices)
+        print(report.text())
+    texts = {"json": lambda: json.dumps({**report.to_dict(), **extra}, indent=1, default=str) + "\n",
+             "markdown": lambda: report.markdown() + extra_md, "junit": report.junit}
     for flag, path in outputs.items():
         if path:
             atomic_write_bytes(path, texts[flag]().encode())

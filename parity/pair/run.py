@@ -12,7 +12,7 @@ What a run guarantees:
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -69,8 +69,11 @@ def _settings(side_t: Any, side_o: Any, pairs: ModulePairs, tree_t: Any) -> dict
 
 
 def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_map: Mapping[str, Any] | None = None,
-            torch_device: str = "cpu", other_device: str = "", train_pass: bool = True, name: str = "") -> PairReport:
-    """Compare ``torch_model`` with its port ``other_model`` on every input (see the module docstring)."""
+            torch_device: str = "cpu", other_device: str = "", train_pass: bool = True, name: str = "",
+            tamper: Callable[[Any], None] | None = None) -> PairReport:
+    """Compare ``torch_model`` with its port ``other_model`` on every input (see the module docstring).
+    ``tamper(side)`` is called with the other side once its weights are loaded and checked (``--self-test``
+    plants its bugs with it, so what it plants is left to the numeric verdict)."""
     if not inputs:
         raise UserError("no inputs: a run that compares nothing cannot pass")
     from parity.pair.torch_side import TorchPairSide
@@ -85,6 +88,8 @@ def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_m
     back = wm.to_torch(side_o.state())
     weights = compare_many("weights", [(e.torch, start[e.torch], back[e.torch]) for e in wm.entries],
                            tolerance("weights", "float32", "cpu"))
+    if tamper is not None:
+        tamper(side_o)
     ref = side_t.float64()
     pairs = pair_modules(side_t.tree(), side_o.tree(), wm)
     device = "cpu" if side_t.device.type == "cpu" and getattr(side_o, "device", "CPU") in ("CPU", "cpu") else "gpu"

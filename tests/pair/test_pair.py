@@ -81,3 +81,16 @@ def test_an_op_without_a_kernel_names_the_op_and_the_cell() -> None:
 
     with pytest.raises(KernelMissing, match=r"kernel for Baddbmm, in cell `inner` \(Inner\)"):
         compare(Same(), Outer(), [np.ones((1, 2, 2), np.float32)])
+
+
+def test_the_self_test_catches_each_planted_bug_at_its_module_and_undoes_it() -> None:
+    from parity.pair.selftest import self_test
+
+    ms_model = tp.ms_model()
+    base, probes = self_test(tp.torch_model(), ms_model, tp.inputs())
+    assert base.passed
+    assert [(p.bug, p.planted_at) for p in probes] == [
+        ("eps", "bn"), ("eps", "block.norm"), ("weight", "conv"), ("weight", "block.fc2"), ("weight", "head"),
+        ("activation", "relu"), ("activation", "block.act")]
+    assert all(p.caught and p.located and p.blame == "MindSpore" for p in probes), probes
+    assert compare(tp.torch_model(), ms_model, tp.inputs()).passed  # every plant undone
