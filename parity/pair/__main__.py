@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="OUT", help="write every figure, the first divergence and the environment")
     p.add_argument("--markdown", metavar="OUT", help="write the table and findings as Markdown")
     p.add_argument("--junit", metavar="OUT", help="write one JUnit test case per row")
+    p.add_argument("--plot", metavar="OUT.png", help="write a PNG of each side's error against float64 along the depth, "
+                                                     "the first divergence marked (needs matplotlib)")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="options",
                    help="an option for the SPEC's functions that declare KEY as a parameter (repeatable)")
     p.add_argument("--no-train-pass", action="store_true",
@@ -42,11 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from parity.pair.spec import load_spec, parse_option
 
-    outputs = {"json": args.json, "markdown": args.markdown, "junit": args.junit}
+    outputs = {"json": args.json, "markdown": args.markdown, "junit": args.junit, "plot": args.plot}
     for flag, path in outputs.items():
         problem = path and output_problem(path)
         if problem:
             raise UserError(f"--{flag} {path}: {problem}")
+    if args.plot:
+        from parity.pair.plot import require_matplotlib
+
+        require_matplotlib()
     options = dict(parse_option(o) for o in args.options)
     spec = load_spec(args.spec, options)
     devices = {"torch_device": spec.devices.get("torch", "cpu"), "other_device": spec.devices.get("ms", "")}
@@ -71,8 +77,12 @@ def run(args: argparse.Namespace) -> int:
     texts = {"json": lambda: json.dumps({**report.to_dict(), **extra}, indent=1, default=str) + "\n",
              "markdown": lambda: report.markdown() + extra_md, "junit": report.junit}
     for flag, path in outputs.items():
-        if path:
+        if path and flag in texts:
             atomic_write_bytes(path, texts[flag]().encode())
+    if args.plot:
+        from parity.pair.plot import plot_depth
+
+        plot_depth(report, args.plot)
     return EXIT_OK if report.passed else EXIT_MISMATCH
 
 

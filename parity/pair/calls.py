@@ -30,6 +30,8 @@ class Call:
     order: int
     inputs: tuple = ()
     outputs: tuple = ()
+    finished: int = -1
+    """when the call ended, counted over the pass (data-flow order: a leaf before the block around it)"""
 
     @property
     def key(self) -> str:
@@ -67,6 +69,7 @@ class CallRecorder:
         self._counts: dict[str, int] = {}
         self._stack: list[Call] = []
         self._calls: list[Call] = []
+        self._finished = 0
 
     def pre(self, module: Any, args: Any) -> None:
         path = self.names[id(module)]
@@ -78,7 +81,9 @@ class CallRecorder:
 
     def post(self, module: Any, args: Any, output: Any) -> None:
         outputs = to_tuple(output, self.to_numpy)  # first: a framework that runs ops asynchronously fails here
-        self._stack.pop().outputs = outputs
+        call = self._stack.pop()
+        call.outputs, call.finished = outputs, self._finished
+        self._finished += 1
 
     def active(self) -> str | None:
         """The innermost module path running now (None outside any)."""

@@ -149,10 +149,10 @@ class Localiser:
                           settings, first_seen, self.other_label, input_index)
 
     def depth(self) -> list[dict]:
-        """Each paired call in the order calls started: its depth and each side's error against float64 (the
-        figures of the depth plot)."""
+        """Each paired call in the order calls ended (data flow: a leaf before its block): its nesting depth and
+        each side's error against float64 (the figures of the depth plot)."""
         rows = []
-        for c in self.t.calls:
+        for c in sorted(self.t.calls, key=lambda c: c.finished):
             j = self.judged(c)
             if j is None:
                 continue

@@ -70,3 +70,21 @@ def test_an_option_no_entry_takes_and_an_unwritable_output_are_refused_before_an
     blocker = tmp_path / "file"
     blocker.write_text("mine")
     run_cli("parity.pair", [spec, "--json", blocker / "out.json"], rc=2, says="--json", inputs=[blocker])
+
+
+def test_a_plot_without_matplotlib_is_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from parity.pair.__main__ import main
+
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # as if it were not installed
+    assert main([str(TINY), "--plot", str(tmp_path / "depth.png")]) == 3
+    assert capsys.readouterr().err.startswith("error: --plot needs matplotlib")
+    assert not (tmp_path / "depth.png").exists()
+
+
+def test_the_depth_plot_is_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="matplotlib is optional: --plot is refused without it (test above)")
+    from parity.pair.__main__ import main
+
+    assert main([str(TINY), "--set", "slip=ln_eps", "--no-train-pass", "--plot", str(tmp_path / "d.png")]) == 1
+    assert (tmp_path / "d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
