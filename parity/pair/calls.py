@@ -16,7 +16,21 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ddpm_core.contract import to_tuple
+
+def flatten(value: Any, to_numpy: Callable[[Any], np.ndarray]) -> tuple:
+    """A module's arguments or output as a flat tuple of numpy arrays, in order: tuples, lists and mappings (a
+    model output object such as diffusers' ``BaseOutput``) are opened; None, numbers, strings and objects that are
+    not tensors (``to_numpy`` raises AttributeError or TypeError) become None, so positions still line up."""
+    if isinstance(value, (tuple, list)):
+        return tuple(x for v in value for x in flatten(v, to_numpy))
+    if isinstance(value, Mapping):
+        return flatten(list(value.values()), to_numpy)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return (None,)
+    try:
+        return (to_numpy(value),)
+    except (AttributeError, TypeError):
+        return (None,)
 
 
 @dataclass
@@ -75,12 +89,12 @@ class CallRecorder:
         path = self.names[id(module)]
         k = self._counts[path] = self._counts.get(path, -1) + 1
         parent = self._stack[-1].key if self._stack else None
-        call = Call(path, k, self.kinds[id(module)], parent, len(self._calls), to_tuple(args, self.to_numpy))
+        call = Call(path, k, self.kinds[id(module)], parent, len(self._calls), flatten(args, self.to_numpy))
         self._calls.append(call)
         self._stack.append(call)
 
     def post(self, module: Any, args: Any, output: Any) -> None:
-        outputs = to_tuple(output, self.to_numpy)  # first: a framework that runs ops asynchronously fails here
+        outputs = flatten(output, self.to_numpy)  # first: a framework that runs ops asynchronously fails here
         call = self._stack.pop()
         call.outputs, call.finished = outputs, self._finished
         self._finished += 1

@@ -1,6 +1,8 @@
 """How a pair is judged: the gate from the model's own float32 rounding, and which side is to blame.
 
 Rules it keeps (framework-free):
+  * arrays whose shapes differ only by unit axes are compared as PyTorch's shape (a port that keeps or drops a
+    size-1 axis computes the same values); any other shape difference fails;
   * the arbiter is the PyTorch model in float64 on the same inputs; the gate of every compared tensor is
     ``k`` x the PyTorch float32 model's error against it (``parity.engine.tolerances.RELATIVE``), so it holds on
     any machine and a wrong side can never loosen its own gate;
@@ -59,6 +61,8 @@ def judge(name: str, torch_out: Sequence[object], other_out: Sequence[object], r
     for i, (a, b, ref) in enumerate(zip(t, o, r + [None] * (len(t) - len(r)))):
         if a is None or b is None:
             continue
+        if a.shape != b.shape and _squeezed(a.shape) == _squeezed(b.shape):
+            b = b.reshape(a.shape)  # (1, 512, 1, 1) against (1, 512): a port keeps or drops unit axes
         label = name if len(t) == 1 else f"{name}[{i}]"
         if ref is not None and ref.shape == a.shape:
             g = gate(output, device, compare(label, a, ref, loose))
@@ -71,6 +75,10 @@ def judge(name: str, torch_out: Sequence[object], other_out: Sequence[object], r
         if worst is None or j.comparison.max_abs > worst.comparison.max_abs:
             worst = j
     return worst or Judged(Comparison(name, loose), 0.0, 0.0)
+
+
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(n for n in shape if n != 1)
 
 
 def rel_l2(a: np.ndarray, ref: np.ndarray) -> float:

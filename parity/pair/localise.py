@@ -4,6 +4,8 @@ Rules it keeps (framework-free; the sides are reached through ``replay`` callabl
   * only paired module calls are compared (``parity.pair.modules``), call k with call k;
   * top-down: from the root call, descend into the first child call (in the order calls started) whose outputs
     differ beyond their gate, until a call none of whose children differ; that call is the first divergence;
+  * when the outputs agree, a module whose own error (its single step) is beyond its gate is still a divergence,
+    hidden by the layers after it: the first such call in data-flow order is where the walk starts;
   * own against inherited (PaDiff's single step): the other side's module is fed PyTorch's recorded inputs and
     the float64 PyTorch module the same inputs; if the other side still differs beyond this module's own float32
     rounding the error is the module's own, else it was inherited and the enclosing calls are replayed the same
@@ -21,6 +23,8 @@ from parity.pair.judge import Judged, blame, different_function, judge
 from parity.pair.settings import SettingDifference
 
 Replay = Callable[[str, tuple], tuple]
+MAX_HIDDEN_STEPS = 20
+"""At most this many single steps look for a module's own error behind outputs that agree."""
 
 
 @dataclass
@@ -44,6 +48,8 @@ class Divergence:
     input_index: int = 0
     buffer: str = ""
     """set when the divergence is a buffer after a training-mode pass (``bn.running_mean``), not an output"""
+    hidden: bool = False
+    """the model's outputs agree: the layers after this module hide its difference"""
 
     def describe(self) -> str:
         where = f"`{self.torch_module or '(root)'}` ({self.kind})"
@@ -64,6 +70,8 @@ class Divergence:
                 text += f"; {self.blame if self.blame != 'neither' else 'one side'} computes a different function"
         else:
             text += "; given PyTorch's inputs it matches: the difference was inherited (accumulated rounding)"
+        if self.hidden:
+            text += "; the model's outputs still agree (the layers after it hide the difference)"
         if self.first_seen:
             text += f"; its submodules agree, but `{self.first_seen}` is fed a different input (the code between them)"
         if self.settings:
@@ -76,6 +84,7 @@ class Divergence:
                 "error": "own" if self.own else "inherited", "blame": self.blame,
                 "err_vs_float64": {"torch": self.err_torch, "other": self.err_other},
                 "different_function": self.different_function, "first_seen": self.first_seen, "buffer": self.buffer,
+                "hidden": self.hidden,
                 "settings": [s.to_dict() for s in self.settings], "output": self.output.comparison.to_dict(),
                 "message": self.describe()}
 
@@ -110,11 +119,33 @@ class Localiser:
         j = judge(c.key, c.outputs, out_o, out_r, "pair_module", self.device)
         return j, j.err_torch, j.err_other
 
+    def hidden(self, limit: int = MAX_HIDDEN_STEPS) -> tuple[Call, Judged] | None:
+        """When the outputs agree: the first call, in data-flow order, whose outputs differ beyond their gate
+        and whose single step says the error is its own (a difference later layers hide, e.g. under a pooling);
+        at most ``limit`` single steps are run."""
+        for c in sorted(self.t.calls, key=lambda c: c.finished):
+            j = self.judged(c)
+            if j is None or j.passed:
+                continue
+            limit -= 1
+            if not self.single_step(c)[0].passed:
+                return c, j
+            if limit == 0:
+                break
+        return None
+
     def first_divergence(self, input_index: int = 0) -> Divergence | None:
-        """None when the root outputs agree (see the module docstring for the walk)."""
+        """The first divergence, or None when the outputs agree and no module has an own error (see the module
+        docstring for the walk)."""
         node = self.t.root()
-        if node is None or (root := self.judged(node)) is None or root.passed:
+        if node is None or (root := self.judged(node)) is None:
             return None
+        hidden = root.passed
+        if hidden:
+            found = self.hidden()
+            if found is None:
+                return None
+            node, root = found
         verdict = root
         while True:
             nxt = None
@@ -146,7 +177,7 @@ class Localiser:
         changed = not step.passed and (bool(settings) or (who != "neither" and different_function(own_err, self.device)))
         return Divergence(node.path, self.to_other[node.path], node.index, node.kind,
                           partner.kind if partner else "?", verdict, not step.passed, who, et, eo, changed,
-                          settings, first_seen, self.other_label, input_index)
+                          settings, first_seen, self.other_label, input_index, hidden=hidden)
 
     def depth(self) -> list[dict]:
         """Each paired call in the order calls ended (data flow: a leaf before its block): its nesting depth and

@@ -21,11 +21,10 @@ pin_isa()  # before MindSpore's first CPU kernel (as ddpm_ms/__init__ does)
 import mindspore as ms  # noqa: E402
 from mindspore import nn  # noqa: E402
 
-from ddpm_core.contract import to_tuple  # noqa: E402
 from ddpm_core.errors import EnvironmentRefused, WeightsError  # noqa: E402
 from parity.env import setup_mindspore  # noqa: E402
 from parity.engine.settings import ms_settings  # noqa: E402
-from parity.pair.calls import CallRecorder, CallTree  # noqa: E402
+from parity.pair.calls import CallRecorder, CallTree, flatten  # noqa: E402
 from parity.pair.mapping import Tensor  # noqa: E402
 from parity.pair.modules import ModuleInfo  # noqa: E402
 from parity.pair.settings import ACTIVATIONS  # noqa: E402
@@ -187,12 +186,12 @@ class MsPairSide:
         finally:
             for h in handles:
                 h.remove()
-        return to_tuple(out, self.numpy), (rec.tree() if record else None)
+        return flatten(out, self.numpy), (rec.tree() if record else None)
 
     def run_module(self, path: str, inputs: tuple) -> tuple:
         """Cell ``path`` alone on recorded inputs (numpy), numpy outputs."""
         out = self._run(lambda: self._cells[path](*(self._tensor(a) for a in inputs)), None, path)
-        return to_tuple(out, self.numpy)
+        return flatten(out, self.numpy)
 
     def settings(self, path: str) -> tuple[str, dict[str, Any]] | None:
         c = self._cells[path]

@@ -2,8 +2,9 @@
 table, JSON, Markdown and JUnit XML.
 
 Rules it keeps: ``passed`` is true only when the weights read back exactly, every input's outputs pass their gate
-with no settings difference, and the training-mode pass (when run) passes with no buffer differing;
-``first_divergence`` is null when passed, else the first of: a failing input's localised module, a buffer's
+with no module's own error and no settings difference, and the training-mode pass (when run) passes with no buffer differing;
+``first_divergence`` is null when passed, else the first of: an input's localised module (its outputs differ, or a
+module's own error hides behind outputs that agree), a buffer's
 module, a settings difference; every format is built from ``to_dict`` or the same rows, so they cannot disagree.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ class InputResult:
 
     @property
     def passed(self) -> bool:
-        return self.output.passed and not self.settings
+        return self.output.passed and self.divergence is None and not self.settings
 
     def label(self) -> str:
         return f"input {self.index} ({shape_text(self.shapes)})"
@@ -65,7 +66,7 @@ class TrainPass:
 
     @property
     def passed(self) -> bool:
-        return self.output.passed and not self.buffers and not self.inherited
+        return self.output.passed and self.divergence is None and not self.buffers and not self.inherited
 
     def blame(self) -> str:
         found = [d.blame for d in ([self.divergence] if self.divergence else []) + self.buffers if d.blame != "neither"]

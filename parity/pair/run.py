@@ -102,7 +102,7 @@ def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_m
         settings = _settings(side_t, side_o, pairs, tree_t)
         loc = Localiser(tree_t, tree_o, tree_r, pairs.to_ms, side_o.run_module, ref.run_module, settings,
                         side_o.label, device)
-        div = None if output.passed else loc.first_divergence(i)
+        div = loc.first_divergence(i)
         results.append(InputResult(i, [tuple(a.shape) for a in args], output, div,
                                    [d for ds in settings.values() for d in ds], loc.depth()))
     train = None

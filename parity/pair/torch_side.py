@@ -16,10 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddpm_core.contract import to_tuple
 from parity.engine.settings import torch_settings
 from parity.env import setup_torch
-from parity.pair.calls import CallRecorder, CallTree
+from parity.pair.calls import CallRecorder, CallTree, flatten
 from parity.pair.mapping import Tensor
 from parity.pair.modules import ModuleInfo
 
@@ -152,12 +151,12 @@ class TorchPairSide:
         finally:
             for h in handles:
                 h.remove()
-        return to_tuple(out, self.numpy), (rec.tree() if record else None)
+        return flatten(out, self.numpy), (rec.tree() if record else None)
 
     def run_module(self, path: str, inputs: tuple) -> tuple:
         """Module ``path`` alone on recorded inputs (numpy), numpy outputs."""
         with torch.no_grad():
-            return to_tuple(self._modules[path](*(self._tensor(a) for a in inputs)), self.numpy)
+            return flatten(self._modules[path](*(self._tensor(a) for a in inputs)), self.numpy)
 
     def settings(self, path: str) -> tuple[str, dict[str, Any]] | None:
         m = self._modules[path]

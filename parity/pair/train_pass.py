@@ -34,7 +34,7 @@ def training_pass(side_t: Any, side_o: Any, ref: Any, wm: WeightMap, pairs: Modu
             output = judge("training-mode output", out_t, out_o, out_r, "pair_output", device)
             loc = Localiser(tree_t, tree_o, tree_r, pairs.to_ms, side_o.run_module, ref.run_module, settings,
                             side_o.label, device)
-            div = None if output.passed else loc.first_divergence(index)
+            div = loc.first_divergence(index)
     finally:
         side_t.load(start)
         side_o.load(wm.to_ms(start))
