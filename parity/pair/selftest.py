@@ -80,7 +80,7 @@ def self_test(torch_model: Any, ms_model: Any, inputs: Sequence[Any], *, name_ma
         first = report.first_divergence() or {}
         found = (first.get("module") or {}).get("other", "")
         worst = max((r.output.comparison.rel_l2 for r in report.inputs), default=0.0)
-        by = "+".join(w for w, hit in (("numbers", any(not r.output.passed for r in report.inputs)),
+        by = "+".join(w for w, hit in (("numbers", any(not r.output.passed or r.divergence for r in report.inputs)),
                                        ("settings", any(r.settings for r in report.inputs))) if hit)
         probes.append(Probe(plant.kind, plant.cell, plant.what, not report.passed, by, found,
                             first.get("blame", ""), found == plant.cell, worst))
