@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         from parity.pair.run import compare
 
         report = compare(spec.torch_model, spec.ms_model, spec.inputs, name_map=spec.name_map,
-                         train_pass=not args.no_train_pass, name=spec.path.stem, **devices)
+                         train_pass=not args.no_train_pass, name=spec.path.stem, loss=spec.loss,
+                         optimizers=spec.optimizers, **devices)
         print(report.text())
     texts = {"json": lambda: json.dumps({**report.to_dict(), **extra}, indent=1, default=str) + "\n",
              "markdown": lambda: report.markdown() + extra_md, "junit": report.junit}

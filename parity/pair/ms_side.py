@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -192,6 +192,22 @@ class MsPairSide:
         """Cell ``path`` alone on recorded inputs (numpy), numpy outputs."""
         out = self._run(lambda: self._cells[path](*(self._tensor(a) for a in inputs)), None, path)
         return flatten(out, self.numpy)
+
+    def train_step(self, args: Sequence[np.ndarray], loss: Callable[[Any], Any],
+                   make_optimizer: Callable[[list], Any] | None = None
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        """``loss(model(*args))``, its gradient for every trainable parameter by name (``ms.value_and_grad``), and
+        the parameters after one step of ``make_optimizer(parameters)`` on those gradients when given."""
+        params = self.model.trainable_params()
+        names = {id(p): n for n, p in self._params.items()}
+        fn = ms.value_and_grad(lambda *xs: loss(self.model(*xs)), None, params)
+        value, grads = self._run(lambda: fn(*(self._tensor(a) for a in args)), None, "")
+        by_name = {names[id(p)]: self.numpy(g) for p, g in zip(params, grads)}
+        after = None
+        if make_optimizer is not None:
+            make_optimizer(params)(tuple(grads))
+            after = {names[id(p)]: self.numpy(p) for p in params}
+        return self.numpy(value), by_name, after
 
     def settings(self, path: str) -> tuple[str, dict[str, Any]] | None:
         c = self._cells[path]

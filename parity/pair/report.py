@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
 from parity.engine.compare import Summary
@@ -20,6 +20,9 @@ from parity.pair.localise import Divergence
 from parity.pair.mapping import WeightMap
 from parity.pair.modules import ModulePairs
 from parity.pair.settings import SettingDifference
+
+if TYPE_CHECKING:
+    from parity.pair.train_step import StepResult
 
 
 def shape_text(shapes: list[tuple[int, ...]]) -> str:
@@ -111,10 +114,12 @@ class PairReport:
     inputs: list[InputResult]
     train: TrainPass | None
     environment: dict[str, Any]
+    step: "StepResult | None" = None
 
     @property
     def passed(self) -> bool:
-        return self.weights.passed and all(r.passed for r in self.inputs) and (self.train is None or self.train.passed)
+        return (self.weights.passed and all(r.passed for r in self.inputs)
+                and (self.train is None or self.train.passed) and (self.step is None or self.step.passed))
 
     def first_divergence(self) -> dict | None:
         if self.passed:
@@ -131,6 +136,8 @@ class PairReport:
                     "kind": {"torch": s.kind, "other": s.kind}, "own": True, "error": "setting",
                     "blame": self.other_label, "different_function": True, "settings": [s.to_dict()],
                     "message": f"the outputs agree at this input, but a setting differs: {s.describe()}"}
+        if self.step is not None and not self.step.passed:
+            return self.step.first_failure(self.weight_map)
         return {"input": None, "module": None, "message": "the weights do not read back exactly",
                 "blame": self.other_label, "own": True, "error": "weights"}
 
@@ -150,6 +157,14 @@ class PairReport:
             out.append(Row(f"training-mode pass, input {self.train.index} (outputs, buffers)", ok, c.max_abs, c.rel_l2,
                            f"{c.tolerance.atol:.1e} / {c.tolerance.max_rel_l2:.1e}", self.train.output.err_torch,
                            self.train.output.err_other, "pass" if ok else f"FAIL ({blamed})" if blamed else "FAIL"))
+        if self.step is not None:
+            st = self.step
+            out.append(_row(f"training step, input {st.index}: loss", [st.loss], ""))
+            out.append(_row(f"gradients ({len(st.grads)} tensors)", [v.judged for v in st.grads],
+                            next((v.blame for v in st.grads if v.blame not in ("", "neither")), "")))
+            if st.stepped:
+                out.append(_row(f"one optimizer step ({len(st.stepped)} tensors)", [v.judged for v in st.stepped],
+                                next((v.blame for v in st.stepped if v.blame not in ("", "neither")), "")))
         return out
 
     def findings(self) -> list[str]:
@@ -162,6 +177,7 @@ class PairReport:
             lines += [f"{r.label()}: {s.describe()}" for s in r.settings
                       if r.divergence is None or s not in r.divergence.settings]
         lines += self.train.findings() if self.train is not None else []
+        lines += self.step.findings() if self.step is not None else []
         bad = [r for r in self.inputs if not r.passed]
         if bad and len(bad) < len(self.inputs):
             good = [r for r in self.inputs if r.passed]
@@ -224,7 +240,20 @@ class PairReport:
                             "unpaired_other": self.pairs.unpaired_ms},
                 "inputs": [r.to_dict() for r in self.inputs],
                 "training_mode": None if self.train is None else self.train.to_dict(),
+                "training_step": None if self.step is None else self.step.to_dict(),
                 "findings": self.findings(), "environment": self.environment}
+
+
+def _row(name: str, judged: list[Judged], blamed: str) -> Row:
+    """One row over several judged tensors: the worst figures, failing when any fails."""
+    ok = all(j.passed for j in judged)
+    worst = max(judged, key=lambda j: (not j.passed, j.comparison.rel_l2), default=None)
+    if worst is None:
+        return Row(name, ok, None, None, "-", None, None, "pass")
+    c = worst.comparison
+    return Row(name, ok, max(j.comparison.max_abs for j in judged), c.rel_l2,
+               f"{c.tolerance.atol:.1e} / {c.tolerance.max_rel_l2:.1e}", worst.err_torch, worst.err_other,
+               "pass" if ok else f"FAIL ({blamed})" if blamed else "FAIL")
 
 
 def _num(v: float | None) -> str:

@@ -6,8 +6,8 @@ What a run guarantees:
   * every input is run three times (PyTorch float32, the other side, PyTorch float64 as the arbiter) with every
     module call recorded; its outputs are judged under the machine-relative gate, its paired layers' settings
     are compared at that input's sizes, and a failing input is localised (``parity.pair.localise``);
-  * a model with running statistics also gets one training-mode pass on the first input
-    (``parity.pair.train_pass``);
+  * a model with running statistics also gets one training-mode pass, and with a loss one training step, on the
+    first input that passes (``parity.pair.train_pass``, ``parity.pair.train_step``);
   * nothing is skipped silently: unpaired modules and dropped tensors are listed in the report.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from parity.pair.modules import ModulePairs, pair_modules
 from parity.pair.report import InputResult, PairReport
 from parity.pair.settings import SettingDifference, compare_settings
 from parity.pair.train_pass import training_pass
+from parity.pair.train_step import training_step
 
 if TYPE_CHECKING:
     from parity.pair.torch_side import TorchPairSide
@@ -70,10 +71,12 @@ def _settings(side_t: Any, side_o: Any, pairs: ModulePairs, tree_t: Any) -> dict
 
 def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_map: Mapping[str, Any] | None = None,
             torch_device: str = "cpu", other_device: str = "", train_pass: bool = True, name: str = "",
-            tamper: Callable[[Any], None] | None = None) -> PairReport:
+            tamper: Callable[[Any], None] | None = None, loss: Callable[[Any], Any] | None = None,
+            optimizers: Mapping[str, Callable[[list], Any]] | None = None) -> PairReport:
     """Compare ``torch_model`` with its port ``other_model`` on every input (see the module docstring).
     ``tamper(side)`` is called with the other side once its weights are loaded and checked (``--self-test``
-    plants its bugs with it, so what it plants is left to the numeric verdict)."""
+    plants its bugs with it, so what it plants is left to the numeric verdict). With ``loss`` (and ``optimizers``)
+    one training step is compared too (``parity.pair.train_step``)."""
     if not inputs:
         raise UserError("no inputs: a run that compares nothing cannot pass")
     from parity.pair.torch_side import TorchPairSide
@@ -105,15 +108,17 @@ def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_m
         div = loc.first_divergence(i)
         results.append(InputResult(i, [tuple(a.shape) for a in args], output, div,
                                    [d for ds in settings.values() for d in ds], loc.depth()))
-    train = None
+    train = step = None
+    k = next((r.index for r in results if r.passed), 0)
     if train_pass and any(b in wm.ms_name() for b in side_t.buffers()):
-        k = next((r.index for r in results if r.output.passed), 0)
         by_module: dict[str, list[SettingDifference]] = {}
         for d in results[k].settings:
             by_module.setdefault(d.torch_module, []).append(d)
         train = training_pass(side_t, side_o, ref, wm, pairs, all_args[k], k, by_module, device)
+    if loss is not None:
+        step = training_step(side_t, side_o, ref, wm, all_args[k], k, loss, optimizers or {}, device)
     return PairReport(name or type(torch_model).__name__, side_t.label, side_o.label, wm, weights, pairs, results,
-                      train, _environment(side_t, side_o))
+                      train, _environment(side_t, side_o), step)
 
 
 def _environment(side_t: "TorchPairSide", side_o: Any) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """A SPEC file: the Python file a user writes to describe a pair for ``python -m parity.pair SPEC.py``.
 
 A SPEC defines ``torch_model()``, ``ms_model()`` and ``inputs()`` (a list; each item a numpy array or a tuple of
-them, the model's positional arguments), and optionally ``name_map`` (a mapping, see parity.pair.mapping) and
-``devices`` (``{"torch": "cpu", "ms": "CPU"}``). Any entry may be a function; it is called with the ``--set``
-options it declares as parameters (``def ms_model(maxpool="same")`` takes ``--set maxpool=pad``).
+them, the model's positional arguments), and optionally ``name_map`` (a mapping, see parity.pair.mapping),
+``devices`` (``{"torch": "cpu", "ms": "CPU"}``), ``loss(outputs)`` (a training step is then compared) and
+``optimizers`` (``{"torch": make, "ms": make}``, ``make(parameters)`` returning that framework's optimizer). Any
+entry but ``loss`` may be a function; it is called with the ``--set`` options it declares as parameters
+(``def ms_model(maxpool="same")`` takes ``--set maxpool=pad``).
 
 Rules it keeps: the file is imported as a module of its own (never ``exec`` over our globals); every problem with
 it (no such file, an exception while importing or calling it, a missing or wrong entry, an option no entry takes)
@@ -24,7 +26,9 @@ from typing import Any, Callable, Mapping
 from ddpm_core.errors import EnvironmentRefused, UserError, type_and_first_sentence
 
 REQUIRED = ("torch_model", "ms_model", "inputs")
-OPTIONAL = ("name_map", "devices")
+OPTIONAL = ("name_map", "devices", "optimizers")
+PASSED_AS_IS = ("loss",)
+"""Entries that are functions of the run, not of the options: never called while loading."""
 
 
 @dataclass
@@ -39,6 +43,8 @@ class Spec:
     devices: Mapping[str, str] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     module: ModuleType | None = None
+    loss: Any = None
+    optimizers: Mapping[str, Any] = field(default_factory=dict)
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -106,8 +112,12 @@ def load_spec(path: str | Path, options: Mapping[str, Any] | None = None) -> Spe
                         f"(or tuples of them), got {type(built['inputs']).__name__}")
     name_map = extra.get("name_map") or {}
     devices = extra.get("devices") or {}
-    for n, v in (("name_map", name_map), ("devices", devices)):
+    optimizers = extra.get("optimizers") or {}
+    for n, v in (("name_map", name_map), ("devices", devices), ("optimizers", optimizers)):
         if not isinstance(v, Mapping):
             raise UserError(f"SPEC {path.name}: {n} must be a mapping, got {type(v).__name__}")
+    loss = getattr(module, "loss", None)
+    if loss is not None and not callable(loss):
+        raise UserError(f"SPEC {path.name}: loss must be a function of the model's outputs")
     return Spec(path, built["torch_model"], built["ms_model"], list(built["inputs"]), name_map, devices, options,
-                module)
+                module, loss, optimizers)

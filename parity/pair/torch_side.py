@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -157,6 +157,23 @@ class TorchPairSide:
         """Module ``path`` alone on recorded inputs (numpy), numpy outputs."""
         with torch.no_grad():
             return flatten(self._modules[path](*(self._tensor(a) for a in inputs)), self.numpy)
+
+    def train_step(self, args: Sequence[np.ndarray], loss: Callable[[Any], Any],
+                   make_optimizer: Callable[[list], Any] | None = None
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        """``loss(model(*args))``, its gradient for every parameter by name, and the parameters after one step of
+        ``make_optimizer(parameters)`` when given (None otherwise)."""
+        params = dict(self.model.named_parameters())
+        for p in params.values():
+            p.grad = None
+        value = loss(self.model(*(self._tensor(a) for a in args)))
+        value.backward()
+        grads = {n: self.numpy(p.grad) for n, p in params.items() if p.grad is not None}
+        after = None
+        if make_optimizer is not None:
+            make_optimizer(list(params.values())).step()
+            after = {n: self.numpy(p) for n, p in params.items()}
+        return self.numpy(value), grads, after
 
     def settings(self, path: str) -> tuple[str, dict[str, Any]] | None:
         m = self._modules[path]

@@ -28,7 +28,7 @@ def test_a_matching_pair_exits_0_and_writes_every_report(tmp_path: Path) -> None
     assert d["passed"] is True and d["first_divergence"] is None and d["environment"]["mindspore"]
     assert "| input 0 (2x3x5x5) |" in out["md"].read_text()
     suite = ET.parse(out["xml"]).getroot()
-    assert suite.get("tests") == "3" and suite.get("failures") == "0"
+    assert suite.get("tests") == "6" and suite.get("failures") == "0"  # weights, input, training pass, loss, grads, step
 
 
 def test_a_slip_exits_1_and_the_json_names_module_and_blame(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -8,6 +8,7 @@ Linear, residual) and a Linear head, written once in PyTorch and once in MindSpo
   * "transpose": the head's (square) weight converted transposed;
   * "momentum": BatchNorm given PyTorch's momentum 0.1 (MindSpore's argument means 1 - that);
   * "" : none, the correct port.
+``loss`` and ``optimizers`` make it compare one training step too (``--set optimizer=adam`` for Adam).
 """
 from __future__ import annotations
 
@@ -105,3 +106,19 @@ def name_map(slip: str = "") -> dict:
 def inputs() -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     return [rng.standard_normal((2, 3, 5, 5)).astype(np.float32)]
+
+
+def loss(outputs: object) -> object:
+    """The same expression on either framework's tensor."""
+    return (outputs ** 2).mean()  # type: ignore[operator]
+
+
+def optimizers(optimizer: str = "sgd") -> dict:
+    """One step of each side's optimizer: "sgd" (the same rule in both) or "adam" (MindSpore's nn.Adam adds eps
+    before the bias correction, PyTorch's after it: a known difference, docs/porting.md)."""
+    from mindspore import nn
+
+    if optimizer == "sgd":
+        return {"torch": lambda ps: torch.optim.SGD(ps, lr=0.1), "ms": lambda ps: nn.SGD(ps, learning_rate=0.1)}
+    return {"torch": lambda ps: torch.optim.Adam(ps, lr=1e-3, eps=1e-8),
+            "ms": lambda ps: nn.Adam(ps, learning_rate=1e-3, eps=1e-8)}
