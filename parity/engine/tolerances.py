@@ -281,6 +281,11 @@ _PAIR_K = ("the pair's gate is k x this model's float32 rounding on this machine
            "itself in float64, per output and per module call), never a side's error against float64; rtol 0, so the "
            "element-wise rule is k x the largest rounding error; the floors (a few float32 ulps at unit scale) only "
            "matter where that rounding is ~0 (data movement: pooling, indexing)")
+OUTPUTS.update({
+    "pair_output": "parity.pair: a user pair's model outputs (or loss) on one input",
+    "pair_module": "parity.pair: one module call's outputs, a gradient or a stepped weight of a user pair",
+    "pair_function": "parity.pair: a module's own error against float64 beyond which it computes a different function",
+})
 _PAIR_MEASURED = ("correct pairs, AMD EPYC (2 cores), torch 2.14.1 / mindspore 2.10.0, 2026-11-28: the hand-written pair of "
                   "tests/pair (seeds 0-2) and torchvision/mindcv resnet18 with the stem pooling fixed (64, 65 and 96 "
                   "pixels, seeds 0-2) use at most 14% of the output gate, 20% of a module call's and 30% of a single "

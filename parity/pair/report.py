@@ -247,7 +247,8 @@ class PairReport:
 def _row(name: str, judged: list[Judged], blamed: str) -> Row:
     """One row over several judged tensors: the worst figures, failing when any fails."""
     ok = all(j.passed for j in judged)
-    worst = max(judged, key=lambda j: (not j.passed, j.comparison.rel_l2), default=None)
+    worst = max(judged, key=lambda j: (not j.passed, math.isfinite(j.comparison.tolerance.max_rel_l2),
+                                       j.comparison.rel_l2), default=None)  # rounding-noise tensors last
     if worst is None:
         return Row(name, ok, None, None, "-", None, None, "pass")
     c = worst.comparison

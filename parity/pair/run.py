@@ -18,7 +18,7 @@ import numpy as np
 
 from ddpm_core.errors import UserError
 from parity.engine.compare import compare_many
-from parity.engine.tolerances import tolerance
+from parity.engine.tolerances import device_class, tolerance
 from parity.pair.judge import judge
 from parity.pair.localise import Localiser
 from parity.pair.mapping import map_weights
@@ -95,7 +95,9 @@ def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_m
         tamper(side_o)
     ref = side_t.float64()
     pairs = pair_modules(side_t.tree(), side_o.tree(), wm)
-    device = "cpu" if side_t.device.type == "cpu" and getattr(side_o, "device", "CPU") in ("CPU", "cpu") else "gpu"
+    other_torch = side_o.framework == "torch" and side_o.device.type != "cpu"
+    device = device_class(str(side_o.device if other_torch else side_t.device),
+                          "CPU" if side_o.framework == "torch" else side_o.device)
     results = []
     for i, args in enumerate(all_args):
         out_t, tree_t = side_t.forward(args, record=True)
