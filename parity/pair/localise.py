@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ddpm_core.errors import EnvironmentRefused, type_and_first_sentence
 from parity.pair.calls import Call, CallTree, call_key
 from parity.pair.judge import Judged, blame, different_function, judge
 from parity.pair.settings import SettingDifference
@@ -50,6 +51,8 @@ class Divergence:
     """set when the divergence is a buffer after a training-mode pass (``bn.running_mean``), not an output"""
     hidden: bool = False
     """the model's outputs agree: the layers after this module hide its difference"""
+    note: str = ""
+    """why own against inherited could not be told (the module cannot run alone)"""
 
     def describe(self) -> str:
         where = f"`{self.torch_module or '(root)'}` ({self.kind})"
@@ -68,6 +71,8 @@ class Divergence:
             text += f": {self.blame} is wrong" if self.blame != "neither" else ": neither side is clearly farther"
             if self.different_function:
                 text += f"; {self.blame if self.blame != 'neither' else 'one side'} computes a different function"
+        elif self.note:
+            text += f"; own or inherited is not known: {self.note}"
         else:
             text += "; given PyTorch's inputs it matches: the difference was inherited (accumulated rounding)"
         if self.hidden:
@@ -81,10 +86,10 @@ class Divergence:
     def to_dict(self) -> dict:
         return {"input": self.input_index, "module": {"torch": self.torch_module, "other": self.other_module},
                 "call": self.call, "kind": {"torch": self.kind, "other": self.other_kind}, "own": self.own,
-                "error": "own" if self.own else "inherited", "blame": self.blame,
+                "error": "own" if self.own else "unknown" if self.note else "inherited", "blame": self.blame,
                 "err_vs_float64": {"torch": self.err_torch, "other": self.err_other},
                 "different_function": self.different_function, "first_seen": self.first_seen, "buffer": self.buffer,
-                "hidden": self.hidden,
+                "hidden": self.hidden, "note": self.note,
                 "settings": [s.to_dict() for s in self.settings], "output": self.output.comparison.to_dict(),
                 "message": self.describe()}
 
@@ -99,6 +104,7 @@ class Localiser:
         self.t, self.o, self.r, self.to_other = t, o, r, to_other
         self.replay_other, self.replay_ref = replay_other, replay_ref
         self.settings, self.other_label, self.device = settings, other_label, device
+        self.replay_problem = ""
 
     def partner(self, c: Call) -> Call | None:
         p = self.to_other.get(c.path)
@@ -111,11 +117,18 @@ class Localiser:
             return None
         return judge(c.key, c.outputs, p.outputs, ref.outputs, "pair_module", self.device)
 
-    def single_step(self, c: Call) -> tuple[Judged, float, float]:
-        """Both sides' module on PyTorch's recorded inputs, against the float64 module on the same inputs."""
-        other_path = self.to_other[c.path]
-        out_o = self.replay_other(other_path, c.inputs)
-        out_r = self.replay_ref(c.path, c.inputs)
+    def single_step(self, c: Call) -> tuple[Judged, float, float] | None:
+        """Both sides' module on PyTorch's recorded inputs, against the float64 module on the same inputs; None
+        (the reason in ``replay_problem``) when a module cannot be run alone on them (it takes keyword arguments,
+        or state its caller sets); a missing kernel still stops the run."""
+        try:
+            out_o = self.replay_other(self.to_other[c.path], c.inputs)
+            out_r = self.replay_ref(c.path, c.inputs)
+        except EnvironmentRefused:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure of the user's module alone means: no single step
+            self.replay_problem = f"`{c.key}` cannot run alone on its recorded inputs ({type_and_first_sentence(e)})"
+            return None
         j = judge(c.key, c.outputs, out_o, out_r, "pair_module", self.device)
         return j, j.err_torch, j.err_other
 
@@ -128,7 +141,8 @@ class Localiser:
             if j is None or j.passed:
                 continue
             limit -= 1
-            if not self.single_step(c)[0].passed:
+            step = self.single_step(c)
+            if step is not None and not step[0].passed:
                 return c, j
             if limit == 0:
                 break
@@ -157,19 +171,26 @@ class Localiser:
             if nxt is None:
                 break
             node, verdict = nxt
-        step, et, eo = self.single_step(node)
+        first = self.single_step(node)
+        if first is None:  # no single step: where, but not whose
+            partner = self.partner(node)
+            return Divergence(node.path, self.to_other[node.path], node.index, node.kind,
+                              partner.kind if partner else "?", verdict, False, "neither", verdict.err_torch,
+                              verdict.err_other, False, self.settings.get(node.path, []), "", self.other_label,
+                              input_index, hidden=hidden, note=self.replay_problem)
+        step, et, eo = first
         first_seen = ""
         chain = node
         while step.passed and chain.parent is not None:  # inherited: replay the enclosing calls, innermost first
             parent = self.t.get(chain.parent)
-            if parent is None or parent.path not in self.to_other:
+            up = None if parent is None or parent.path not in self.to_other else self.single_step(parent)
+            if up is None:
                 break
-            up = self.single_step(parent)
             if not up[0].passed:
                 step, et, eo = up
-                first_seen, node, verdict = node.key, parent, self.judged(parent) or verdict
+                first_seen, node, verdict = node.key, parent, self.judged(parent) or verdict  # type: ignore[assignment]
                 break
-            chain = parent
+            chain = parent  # type: ignore[assignment]
         partner = self.partner(node)
         who = blame(et, eo, self.other_label) if not step.passed else "neither"
         own_err = eo if who == self.other_label else et

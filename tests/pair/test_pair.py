@@ -107,3 +107,29 @@ def test_a_training_step_matches_with_sgd_and_adams_eps_convention_is_found_and_
     assert not adam.passed and all(v.judged.passed for v in adam.step.grads)
     first = adam.first_divergence()
     assert first["error"] == "training step: optimizer step" and first["blame"] == "MindSpore", first
+
+
+def test_a_module_that_cannot_run_alone_is_still_named_without_a_guess() -> None:
+    """A module whose forward needs state its caller sets cannot be single-stepped: the walk still names it, and
+    says own against inherited is not known instead of guessing."""
+    from torch import nn as tnn
+
+    class NeedsState(tnn.Module):
+        def forward(self, x):
+            return x * self.scale  # set by the caller before each call
+
+    class Outer(tnn.Module):
+        def __init__(self, scale: float):
+            super().__init__()
+            self.inner, self.s = NeedsState(), scale
+
+        def forward(self, x):
+            self.inner.scale = self.s
+            out = self.inner(x)
+            del self.inner.scale
+            return out
+
+    report = compare(Outer(2.0), Outer(3.0), [np.ones((2, 3), np.float32)], train_pass=False)
+    first = report.first_divergence()
+    assert first["module"]["torch"] == "inner" and first["error"] == "unknown" and first["blame"] == "neither"
+    assert "cannot run alone on its recorded inputs (AttributeError" in first["message"]
