@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         from parity.pair.selftest import self_test, table, to_dicts
 
         report, probes = self_test(spec.torch_model, spec.ms_model, spec.inputs, name_map=spec.name_map,
-                                   progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True), **devices)
+                                   progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True),
+                                   tolerances=spec.tolerances, **devices)
         report.name = spec.path.stem
         print(report.text())
         found = table(probes) if report.passed else "self-test: not run, the pair already differs (fix that first)"
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
         report = compare(spec.torch_model, spec.ms_model, spec.inputs, name_map=spec.name_map,
                          train_pass=not args.no_train_pass, name=spec.path.stem, loss=spec.loss,
-                         optimizers=spec.optimizers, **devices)
+                         optimizers=spec.optimizers, tolerances=spec.tolerances, **devices)
         print(report.text())
     texts = {"json": lambda: json.dumps({**report.to_dict(), **extra}, indent=1, default=str) + "\n",
              "markdown": lambda: report.markdown() + extra_md, "junit": report.junit}

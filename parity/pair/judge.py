@@ -13,13 +13,13 @@ Rules it keeps (framework-free):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from parity.engine.compare import Comparison, compare
-from parity.engine.tolerances import BLAME_RATIO, RELATIVE, Tolerance, machine_relative, tolerance
+from parity.engine.tolerances import BLAME_RATIO, RELATIVE, RelativeRule, Tolerance, machine_relative, tolerance
 
 ULP = float(np.finfo(np.float32).eps)
 
@@ -42,21 +42,46 @@ def _arrays(values: Sequence[object]) -> list[np.ndarray | None]:
     return [None if v is None else np.asarray(v) for v in values]
 
 
-def gate(output: str, device: str, rounding: Comparison) -> Tolerance:
+@dataclass(frozen=True)
+class Gates:
+    """The device class whose table entries apply, and the machine-relative rules (the table's, or a SPEC's)."""
+
+    device: str = "cpu"
+    rules: Mapping[str, RelativeRule] = field(default_factory=lambda: dict(RELATIVE))
+
+
+def with_overrides(device: str, overrides: Mapping[str, Mapping[str, float]] | None) -> Gates:
+    """Gates whose rules take a SPEC's ``tolerances`` (``{"pair_output": {"k": 20}}``: fields of a RelativeRule
+    for "pair_output" or "pair_module"); anything else is ``ValueError`` naming what is allowed."""
+    rules = dict(RELATIVE)
+    for output, fields in (overrides or {}).items():
+        allowed = ("k", "floor_atol", "floor_rel_l2")
+        if output not in ("pair_output", "pair_module") or not isinstance(fields, Mapping) or \
+                any(k not in allowed or not isinstance(v, (int, float)) or v <= 0 for k, v in fields.items()):
+            raise ValueError(f"tolerances[{output!r}]: expected 'pair_output' or 'pair_module' with positive "
+                             f"{', '.join(allowed)}, got {fields!r}")
+        rules[output] = replace(rules[output], **{k: float(v) for k, v in fields.items()},
+                                reason=f"the SPEC's tolerances {dict(fields)} over the table's: {rules[output].reason}",
+                                measured="set by the SPEC")
+    return Gates(device, rules)
+
+
+def gate(output: str, gates: Gates, rounding: Comparison) -> Tolerance:
     """The machine-relative gate for ``output`` ("pair_output" / "pair_module") from a rounding comparison. Where
     float32 rounding is as large as the tensor itself (relative L2 >= 1: a quantity that is 0 in exact arithmetic,
     such as the gradient of a bias that a BatchNorm's mean removes) only the element-wise rule is kept: relative
     L2 and cosine of rounding noise say nothing."""
-    g = machine_relative(tolerance(output, "float32", device), rounding.max_abs, rounding.rel_l2, RELATIVE[output])
+    g = machine_relative(tolerance(output, "float32", gates.device), rounding.max_abs, rounding.rel_l2,
+                         gates.rules[output])
     return g.elementwise_only() if rounding.rel_l2 >= 1.0 else g
 
 
 def judge(name: str, torch_out: Sequence[object], other_out: Sequence[object], ref_out: Sequence[object],
-          output: str = "pair_module", device: str = "cpu") -> Judged:
+          output: str = "pair_module", gates: Gates = Gates()) -> Judged:
     """Compare the PyTorch float32 outputs (``a``) with the other side's (``b``), array by array, each under the
     gate from its own float32 rounding; the failing array, else the one with the largest error, is reported."""
     t, o, r = _arrays(torch_out), _arrays(other_out), _arrays(ref_out)
-    loose = tolerance(output, "float32", device)
+    loose = tolerance(output, "float32", gates.device)
     if len(t) != len(o):
         c = Comparison(name, loose)
         c.problem = f"{len(t)} output tensor(s) in PyTorch, {len(o)} in the other side"
@@ -69,7 +94,7 @@ def judge(name: str, torch_out: Sequence[object], other_out: Sequence[object], r
             b = b.reshape(a.shape)  # (1, 512, 1, 1) against (1, 512): a port keeps or drops unit axes
         label = name if len(t) == 1 else f"{name}[{i}]"
         if ref is not None and ref.shape == a.shape:
-            g = gate(output, device, compare(label, a, ref, loose))
+            g = gate(output, gates, compare(label, a, ref, loose))
             et, eo = rel_l2(a, ref), rel_l2(b, ref) if b.shape == ref.shape else float("inf")
         else:
             g, et, eo = loose, float("nan"), float("nan")
@@ -102,6 +127,6 @@ def blame(err_torch: float, err_other: float, other_label: str) -> str:
     return "neither"
 
 
-def different_function(own_err: float, device: str = "cpu") -> bool:
+def different_function(own_err: float, gates: Gates = Gates()) -> bool:
     """Whether an own error (relative L2 against float64, on identical inputs) is beyond float32 rounding."""
-    return own_err > tolerance("pair_function", "float32", device).max_rel_l2
+    return own_err > tolerance("pair_function", "float32", gates.device).max_rel_l2

@@ -20,7 +20,7 @@ from typing import Callable
 
 from ddpm_core.errors import EnvironmentRefused, type_and_first_sentence
 from parity.pair.calls import Call, CallTree, call_key
-from parity.pair.judge import Judged, blame, different_function, judge
+from parity.pair.judge import Gates, Judged, blame, different_function, judge
 from parity.pair.settings import SettingDifference
 
 Replay = Callable[[str, tuple], tuple]
@@ -100,10 +100,10 @@ class Localiser:
 
     def __init__(self, t: CallTree, o: CallTree, r: CallTree, to_other: dict[str, str], replay_other: Replay,
                  replay_ref: Replay, settings: dict[str, list[SettingDifference]], other_label: str = "MindSpore",
-                 device: str = "cpu"):
+                 gates: Gates = Gates()):
         self.t, self.o, self.r, self.to_other = t, o, r, to_other
         self.replay_other, self.replay_ref = replay_other, replay_ref
-        self.settings, self.other_label, self.device = settings, other_label, device
+        self.settings, self.other_label, self.gates = settings, other_label, gates
         self.replay_problem = ""
 
     def partner(self, c: Call) -> Call | None:
@@ -115,7 +115,7 @@ class Localiser:
         p, ref = self.partner(c), self.r.get(c.key)
         if p is None or ref is None:
             return None
-        return judge(c.key, c.outputs, p.outputs, ref.outputs, "pair_module", self.device)
+        return judge(c.key, c.outputs, p.outputs, ref.outputs, "pair_module", self.gates)
 
     def single_step(self, c: Call) -> tuple[Judged, float, float] | None:
         """Both sides' module on PyTorch's recorded inputs, against the float64 module on the same inputs; None
@@ -129,7 +129,7 @@ class Localiser:
         except Exception as e:  # noqa: BLE001 - any failure of the user's module alone means: no single step
             self.replay_problem = f"`{c.key}` cannot run alone on its recorded inputs ({type_and_first_sentence(e)})"
             return None
-        j = judge(c.key, c.outputs, out_o, out_r, "pair_module", self.device)
+        j = judge(c.key, c.outputs, out_o, out_r, "pair_module", self.gates)
         return j, j.err_torch, j.err_other
 
     def hidden(self, limit: int = MAX_HIDDEN_STEPS) -> tuple[Call, Judged] | None:
@@ -195,7 +195,7 @@ class Localiser:
         who = blame(et, eo, self.other_label) if not step.passed else "neither"
         own_err = eo if who == self.other_label else et
         settings = self.settings.get(node.path, [])
-        changed = not step.passed and (bool(settings) or (who != "neither" and different_function(own_err, self.device)))
+        changed = not step.passed and (bool(settings) or (who != "neither" and different_function(own_err, self.gates)))
         return Divergence(node.path, self.to_other[node.path], node.index, node.kind,
                           partner.kind if partner else "?", verdict, not step.passed, who, et, eo, changed,
                           settings, first_seen, self.other_label, input_index, hidden=hidden)

@@ -19,7 +19,7 @@ import numpy as np
 from ddpm_core.errors import UserError
 from parity.engine.compare import compare_many
 from parity.engine.tolerances import device_class, tolerance
-from parity.pair.judge import judge
+from parity.pair.judge import judge, with_overrides
 from parity.pair.localise import Localiser
 from parity.pair.mapping import map_weights
 from parity.pair.modules import ModulePairs, pair_modules
@@ -72,13 +72,19 @@ def _settings(side_t: Any, side_o: Any, pairs: ModulePairs, tree_t: Any) -> dict
 def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_map: Mapping[str, Any] | None = None,
             torch_device: str = "cpu", other_device: str = "", train_pass: bool = True, name: str = "",
             tamper: Callable[[Any], None] | None = None, loss: Callable[[Any], Any] | None = None,
-            optimizers: Mapping[str, Callable[[list], Any]] | None = None) -> PairReport:
+            optimizers: Mapping[str, Callable[[list], Any]] | None = None,
+            tolerances: Mapping[str, Mapping[str, float]] | None = None) -> PairReport:
     """Compare ``torch_model`` with its port ``other_model`` on every input (see the module docstring).
     ``tamper(side)`` is called with the other side once its weights are loaded and checked (``--self-test``
     plants its bugs with it, so what it plants is left to the numeric verdict). With ``loss`` (and ``optimizers``)
-    one training step is compared too (``parity.pair.train_step``)."""
+    one training step is compared too (``parity.pair.train_step``). ``tolerances`` overrides the machine-relative
+    rules (``{"pair_output": {"k": 20}}``, see ``parity.pair.judge.with_overrides``)."""
     if not inputs:
         raise UserError("no inputs: a run that compares nothing cannot pass")
+    try:
+        with_overrides("cpu", tolerances)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     from parity.pair.torch_side import TorchPairSide
 
     all_args = [as_args(x, i) for i, x in enumerate(inputs)]
@@ -96,17 +102,17 @@ def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_m
     ref = side_t.float64()
     pairs = pair_modules(side_t.tree(), side_o.tree(), wm)
     other_torch = side_o.framework == "torch" and side_o.device.type != "cpu"
-    device = device_class(str(side_o.device if other_torch else side_t.device),
-                          "CPU" if side_o.framework == "torch" else side_o.device)
+    gates = with_overrides(device_class(str(side_o.device if other_torch else side_t.device),
+                                        "CPU" if side_o.framework == "torch" else side_o.device), tolerances)
     results = []
     for i, args in enumerate(all_args):
         out_t, tree_t = side_t.forward(args, record=True)
         out_o, tree_o = side_o.forward(args, record=True)
         out_r, tree_r = ref.forward(args, record=True)
-        output = judge("output", out_t, out_o, out_r, "pair_output", device)
+        output = judge("output", out_t, out_o, out_r, "pair_output", gates)
         settings = _settings(side_t, side_o, pairs, tree_t)
         loc = Localiser(tree_t, tree_o, tree_r, pairs.to_ms, side_o.run_module, ref.run_module, settings,
-                        side_o.label, device)
+                        side_o.label, gates)
         div = loc.first_divergence(i)
         results.append(InputResult(i, [tuple(a.shape) for a in args], output, div,
                                    [d for ds in settings.values() for d in ds], loc.depth()))
@@ -116,9 +122,9 @@ def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_m
         by_module: dict[str, list[SettingDifference]] = {}
         for d in results[k].settings:
             by_module.setdefault(d.torch_module, []).append(d)
-        train = training_pass(side_t, side_o, ref, wm, pairs, all_args[k], k, by_module, device)
+        train = training_pass(side_t, side_o, ref, wm, pairs, all_args[k], k, by_module, gates)
     if loss is not None:
-        step = training_step(side_t, side_o, ref, wm, all_args[k], k, loss, optimizers or {}, device)
+        step = training_step(side_t, side_o, ref, wm, all_args[k], k, loss, optimizers or {}, gates)
     return PairReport(name or type(torch_model).__name__, side_t.label, side_o.label, wm, weights, pairs, results,
                       train, _environment(side_t, side_o), step)
 

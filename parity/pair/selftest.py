@@ -59,10 +59,11 @@ def _plans(side: Any, report: PairReport) -> list[tuple[str, Callable[[Any], Any
 
 
 def self_test(torch_model: Any, ms_model: Any, inputs: Sequence[Any], *, name_map: Mapping[str, Any] | None = None,
-              torch_device: str = "cpu", other_device: str = "", progress: Callable[[str], None] | None = None
-              ) -> tuple[PairReport, list[Probe]]:
+              torch_device: str = "cpu", other_device: str = "", progress: Callable[[str], None] | None = None,
+              tolerances: Mapping[str, Mapping[str, float]] | None = None) -> tuple[PairReport, list[Probe]]:
     """The base comparison (no plant) and, when it passes, one probe per planted bug."""
-    run = dict(name_map=name_map, torch_device=torch_device, other_device=other_device, train_pass=False)
+    run = dict(name_map=name_map, torch_device=torch_device, other_device=other_device, train_pass=False,
+               tolerances=tolerances)
     base = compare(torch_model, ms_model, inputs, **run)
     if not base.passed:
         return base, []

@@ -3,7 +3,8 @@
 A SPEC defines ``torch_model()``, ``ms_model()`` and ``inputs()`` (a list; each item a numpy array or a tuple of
 them, the model's positional arguments), and optionally ``name_map`` (a mapping, see parity.pair.mapping),
 ``devices`` (``{"torch": "cpu", "ms": "CPU"}``), ``loss(outputs)`` (a training step is then compared) and
-``optimizers`` (``{"torch": make, "ms": make}``, ``make(parameters)`` returning that framework's optimizer). Any
+``optimizers`` (``{"torch": make, "ms": make}``, ``make(parameters)`` returning that framework's optimizer) and
+``tolerances`` (``{"pair_output": {"k": 20}}``: the machine-relative rules, parity.pair.judge.with_overrides). Any
 entry but ``loss`` may be a function; it is called with the ``--set`` options it declares as parameters
 (``def ms_model(maxpool="same")`` takes ``--set maxpool=pad``).
 
@@ -26,7 +27,7 @@ from typing import Any, Callable, Mapping
 from ddpm_core.errors import EnvironmentRefused, UserError, type_and_first_sentence
 
 REQUIRED = ("torch_model", "ms_model", "inputs")
-OPTIONAL = ("name_map", "devices", "optimizers")
+OPTIONAL = ("name_map", "devices", "optimizers", "tolerances")
 PASSED_AS_IS = ("loss",)
 """Entries that are functions of the run, not of the options: never called while loading."""
 
@@ -45,6 +46,7 @@ class Spec:
     module: ModuleType | None = None
     loss: Any = None
     optimizers: Mapping[str, Any] = field(default_factory=dict)
+    tolerances: Mapping[str, Any] = field(default_factory=dict)
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -113,11 +115,12 @@ def load_spec(path: str | Path, options: Mapping[str, Any] | None = None) -> Spe
     name_map = extra.get("name_map") or {}
     devices = extra.get("devices") or {}
     optimizers = extra.get("optimizers") or {}
-    for n, v in (("name_map", name_map), ("devices", devices), ("optimizers", optimizers)):
+    tolerances = extra.get("tolerances") or {}
+    for n, v in (("name_map", name_map), ("devices", devices), ("optimizers", optimizers), ("tolerances", tolerances)):
         if not isinstance(v, Mapping):
             raise UserError(f"SPEC {path.name}: {n} must be a mapping, got {type(v).__name__}")
     loss = getattr(module, "loss", None)
     if loss is not None and not callable(loss):
         raise UserError(f"SPEC {path.name}: loss must be a function of the model's outputs")
     return Spec(path, built["torch_model"], built["ms_model"], list(built["inputs"]), name_map, devices, options,
-                module, loss, optimizers)
+                module, loss, optimizers, tolerances)

@@ -21,7 +21,7 @@ from parity.pair.settings import SettingDifference
 
 
 def training_pass(side_t: Any, side_o: Any, ref: Any, wm: WeightMap, pairs: ModulePairs, args: tuple, index: int,
-                  settings: dict[str, list[SettingDifference]], device: str) -> TrainPass:
+                  settings: dict[str, list[SettingDifference]], gates: Gates) -> TrainPass:
     """The training-mode pass on ``args``, input ``index`` (see the module docstring)."""
     start = side_t.state()
     kinds = {m.path: m.kind for m in side_t.tree()}
@@ -31,9 +31,9 @@ def training_pass(side_t: Any, side_o: Any, ref: Any, wm: WeightMap, pairs: Modu
             out_o, tree_o = side_o.forward(args, record=True)
             out_r, tree_r = ref.forward(args, record=True)
             st, so, sr = side_t.state(), wm.to_torch(side_o.state()), ref.state()
-            output = judge("training-mode output", out_t, out_o, out_r, "pair_output", device)
+            output = judge("training-mode output", out_t, out_o, out_r, "pair_output", gates)
             loc = Localiser(tree_t, tree_o, tree_r, pairs.to_ms, side_o.run_module, ref.run_module, settings,
-                            side_o.label, device)
+                            side_o.label, gates)
             div = loc.first_divergence(index)
     finally:
         side_t.load(start)
@@ -45,14 +45,14 @@ def training_pass(side_t: Any, side_o: Any, ref: Any, wm: WeightMap, pairs: Modu
     for name in side_t.buffers():
         if name not in mapped:
             continue
-        j = judge(name, [st[name]], [so[name]], [sr[name]], "pair_module", device)
+        j = judge(name, [st[name]], [so[name]], [sr[name]], "pair_module", gates)
         if j.passed:
             continue
         owner = name.rsplit(".", 1)[0] if "." in name else ""
         call_t, call_r = tree_t.get(owner), tree_r.get(owner)
         call_o = loc.partner(call_t) if call_t is not None else None
         if call_t is None or call_o is None or call_r is None or \
-                not judge(owner, call_t.inputs, call_o.inputs, call_r.inputs, "pair_module", device).passed:
+                not judge(owner, call_t.inputs, call_o.inputs, call_r.inputs, "pair_module", gates).passed:
             inherited.append(name)
             continue
         who = blame(j.err_torch, j.err_other, side_o.label)
@@ -60,6 +60,6 @@ def training_pass(side_t: Any, side_o: Any, ref: Any, wm: WeightMap, pairs: Modu
         diffs = settings.get(owner, [])
         own.append(Divergence(owner, pairs.to_ms.get(owner, "?"), 0, kinds.get(owner, "?"), call_o.kind, j, True, who,
                               j.err_torch, j.err_other,
-                              bool(diffs) or (who != "neither" and different_function(err, device)), diffs, "",
+                              bool(diffs) or (who != "neither" and different_function(err, gates)), diffs, "",
                               side_o.label, index, name))
     return TrainPass(output, div, own, inherited, index)

@@ -89,19 +89,19 @@ def _torch_named(wm: WeightMap, other: Mapping[str, np.ndarray], same_names: boo
 
 
 def _verdicts(t: Mapping[str, np.ndarray], o: Mapping[str, np.ndarray], r: Mapping[str, np.ndarray], label: str,
-              device: str) -> list[TensorVerdict]:
+              gates: Gates) -> list[TensorVerdict]:
     out = []
     for name in t:
         if name not in o or name not in r:
             continue
-        j = judge(name, [t[name]], [o[name]], [r[name]], "pair_module", device)
+        j = judge(name, [t[name]], [o[name]], [r[name]], "pair_module", gates)
         out.append(TensorVerdict(name, j, "" if j.passed else blame(j.err_torch, j.err_other, label)))
     return out
 
 
 def training_step(side_t: Any, side_o: Any, ref: Any, wm: WeightMap, args: tuple, index: int,
                   loss: Callable[[Any], Any], optimizers: Mapping[str, Callable[[list], Any]],
-                  device: str) -> StepResult:
+                  gates: Gates) -> StepResult:
     """The training step on ``args`` (see the module docstring)."""
     start = side_t.state()
     try:
@@ -114,9 +114,9 @@ def training_step(side_t: Any, side_o: Any, ref: Any, wm: WeightMap, args: tuple
         side_o.load(wm.to_ms(start))
         ref.load(start)
     same = side_o.framework == "torch"
-    result = StepResult(index, judge("training-step loss", [lt], [lo], [lr], "pair_output", device),
+    result = StepResult(index, judge("training-step loss", [lt], [lo], [lr], "pair_output", gates),
                         other_label=side_o.label)
-    result.grads = _verdicts(gt, _torch_named(wm, go, same), gr, side_o.label, device)
+    result.grads = _verdicts(gt, _torch_named(wm, go, same), gr, side_o.label, gates)
     if at is not None and ao is not None and ar is not None:
-        result.stepped = _verdicts(at, _torch_named(wm, ao, same), ar, side_o.label, device)
+        result.stepped = _verdicts(at, _torch_named(wm, ao, same), ar, side_o.label, gates)
     return result

@@ -133,3 +133,16 @@ def test_a_module_that_cannot_run_alone_is_still_named_without_a_guess() -> None
     first = report.first_divergence()
     assert first["module"]["torch"] == "inner" and first["error"] == "unknown" and first["blame"] == "neither"
     assert "cannot run alone on its recorded inputs (AttributeError" in first["message"]
+
+
+def test_a_specs_tolerances_replace_the_rule_and_a_loose_one_lets_a_small_slip_through() -> None:
+    """k = 10^4 on the output gate lets the LayerNorm epsilon slip (1.1e-05 at the output) through at the output,
+    but not at the module (its own gate is untouched): the tolerances are the user's, the localisation is not."""
+    from ddpm_core.errors import UserError
+
+    loose = compare(tp.torch_model(), tp.ms_model("ln_eps"), tp.inputs(), tolerances={"pair_output": {"k": 1e4}},
+                    train_pass=False)
+    assert loose.inputs[0].output.passed and "SPEC's tolerances" in loose.inputs[0].output.comparison.tolerance.reason
+    assert not loose.passed and loose.first_divergence()["module"]["torch"] == "block.norm"  # hidden, still found
+    with pytest.raises(UserError, match="tolerances\\['prediction'\\]"):
+        compare(tp.torch_model(), tp.ms_model(), tp.inputs(), tolerances={"prediction": {"k": 2}})
