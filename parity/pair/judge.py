@@ -50,6 +50,10 @@ class Gates:
     rules: Mapping[str, RelativeRule] = field(default_factory=lambda: dict(RELATIVE))
 
 
+DEFAULT_GATES = Gates()
+"""CPU entries and the table's rules."""
+
+
 def with_overrides(device: str, overrides: Mapping[str, Mapping[str, float]] | None) -> Gates:
     """Gates whose rules take a SPEC's ``tolerances`` (``{"pair_output": {"k": 20}}``: fields of a RelativeRule
     for "pair_output" or "pair_module"); anything else is ``ValueError`` naming what is allowed."""
@@ -77,7 +81,7 @@ def gate(output: str, gates: Gates, rounding: Comparison) -> Tolerance:
 
 
 def judge(name: str, torch_out: Sequence[object], other_out: Sequence[object], ref_out: Sequence[object],
-          output: str = "pair_module", gates: Gates = Gates()) -> Judged:
+          output: str = "pair_module", gates: Gates = DEFAULT_GATES) -> Judged:
     """Compare the PyTorch float32 outputs (``a``) with the other side's (``b``), array by array, each under the
     gate from its own float32 rounding; the failing array, else the one with the largest error, is reported."""
     t, o, r = _arrays(torch_out), _arrays(other_out), _arrays(ref_out)
@@ -127,6 +131,6 @@ def blame(err_torch: float, err_other: float, other_label: str) -> str:
     return "neither"
 
 
-def different_function(own_err: float, gates: Gates = Gates()) -> bool:
+def different_function(own_err: float, gates: Gates = DEFAULT_GATES) -> bool:
     """Whether an own error (relative L2 against float64, on identical inputs) is beyond float32 rounding."""
     return own_err > tolerance("pair_function", "float32", gates.device).max_rel_l2

@@ -20,7 +20,7 @@ from typing import Callable
 
 from ddpm_core.errors import EnvironmentRefused, type_and_first_sentence
 from parity.pair.calls import Call, CallTree, call_key
-from parity.pair.judge import Gates, Judged, blame, different_function, judge
+from parity.pair.judge import DEFAULT_GATES, Gates, Judged, blame, different_function, judge
 from parity.pair.settings import SettingDifference
 
 Replay = Callable[[str, tuple], tuple]
@@ -100,7 +100,7 @@ class Localiser:
 
     def __init__(self, t: CallTree, o: CallTree, r: CallTree, to_other: dict[str, str], replay_other: Replay,
                  replay_ref: Replay, settings: dict[str, list[SettingDifference]], other_label: str = "MindSpore",
-                 gates: Gates = Gates()):
+                 gates: Gates = DEFAULT_GATES):
         self.t, self.o, self.r, self.to_other = t, o, r, to_other
         self.replay_other, self.replay_ref = replay_other, replay_ref
         self.settings, self.other_label, self.gates = settings, other_label, gates

@@ -62,8 +62,8 @@ def self_test(torch_model: Any, ms_model: Any, inputs: Sequence[Any], *, name_ma
               torch_device: str = "cpu", other_device: str = "", progress: Callable[[str], None] | None = None,
               tolerances: Mapping[str, Mapping[str, float]] | None = None) -> tuple[PairReport, list[Probe]]:
     """The base comparison (no plant) and, when it passes, one probe per planted bug."""
-    run = dict(name_map=name_map, torch_device=torch_device, other_device=other_device, train_pass=False,
-               tolerances=tolerances)
+    run = {"name_map": name_map, "torch_device": torch_device, "other_device": other_device, "train_pass": False,
+           "tolerances": tolerances}
     base = compare(torch_model, ms_model, inputs, **run)
     if not base.passed:
         return base, []
@@ -72,7 +72,8 @@ def self_test(torch_model: Any, ms_model: Any, inputs: Sequence[Any], *, name_ma
     probes = []
     for label, plan in _plans(MsPairSide(ms_model, other_device or "CPU"), base):
         planted: list[Any] = []
-        report = compare(torch_model, ms_model, inputs, tamper=lambda s, plan=plan: planted.append(plan(s)), **run)
+        report = compare(torch_model, ms_model, inputs, tamper=lambda s, plan=plan, out=planted: out.append(plan(s)),
+                         **run)
         plant = planted[0] if planted else None
         if plant is None:
             probes.append(Probe("eps", label, "not plantable (unknown internals)", False, "", "", "", False, 0.0))

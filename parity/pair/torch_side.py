@@ -64,8 +64,7 @@ def read_settings(m: nn.Module, kind: str) -> tuple[str, dict[str, Any]] | None:
     if isinstance(m, (nn.ELU, nn.CELU)):
         return kind, {"alpha": m.alpha}
     if kind in _ENGINE_KINDS:
-        k, s = torch_settings(m)
-        return kind, s
+        return kind, torch_settings(m)[1]
     from parity.pair.settings import ACTIVATIONS
 
     return (kind, {}) if kind in ACTIVATIONS else None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from parity.pair.judge import blame, different_function, judge
+from parity.pair.judge import Gates, blame, different_function, judge
 from parity.pair.localise import Divergence, Localiser
 from parity.pair.mapping import WeightMap
 from parity.pair.modules import ModulePairs

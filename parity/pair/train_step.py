@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from parity.pair.judge import Judged, blame, judge
+from parity.pair.judge import Gates, Judged, blame, judge
 from parity.pair.mapping import LAYOUTS, WeightMap
 
 
