@@ -71,7 +71,8 @@ def read_settings(m: nn.Module, kind: str) -> tuple[str, dict[str, Any]] | None:
 
 
 class TorchPairSide:
-    """One PyTorch model of a pair (``dtype`` float32 normally, float64 for the arbiter)."""
+    """One PyTorch model of a pair (``dtype`` float32 normally, float64 for the arbiter); the model is moved to the
+    device and dtype in place and put in eval mode."""
 
     framework = "torch"
 
