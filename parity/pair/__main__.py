@@ -1,0 +1,113 @@
+"""``python -m parity.pair SPEC.py [--json OUT] [--markdown OUT] [--junit OUT] [--set KEY=VALUE ...] [--self-test]``
+
+Compares the SPEC's PyTorch model with its port on every input it gives (docs/pairs.md) and prints the table and
+findings. Exit status: 0 the pair matches; 1 it differs (the first divergence named, with its blame); 2 a
+structural problem (weights that do not map, one line each; a bad SPEC or option); 3 the environment refuses (a
+missing device, an op without a kernel on it, a package the SPEC needs). ``--self-test`` plants bugs in the
+MindSpore side and prints which the verdict catches (parity.pair.selftest); its status is the unplanted pair's.
+
+Rules it keeps: output paths are checked before any work and written atomically after it; an expected problem is
+one ``error:`` line without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+from ddpm_core.atomic import atomic_write_bytes, output_problem
+from ddpm_core.errors import (EXIT_ENVIRONMENT, EXIT_MISMATCH, EXIT_OK, EXIT_USER_ERROR, EnvironmentRefused,
+                              MissingFramework, UserError, WeightsError, one_line)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m parity.pair", description=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("spec", help="the SPEC file: defines torch_model(), ms_model(), inputs() and optionally name_map")
+    p.add_argument("--json", metavar="OUT", help="write every figure, the first divergence and the environment")
+    p.add_argument("--markdown", metavar="OUT", help="write the table and findings as Markdown")
+    p.add_argument("--junit", metavar="OUT", help="write one JUnit test case per row")
+    p.add_argument("--plot", metavar="OUT.png", help="write a PNG of each side's error against float64 along the depth, "
+                                                     "the first divergence marked (needs matplotlib)")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="options",
+                   help="an option for the SPEC's functions that declare KEY as a parameter (repeatable)")
+    p.add_argument("--no-train-pass", action="store_true",
+                   help="skip the training-mode pass that compares running statistics")
+    p.add_argument("--self-test", action="store_true",
+                   help="plant small bugs in the MindSpore side one at a time (each norm's epsilon x1.2, a weight "
+                        "x(1+1e-5), each activation's variant) and report which the verdict catches, and where")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from parity.pair.spec import load_spec, parse_option
+
+    outputs = {"json": args.json, "markdown": args.markdown, "junit": args.junit, "plot": args.plot}
+    for flag, path in outputs.items():
+        problem = path and output_problem(path)
+        if problem:
+            raise UserError(f"--{flag} {path}: {problem}")
+    if args.plot:
+        from parity.pair.plot import require_matplotlib
+
+        require_matplotlib()
+    options = dict(parse_option(o) for o in args.options)
+    spec = load_spec(args.spec, options)
+    devices = {"torch_device": spec.devices.get("torch", "cpu"), "other_device": spec.devices.get("ms", "")}
+    extra: dict = {}
+    extra_md = ""
+    if args.self_test:
+        from parity.pair.selftest import self_test, table, to_dicts
+
+        report, probes = self_test(spec.torch_model, spec.ms_model, spec.inputs, name_map=spec.name_map,
+                                   progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True),
+                                   tolerances=spec.tolerances, **devices)
+        report.name = spec.path.stem
+        print(report.text())
+        found = table(probes) if report.passed else "self-test: not run, the pair already differs (fix that first)"
+        print("\n" + found)
+        extra, extra_md = {"self_test": to_dicts(probes)}, f"\n## Self-test\n\n```\n{found}\n```\n"
+    else:
+        from parity.pair.run import compare
+
+        report = compare(spec.torch_model, spec.ms_model, spec.inputs, name_map=spec.name_map,
+                         train_pass=not args.no_train_pass, name=spec.path.stem, loss=spec.loss,
+                         optimizers=spec.optimizers, tolerances=spec.tolerances, **devices)
+        print(report.text())
+    texts = {"json": lambda: json.dumps({**report.to_dict(), **extra}, indent=1, default=str) + "\n",
+             "markdown": lambda: report.markdown() + extra_md, "junit": report.junit}
+    for flag, path in outputs.items():
+        if path and flag in texts:
+            atomic_write_bytes(path, texts[flag]().encode())
+    if args.plot:
+        from parity.pair.plot import plot_depth
+
+        plot_depth(report, args.plot)
+    return EXIT_OK if report.passed else EXIT_MISMATCH
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("GLOG_v", "3")  # MindSpore: errors only, so the table stays readable
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except WeightsError as e:  # every problem, one line each, under the one error line
+        print(f"error: {e.context}: {len(e.problems)} problem(s)", file=sys.stderr)
+        for line in e.problems:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (EnvironmentRefused, MissingFramework) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except (UserError, OSError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # every output is written; the frameworks' interpreter teardown does nothing we need

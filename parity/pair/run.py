@@ -1,0 +1,137 @@
+"""``compare``: one PyTorch model against its port (a MindSpore cell, or PyTorch on another device), every input.
+
+What a run guarantees:
+  * the weights are the PyTorch model's, mapped onto the other side by ``parity.pair.mapping`` (a map with any
+    problem stops the run: ``WeightsError``, exit 2) and read back bit-identical, or the weights row fails;
+  * every input is run three times (PyTorch float32, the other side, PyTorch float64 as the arbiter) with every
+    module call recorded; its outputs are judged under the machine-relative gate, its paired layers' settings
+    are compared at that input's sizes, and a failing input is localised (``parity.pair.localise``);
+  * a model with running statistics also gets one training-mode pass, and with a loss one training step, on the
+    first input that passes (``parity.pair.train_pass``, ``parity.pair.train_step``);
+  * nothing is skipped silently: unpaired modules and dropped tensors are listed in the report.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ddpm_core.errors import UserError
+from parity.engine.compare import compare_many
+from parity.engine.tolerances import device_class, tolerance
+from parity.pair.judge import judge, with_overrides
+from parity.pair.localise import Localiser
+from parity.pair.mapping import map_weights
+from parity.pair.modules import ModulePairs, pair_modules
+from parity.pair.report import InputResult, PairReport
+from parity.pair.settings import SettingDifference, compare_settings
+from parity.pair.train_pass import training_pass
+from parity.pair.train_step import training_step
+
+if TYPE_CHECKING:
+    from parity.pair.torch_side import TorchPairSide
+
+
+def as_args(item: Any, index: int) -> tuple[np.ndarray, ...]:
+    """One input: an array, or a tuple/list of arrays (the model's positional arguments)."""
+    items = item if isinstance(item, (tuple, list)) else (item,)
+    if not items or not all(isinstance(a, np.ndarray) for a in items):
+        raise UserError(f"input {index}: expected a numpy array or a tuple of numpy arrays, got "
+                        f"{type(item).__name__}")
+    return tuple(items)
+
+
+def other_side(model: Any, device: str) -> Any:
+    """The side for the port: PyTorch when it is an ``nn.Module`` (another device), else MindSpore."""
+    import torch
+
+    from parity.pair.torch_side import TorchPairSide
+
+    if isinstance(model, torch.nn.Module):
+        return TorchPairSide(model, device or "cpu", label=f"PyTorch ({device or 'cpu'})")
+    from parity.pair.ms_side import MsPairSide
+
+    return MsPairSide(model, device or "CPU")
+
+
+def _settings(side_t: Any, side_o: Any, pairs: ModulePairs, tree_t: Any) -> dict[str, list[SettingDifference]]:
+    """Settings differences of every paired module at its first call's input size, by PyTorch path."""
+    out: dict[str, list[SettingDifference]] = {}
+    for c in tree_t.calls:
+        if c.index != 0 or c.path not in pairs.to_ms:
+            continue
+        first = next((a for a in c.inputs if a is not None), None)
+        shape = tuple(first.shape) if first is not None else None
+        other = pairs.to_ms[c.path]
+        diffs = compare_settings(c.path, other, side_t.settings(c.path), side_o.settings(other), shape, side_o.label)
+        if diffs:
+            out[c.path] = diffs
+    return out
+
+
+def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_map: Mapping[str, Any] | None = None,
+            torch_device: str = "cpu", other_device: str = "", train_pass: bool = True, name: str = "",
+            tamper: Callable[[Any], None] | None = None, loss: Callable[[Any], Any] | None = None,
+            optimizers: Mapping[str, Callable[[list], Any]] | None = None,
+            tolerances: Mapping[str, Mapping[str, float]] | None = None) -> PairReport:
+    """Compare ``torch_model`` with its port ``other_model`` on every input (see the module docstring).
+    ``tamper(side)`` is called with the other side once its weights are loaded and checked (``--self-test``
+    plants its bugs with it, so what it plants is left to the numeric verdict). With ``loss`` (and ``optimizers``)
+    one training step is compared too (``parity.pair.train_step``). ``tolerances`` overrides the machine-relative
+    rules (``{"pair_output": {"k": 20}}``, see ``parity.pair.judge.with_overrides``)."""
+    if not inputs:
+        raise UserError("no inputs: a run that compares nothing cannot pass")
+    try:
+        with_overrides("cpu", tolerances)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    from parity.pair.torch_side import TorchPairSide
+
+    all_args = [as_args(x, i) for i, x in enumerate(inputs)]
+    side_t = TorchPairSide(torch_model, torch_device)
+    side_o = other_side(other_model, other_device)
+    wm = map_weights(side_t.tensors(), side_o.tensors(), name_map)
+    wm.check()
+    start = side_t.state()
+    side_o.load(wm.to_ms(start))
+    back = wm.to_torch(side_o.state())
+    weights = compare_many("weights", [(e.torch, start[e.torch], back[e.torch]) for e in wm.entries],
+                           tolerance("weights", "float32", "cpu"))
+    if tamper is not None:
+        tamper(side_o)
+    ref = side_t.float64()
+    pairs = pair_modules(side_t.tree(), side_o.tree(), wm)
+    other_torch = side_o.framework == "torch" and side_o.device.type != "cpu"
+    gates = with_overrides(device_class(str(side_o.device if other_torch else side_t.device),
+                                        "CPU" if side_o.framework == "torch" else side_o.device), tolerances)
+    results = []
+    for i, args in enumerate(all_args):
+        out_t, tree_t = side_t.forward(args, record=True)
+        out_o, tree_o = side_o.forward(args, record=True)
+        out_r, tree_r = ref.forward(args, record=True)
+        output = judge("output", out_t, out_o, out_r, "pair_output", gates)
+        settings = _settings(side_t, side_o, pairs, tree_t)
+        loc = Localiser(tree_t, tree_o, tree_r, pairs.to_ms, side_o.run_module, ref.run_module, settings,
+                        side_o.label, gates)
+        div = loc.first_divergence(i)
+        results.append(InputResult(i, [tuple(a.shape) for a in args], output, div,
+                                   [d for ds in settings.values() for d in ds], loc.depth()))
+    train = step = None
+    k = next((r.index for r in results if r.passed), 0)
+    if train_pass and any(b in wm.ms_name() for b in side_t.buffers()):
+        by_module: dict[str, list[SettingDifference]] = {}
+        for d in results[k].settings:
+            by_module.setdefault(d.torch_module, []).append(d)
+        train = training_pass(side_t, side_o, ref, wm, pairs, all_args[k], k, by_module, gates)
+    if loss is not None:
+        step = training_step(side_t, side_o, ref, wm, all_args[k], k, loss, optimizers or {}, gates)
+    return PairReport(name or type(torch_model).__name__, side_t.label, side_o.label, wm, weights, pairs, results,
+                      train, _environment(side_t, side_o), step)
+
+
+def _environment(side_t: "TorchPairSide", side_o: Any) -> dict[str, Any]:
+    from parity.env import fingerprint
+
+    if side_o.framework == "ms":
+        return fingerprint(side_t.info, side_o.info, compiled=False)
+    return {**fingerprint(side_t.info, None, None), "other_torch_setup": side_o.info}

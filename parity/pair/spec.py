@@ -1,0 +1,126 @@
+"""A SPEC file: the Python file a user writes to describe a pair for ``python -m parity.pair SPEC.py``.
+
+A SPEC defines ``torch_model()``, ``ms_model()`` and ``inputs()`` (a list; each item a numpy array or a tuple of
+them, the model's positional arguments), and optionally ``name_map`` (a mapping, see parity.pair.mapping),
+``devices`` (``{"torch": "cpu", "ms": "CPU"}``), ``loss(outputs)`` (a training step is then compared) and
+``optimizers`` (``{"torch": make, "ms": make}``, ``make(parameters)`` returning that framework's optimizer) and
+``tolerances`` (``{"pair_output": {"k": 20}}``: the machine-relative rules, parity.pair.judge.with_overrides). Any
+entry but ``loss`` may be a function; it is called with the ``--set`` options it declares as parameters
+(``def ms_model(maxpool="same")`` takes ``--set maxpool=pad``).
+
+Rules it keeps: the file is imported as a module of its own (never ``exec`` over our globals); every problem with
+it (no such file, an exception while importing or calling it, a missing or wrong entry, an option no entry takes)
+is ``UserError`` naming the SPEC and the entry (exit 2), except a package it imports that is not installed, which
+is ``EnvironmentRefused`` (exit 3) naming the package.
+"""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Mapping
+
+from ddpm_core.errors import EnvironmentRefused, UserError, type_and_first_sentence
+
+REQUIRED = ("torch_model", "ms_model", "inputs")
+OPTIONAL = ("name_map", "devices", "optimizers", "tolerances")
+PASSED_AS_IS = ("loss",)
+"""Entries that are functions of the run, not of the options: never called while loading."""
+
+
+@dataclass
+class Spec:
+    """A loaded SPEC: the built models, the inputs, the name map and devices, and where it came from."""
+
+    path: Path
+    torch_model: Any
+    ms_model: Any
+    inputs: list[Any]
+    name_map: Mapping[str, Any] = field(default_factory=dict)
+    devices: Mapping[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    module: ModuleType | None = None
+    loss: Any = None
+    optimizers: Mapping[str, Any] = field(default_factory=dict)
+    tolerances: Mapping[str, Any] = field(default_factory=dict)
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as JSON when it is JSON (``3``, ``true``, ``[1, 2]``), else as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise UserError(f"--set {text!r}: expected KEY=VALUE with KEY a Python name")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _import(path: Path) -> ModuleType:
+    if not path.is_file():
+        raise UserError(f"SPEC {path}: no such file")
+    name = f"parity_pair_spec_{abs(hash(str(path.resolve())))}"
+    loader_spec = importlib.util.spec_from_file_location(name, path)
+    if loader_spec is None or loader_spec.loader is None:
+        raise UserError(f"SPEC {path}: not a Python file")
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[name] = module
+    _guard(path, "import", lambda: loader_spec.loader.exec_module(module))  # type: ignore[union-attr]
+    return module
+
+
+def _guard(path: Path, what: str, fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except ModuleNotFoundError as e:
+        raise EnvironmentRefused(f"SPEC {path.name} needs the package {e.name!r}, which is not installed "
+                                 f"(pip install 'ddpm-parity[pairs]' installs the examples' packages)") from None
+    except (UserError, EnvironmentRefused):
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure of the user's code is a bad SPEC, said in one line
+        raise UserError(f"SPEC {path.name}: {what} failed: {type_and_first_sentence(e)}") from None
+
+
+def _call(path: Path, name: str, entry: Any, options: Mapping[str, Any], used: set[str]) -> Any:
+    if not callable(entry):
+        return entry
+    params = inspect.signature(entry).parameters
+    kwargs = {k: v for k, v in options.items() if k in params}
+    used.update(kwargs)
+    return _guard(path, f"{name}()", lambda: entry(**kwargs))
+
+
+def load_spec(path: str | Path, options: Mapping[str, Any] | None = None) -> Spec:
+    """Import the SPEC at ``path`` and build everything it describes (see the module docstring)."""
+    path = Path(path)
+    options = dict(options or {})
+    module = _import(path)
+    missing = [n for n in REQUIRED if not callable(getattr(module, n, None))]
+    if missing:
+        raise UserError(f"SPEC {path.name}: missing {', '.join(n + '()' for n in missing)} "
+                        f"(a SPEC defines {', '.join(n + '()' for n in REQUIRED)})")
+    used: set[str] = set()
+    built = {n: _call(path, n, getattr(module, n), options, used) for n in REQUIRED}
+    extra = {n: _call(path, n, getattr(module, n), options, used) for n in OPTIONAL if hasattr(module, n)}
+    unknown = sorted(set(options) - used)
+    if unknown:
+        raise UserError(f"SPEC {path.name}: no entry takes the option(s) {', '.join(unknown)}")
+    if not isinstance(built["inputs"], (list, tuple)) or not built["inputs"]:
+        raise UserError(f"SPEC {path.name}: inputs() must return a non-empty list of numpy arrays "
+                        f"(or tuples of them), got {type(built['inputs']).__name__}")
+    name_map = extra.get("name_map") or {}
+    devices = extra.get("devices") or {}
+    optimizers = extra.get("optimizers") or {}
+    tolerances = extra.get("tolerances") or {}
+    for n, v in (("name_map", name_map), ("devices", devices), ("optimizers", optimizers), ("tolerances", tolerances)):
+        if not isinstance(v, Mapping):
+            raise UserError(f"SPEC {path.name}: {n} must be a mapping, got {type(v).__name__}")
+    loss = getattr(module, "loss", None)
+    if loss is not None and not callable(loss):
+        raise UserError(f"SPEC {path.name}: loss must be a function of the model's outputs")
+    return Spec(path, built["torch_model"], built["ms_model"], list(built["inputs"]), name_map, devices, options,
+                module, loss, optimizers, tolerances)
