@@ -133,9 +133,9 @@ def test_every_atomic_write_removes_its_destinations_stale_temporaries(tmp_path)
 def test_sample_onto_a_full_disk_is_one_line_after_the_work_and_leaves_nothing(small, weights, capsys):
     fill(small, leave=0)
     sample = twin_module("torch", "sample").main
-    refused(sample, ["--weights", weights, "--n", "2", "--no-progress", "--out", small / "s.png"], capsys,
+    refused(sample, ["--weights", weights, "--image-size", "8", "--n", "2", "--no-progress", "--out", small / "s.png"], capsys,
             says=f"cannot write {small / 's.png'}: No space left on device {FULL}", inputs=[weights])
-    refused(sample, ["--weights", weights, "--n", "2", "--no-progress", "--out", small / "s.png", "--npy",
+    refused(sample, ["--weights", weights, "--image-size", "8", "--n", "2", "--no-progress", "--out", small / "s.png", "--npy",
                      small / "s.npy"], capsys, says=f"--npy {small / 's.npy'}: needs about 1 KiB", inputs=[weights])
     assert names(small) == ["filler"]
 
