@@ -78,10 +78,11 @@ class MindSporeAdam(torch.optim.Optimizer):
         return loss
 
     @staticmethod
-    def betas(group: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """``group``'s beta1 and beta2 as float32 tensors on the host, as ``nn.Adam`` holds them."""
-        beta1, beta2 = (torch.tensor(b, dtype=torch.float32) for b in group["betas"])
-        return beta1, beta2
+    def betas(group: dict) -> tuple[np.float32, np.float32]:
+        """``group``'s beta1 and beta2 in float32, as ``nn.Adam`` holds them (numpy scalars: no torch op, so
+        ``update`` runs no host-side tensor op inside a CUDA graph's capture)."""
+        beta1, beta2 = group["betas"]
+        return np.float32(beta1), np.float32(beta2)
 
     def advance(self) -> list[float]:
         """One step of the scalar schedule, in float32 on the host as ``nn.Adam`` computes it: for each parameter
@@ -91,7 +92,7 @@ class MindSporeAdam(torch.optim.Optimizer):
         self.global_step += 1
         out = []
         for group in self.param_groups:
-            beta1, beta2 = self.betas(group)
+            beta1, beta2 = (torch.tensor(b) for b in self.betas(group))
             self.beta1_power = self.beta1_power * beta1
             self.beta2_power = self.beta2_power * beta2
             out.append(float(lr * torch.sqrt(1 - self.beta2_power) / (1 - self.beta1_power)))
@@ -115,8 +116,7 @@ class MindSporeAdam(torch.optim.Optimizer):
             return
         ms, vs = self.moments(params)
         grads, eps = [p.grad for p in params], group["eps"]
-        beta1, beta2 = self.betas(group)
-        one_minus_beta1, one_minus_beta2 = float(1 - beta1), float(1 - beta2)  # the float32 values, exactly
+        one_minus_beta1, one_minus_beta2 = (float(np.float32(1) - b) for b in self.betas(group))  # float32 values
         if self.foreach if self.foreach is not None else FOREACH.get(params[0].device.type, False):
             d = torch._foreach_sub(grads, ms)
             torch._foreach_mul_(d, one_minus_beta1)

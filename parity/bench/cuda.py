@@ -88,6 +88,10 @@ CUDA_CONFIGS: dict[str, CudaConfig] = {
     "graph_compile": CudaConfig(f"torch.compile (max-autotune-no-cudagraphs) inside the CUDA graphs, NCHW, {_F32}",
                                 "float32", train="graph", sample="loop_graph", compile="max-autotune-no-cudagraphs"),
 }
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+"""``torch.compile`` modes that replay their own CUDA graphs ("cudagraph trees"): each training step and sampling
+step starts with ``torch.compiler.cudagraph_mark_step_begin()`` and a sampling step's output is cloned, as
+PyTorch asks of loops that feed a graph's output back in or keep it past the next call."""
 DEFAULT_CUDA_CONFIGS = ("eager", "channels_last", "tf32", "amp_fp16", "amp_bf16", "cuda_graph", "graph",
                         "graph_bf16")
 PEAK_DTYPES = ("float32", "tf32", "float16", "bfloat16")
@@ -202,10 +206,13 @@ def build(name: str, cfg: UnetConfig, batch: int, size: int, device: str) -> Wor
     forward = model if amp is None or c.train == "scaled" else autocast_model(model, kind, amp)
     if c.compile is not None:
         forward = torch.compile(forward, mode=None if c.compile == "default" else c.compile)
+    trees = c.compile in CUDAGRAPH_MODES
     if c.train == "scaled":
         scaler = torch.amp.GradScaler(kind, enabled=amp == torch.float16)
 
         def step(x0: Any, tt: Any, eps: Any) -> Any:
+            if trees:
+                torch.compiler.cudagraph_mark_step_begin()
             model.train()
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(kind, dtype=amp or torch.float32, enabled=amp is not None):
@@ -244,6 +251,13 @@ def build(name: str, cfg: UnetConfig, batch: int, size: int, device: str) -> Wor
                 "compile": lambda f: torch.compile(f, dynamic=False,
                                                    mode=None if c.compile == "default" else c.compile)}
         run_step = wrap.get(c.sample, lambda f: f)(p_step)
+        if trees:
+            compiled_step = run_step
+
+            def run_step(xt: Any, tt: Any, eps: Any) -> Any:
+                torch.compiler.cudagraph_mark_step_begin()
+                return compiled_step(xt, tt, eps).clone()
+
         return lambda: sample_loop(run_step, schedule, shape, device)
 
     @torch.no_grad()
