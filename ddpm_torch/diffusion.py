@@ -206,7 +206,8 @@ class GaussianDiffusion:
 
         ``compiled=True`` runs every step through ``p_step`` (the MindSpore twin's compiled path; eager on the
         CPU, same results); on a CUDA device the whole loop as one CUDA graph (``ddpm_graph``, kept for the next
-        call with the same model, shape and parameter storage; no progress bar). The default runs ``p_sample``."""
+        call with the same model, mode, shape and storage of parameters, buffers and tables; no progress bar).
+        The default runs ``p_sample``."""
         shape = tuple(shape)
         img = torch.randn(shape, device=self.device) if img is None else self.tensor(img, state_dtype(model))
         check_same_shape("img", img.shape, shape)
@@ -215,6 +216,7 @@ class GaussianDiffusion:
             check_noise_sequence(noise.shape, self.timesteps, shape)
         if compiled and self.device.type == "cuda":
             tensors = list(model.parameters()) + list(model.buffers()) if isinstance(model, nn.Module) else []
+            tensors += [getattr(self, name) for name in self.schedule.tables()]  # the graph reads these where they are
             key = (id(model), model.training if isinstance(model, nn.Module) else None, shape, img.dtype,
                    tuple(a.data_ptr() for a in tensors))
             if self._graph is None or self._graph[0] != key:

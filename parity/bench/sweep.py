@@ -78,14 +78,17 @@ def run_sweep(args: argparse.Namespace, on_point: Callable[[dict[str, Any]], Non
             if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
                 report["sweep"][name]["stopped"] = f"out of time (--budget-s {args.budget_s:g}) before batch {batch}"
                 break
+            error = None
             try:
                 r = rates(measure_point(name, args, device, batch, *plan(batch, args)), report["machine"])
             except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
                 why = "out of memory" if isinstance(e, torch.cuda.OutOfMemoryError) else "failed"
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-                points[str(batch)] = {"batch": batch, "error": f"{why}: {type(e).__name__}: {first}"}
-                report["sweep"][name]["stopped"] = f"{why} at batch {batch}"
-                _free(device)
+                error = (why, f"{why}: {type(e).__name__}: {first}")
+            _free(device)  # after the except clause: its traceback no longer holds the tensors
+            if error is not None:
+                points[str(batch)] = {"batch": batch, "error": error[1]}
+                report["sweep"][name]["stopped"] = f"{error[0]} at batch {batch}"
                 on_point(summarise_sweep(report))
                 break
             points[str(batch)] = r
@@ -93,7 +96,6 @@ def run_sweep(args: argparse.Namespace, on_point: Callable[[dict[str, Any]], Non
             for k in ("train", "sample"):
                 if r[f"{k}_images_per_s"] is not None:
                     best[k] = max(best.get(k, 0.0), r[f"{k}_images_per_s"]["median"])
-            _free(device)
             on_point(summarise_sweep(report))
             if not gained:
                 report["sweep"][name]["stopped"] = (f"saturated at batch {batch} (no {args.sweep_gain:g}x gain over "
