@@ -16,7 +16,7 @@
 #              sampling loop) for `parity.check compare --framework ms` on a MindSpore host -> golden_torch_cuda.npz
 #   sweep      python -m parity.bench --device cuda --batches 16..2048: the batch that fills the GPU per
 #              configuration, and issue 24's goals; rewritten after every point         -> sweep.json, sweep.md
-#   profile    torch.profiler top kernels, before (eager_loop_adam, eager) and after (graph, graph_bf16), at the
+#   profile    torch.profiler top kernels, before (eager_loop_adam) and after (graph, graph_bf16), at the
 #              graph configuration's best training batch from the sweep                  -> profile.txt
 #   compile    torch.compile modes at that batch, beside graph (whatever time is left)   -> compile.json, compile.md
 # Every command's output and the machine's description go to log.txt; the last lines of stdout are the step
@@ -50,6 +50,7 @@ if [ "$CPU" = 1 ]; then   # toy sizes: every step in a couple of minutes on two 
   REC=(--config "$CFG" --image-size 8 --timesteps 10 --ddim-steps 5 --checks predict,loss,grad,ddpm,ddim,probes)
   SWEEP=(--model-config "$CFG" "${TOY[@]}" --batches 2,4 --train-steps 2 --sample-steps 4 --repeats 1
          --sweep-images 4 --sweep-sample-images 8)
+  PROFILE=(--model-config "$CFG" "${TOY[@]}" --train-steps 2 --sample-steps 3)
   BENCH=(--model-config "$CFG" "${TOY[@]}" --train-steps 2 --sample-steps 3 --repeats 1)
   COMPILE_ENV=(env TORCH_COMPILE_DISABLE=1)  # torch.compile runs eagerly: inductor's C++ build takes minutes here
   FALLBACK_BATCH=4
@@ -58,13 +59,14 @@ else
   FAST=(--batch 4 --timesteps 200 --train-steps 3)
   REC=(--checks predict,loss,grad,ddpm,ddim,probes)
   SWEEP=(--batches 16,32,64,128,256,512,1024,2048 --repeats 2)
+  PROFILE=(--train-steps 3 --sample-steps 10)
   BENCH=(--train-steps 5 --sample-steps 10 --repeats 2)
   COMPILE_ENV=()
   FALLBACK_BATCH=512
 fi
 SWEEP_CONFIGS=graph,graph_bf16,eager,graph_channels_last,graph_bf16_nchw,amp_bf16
 COMPILE_CONFIGS=graph,compile_reduce_overhead,graph_compile,compile_max_autotune
-PROFILE_CONFIGS=eager_loop_adam,eager,graph,graph_bf16
+PROFILE_CONFIGS=eager_loop_adam,graph,graph_bf16
 
 if [ "$PLAN" = 0 ]; then
   mkdir -p "$OUT" || exit 2
@@ -121,7 +123,7 @@ run record 40 "$PY" -m parity.check record --framework torch --torch-device "$DE
 run sweep 200 "$PY" -m parity.bench --device cuda --torch-device "$DEV" --configs "$SWEEP_CONFIGS" "${SWEEP[@]}" \
     --budget-s 160 --json "$OUT/sweep.json" --markdown "$OUT/sweep.md"
 BATCH=$(best_batch)
-run profile 50 "$PY" -m parity.bench --device cuda --torch-device "$DEV" --configs "$PROFILE_CONFIGS" "${BENCH[@]}" \
+run profile 50 "$PY" -m parity.bench --device cuda --torch-device "$DEV" --configs "$PROFILE_CONFIGS" "${PROFILE[@]}" \
     --batch "$BATCH" --profile "$OUT/profile.txt"
 run compile 300 ${COMPILE_ENV[@]+"${COMPILE_ENV[@]}"} "$PY" -m parity.bench --device cuda --torch-device "$DEV" --configs "$COMPILE_CONFIGS" "${BENCH[@]}" \
     --batches "$BATCH" --sweep-images 1e9 --sweep-sample-images 1 --json "$OUT/compile.json" --markdown "$OUT/compile.md"

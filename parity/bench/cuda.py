@@ -60,7 +60,7 @@ class CudaConfig:
 _F32, _CL = "float32 (TF32 off)", "channels-last"
 CUDA_CONFIGS: dict[str, CudaConfig] = {
     "eager": CudaConfig("ddpm_torch eager (NCHW, float32, TF32 off)", "float32"),
-    "eager_loop_adam": CudaConfig("eager, Adam one parameter at a time (the twin before foreach), NCHW, " + _F32,
+    "eager_loop_adam": CudaConfig("eager, Adam one parameter at a time, NCHW, " + _F32,
                                   "float32", foreach=False, sample=None),
     "channels_last": CudaConfig(f"{_CL}, {_F32}", "float32", channels_last=True),
     "tf32": CudaConfig(f"{_CL}, TF32 on", "tf32", channels_last=True, tf32=True),
