@@ -208,3 +208,12 @@ def test_p_sample_loop_captures_again_when_the_weights_move_to_new_storage():
     eager = np.stack(diffusion.p_sample_loop(model, SHAPE, img=img, noise=noise, compiled=False))
     assert diffusion._graph[0] != key and not np.array_equal(first, second)
     assert_close("graphed loop after new storage vs eager", second, eager, "ddpm_trajectory", device="gpu")
+
+
+def test_fastcheck_runs_where_mindspore_is_not_installed():
+    """The GPU hosts have PyTorch only: fastcheck must not import MindSpore (tests/one_framework.py blocks it)."""
+    from tests.one_framework import run
+
+    proc = run("torch", "parity.bench.fastcheck", ["--device", "cpu", *TINY, "--train-steps", "1"])
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "fast paths keep parity" in proc.stdout
