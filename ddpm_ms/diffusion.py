@@ -106,11 +106,16 @@ class GaussianDiffusion:
                  loss_type: str | None = None) -> Tensor:
         """Mean over the batch of (per-element loss(noise, model(x_t, t)) * p2_weight[t])."""
         check_model(model)
+        return self.loss(model, *self.checked(x_start, t, noise), loss_type)
+
+    def checked(self, x_start: ArrayLike, t: ArrayLike, noise: ArrayLike | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """A training batch checked and as tensors: x_start, int32 timesteps of shape (batch,), and noise of
+        x_start's shape and dtype (drawn when None)."""
         x_start = self.tensor(x_start)
         noise = ops.standard_normal(x_start.shape).astype(x_start.dtype) if noise is None else self.tensor(noise, x_start.dtype)
         t = self.timesteps_tensor(t, x_start.shape[0])
         check_same_shape("noise", noise.shape, x_start.shape)
-        return self.loss(model, x_start, t, noise, loss_type)
+        return x_start, t, noise
 
     def noised(self, x_start: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """``q_sample`` on validated tensors; pure tensor math (jit-safe, no checks)."""

@@ -4,6 +4,9 @@ ddpm_ms/diffusion.py.
 Every random draw can be injected: pass ``noise``/``t``/``img`` as numpy arrays or tensors and
 nothing is drawn from torch's RNG. Per-step sampling noise is one array of shape
 (steps, *x.shape) in sampling order: row k is used at the k-th step (t = T-1-k for DDPM).
+
+On a CUDA device the compiled DDPM sampler is the whole T-step loop recorded once as one CUDA graph
+(``capture_graph``, ``GaussianDiffusion.ddpm_graph``): the same ``p_step`` arithmetic, one launch per loop.
 """
 from __future__ import annotations
 
@@ -55,6 +58,31 @@ def l2_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.square(a - b)
 
 
+def capture_graph(run: Callable[[], None], device: torch.device, warmup: Callable[[], None] | None = None,
+                  warmup_calls: int = 2) -> Callable[[], None]:
+    """``run`` recorded once as a CUDA graph on a CUDA ``device``; returns the replay. ``run`` must work on static
+    tensors only: no host synchronisation (``.item()``, ``int(tensor)``), no host-to-device copy, no random draw.
+    ``warmup`` (default ``run``) runs ``warmup_calls`` times first, on a side stream as capture requires, so lazy
+    initialisation (cuBLAS and cuDNN handles, autograd's engine, compiled kernels) happens outside the capture;
+    undoing what the warm-up changed is the caller's business. On any other device there is no graph: the
+    warm-up runs and ``run`` itself is returned, the same static-buffer code path (what the CPU tests run)."""
+    warmup = run if warmup is None else warmup
+    if device.type != "cuda":
+        for _ in range(warmup_calls):
+            warmup()
+        return run
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup_calls):
+            warmup()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return graph.replay
+
+
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"huber": huber_loss, "l1": l1_loss,
                                                                            "l2": l2_loss}
 """Named functions, as in the MindSpore twin (where ``ms.jit`` cannot compile a lambda defined in a dict)."""
@@ -70,6 +98,7 @@ class GaussianDiffusion:
         self.schedule = make_schedule(config)
         for name, table in self.schedule.tables().items():
             setattr(self, name, torch.from_numpy(table).to(self.device))
+        self._graph: tuple[tuple, Callable] | None = None  # p_sample_loop's last CUDA-graph loop, with its key
 
     def tensor(self, x: ArrayLike, dtype: torch.dtype | None = None) -> torch.Tensor:
         """``x`` (numpy or tensor) as a tensor on this diffusion's device. A read-only array (the harness's tape)
@@ -107,11 +136,17 @@ class GaussianDiffusion:
                  loss_type: str | None = None) -> torch.Tensor:
         """Mean over the batch of (per-element loss(noise, model(x_t, t)) * p2_weight[t])."""
         check_model(model)
+        return self.loss(model, *self.checked(x_start, t, noise), loss_type)
+
+    def checked(self, x_start: ArrayLike, t: ArrayLike,
+                noise: ArrayLike | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A training batch checked and as tensors on this device: x_start, int32 timesteps of shape (batch,), and
+        noise of x_start's shape and dtype (drawn when None)."""
         x_start = self.tensor(x_start)
         noise = torch.randn_like(x_start) if noise is None else self.tensor(noise, x_start.dtype)
         t = self.timesteps_tensor(t, x_start.shape[0])
         check_same_shape("noise", noise.shape, x_start.shape)
-        return self.loss(model, x_start, t, noise, loss_type)
+        return x_start, t, noise
 
     def noised(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """``q_sample`` on validated tensors; pure tensor math (jit-safe, no checks)."""
@@ -169,7 +204,7 @@ class GaussianDiffusion:
         """``p_step`` (kind "ddpm") or ``ddim_step`` with noise (kind "ddim") for ``model``, the mirror of the
         MindSpore twin's ``ms.jit`` graphs. Not compiled here: eager PyTorch is already fast on CPU and
         ``torch.compile`` needs a C++ toolchain; the same step functions run eagerly, so ``compiled=True``
-        runs the same arithmetic in both twins."""
+        runs the same arithmetic in both twins (on CUDA the DDPM loop of these steps is one graph: ``ddpm_graph``)."""
         if kind == "ddpm":
             return lambda x, t, noise: self.p_step(model, x, t, noise)
         if kind == "ddim":
@@ -182,8 +217,10 @@ class GaussianDiffusion:
                       compiled: bool = False) -> list[np.ndarray]:
         """All T states x_{T-1}, ..., x_0 (as the tutorial: the starting noise itself is not included).
 
-        ``compiled=True`` runs every step through ``p_step`` (the MindSpore twin's compiled path; eager
-        here, same results); the default runs ``p_sample``."""
+        ``compiled=True`` runs every step through ``p_step`` (the MindSpore twin's compiled path; eager on the
+        CPU, same results); on a CUDA device the whole loop as one CUDA graph (``ddpm_graph``, kept for the next
+        call with the same model, mode, shape and storage of parameters, buffers and tables; no progress bar).
+        The default runs ``p_sample``."""
         check_model(model)
         shape = tuple(shape)
         img = torch.randn(shape, device=self.device) if img is None else self.tensor(img, state_dtype(model))
@@ -191,6 +228,15 @@ class GaussianDiffusion:
         if noise is not None:
             noise = self.tensor(noise, img.dtype)
             check_noise_sequence(noise.shape, self.timesteps, shape)
+        if compiled and self.device.type == "cuda":
+            tensors = list(model.parameters()) + list(model.buffers()) if isinstance(model, nn.Module) else []
+            tensors += [getattr(self, name) for name in self.schedule.tables()]  # the graph reads these where they are
+            key = (id(model), model.training if isinstance(model, nn.Module) else None, shape, img.dtype,
+                   tuple(a.data_ptr() for a in tensors))
+            if self._graph is None or self._graph[0] != key:
+                self._graph = None  # the old graph's memory goes before the new one is captured
+                self._graph = (key, self.ddpm_graph(model, shape, img.dtype))
+            return list(self._graph[1](img, noise).cpu().numpy())
         states = []
         steps = range(self.timesteps - 1, -1, -1)
         step = self.compiled("ddpm", model) if compiled else None
@@ -203,6 +249,43 @@ class GaussianDiffusion:
                 img = self.p_sample(model, img, t, i, None if noise is None else noise[k])
             states.append(img)
         return list(torch.stack(states).cpu().numpy())
+
+    def ddpm_graph(self, model: Callable, shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
+                   step: Callable | None = None) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
+        """The whole DDPM loop for ``model`` at ``shape``, T steps of ``p_step`` (or of ``step(x, t, noise)``, e.g.
+        the same under autocast), recorded once as one CUDA graph (``capture_graph``; warm-up: one step):
+        ``run(img, noise) -> states``, every state x_{T-1} .. x_0 as one (T, *shape) tensor on this device, from
+        x_T = ``img`` with ``noise`` the (T, *shape) per-step noise in sampling order (None: one fresh draw on the
+        device per call, not the eager loop's per-step draws). Inputs are copied into static buffers; the states
+        are the graph's output buffer, overwritten by the next call. The graph reads ``model``'s parameters where
+        they are: in-place changes are seen, replaced storage is not. On a device without CUDA graphs the same
+        static-buffer loop runs as it is (bit for bit ``p_sample_loop(compiled=True)``; tests/parity/test_bench_cuda.py)."""
+        step = step or (lambda x, t, n: self.p_step(model, x, t, n))
+        x_T = torch.zeros(shape, dtype=dtype, device=self.device)
+        noise_in = torch.zeros((self.timesteps, *shape), dtype=dtype, device=self.device)
+        states = torch.zeros_like(noise_in)
+        ts = [torch.full((shape[0],), i, dtype=torch.int32, device=self.device) for i in range(self.timesteps - 1, -1, -1)]
+
+        def loop() -> None:
+            x = x_T
+            for k, t in enumerate(ts):
+                x = step(x, t, noise_in[k])
+                states[k].copy_(x)
+
+        with torch.no_grad():
+            replay = capture_graph(loop, self.device, warmup=lambda: step(x_T, ts[0], noise_in[0]))
+
+        def run(img: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+            x_T.copy_(img)
+            if noise is None:
+                noise_in.normal_()
+            else:
+                noise_in.copy_(noise)
+            with torch.no_grad():
+                replay()
+            return states
+
+        return run
 
     @torch.no_grad()
     def ddim_sample_loop(self, model: nn.Module, shape: tuple[int, ...], steps: int, eta: float = 0.0,

@@ -5,7 +5,9 @@ with ``--device cuda``, the torch twin's ways of running on a GPU.
     python -m parity.bench [--batch 16] [--train-steps 3] [--sample-steps 10] [--repeats 3] [--quiet-wait 60]
                            [--configs tutorial,ms_pynative,ms_compiled,torch_eager,torch_channels_last]
                            [--isa avx2|both] [--json PATH] [--markdown PATH] [--no-check] [--workers 1[,2]]
-    python -m parity.bench --device cuda [--configs eager,channels_last,tf32,amp_fp16,amp_bf16,cuda_graph,compile]
+    python -m parity.bench --device cuda [--configs eager,graph,graph_bf16,...] [--batch 16 | --batches 16,...,2048]
+                           [--torch-device cuda|cuda:N|cpu] [--budget-s S] [--profile PATH]
+    python -m parity.bench.fastcheck --device cuda [--json PATH]   the GPU fast paths against eager and float64
 
 Rules:
   * Each CPU configuration runs in its own worker process (``--worker NAME``, which imports one framework
@@ -25,7 +27,8 @@ Rules:
 
 Modules: ``workloads`` (what a CPU worker times), ``load`` (/proc readings), ``orchestrate`` (the workers, the
 figures, the goals), ``scaling`` (data parallelism), ``markdown``, ``cuda`` / ``cuda_run`` (the GPU bench),
-``cli`` (options and the run).
+``sweep`` (its batch sweep and issue 24's goals), ``profile`` (its top kernels), ``fastcheck`` (parity of the
+GPU fast paths), ``cli`` (options and the run).
 """
 from parity.bench.cli import build_parser, main, parse
 from parity.bench.markdown import dp_markdown, markdown

@@ -55,6 +55,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=28)
     p.add_argument("--model-config", default=TUTORIAL_UNET.to_json(), help="UnetConfig fields as JSON text or a JSON file (default: the tutorial's)")
     p.add_argument("--no-check", action="store_true", help="do not time python -m parity.check")
+    g = p.add_argument_group("--device cuda only")
+    g.add_argument("--torch-device", default="cuda",
+                   help="cuda (default) or cuda:N; cpu runs the same code on the CPU without capturing CUDA graphs (a dry run)")
+    g.add_argument("--batches", default=None,
+                   help="comma-separated batch sizes to sweep, e.g. 16,32,64,128,256,512,1024,2048: the batch that fills "
+                        "the GPU per configuration (instead of --batch)")
+    g.add_argument("--sweep-images", type=float, default=4096,
+                   help="sweep: images per training measurement (2 to --train-steps steps; default 4096)")
+    g.add_argument("--sweep-sample-images", type=float, default=16 * T,
+                   help=f"sweep: batch x sampling steps per loop (a T=k schedule, scaled by {T}/k; default {16 * T}: "
+                        f"batch 16 runs the full loop)")
+    g.add_argument("--sweep-gain", type=float, default=1.05,
+                   help="sweep: a configuration stops at the first batch that improves neither training nor sampling "
+                        "images/s by this factor (default 1.05)")
+    g.add_argument("--budget-s", type=float, default=None,
+                   help="sweep: start no measurement after this many seconds; the outputs say what was left out")
+    g.add_argument("--profile", default=None,
+                   help="write the top kernels (torch.profiler) of each configuration at --batch here, instead of timing")
     p.add_argument("--json", default=None, help="write every figure here (atomically)")
     p.add_argument("--markdown", default=None, help="write the Markdown table here (atomically)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -80,6 +98,21 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--workers: positive counts including 1 (the baseline of the scaling efficiency), e.g. 1,2")
     if args.device == "cuda" and (args.workers != [1] or args.isa != "avx2"):
         p.error("--workers and --isa are CPU-bench options; --device cuda times one process on the GPU")
+    cuda_only = {"--torch-device": args.torch_device != "cuda", "--batches": args.batches is not None,
+                 "--budget-s": args.budget_s is not None, "--profile": args.profile is not None}
+    if args.device != "cuda" and any(cuda_only.values()):
+        p.error(f"{', '.join(k for k, v in cuda_only.items() if v)}: options of --device cuda")
+    if not (args.torch_device == "cpu" or args.torch_device == "cuda" or args.torch_device.startswith("cuda:")):
+        p.error(f"--torch-device must be cuda, cuda:N or cpu, not {args.torch_device!r}")
+    if args.batches is not None:
+        try:
+            args.batches = sorted({int(v) for v in args.batches.split(",") if v.strip()})
+        except ValueError:
+            p.error(f"--batches: comma-separated integers, e.g. 16,32,64, not {args.batches!r}")
+        if not args.batches or args.batches[0] < 1 or args.profile is not None:
+            p.error("--batches: positive batch sizes, and not with --profile (which profiles --batch)")
+    if min(args.sweep_images, args.sweep_sample_images) <= 0 or args.sweep_gain < 1 or (args.budget_s or 0) < 0:
+        p.error("--sweep-images and --sweep-sample-images must be > 0, --sweep-gain >= 1, --budget-s >= 0")
     args.configs = [c for c in (args.configs or ",".join(defaults["configs"])).split(",") if c]
     if args.isa == "both" and "tutorial_default_isa" not in args.configs:
         args.configs.append("tutorial_default_isa")
@@ -93,12 +126,45 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _write(args: argparse.Namespace, report: dict[str, Any], text: str) -> None:
-    print(text, end="")
+def _save(args: argparse.Namespace, report: dict[str, Any], text: str) -> None:
     if args.json:
         atomic_write_bytes(args.json, (json.dumps(report, indent=2) + "\n").encode())
     if args.markdown:
         atomic_write_bytes(args.markdown, text.encode())
+
+
+def _write(args: argparse.Namespace, report: dict[str, Any], text: str) -> None:
+    print(text, end="")
+    _save(args, report, text)
+
+
+def cuda_main(args: argparse.Namespace) -> int:
+    """``--device cuda``: the profile (``--profile``), the batch sweep (``--batches``: the outputs are rewritten
+    after every measurement, so a run stopped from outside keeps what it had) or the table at one batch."""
+    from ddpm_core.errors import EXIT_ENVIRONMENT
+    from ddpm_core.frameworks import MissingFramework
+    from parity.bench.cuda_run import cuda_markdown, prepare, run_cuda
+    from parity.bench.profile import profile_configs
+    from parity.bench.sweep import run_sweep, sweep_markdown
+    from parity.env import EnvironmentRefused
+
+    try:
+        if args.profile:
+            text = profile_configs(args, prepare(args))
+            atomic_write_bytes(args.profile, text.encode())
+            print(text)
+            return 0
+        if args.batches:
+            report = run_sweep(args, on_point=lambda r: _save(args, r, sweep_markdown(r)))
+            text = sweep_markdown(report)
+        else:
+            report = run_cuda(args)
+            text = cuda_markdown(report)
+    except (EnvironmentRefused, MissingFramework) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    _write(args, report, text)
+    return 0
 
 
 def cpu_bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -131,18 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker:
         return worker(args.worker, args.model_config, args.batch, args.image_size)
     if args.device == "cuda":
-        from ddpm_core.frameworks import MissingFramework
-        from parity.bench.cuda_run import cuda_markdown, run_cuda
-        from parity.env import EnvironmentRefused
-        from ddpm_core.errors import EXIT_ENVIRONMENT
-
-        try:
-            report = run_cuda(args)
-        except (EnvironmentRefused, MissingFramework) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_ENVIRONMENT
-        _write(args, report, cuda_markdown(report))
-        return 0
+        return cuda_main(args)
     report = cpu_bench(args)
     _write(args, report, markdown(report))
     return 0

@@ -28,33 +28,52 @@ def _timed(device: str, fn: Any, arg: int) -> float:
     return time.perf_counter() - t0
 
 
-def measure(configs: Sequence[str], args: argparse.Namespace, device: str) -> dict[str, dict[str, Any]]:
-    """For each configuration in turn: build, one timed warm-up training step and sampling loop (compiles and
-    captures happen here), then ``--repeats`` timings of ``--train-steps`` steps and of a ``--sample-steps``
-    loop; with peak device memory (CUDA only)."""
+def measure_point(name: str, args: argparse.Namespace, device: str, batch: int, train_steps: int,
+                  sample_steps: int) -> dict[str, Any]:
+    """One configuration at one batch: build, one timed warm-up training step and sampling loop (compiles and
+    captures happen here), then ``--repeats`` timings of ``train_steps`` steps and of a ``sample_steps`` loop;
+    with peak device memory (CUDA only). The figures are raw seconds; ``summarise`` turns them into rates."""
     import torch
 
     cuda = device.startswith("cuda")
-    results: dict[str, dict[str, Any]] = {}
-    for name in configs:
-        if cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-        t0 = time.perf_counter()
-        work = build(name, args.model_config, args.batch, args.image_size, device)
-        r: dict[str, Any] = {"label": CUDA_CONFIGS[name][0], "peak_dtype": CUDA_CONFIGS[name][1],
-                             "setup_s": time.perf_counter() - t0, "train_s": [], "sample_s": []}
-        r["warmup_train_s"] = None if work.train is None else _timed(device, work.train, 1)
-        r["warmup_sample_s"] = _timed(device, work.sample, args.sample_steps)
-        for _ in range(args.repeats):
-            if work.train is not None:
-                r["train_s"].append(_timed(device, work.train, args.train_steps))
-            r["sample_s"].append(_timed(device, work.sample, args.sample_steps))
-        r["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
-        results[name] = r
-        del work
-        gc.collect()
-    return results
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    work = build(name, args.model_config, batch, args.image_size, device)
+    r: dict[str, Any] = {"label": CUDA_CONFIGS[name].label, "peak_dtype": CUDA_CONFIGS[name].peak_dtype,
+                         "batch": batch, "train_steps": train_steps, "sample_steps": sample_steps,
+                         "setup_s": time.perf_counter() - t0, "train_s": [], "sample_s": []}
+    r["warmup_train_s"] = None if work.train is None else _timed(device, work.train, 1)
+    r["warmup_sample_s"] = None if work.sample is None else _timed(device, work.sample, sample_steps)
+    for _ in range(args.repeats):
+        if work.train is not None:
+            r["train_s"].append(_timed(device, work.train, train_steps))
+        if work.sample is not None:
+            r["sample_s"].append(_timed(device, work.sample, sample_steps))
+    r["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+    del work
+    gc.collect()
+    return r
+
+
+def measure(configs: Sequence[str], args: argparse.Namespace, device: str) -> dict[str, dict[str, Any]]:
+    """Every configuration in turn at ``--batch``, ``--train-steps`` and ``--sample-steps`` (``measure_point``)."""
+    return {name: measure_point(name, args, device, args.batch, args.train_steps, args.sample_steps)
+            for name in configs}
+
+
+def rates(r: dict[str, Any], machine: dict[str, Any]) -> dict[str, Any]:
+    """One point's images/s (training: batch x steps / s; sampling: batch / (s x T / k)) and fraction of the peak
+    of its compute type, added to ``r``."""
+    b, k, fwd = r["batch"], r["sample_steps"], machine["flops_per_image_forward"]
+    peak = machine["peak_flops"][r["peak_dtype"]]
+    r["train_images_per_s"] = stats([b * r["train_steps"] / s for s in r["train_s"]]) if r["train_s"] else None
+    r["sample_images_per_s"] = stats([b / (s * T / k) for s in r["sample_s"]]) if r["sample_s"] else None
+    for kind, flops in (("train", 3 * fwd), ("sample", fwd * T)):
+        ips = r[f"{kind}_images_per_s"]
+        r[f"{kind}_fraction_of_peak"] = None if ips is None else ips["median"] * flops / peak
+    return r
 
 
 def break_even_images(extra_warmup_s: float, ips_base: float, ips_new: float) -> float | None:
@@ -64,18 +83,14 @@ def break_even_images(extra_warmup_s: float, ips_base: float, ips_new: float) ->
     return max(0.0, extra_warmup_s) / saved if saved > 0 else None
 
 
-def summarise(results: dict[str, dict[str, Any]], args: argparse.Namespace, machine: dict[str, Any]) -> dict[str, Any]:
-    """Images/s (training: batch x steps / s; sampling: batch / (s x T / k)), ratios to eager, the fraction of
-    the peak of each configuration's compute type, and ``torch.compile``'s break-even against channels-last."""
-    b, k, fwd = args.batch, args.sample_steps, machine["flops_per_image_forward"]
+def summarise(results: dict[str, dict[str, Any]], machine: dict[str, Any]) -> dict[str, Any]:
+    """``rates`` of every configuration, their ratios to eager, and ``torch.compile``'s break-even against
+    channels-last."""
     for r in results.values():
-        peak = machine["peak_flops"][r["peak_dtype"]]
-        r["train_images_per_s"] = stats([b * args.train_steps / s for s in r["train_s"]]) if r["train_s"] else None
-        r["sample_images_per_s"] = stats([b / (s * T / k) for s in r["sample_s"]])
-        for kind, flops in (("train", 3 * fwd), ("sample", fwd * T)):
-            ips = r[f"{kind}_images_per_s"]
-            r[f"{kind}_fraction_of_peak"] = None if ips is None else ips["median"] * flops / peak
-            base = results.get("eager", {}).get(f"{kind}_images_per_s")
+        rates(r, machine)
+    for r in results.values():
+        for kind in ("train", "sample"):
+            ips, base = r[f"{kind}_images_per_s"], results.get("eager", {}).get(f"{kind}_images_per_s")
             r[f"{kind}_vs_eager"] = None if ips is None or base is None else ips["median"] / base["median"]
     for kind in ("train", "sample"):
         c, cl = results.get("compile"), results.get("channels_last")
@@ -105,22 +120,41 @@ def device_info(device: str) -> dict[str, Any]:
     return info
 
 
-def run_cuda(args: argparse.Namespace, peak_n: int = 8192) -> dict[str, Any]:
-    """The whole CUDA bench on ``args.device`` (refused when it is not there): the report as a dict."""
+def machine_figures(args: argparse.Namespace, device: str, peak_n: int | None = None) -> dict[str, Any]:
+    """FLOPs per image (forward; a training step is 3 x forward) and the measured peak of every compute type
+    (``peak_n``-sized matmuls; default 8192 on CUDA, 512 on the CPU, where a dry run only needs the code path)."""
+    forward = flops_per_image(args.model_config, args.batch, args.image_size)
+    n = peak_n or (8192 if device.startswith("cuda") else 512)
+    return {"flops_per_image_forward": forward, "flops_per_image_train_step": 3 * forward,
+            "peak_flops": measure_peaks(device, n)}
+
+
+def prepare(args: argparse.Namespace) -> str:
+    """The torch device the GPU bench runs on (``--torch-device``), set up: ``EnvironmentRefused`` (one line) when
+    a CUDA device is not there."""
     from parity.env import setup_torch
 
-    device = args.device
+    device = args.torch_device
     if device.startswith("cuda"):
-        setup_torch(device)  # EnvironmentRefused, one line, when there is no such device
-    forward = flops_per_image(args.model_config, args.batch, args.image_size)
-    machine = {"flops_per_image_forward": forward, "flops_per_image_train_step": 3 * forward,
-               "peak_flops": measure_peaks(device, peak_n)}
-    results = summarise(measure(args.configs, args, device), args, machine)
-    settings = {k: getattr(args, k) for k in ("device", "batch", "train_steps", "sample_steps", "repeats",
-                                              "image_size", "configs")}
-    settings["model_config"] = args.model_config.to_dict()
+        setup_torch(device)
+    return device
+
+
+def header(args: argparse.Namespace, device: str) -> dict[str, Any]:
+    """The report's date, settings and device."""
+    settings = {k: getattr(args, k) for k in ("batch", "train_steps", "sample_steps", "repeats", "image_size",
+                                              "configs")}
+    settings.update(device="cuda", torch_device=device, model_config=args.model_config.to_dict())
     return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "settings": settings,
-            "device": device_info(device), "machine": machine, "results": results}
+            "device": device_info(device)}
+
+
+def run_cuda(args: argparse.Namespace, peak_n: int | None = None) -> dict[str, Any]:
+    """The whole CUDA bench at one batch on ``--torch-device`` (refused when it is not there): the report."""
+    device = prepare(args)
+    machine = machine_figures(args, device, peak_n)
+    return {**header(args, device), "machine": machine,
+            "results": summarise(measure(args.configs, args, device), machine)}
 
 
 def cuda_markdown(report: dict[str, Any]) -> str:
@@ -139,9 +173,10 @@ def cuda_markdown(report: dict[str, Any]) -> str:
     for r in res.values():
         lines.append(
             f"| {r['label']} | {fmt(r['train_images_per_s']) if r['train_images_per_s'] else '— (as channels-last)'} "
-            f"| {fmt(r['sample_images_per_s'], 2)} | {opt(r['train_vs_eager'], '{:.2f}×')} / "
-            f"{opt(r['sample_vs_eager'], '{:.2f}×')} | {opt(r['warmup_train_s'], '{:.1f}')} / "
-            f"{r['warmup_sample_s']:.1f} | {opt(r['peak_memory_mib'], '{:.0f}')} "
+            f"| {fmt(r['sample_images_per_s'], 2) if r['sample_images_per_s'] else '— (as eager)'} "
+            f"| {opt(r['train_vs_eager'], '{:.2f}×')} / {opt(r['sample_vs_eager'], '{:.2f}×')} "
+            f"| {opt(r['warmup_train_s'], '{:.1f}')} / {opt(r['warmup_sample_s'], '{:.1f}')} "
+            f"| {opt(r['peak_memory_mib'], '{:.0f}')} "
             f"| {opt(r['train_fraction_of_peak'], '{:.2%}')} / {opt(r['sample_fraction_of_peak'], '{:.2%}')} "
             f"({r['peak_dtype']}) |")
     k = a["sample_steps"]

@@ -69,6 +69,10 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("diffusion.py", "+const _SMOOTH_L1"): "MindSpore's SmoothL1Loss is a Cell, built once; PyTorch's is a function",
     ("diffusion.py", "-def GaussianDiffusion.__init__(config,device)"): "the device: see adapter.py",
     ("diffusion.py", "+def GaussianDiffusion.__init__(config)"): "the device: see adapter.py",
+    ("diffusion.py", "-def capture_graph(run,device,warmup,warmup_calls)"):
+        "CUDA graphs (record once, replay): a PyTorch-on-CUDA launch path; MindSpore's compiled graphs are ms.jit",
+    ("diffusion.py", "-def GaussianDiffusion.ddpm_graph(model,shape,dtype,step)"):
+        "the DDPM loop as one CUDA graph (see capture_graph); MindSpore compiles the step with ms.jit",
     ("diffusion.py", "-def GaussianDiffusion.sample_timesteps(batch,generator)"):
         "PyTorch draws from a Generator object; MindSpore's random ops take a seed",
     ("diffusion.py", "+def GaussianDiffusion.sample_timesteps(batch,seed)"): "see the PyTorch line",
@@ -81,11 +85,20 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("optim.py", "+def without_notice(text)"): "see FUSED_SPARSE_ADAM_NOTICE",
     ("optim.py", "-class MindSporeAdam"): "MindSpore's Adam rule (eps on the uncorrected sqrt(v)) written for PyTorch; "
                                           "MindSpore has it as nn.Adam",
-    ("optim.py", "-def MindSporeAdam.__init__(params,lr,betas,eps)"): "see MindSporeAdam",
+    ("optim.py", "-def MindSporeAdam.__init__(params,lr,betas,eps,foreach)"): "see MindSporeAdam",
     ("optim.py", "-def MindSporeAdam.current_lr()"): "see MindSporeAdam",
     ("optim.py", "-def MindSporeAdam.state_dict()"): "see MindSporeAdam",
     ("optim.py", "-def MindSporeAdam.load_state_dict(state_dict)"): "see MindSporeAdam",
     ("optim.py", "-def MindSporeAdam.step(closure)"): "see MindSporeAdam",
+    ("optim.py", "-def MindSporeAdam.betas(group)"): "see MindSporeAdam",
+    ("optim.py", "-def MindSporeAdam.advance()"): "see MindSporeAdam: the host's float32 scalars of a step",
+    ("optim.py", "-def MindSporeAdam.moments(params)"): "see MindSporeAdam",
+    ("optim.py", "-def MindSporeAdam.update(group,lr_t)"):
+        "see MindSporeAdam: the element-wise rule, apart so that a CUDA graph can record it",
+    ("optim.py", "-const FOREACH"): "MindSporeAdam's foreach-or-loop choice per device (see MindSporeAdam)",
+    ("optim.py", "-const CHANNELS_LAST"): "PyTorch's fast path is a memory format, chosen per device",
+    ("optim.py", "-def graphed_train_step(model,diffusion,optimizer,loss_type,warmup_steps)"):
+        "the training step as one CUDA graph (see diffusion.py capture_graph); MindSpore's is one ms.jit graph",
     ("optim.py", "-def make_optimizer(model,lr,rule)"): "PyTorch can also run torch.optim.Adam's rule (rule='torch')",
     ("optim.py", "+def make_optimizer(model,lr)"): "see the PyTorch line",
     ("optim.py", "-def unscaled_finite(model,scaled_loss,loss_scale)"):
@@ -95,8 +108,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("amp.py", "+class UnsupportedPolicy"):
         "MindSpore's amp O1 (mindspore.rewrite) refuses the tutorial's network; torch.autocast refuses nothing",
     ("optim.py", "+const JIT_LEVEL"): "the ms.jit level of the compiled step; PyTorch's step is eager",
-    ("optim.py", "-def make_train_step(model,diffusion,optimizer,loss_type,channels_last,world,loss_scale)"):
-        "PyTorch's fast path is channels-last memory (eager is fast already)",
+    ("optim.py", "-def make_train_step(model,diffusion,optimizer,loss_type,channels_last,world,loss_scale,cuda_graph)"):
+        "PyTorch's fast paths are a memory format per device and, on CUDA, the step as one CUDA graph",
     ("optim.py", "+def make_train_step(model,diffusion,optimizer,loss_type,compiled,world,loss_scale)"):
         "MindSpore's fast path is the step compiled as one ms.jit graph",
     ("train.py", "-def compile_model(model,compile)"): "--compile on: PyTorch compiles the model (torch.compile)",

@@ -93,3 +93,41 @@ def test_cosine_decay_lr_equals_mindspore(args):
 def test_bad_hyper_parameters_raise(bad):
     with pytest.raises(ValueError):
         MindSporeAdam([torch.nn.Parameter(torch.zeros(2))], **bad)
+
+
+def _trained(dtype: torch.dtype, eps: float, foreach: bool, lr_as_tensor: bool = False):
+    """Weights and moments after five steps of MindSporeAdam on three tensors of mixed shapes, gradients from 1e-9
+    to 1 in scale, one tensor without a gradient at step 2 (skipped, as it must be)."""
+    rng = np.random.default_rng(1)
+    shapes = [(5, 3), (7,), (2, 2, 3, 3)]
+    params = [torch.nn.Parameter(torch.from_numpy(rng.standard_normal(s)).to(dtype)) for s in shapes]
+    opt = MindSporeAdam(params, lr=[0.1, 0.05, 0.02, 0.01], eps=eps, foreach=foreach)
+    for k in range(5):
+        for i, p in enumerate(params):
+            g = rng.standard_normal(p.shape) * 10.0 ** rng.integers(-9, 1)
+            p.grad = None if (k, i) == (2, 1) else torch.from_numpy(g).to(dtype)
+        if lr_as_tensor:  # the CUDA-graph step's way: the host's scalars, lr_t in a 0-d tensor
+            for group, lr_t in zip(opt.param_groups, opt.advance()):
+                opt.update(group, torch.tensor(lr_t, dtype=torch.float32))
+        else:
+            opt.step()
+    moments = [opt.state[p][k] for p in params for k in ("m", "v")]
+    return [p.detach().clone() for p in params] + moments
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("eps", [1e-8, 0.1])
+def test_foreach_update_is_bit_identical_to_one_parameter_at_a_time(dtype, eps):
+    """``foreach=True`` (the CUDA default) and a 0-d tensor learning rate (the CUDA graph's) change no bit of the
+    weights or moments: the same float32 operations in the same order."""
+    loop = _trained(dtype, eps, foreach=False)
+    for kw in (dict(foreach=True), dict(foreach=True, lr_as_tensor=True), dict(foreach=False, lr_as_tensor=True)):
+        other = _trained(dtype, eps, **kw)
+        assert all(torch.equal(a, b) for a, b in zip(loop, other)), kw
+    assert not torch.equal(loop[0], _trained(dtype, eps * 2, foreach=True)[0])  # the comparison can fail
+
+
+def test_foreach_follows_the_oracle():
+    lrs, eps = [0.1, 0.05, 0.02], 1e-8
+    assert_close("MindSporeAdam foreach vs the oracle", run_torch(MindSporeAdam, lr=lrs, eps=eps, foreach=True),
+                 tf_rule_oracle(lrs, eps), "optimizer_rule")
