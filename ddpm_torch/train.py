@@ -71,8 +71,12 @@ class Trainer:
         self._step = self._make_step()
 
     def _make_step(self) -> Callable[[np.ndarray, np.ndarray, np.ndarray], torch.Tensor]:
+        """On one CUDA device in float32 (not under ``--compile on``), the whole step as one CUDA graph
+        (``make_train_step(cuda_graph=True)``, the same update rule); else eager or compiled."""
+        graph = (self.device.type == "cuda" and not self.world.distributed and self.compile != "on"
+                 and self.precision == "fp32")
         return make_train_step(compile_model(self.model, self.compile), self.diffusion, self.optimizer, world=self.world,
-                               loss_scale=train_loss_scale(self.precision))
+                               loss_scale=train_loss_scale(self.precision), cuda_graph=graph)
 
     def step(self, x_start: np.ndarray, t: np.ndarray, noise: np.ndarray) -> float:
         return float(self._step(x_start, t, noise))
