@@ -230,13 +230,14 @@ def _diverged(run: RunDir, step: int, what: str) -> Diverged:
     ``step`` (a checkpoint after ``step`` steps holds the very weights whose loss at ``step`` diverged)."""
     records = run.records()
     good = [r for r in records if r["step"] < step]
-    kept = "no checkpoint was written"
+    bad = f"{records[-1]['checkpoint']} (after {step} step(s))" if records and records[-1]["step"] == step else None
     if good:
         kept = f"the last good checkpoint, {good[-1]['checkpoint']} (after {good[-1]['step']} step(s)), is kept"
-    elif records:
-        kept = "no checkpoint from before it was written"
-    if records and records[-1]["step"] == step:
-        kept += f" ({records[-1]['checkpoint']} holds the weights that gave this loss)"
+        kept += f"; {bad}, also kept, holds the weights that gave this loss" if bad else ""
+    elif bad:
+        kept = f"{bad} is kept, but holds the weights that gave this loss; no checkpoint from before it was written"
+    else:
+        kept = "no checkpoint was written"
     return Diverged(f"step {step}: {what}: training diverged and stopped (try a lower --lr); {kept}")
 
 
