@@ -166,7 +166,8 @@ def check_settings(s: Settings) -> None:
     for option, value in (("--lr", s.lr), ("--min-lr", s.min_lr)):
         if not math.isfinite(value):
             raise UserError(f"{option} must be a finite number, got {value}")
-    if not s.max_loss > 0:
-        raise UserError(f"--max-loss must be a number > 0 (inf: no limit), got {s.max_loss}")
+    if not (math.isfinite(s.max_loss) and s.max_loss > 0):  # run.json stays strict JSON (no Infinity)
+        raise UserError(f"--max-loss must be a finite number > 0 (a huge one, such as 1e30, for no practical limit), "
+                        f"got {s.max_loss}")
     if not 0.0 <= s.min_lr < s.lr:
         raise UserError(f"need 0 <= --min-lr < --lr, got {s.min_lr} and {s.lr}")

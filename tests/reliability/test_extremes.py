@@ -111,9 +111,10 @@ def test_divergence_keeps_the_last_good_checkpoint_and_names_it(data, tmp_path):
                                                                              "step_000000003.pt"]
 
 
-def test_max_loss_must_be_positive(data, tmp_path):
-    run_cli("ddpm_torch.train", ["--data", data, "--out", tmp_path / "run", "--max-loss", "nan", *TINY], rc=2,
-            inputs=[data], says="--max-loss must be a number > 0")
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_max_loss_must_be_a_finite_positive_number(value, data, tmp_path):
+    run_cli("ddpm_torch.train", ["--data", data, "--out", tmp_path / "run", "--max-loss", value, *TINY], rc=2,
+            inputs=[data], says="--max-loss must be a finite number > 0")
 
 
 # ---------------------------------------------------------------- non-finite samples
