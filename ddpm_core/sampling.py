@@ -25,11 +25,14 @@ import numpy as np
 
 from ddpm_core.atomic import atomic_write, output_problem
 from ddpm_core.cli import noise_strip_parser, sample_parser
-from ddpm_core.config import TUTORIAL_DIFFUSION, DiffusionConfig, UnetConfig, resolve_diffusion
+from ddpm_core.config import (
+    TUTORIAL_DIFFUSION,
+    DiffusionConfig,
+    UnetConfig,
+    resolve_diffusion,
+)
 from ddpm_core.datasets import check_image_files
 from ddpm_core.errors import DataError, UserError
-from ddpm_core.memory import FLOAT32, Need, activation_bytes, parameter_count, require
-from ddpm_core.recorded import load_recorded
 from ddpm_core.images import (
     grid_size,
     sample_noise,
@@ -40,6 +43,8 @@ from ddpm_core.images import (
     tile,
     to_uint8,
 )
+from ddpm_core.memory import FLOAT32, Need, activation_bytes, parameter_count, require
+from ddpm_core.recorded import load_recorded
 
 DDIM_DEFAULT_STEPS = 50
 CHUNK_BYTES = 1 << 30

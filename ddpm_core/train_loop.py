@@ -213,8 +213,8 @@ def _train(run: RunDir, s: Settings, data: Any, trainer: Trainer, lrs: list[floa
                 bar.set_postfix(loss=f"{loss:.4f}", epoch=step // spe, refresh=False)
             if not math.isfinite(loss) or loss > s.max_loss:  # the global batch's loss: every rank stops here
                 bar.close()
-                what = f"the loss is {loss}" if not math.isfinite(loss) else f"the loss {loss:.3g} exceeds --max-loss {s.max_loss:g}"
-                raise _diverged(run, step, what)
+                over = f"the loss {loss:.3g} exceeds --max-loss {s.max_loss:g}"
+                raise _diverged(run, step, over if math.isfinite(loss) else f"the loss is {loss}")
             progress["steps"] += 1
             kill_point("after-step", step + 1, r)
             done = step + 1
