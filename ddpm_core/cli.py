@@ -146,7 +146,7 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
                    help="seeds the initial weights and the per-step tape (batches, flips, t, noise)")
     g.add_argument("--max-loss", type=float, default=DEFAULT_MAX_LOSS, metavar="L",
                    help=f"stop as diverged when a step's loss exceeds L, keeping the checkpoints written so far "
-                        f"(default {DEFAULT_MAX_LOSS:g}, far above any real run's loss; inf: no limit)")
+                        f"(default {DEFAULT_MAX_LOSS:g}, far above any real run's loss)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--compile", choices=COMPILE_CHOICES, default="auto", help=COMPILE_HELP)
     g = p.add_argument_group("device and numerics")

@@ -78,12 +78,13 @@ def available_bytes(meminfo: Path = MEMINFO, cgroups: tuple[tuple[Path, Path], .
     return min(found) if found else None
 
 
-def _block(din: int, dout: int, mult: int, cfg: UnetConfig) -> list[int]:
+def _block(din: int, dout: int, cfg: UnetConfig) -> list[int]:
     """Channels of the tensors a block keeps for its backward pass: ConvNeXt: the time-conditioned
     depthwise output, its GroupNorm, the widened conv, GELU and GroupNorm, and the block's output; ResNet: each
     Block's conv, GroupNorm and SiLU, and the output."""
     if cfg.use_convnext:
-        return [din, din, dout * mult, dout * mult, dout * mult, dout]
+        wide = dout * cfg.convnext_mult
+        return [din, din, wide, wide, wide, dout]
     return [dout, dout, dout, dout, dout, dout, dout]
 
 
@@ -99,27 +100,25 @@ def feature_maps(cfg: UnetConfig, size: int) -> list[int]:
     maps = [cfg.resolved_init_dim * size * size]
     levels = len(cfg.in_out)
     s = size
-    skips = []
     for i, (din, dout) in enumerate(cfg.in_out):
         area = s * s
-        maps += [c * area for c in _block(din, dout, cfg.convnext_mult, cfg) + _block(dout, dout, cfg.convnext_mult, cfg)]
+        maps += [c * area for c in _block(din, dout, cfg) + _block(dout, dout, cfg)]
         maps += [c * area for c in _linear_attention(dout)]
-        skips.append(dout)
         if i < levels - 1:
             s //= 2
             maps.append(dout * s * s)  # the downsampled map
     mid, area = cfg.dims[-1], s * s
-    maps += [c * area for c in _block(mid, mid, cfg.convnext_mult, cfg)]
+    maps += [c * area for c in _block(mid, mid, cfg)]
     maps += [mid * area, _QKV * area, ATTENTION_HEADS * area * area, mid * area]  # full attention
-    maps += [c * area for c in _block(mid, mid, cfg.convnext_mult, cfg)]
-    for i, (din, dout) in enumerate(reversed(cfg.in_out[1:])):
+    maps += [c * area for c in _block(mid, mid, cfg)]
+    for din, dout in reversed(cfg.in_out[1:]):
         area = s * s
         maps.append(2 * dout * area)  # the concatenation with the skip
-        maps += [c * area for c in _block(2 * dout, din, cfg.convnext_mult, cfg) + _block(din, din, cfg.convnext_mult, cfg)]
+        maps += [c * area for c in _block(2 * dout, din, cfg) + _block(din, din, cfg)]
         maps += [c * area for c in _linear_attention(din)]
         s *= 2
         maps.append(din * s * s)  # the upsampled map
-    maps += [c * s * s for c in _block(cfg.dim, cfg.dim, cfg.convnext_mult, cfg)]
+    maps += [c * s * s for c in _block(cfg.dim, cfg.dim, cfg)]
     return maps
 
 

@@ -29,12 +29,15 @@ import numpy as np
 
 from ddpm_core.atomic import atomic_write
 from ddpm_core.cli import noise_strip_parser, sample_parser
-from ddpm_core.config import TUTORIAL_DIFFUSION, DiffusionConfig, UnetConfig, resolve_diffusion
+from ddpm_core.config import (
+    TUTORIAL_DIFFUSION,
+    DiffusionConfig,
+    UnetConfig,
+    resolve_diffusion,
+)
 from ddpm_core.contract import Devices
 from ddpm_core.datasets import check_image_files
 from ddpm_core.errors import DataError, UserError
-from ddpm_core.memory import FLOAT32, Need, activation_bytes, parameter_count, require
-from ddpm_core.recorded import find_config, load_recorded
 from ddpm_core.images import (
     grid_size,
     sample_noise,
@@ -46,7 +49,9 @@ from ddpm_core.images import (
     to_uint8,
 )
 from ddpm_core.integrity import manifest_sidecar
+from ddpm_core.memory import FLOAT32, Need, activation_bytes, parameter_count, require
 from ddpm_core.paths import check_outputs, check_space
+from ddpm_core.recorded import find_config, load_recorded
 
 DDIM_DEFAULT_STEPS = 50
 CHUNK_BYTES = 1 << 30

@@ -66,12 +66,11 @@ def integer(minimum: int | None = None, maximum: int | None = None) -> Check:
     return check
 
 
-def number(minimum: float | None = None, infinite: bool = False) -> Check:
-    """A finite int or float (not a bool), at least ``minimum``; with ``infinite``, +inf is accepted too."""
+def number(minimum: float | None = None) -> Check:
+    """A finite int or float (not a bool), at least ``minimum``."""
     def check(value: Any, field: str) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                math.isfinite(value) or (infinite and value == math.inf)):
-            raise Invalid(field, f"expected a {'' if infinite else 'finite '}number, got {shown(value)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise Invalid(field, f"expected a finite number, got {shown(value)}")
         if minimum is not None and value < minimum:
             raise Invalid(field, f"expected a number >= {minimum}, got {value}")
     return check

@@ -13,7 +13,7 @@ Rules it keeps:
     or non-finite weights at a checkpoint stop the run at once with one line naming the step; the checkpoints
     written before stay, and nothing is exported;
   * a model and batch whose memory (``ddpm_core.memory``, a lower bound) exceeds what the machine has available
-    are refused in one line before the trainer is built;
+    are refused in one line before anything else: no download, no folder, no data-parallel job joined;
   * resuming replays nothing and skips nothing: the log is cut back to the checkpoint's step and the tape
     is a function of (seed, step), so the resumed loss curve equals an uninterrupted one exactly, given the
     same numerics (library versions, oneDNN instruction set, PyTorch threads: recorded in each checkpoint,
@@ -85,6 +85,7 @@ def train_main(argv: Sequence[str] | None, prog: str, framework: str,
         World(0, launched_size()).check_batch(settings.batch_size)
     except ValueError as e:
         raise UserError(f"--batch-size: {e}") from None
+    check_memory(settings, launched_size())  # before the data (a download) and before joining: every process stops
     if Path(settings.data).is_dir():
         check_inside("--resume" if args.resume else "--out", run.path, "--data", settings.data)
     world = dist.init(device)
@@ -101,6 +102,21 @@ def train_main(argv: Sequence[str] | None, prog: str, framework: str,
     finally:
         run.unlock()
         dist.shutdown(world)
+
+
+def check_memory(s: Settings, workers: int) -> None:
+    """``TooLarge`` when one worker's training step cannot fit in the memory available (``ddpm_core.memory``: a
+    lower bound; the data's channel count, not read yet, is taken as 1). A model that cannot be built is left to
+    ``check_settings``, which names the problem."""
+    try:
+        cfg = dataclasses.replace(s, channels=s.channels or 1).unet_config()
+    except ValueError:
+        return
+    batch, size = s.batch_size // workers, s.image_size
+    per_worker = f" ({batch} per worker)" if workers > 1 else ""
+    require(training_need(cfg, batch, size),
+            f"training {cfg.short()} on batches of {s.batch_size}{per_worker} at {size}x{size}",
+            "choose a smaller --dim, --dim-mults, --batch-size or --image-size")
 
 
 def _prepare(run: RunDir, settings: Settings, args: Any, open_data: Callable[[DataSpec, int], Any],
@@ -123,11 +139,6 @@ def _prepare(run: RunDir, settings: Settings, args: Any, open_data: Callable[[Da
         settings = dataclasses.replace(settings, data_format=spec.format, channels=spec.channels,
                                        examples=spec.examples)
         check_settings(settings)
-        cfg, size = settings.unet_config(), settings.image_size
-        per_rank = f" ({settings.batch_size // world.size} per worker)" if world.distributed else ""
-        require(training_need(cfg, settings.batch_size // world.size, size),
-                f"training {cfg.short()} on batches of {settings.batch_size}{per_rank} at {size}x{size}",
-                "choose a smaller --dim, --dim-mults, --batch-size or --image-size")
         if not args.resume:
             dist.barrier(world)  # no rank has written yet: each sees the folder as the user left it
             run.check_new(args.allow_other_files)
@@ -227,8 +238,8 @@ def _train(run: RunDir, s: Settings, data: Any, trainer: Trainer, lrs: list[floa
                 bar.set_postfix(loss=f"{loss:.4f}", epoch=step // spe, refresh=False)
             if not math.isfinite(loss) or loss > s.max_loss:  # the global batch's loss: every rank stops here
                 bar.close()
-                what = f"the loss is {loss}" if not math.isfinite(loss) else f"the loss {loss:.3g} exceeds --max-loss {s.max_loss:g}"
-                raise _diverged(run, step, what)
+                over = f"the loss {loss:.3g} exceeds --max-loss {s.max_loss:g}"
+                raise _diverged(run, step, over if math.isfinite(loss) else f"the loss is {loss}")
             progress["steps"] += 1
             kill_point("after-step", step + 1, r)
             done = step + 1
@@ -266,13 +277,14 @@ def _diverged(run: RunDir, step: int, what: str) -> Diverged:
     ``step`` (a checkpoint after ``step`` steps holds the very weights whose loss at ``step`` diverged)."""
     records = run.records()
     good = [r for r in records if r["step"] < step]
-    kept = "no checkpoint was written"
+    bad = f"{records[-1]['checkpoint']} (after {step} step(s))" if records and records[-1]["step"] == step else None
     if good:
         kept = f"the last good checkpoint, {good[-1]['checkpoint']} (after {good[-1]['step']} step(s)), is kept"
-    elif records:
-        kept = "no checkpoint from before it was written"
-    if records and records[-1]["step"] == step:
-        kept += f" ({records[-1]['checkpoint']} holds the weights that gave this loss)"
+        kept += f"; {bad}, also kept, holds the weights that gave this loss" if bad else ""
+    elif bad:
+        kept = f"{bad} is kept, but holds the weights that gave this loss; no checkpoint from before it was written"
+    else:
+        kept = "no checkpoint was written"
     return Diverged(f"step {step}: {what}: training diverged and stopped (try a lower --lr); {kept}")
 
 

@@ -108,7 +108,7 @@ RUN_SCHEMA = schema.for_dataclass(Settings, {
     "min_lr": schema.number(0.0), "dim": schema.integer(1), "dim_mults": schema.list_of(schema.integer(1), 1),
     "timesteps": schema.integer(2), "schedule": schema.string(SCHEDULES), "loss": schema.string(LOSS_TYPES),
     "compile": schema.string(COMPILE_CHOICES), "examples": schema.integer(0), "tape_version": schema.integer(0),
-    "precision": schema.string(PRECISIONS), "max_loss": schema.number(0.0, infinite=True),
+    "precision": schema.string(PRECISIONS), "max_loss": schema.number(0.0),
 })
 """run.json: the fields of ``Settings`` (those with a default may be absent, as in older run folders), each
 of its type and within the range its command-line option accepts; no other key."""
@@ -208,7 +208,8 @@ def check_settings(s: Settings) -> None:
     for option, value in (("--lr", s.lr), ("--min-lr", s.min_lr)):
         if not math.isfinite(value):
             raise UserError(f"{option} must be a finite number, got {value}")
-    if not s.max_loss > 0:
-        raise UserError(f"--max-loss must be a number > 0 (inf: no limit), got {s.max_loss}")
+    if not (math.isfinite(s.max_loss) and s.max_loss > 0):  # run.json stays strict JSON (no Infinity)
+        raise UserError(f"--max-loss must be a finite number > 0 (a huge one, such as 1e30, for no practical limit), "
+                        f"got {s.max_loss}")
     if not 0.0 <= s.min_lr < s.lr:
         raise UserError(f"need 0 <= --min-lr < --lr, got {s.min_lr} and {s.lr}")

@@ -11,7 +11,15 @@ import pytest
 
 from ddpm_core.config import TUTORIAL_UNET, UnetConfig
 from ddpm_core.environment import child_env
-from ddpm_core.memory import GIB, Need, TooLarge, available_bytes, parameter_count, require, training_need
+from ddpm_core.memory import (
+    GIB,
+    Need,
+    TooLarge,
+    available_bytes,
+    parameter_count,
+    require,
+    training_need,
+)
 from tests.reliability.corpus import ROOT
 
 

@@ -40,7 +40,8 @@ def readme_recipe() -> list[list[str]]:
 def test_readme_recipe_across_two_hosts(tmp_path, tutorial_ckpt):
     """The README's lines, each on its host with the other framework blocked (the record gets the tiny options):
     every check passes, the teacher-forced step included, and the tutorial's checkpoint converts."""
-    files = {"golden.npz": tmp_path / "golden.npz", "tutorial.ckpt": tutorial_ckpt[0], "model.pt": tmp_path / "model.pt"}
+    files = {"runs/golden.npz": tmp_path / "golden.npz", "tutorial.ckpt": tutorial_ckpt[0],
+             "runs/model.pt": tmp_path / "model.pt"}
     recipe = readme_recipe()
     assert [line[:4] for line in recipe] == [["python", "-m", "parity.check", "record"],
                                              ["python", "-m", "parity.check", "compare"],
@@ -52,7 +53,7 @@ def test_readme_recipe_across_two_hosts(tmp_path, tutorial_ckpt):
         host = line[line.index("--framework") + 1] if "--framework" in line else "torch"
         args = [files.get(a, a) for a in line[3:]] + extra.get(line[3], [])
         stdout[line[3]] = ok(run(host, line[2], args))
-    golden = files["golden.npz"]
+    golden = files["runs/golden.npz"]
     assert "model.pt" in [p.name for p in tmp_path.iterdir()]
     report = json.loads(out.read_text())
     assert report["mode"] == "compare" and report["spec"]["tape"]["seed"] == 3 and report["passed"]

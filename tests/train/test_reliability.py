@@ -189,8 +189,8 @@ def test_a_diverged_run_stops_at_once_and_keeps_the_last_finite_checkpoint(tmp_p
     assert train(twin_name, "--data", str(fashion_dir), "--out", str(run), "--lr", "1e6", "--epochs", "3",
                  "--save-every", "1", *TINY) == 2
     assert one_error_line(capsys) == (f"error: step 1: the loss is nan: training diverged and stopped (try a lower "
-                                      f"--lr); the last checkpoint, checkpoints/step_000000001{EXT[twin_name]} "
-                                      "(after 1 step(s)), is kept")
+                                      f"--lr); checkpoints/step_000000001{EXT[twin_name]} (after 1 step(s)) is kept, "
+                                      "but holds the weights that gave this loss; no checkpoint from before it was written")
     assert len(log_of(run)) == 2 and records(run) == [1] and not (run / "model.safetensors").exists()
     from ddpm_core.config import UnetConfig
 
