@@ -53,11 +53,12 @@ def measure_rounding(side: Side, model: Any, tape: dict, spec: RunSpec, outputs:
 
 
 def record_golden(side: Side, weights: dict[str, np.ndarray], spec: RunSpec, path: str | os.PathLike,
-                  environment: dict) -> tuple[dict, int, list[str]]:
+                  environment: dict, model: Any = None) -> tuple[dict, int, list[str]]:
     """Run one side on ``spec`` from ``weights`` (PyTorch names), measure this host's float32 rounding, and save
     the outputs, the tape, the weights and the rounding to the golden file ``path`` (``python -m parity.check
-    record``); returns (the file's manifest, how many outputs it holds, the outputs holding a NaN or an inf)."""
-    model = side.load_model(weights, spec.unet)
+    record``); returns (the file's manifest, how many outputs it holds, the outputs holding a NaN or an inf).
+    ``model``: run this model of ``side`` as it is instead of one built from ``weights`` (a planted bug stays)."""
+    model = side.load_model(weights, spec.unet) if model is None else model
     tape = make_tape(spec.tape)
     timings: dict[str, float] = {}
     outputs = run_side(side, model, side.diffusion(spec.diffusion), tape, spec, timings)
@@ -97,15 +98,16 @@ def two_host_rounding(golden: Golden, live_side: Side, live: dict, anchor: dict,
                   f"{here.max_abs:.2e} / {here.rel_l2:.2e}")
 
 
-def compare_golden(golden: Golden, side: Side, environment: dict) -> Report:
+def compare_golden(golden: Golden, side: Side, environment: dict, model: Any = None) -> Report:
     """Run ``side`` (the framework the golden file was not recorded with) on the golden file's spec, weights and
     tape, and compare it with the recorded outputs as ``check_models`` compares two live sides: the
     teacher-forced steps, the float64 specification's rows (and the float64 logic row where PyTorch is the
     live side), machine-relative gates from both hosts' rounding (``python -m parity.check compare``).
-    ``settings`` is left out: it needs both frameworks."""
+    ``settings`` is left out: it needs both frameworks. ``model``: run this model of ``side`` as it is instead of
+    one built from the golden file's weights (a planted bug stays)."""
     golden.check_compared_with(side.name)
     spec = golden.spec()
-    model = side.load_model(golden.weights, spec.unet)
+    model = side.load_model(golden.weights, spec.unet) if model is None else model
     diffusion = side.diffusion(spec.diffusion)
     timings: dict[str, float] = {}
     live = run_side(side, model, diffusion, golden.tape, spec, timings)
