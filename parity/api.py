@@ -178,7 +178,7 @@ def check_models(torch_model: Any, ms_model: Any, *, diffusion: DiffusionConfig 
     report.rows = compare_outputs(out_t, out_m, spec, device, one_step, anchor, implied)
     require_results(report)
     if weights is not None:
-        _blame_weights(report, weights, out_t, out_m)
+        blame_weights(report, weights, out_t, out_m)
     if not report.passed:
         explain(report, (out_t, out_m), tape, spec, side_t, torch_model, side_m, ms_model, device,
                 state_t if weights is None else weights)
@@ -232,7 +232,7 @@ def _run_both(side_t: Any, model_t: Any, d_t: Any, side_m: Any, model_m: Any, d_
     return out_t, out_m, stepped, anchor
 
 
-def _blame_weights(report: Report, source: dict[str, np.ndarray], out_t: dict, out_m: dict) -> None:
+def blame_weights(report: Report, source: dict[str, np.ndarray], out_t: dict, out_m: dict) -> None:
     """A failing weights row blames the one twin whose weights, read back, are not the source weights."""
     row = next((r for r in report.rows if r.output == "weights" and not r.passed), None)
     if row is None:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ddpm_core.contract import Side
-from parity.api import describe_run, explain, require_results
+from parity.api import blame_weights, describe_run, explain, require_results
 from parity.engine.anchor import Anchor, Float64, anchor_outputs
 from parity.engine.golden import Golden, save_golden
 from parity.engine.initial import weights_hash
@@ -141,6 +141,7 @@ def compare_golden(golden: Golden, side: Side, environment: dict, model: Any = N
     report.notes = [*golden.notes, *([how] if anchor else [])]
     report.environment["two_host_rounding"] = {"rounding": rounding.to_dict(), "how": how}
     require_results(report)
+    blame_weights(report, golden.weights, a, b)
     if not report.passed:
         explain(report, (a, b), golden.tape, spec, None, None, None, None, device)
     return report
