@@ -17,14 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from numpy.lib import format as npy
 
-hypothesis = pytest.importorskip("hypothesis", reason="the fuzz test needs hypothesis (the [test] extra)")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from parity.engine.golden import Golden, GoldenError, load_golden  # noqa: E402
-from tests.reliability.corpus import run_cli  # noqa: E402
+from parity.engine.golden import Golden, GoldenError, load_golden
+from tests.reliability.corpus import run_cli
 
 FUZZ = settings(max_examples=60, deadline=timedelta(seconds=5), derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -7,12 +7,13 @@ edited copies of it (``craft``).
 """
 from __future__ import annotations
 
+import io
 import json
+import os
 import subprocess
 import sys
 import tracemalloc
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,6 @@ CHECKS = ["--checks", "predict,loss,ddpm,ddim,probes"]
 
 
 def npy_bytes(a: np.ndarray) -> bytes:
-    import io
-
     f = io.BytesIO()
     np.save(f, a, allow_pickle=False)
     return f.getvalue()
@@ -103,8 +102,6 @@ def test_an_output_of_the_wrong_shape_names_the_member(golden, tmp_path):
 
 def test_a_header_declaring_4_tib_is_refused_before_any_allocation(golden, tmp_path):
     """It used to end in a MemoryError traceback."""
-    import io
-
     f = io.BytesIO()
     npy.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (1 << 40,)})
     crafted = craft(golden, tmp_path / "g.npz", put={"out/predict/t=0.npy": f.getvalue() + b"\0" * 64})
@@ -227,7 +224,7 @@ def huge_weights(tmp_path_factory) -> Path:
 def mismatch(args: list) -> str:
     """Run ``parity.check ARGS``: exit 1 (a mismatch, no error line, no traceback); its stdout."""
     proc = subprocess.run([sys.executable, "-m", "parity.check", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"},
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"},
                           timeout=600)
     shown = proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout, shown
