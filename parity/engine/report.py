@@ -83,7 +83,8 @@ class Report:
             first, said = row.summary.first_failure, ""
             if first is None and row.anchor is not None:
                 first = row.anchor.torch if not row.anchor.torch.passed else row.anchor.ms
-                said = f"{row.anchor.sides[0] if first is row.anchor.torch else row.anchor.sides[1]} vs the float64 spec, "
+                sides = getattr(row.anchor, "sides", ("PyTorch", "MindSpore"))  # parity.precision's rows name none
+                said = f"{sides[0] if first is row.anchor.torch else sides[1]} vs the float64 spec, "
             blame = f" [{SIDE_LABELS[row.blame]} is farther from the float64 spec]" if row.blame else ""
             lines.append(f"  {row.label}{blame}: {said}{first.describe() if first else 'failed'}")
         if len(self.failures) > limit:
