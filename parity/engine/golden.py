@@ -216,8 +216,9 @@ def _is_hex(v: Any) -> bool:
     return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
 
 
-def _spec(path: Path, s: Any) -> RunSpec:
-    """The recorded ``RunSpec``, every field checked (``GoldenError`` naming it)."""
+def _spec(path: Path, s: Any, size: int | None = None) -> RunSpec:
+    """The recorded ``RunSpec``, every field checked (``GoldenError`` naming it); with the file's ``size``, a tape
+    whose noise could not fit in it is refused before anything is built from it."""
     if not isinstance(s, dict):
         raise _fail(path, "spec", f"is {type(s).__name__}, expected an object")
     for name in s:
@@ -238,6 +239,12 @@ def _spec(path: Path, s: Any) -> RunSpec:
         tape["train_steps"] = tape.pop("adam_steps")
     if isinstance(tape.get("pred_timesteps"), list):
         tape["pred_timesteps"] = tuple(tape["pred_timesteps"])
+    dims = [tape.get(k) for k in ("timesteps", "ddim_steps", "batch", "channels", "image_size")]
+    if size is not None and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
+        need = 4 * max(dims[0], dims[1]) * dims[2] * dims[3] * dims[4] ** 2  # the sampling noise, float32
+        if need > size:
+            raise _fail(path, "spec.tape", f"implies {_bytes(need)} of sampling noise, more than the file's "
+                        f"{_bytes(size)}")
     parts: dict[str, Any] = {}
     for name, build in (("unet", lambda: UnetConfig.from_dict(s["unet"])),
                         ("diffusion", lambda: DiffusionConfig.from_dict(s["diffusion"])),
@@ -253,7 +260,7 @@ def _spec(path: Path, s: Any) -> RunSpec:
         raise _fail(path, "spec", f"is not usable: {str(e).splitlines()[0]}") from None
 
 
-def _check_manifest(path: Path, m: Any) -> RunSpec:
+def _check_manifest(path: Path, m: Any, size: int) -> RunSpec:
     """The manifest's fields checked one by one; the recorded spec."""
     if not isinstance(m, dict):
         raise GoldenError(f"{path}: the manifest is a JSON {type(m).__name__}, expected an object")
@@ -277,7 +284,7 @@ def _check_manifest(path: Path, m: Any) -> RunSpec:
             isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool) and math.isfinite(r[k]) and r[k] >= 0
             for k in ("max_abs", "rel_l2"))):
         raise _fail(path, "rounding", "must be null or hold finite, non-negative max_abs and rel_l2")
-    return _spec(path, m.get("spec"))
+    return _spec(path, m.get("spec"), size)
 
 
 def _expect(path: Path, key: str, h: _Header, shape: tuple[int, ...], dtypes: tuple[np.dtype, ...],
@@ -295,7 +302,7 @@ def _read(path: Path, zf: zipfile.ZipFile, size: int) -> Golden:
     if "manifest" not in entries:
         raise GoldenError(f"{path} is not a parity golden file (no manifest)")
     manifest = _manifest(path, zf, entries["manifest"])
-    spec = _check_manifest(path, manifest)
+    spec = _check_manifest(path, manifest, size)
     expected: dict[str, tuple[tuple[int, ...], tuple[np.dtype, ...]]] = {
         f"tape/{k}": (s, (np.dtype(d).newbyteorder("<"),)) for k, (s, d) in tape_shapes(spec.tape).items()}
     expected.update({f"init/{p.torch_name}": (tuple(p.shape), _FLOATS) for p in unet_parameters(spec.unet)})

@@ -155,8 +155,13 @@ def test_a_member_claiming_more_than_it_stores_is_refused_unread(golden, tmp_pat
      "member init/init_conv.weight has shape (4, 1, 7, 7); the recorded spec (Unet(dim=12, channels=1, "
      "dim_mults=(1, 2)), batch 2, 8x8) implies (8, 1, 7, 7)"),
     (lambda m: {**m, "spec": {**m["spec"], "unet": {**m["spec"]["unet"], "dim": "8"}}}, "manifest field 'spec.unet'"),
-    (lambda m: {**m, "spec": {**m["spec"], "tape": {**m["spec"]["tape"], "batch": 10**12}}},
+    (lambda m: {**m, "spec": {**m["spec"], "tape": {**m["spec"]["tape"], "batch": 3}}},
      "member tape/pred_x has shape (5, 2, 1, 8, 8); the recorded spec"),
+    (lambda m: {**m, "spec": {**m["spec"], "tape": {**m["spec"]["tape"], "batch": 10**12}}},
+     "manifest field 'spec.tape' implies 2328.3 TiB of sampling noise, more than the file's"),
+    (lambda m: {**m, "spec": {**m["spec"], "diffusion": {**m["spec"]["diffusion"], "timesteps": 10**10},
+                              "tape": {**m["spec"]["tape"], "timesteps": 10**10, "ddim_steps": 10**10}}},
+     "manifest field 'spec.tape' implies"),  # a DDIM plan of 1e10 steps was about to be allocated
     (lambda m: {**m, "spec": [1]}, "manifest field 'spec' is list, expected an object"),
     (lambda m: {**m, "outputs_sha256": 3}, "manifest field 'outputs_sha256' is not a sha256"),
     (lambda m: {**m, "rounding": {"max_abs": -1, "rel_l2": 0}}, "manifest field 'rounding' must be null"),
