@@ -12,23 +12,29 @@ This is the same code path as ``python -m parity.check``.
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Any, Sequence
 
 import numpy as np
 
 from ddpm_core.config import TUTORIAL_DIFFUSION, DiffusionConfig
-from ddpm_core.contract import Side
 from ddpm_core.reference.side import ReferenceSide
 from parity.engine.anchor import Anchor, wants_anchor
-from parity.engine.golden import Golden, save_golden
 from parity.engine.initial import weights_hash
 from parity.engine.localise import localise, localise_against_reference
 from parity.engine.probes import Oracle, diagnose
 from parity.engine.report import Report
 from parity.engine.settings import check_settings
-from parity.engine.suite import CHECKS, RunSpec, Row, compare_outputs, outputs_row, run_side, teacher_forced
+from parity.engine.suite import (
+    CHECKS,
+    RunSpec,
+    Row,
+    compare_outputs,
+    implied_outputs,
+    outputs_row,
+    run_side,
+    teacher_forced,
+)
 from parity.engine.tape import TapeSpec, make_tape, tape_hash
 from parity.engine.tolerances import device_class, tolerance
 
@@ -168,10 +174,11 @@ def check_models(torch_model: Any, ms_model: Any, *, diffusion: DiffusionConfig 
     one_step = None
     if stepped is not None:
         one_step = (stepped, out_m["ddpm/trajectory"], "PyTorch stepping from MindSpore's states")
-    report.rows = compare_outputs(out_t, out_m, spec, device, one_step, anchor)
+    implied = tuple(implied_outputs(spec, name, tape["pred_t"]) for name in ("torch", "ms"))
+    report.rows = compare_outputs(out_t, out_m, spec, device, one_step, anchor, implied)
     require_results(report)
     if weights is not None:
-        _blame_weights(report, weights, out_t, out_m)
+        blame_weights(report, weights, out_t, out_m)
     if not report.passed:
         explain(report, (out_t, out_m), tape, spec, side_t, torch_model, side_m, ms_model, device,
                 state_t if weights is None else weights)
@@ -225,7 +232,7 @@ def _run_both(side_t: Any, model_t: Any, d_t: Any, side_m: Any, model_m: Any, d_
     return out_t, out_m, stepped, anchor
 
 
-def _blame_weights(report: Report, source: dict[str, np.ndarray], out_t: dict, out_m: dict) -> None:
+def blame_weights(report: Report, source: dict[str, np.ndarray], out_t: dict, out_m: dict) -> None:
     """A failing weights row blames the one twin whose weights, read back, are not the source weights."""
     row = next((r for r in report.rows if r.output == "weights" and not r.passed), None)
     if row is None:
@@ -234,49 +241,6 @@ def _blame_weights(report: Report, source: dict[str, np.ndarray], out_t: dict, o
                if any(f"weights/{k}" not in out or not np.array_equal(out[f"weights/{k}"], v) for k, v in source.items())]
     if len(differs) == 1:
         row.culprit = differs[0]
-
-
-def record_golden(side: Side, weights: dict[str, np.ndarray], spec: RunSpec, path: str | os.PathLike,
-                  environment: dict) -> tuple[dict, int]:
-    """Run one side on ``spec`` from ``weights`` (PyTorch names) and save its outputs, the tape and the weights
-    to the golden file ``path`` (``python -m parity.check record``); returns (the file's manifest, how many
-    outputs it holds)."""
-    model = side.load_model(weights, spec.unet)
-    tape = make_tape(spec.tape)
-    timings: dict[str, float] = {}
-    outputs = run_side(side, model, side.diffusion(spec.diffusion), tape, spec, timings)
-    return save_golden(path, side.name, spec, tape, weights, outputs, environment, {"timings_s": timings}), len(outputs)
-
-
-def compare_golden(golden: Golden, side: Side, environment: dict) -> Report:
-    """Run ``side`` (the framework the golden file was not recorded with) on the golden file's spec, weights and
-    tape, and compare it with the recorded outputs as ``check_models`` compares two live sides, the teacher-forced
-    steps included (``python -m parity.check compare``). ``settings`` is left out: it needs both frameworks."""
-    golden.check_compared_with(side.name)
-    spec = golden.spec()
-    model = side.load_model(golden.weights, spec.unet)
-    diffusion = side.diffusion(spec.diffusion)
-    timings: dict[str, float] = {}
-    live = run_side(side, model, diffusion, golden.tape, spec, timings)
-    recorded_env = golden.manifest.get("environment", {})
-    live_torch = side.name == "torch"
-    a, b = (live, golden.outputs) if live_torch else (golden.outputs, live)
-    tdev = str(side.device) if live_torch else recorded_env.get("torch_setup", {}).get("device", "cpu")
-    mdev = recorded_env.get("mindspore_setup", {}).get("device", "CPU") if live_torch else str(side.device)
-    one_step = None
-    if "ddpm/trajectory" in golden.outputs:
-        stepped = teacher_forced(side, model, diffusion, golden.tape, golden.outputs["ddpm/trajectory"])
-        one_step = ((stepped, b["ddpm/trajectory"], "PyTorch stepping from MindSpore's recorded states") if live_torch
-                    else (a["ddpm/trajectory"], stepped, "MindSpore stepping from PyTorch's recorded states"))
-    device = device_class(tdev, mdev)
-    report = Report(describe_run(spec).replace("parity.check:", "parity.check compare:"), spec.to_dict(),
-                    tape_hash(golden.tape), weights_hash(golden.weights), environment, timings=timings, mode="compare")
-    report.spec["checks"] = [c for c in spec.checks if c != "settings"]
-    report.rows = compare_outputs(a, b, spec, device, one_step)
-    require_results(report)
-    if not report.passed:
-        explain(report, (a, b), golden.tape, spec, None, None, None, None, device)
-    return report
 
 
 def describe_run(spec: RunSpec) -> str:

@@ -243,7 +243,7 @@ def _setup_one(framework: str, args: argparse.Namespace) -> tuple[Any, dict]:
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    from parity.api import record_golden
+    from parity.two_hosts import record_golden
 
     _check_outputs(args, ("--out", args.out))
     cfg, state, source, spec = _weights(args)
@@ -251,14 +251,16 @@ def cmd_record(args: argparse.Namespace) -> int:
     env = fingerprint(info if args.framework == "torch" else None, info if args.framework == "ms" else None,
                       args.compile == "on")
     env["weights_source"] = source
-    manifest, count = record_golden(side, state, spec, args.out, env)
+    manifest, count, nonfinite = record_golden(side, state, spec, args.out, env)
     print(f"recorded {count} outputs of {side.label} to {args.out}\n"
           f"tape {manifest['tape_sha256'][:16]}  weights {manifest['weights_sha256'][:16]}", flush=True)
+    if nonfinite:  # recorded as they are: the comparison fails on them, naming this side
+        print(f"note: {side.label} produced NaN or inf in {len(nonfinite)} output(s), first {nonfinite[0]}", flush=True)
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from parity.api import compare_golden
+    from parity.two_hosts import compare_golden
     from parity.engine.golden import load_golden
 
     _check_outputs(args)

@@ -2,9 +2,13 @@
 gate of ``parity.check`` catches each (the float32 cross comparison, a twin against the float64
 specification, the float64 logic gate, or none) and which twin is blamed.
 
-A benchmark, not a test: each planted bug is one in-process ``check_models`` run on a small U-Net
-(dim 8, 8x8, T=10), so the table takes a few minutes on 2 cores. The bugs are undone after each run. The
-table (Markdown) is all that goes to stdout; the time taken goes to stderr.
+``--two-hosts`` does the same on the two-host path: for each bug one twin records a golden file and the other
+compares with it (``parity.two_hosts``), in both directions (PyTorch records and MindSpore compares, as a CUDA
+host and an Ascend host would; then the reverse, where the float64 logic row exists).
+
+A benchmark, not a test: each planted bug is one in-process run on a small U-Net (dim 8, 8x8, T=10), so a
+table takes a few minutes on 2 cores. The bugs are undone after each run. The table (Markdown) is all that goes
+to stdout; the time taken goes to stderr.
 """
 from __future__ import annotations
 
@@ -123,8 +127,28 @@ def caught_by(report: Any) -> str:
     return ", ".join(gates) or "none"
 
 
+def _two_hosts(recorder: str, models: tuple[Any, Any], sides: tuple[Any, Any], weights: dict) -> Any:
+    """Record a golden file with ``recorder`` ("torch" or "ms") and compare the other twin with it; the report."""
+    import tempfile
+    from pathlib import Path
+
+    from parity.api import make_spec
+    from parity.engine.golden import load_golden
+    from parity.two_hosts import compare_golden, record_golden
+
+    spec = make_spec(CFG, DIFF, image_size=8, ddim_steps=5, checks=[c for c in CHECKS if c != "reference"])
+    rec, live = (0, 1) if recorder == "torch" else (1, 0)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "golden.npz"
+        record_golden(sides[rec], weights, spec, path, {}, model=models[rec])
+        return compare_golden(load_golden(path), sides[live], {}, model=models[live])
+
+
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--two-hosts", action="store_true",
+                        help="record with one twin and compare with the other, both directions")
+    args = parser.parse_args(argv)
     from parity.api import check_models
     from parity.env import setup_mindspore, setup_torch
     from parity.engine.initial import initial_weights
@@ -138,20 +162,27 @@ def main(argv: list[str] | None = None) -> int:
     models = (sides[0].build(CFG), sides[1].build(CFG))
     for side, model in zip(sides, models):
         side.load(model, weights)
-    print("| planted bug | in | caught by | blamed | err torch | err ms (worst anchored row) |")
-    print("|---|---|---|---|---|---|")
-    t0 = time.perf_counter()
-    planted = [("none (control)", "-", lambda m, s: contextlib.nullcontext()), *bugs()]
-    for label, twin, plant in planted:
-        with plant(models, sides):
-            report = check_models(*models, diffusion=DIFF, image_size=8, ddim_steps=5, checks=CHECKS,
-                                  sides=sides, weights=weights, compiled=False)
-        anchored = [r for r in report.rows if r.anchor is not None]
-        worst = max(anchored, key=lambda r: max(r.anchor.err_torch, r.anchor.err_ms))
-        blamed = sorted({r.blame for r in report.failures if r.blame}) or ["-"]
-        print(f"| {label} | {twin} | {caught_by(report)} | {', '.join(blamed)} | {worst.anchor.err_torch:.1e} | "
-              f"{worst.anchor.err_ms:.1e} |", flush=True)
-    print(f"{len(planted)} runs in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        side.compiled = False
+    runs = [("torch", "ms"), ("ms", "torch")] if args.two_hosts else [("both", "")]
+    print("| planted bug | in | " + ("recorded by | " if args.two_hosts else "") +
+          "caught by | blamed | err torch | err ms (worst anchored row) |")
+    print("|---|---|" + ("---|" if args.two_hosts else "") + "---|---|---|---|")
+    for recorder, _ in runs:
+        for label, twin, plant in [("none (control)", "-", lambda m, s: contextlib.nullcontext()), *bugs()]:
+            t0 = time.perf_counter()
+            with plant(models, sides):
+                if args.two_hosts:
+                    report = _two_hosts(recorder, models, sides, weights)
+                else:
+                    report = check_models(*models, diffusion=DIFF, image_size=8, ddim_steps=5, checks=CHECKS,
+                                          sides=sides, weights=weights, compiled=False)
+            anchored = [r for r in report.rows if r.anchor is not None]
+            worst = max(anchored, key=lambda r: max(r.anchor.err_torch, r.anchor.err_ms))
+            blamed = sorted({r.blame for r in report.failures if r.blame}) or ["-"]
+            who = f"{'PyTorch' if recorder == 'torch' else 'MindSpore'} | " if args.two_hosts else ""
+            print(f"| {label} | {twin} | {who}{caught_by(report)} | {', '.join(blamed)} | {worst.anchor.err_torch:.1e} | "
+                  f"{worst.anchor.err_ms:.1e} |", flush=True)
+            print(f"{label}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return 0
 
 

@@ -97,18 +97,21 @@ def anchor_one_step(math: Float64, tape: Mapping[str, np.ndarray], spec: Any,
 
 
 class Anchor:
-    """Both float64 implementations for one run: ``before(tape)`` computes what needs no MindSpore output,
-    ``after(tape, trajectory)`` the teacher-forced steps; ``outputs`` is ``{"spec": ..., "torch64": ...}``."""
+    """The float64 implementations for one run: ``before(tape)`` computes what needs no MindSpore output,
+    ``after(tape, trajectory)`` the teacher-forced steps; ``outputs`` is ``{"spec": ..., "torch64": ...}``.
+    ``torch_model`` None (a host without PyTorch: ``compare`` on a MindSpore host) runs the specification
+    alone, and ``outputs`` has no "torch64"."""
 
     def __init__(self, torch_model: Any, weights: Mapping[str, np.ndarray], spec: Any):
         self.spec = spec
-        from parity.sides.torch import TorchSide
-
         reference = ReferenceSide()
-        torch64 = TorchSide(str(next(torch_model.parameters()).device), dtype=np.float64)
         self.maths = {"spec": Float64(reference, reference.load_model(weights, spec.unet),
-                                      reference.diffusion(spec.diffusion)),
-                      "torch64": Float64(torch64, torch64.adopt(torch_model), torch64.diffusion(spec.diffusion))}
+                                      reference.diffusion(spec.diffusion))}
+        if torch_model is not None:
+            from parity.sides.torch import TorchSide
+
+            torch64 = TorchSide(str(next(torch_model.parameters()).device), dtype=np.float64)
+            self.maths["torch64"] = Float64(torch64, torch64.adopt(torch_model), torch64.diffusion(spec.diffusion))
         self.outputs: dict[str, dict[str, np.ndarray]] = {name: {} for name in self.maths}
         self.timings: dict[str, float] = {}
 
@@ -125,6 +128,8 @@ class Anchor:
             self.outputs[name].update(self._timed(name, lambda: anchor_outputs(math, tape, self.spec)))
 
     def after(self, tape: Mapping[str, np.ndarray], trajectory: np.ndarray | None) -> None:
+        """The teacher-forced steps from ``trajectory``'s states: the states both twins' one-step outputs
+        stepped from (MindSpore's in one process; the golden file's in ``compare``)."""
         if trajectory is None or "ddpm" not in self.spec.checks:
             return
         for name, math in self.maths.items():

@@ -38,6 +38,8 @@ class Finding:
 
     def describe(self) -> str:
         where = f"`{self.module or '(root)'}` ({self.kind})"
+        if self.output.nonfinite:  # no figure to give: say who produced the NaN
+            return f"{where}: the first module whose output is not finite: {self.output.problem}"
         text = f"{where}: max abs {self.output.max_abs:.2e}, rel L2 {self.output.rel_l2:.2e}"
         given, runs = ("PyTorch", "MindSpore") if self.live == "ms" else ("MindSpore", "PyTorch")
         if self.replay is not None and self.own:
@@ -56,14 +58,15 @@ class Finding:
                 "message": self.describe()}
 
 
-def _compare_tuple(name: str, a: tuple, b: tuple, tol: Tolerance) -> Comparison:
+def _compare_tuple(name: str, a: tuple, b: tuple, tol: Tolerance,
+                   sides: tuple[str, str] = ("PyTorch", "MindSpore")) -> Comparison:
     """The worst comparison over paired arrays (Nones skipped); a length mismatch is a problem."""
     pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
     if len(a) != len(b):
         c = Comparison(name, tol)
         c.problem = f"{len(a)} vs {len(b)} tensors"
         return c
-    results = [compare(name, np.asarray(x), np.asarray(y), tol) for x, y in pairs]
+    results = [compare(name, np.asarray(x), np.asarray(y), tol, sides) for x, y in pairs]
     failing = [c for c in results if not c.passed]
     if failing:
         return failing[0]
@@ -153,9 +156,12 @@ def localise_against_reference(rec_t: list[Record], rec_m: list[Record], rec_ref
             if ref is None or m is None:
                 continue
             mine, theirs = (r, m) if name == "torch" else (m, r)
-            c = _compare_tuple(r.key, mine.outputs[:1], ref.outputs, tol)
+            c = _compare_tuple(r.key, mine.outputs[:1], ref.outputs, tol, (label, "the float64 specification"))
             if c.passed:
                 continue
+            if c.nonfinite:
+                found.append(f"`{r.key or '(root)'}` ({r.kind}): the first module whose output is not finite: {c.problem}")
+                break
             o = _compare_tuple(r.key, theirs.outputs[:1], ref.outputs, tol)
             ratio = c.max_abs / o.max_abs if o.max_abs > 0 else float("inf")
             if ratio <= min_ratio:

@@ -16,6 +16,7 @@ import numpy as np
 
 from ddpm_core.config import DiffusionConfig
 from ddpm_core.reference import ReferenceDiffusion
+from parity.engine.tape import PROBE_SHAPE
 
 LOOP_TIMESTEPS = 10
 LOOP_DDIM_STEPS = 5
@@ -52,6 +53,19 @@ def run_probes(side: Any, diffusion: Any, tape: Mapping[str, np.ndarray], cfg: D
         out[f"loss_{lt}"] = side.probe_loss(diffusion, tape["probe_x0"], tape["probe_t"], tape["probe_noise"], lt)
     for eta in etas:
         out[f"ddim_loop_eta={eta:g}"] = side.probe_ddim_loop(loop, tape["probe_x"], steps, eta, noise[:steps])
+    return out
+
+
+def probe_shapes(cfg: DiffusionConfig, loss_types: Sequence[str], ddim_steps: int,
+                 etas: Sequence[float]) -> dict[str, tuple[int, ...]]:
+    """``{name: shape}`` of every output ``run_probes`` returns for these settings."""
+    T, lcfg = cfg.timesteps, loop_config(cfg)
+    image = tuple(PROBE_SHAPE)
+    out = {"q_sample_table": (2, T), "q_sample": image, "p_sample_table": (T,), "p_sample": image,
+           "ddpm_loop": (lcfg.timesteps, *image)}
+    out.update({f"loss_{lt}": () for lt in loss_types})
+    steps = min(ddim_steps, LOOP_DDIM_STEPS, lcfg.timesteps)
+    out.update({f"ddim_loop_eta={eta:g}": (steps, *image) for eta in etas})
     return out
 
 

@@ -26,6 +26,8 @@ def _g(v: float | None, digits: int = 1) -> str:
         return "-"
     if v == 0:
         return "0"
+    if math.isnan(v):
+        return "nan"
     if v == float("inf"):
         return "inf"
     return f"{v:.{digits}e}"
@@ -47,6 +49,9 @@ class Report:
     diagnoses: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     mode: str = "check"
+    notes: list[str] = field(default_factory=list)
+    """what the reader should know about the inputs whatever the verdict (a golden file without an output
+    digest); printed under the table"""
 
     @property
     def failures(self) -> list[Row]:
@@ -69,16 +74,32 @@ class Report:
         lines += [f"  first divergence: {f.describe()}" for f in self.findings]
         lines += [f"  settings: {s}" for s in summarize(self.settings)]
         lines += [f"  diagnosis: {d}" for d in self.diagnoses]
+        nonfinite = self.nonfinite_sides()
+        if nonfinite:
+            lines.append(f"  non-finite values: {' and '.join(nonfinite)} produced NaN or inf (in "
+                         f"{sum(1 for r in self.failures if _nonfinite(r))} check(s)); no figure of those rows is a "
+                         "measurement")
         for row in self.failures[:limit]:
-            first = row.summary.first_failure
+            first, said = row.summary.first_failure, ""
             if first is None and row.anchor is not None:
                 first = row.anchor.torch if not row.anchor.torch.passed else row.anchor.ms
+                sides = getattr(row.anchor, "sides", ("PyTorch", "MindSpore"))  # parity.precision's rows name none
+                said = f"{sides[0] if first is row.anchor.torch else sides[1]} vs the float64 spec, "
             blame = f" [{SIDE_LABELS[row.blame]} is farther from the float64 spec]" if row.blame else ""
-            lines.append(f"  {row.label}{blame}: {first.describe() if first else 'failed'}")
+            lines.append(f"  {row.label}{blame}: {said}{first.describe() if first else 'failed'}")
         if len(self.failures) > limit:
             rest = [r.label for r in self.failures[limit:]]
             lines.append(f"  ... and {len(rest)} more: {', '.join(rest)}")
         return "\n".join(lines)
+
+    def nonfinite_sides(self) -> list[str]:
+        """The sides that produced a non-finite value in a failing row, in the order first met."""
+        sides: list[str] = []
+        for row in self.failures:
+            for side in _nonfinite(row):
+                if side not in sides:
+                    sides.append(side)
+        return sides
 
     def table(self) -> str:
         head = ("check", "max abs", "max rel", "rel L2", "cosine", "needs atol", "atol / rtol", "err torch",
@@ -93,6 +114,8 @@ class Report:
                 tol = r.anchor.tolerance
             cos = s.figure("cosine")
             result = ("pass" if r.passed else "FAIL") if r.gate else ("info" if r.passed else "info: differs")
+            if r.passed and any(m.note for m in r.summary.members):
+                result += " (non-finite as declared)"
             if r.blame:
                 result += f" ({SIDE_LABELS[r.blame]})"
             body.append((r.label, _g(s.figure("max_abs")), _g(s.figure("max_rel")), _g(s.figure("rel_l2")),
@@ -117,7 +140,7 @@ class Report:
         return "\n".join([
             self.title,
             f"tape {self.tape_hash[:16]}  weights {self.weights_hash[:16]}  " + " / ".join(devices),
-            "", self.table(), "", self.verdict(),
+            "", self.table(), *[f"note: {n}" for n in self.notes], "", self.verdict(),
         ])
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,6 +151,7 @@ class Report:
             "settings": {"pairs": self.settings_pairs, "mismatches": [m.to_dict() for m in self.settings]},
             "rows": [r.to_dict() for r in self.rows],
             "localisation": [f.to_dict() for f in self.findings], "diagnoses": list(self.diagnoses),
+            "notes": list(self.notes),
             "timings_s": self.timings,
         }
 
@@ -135,6 +159,14 @@ class Report:
         """Strict JSON (non-finite numbers become the strings "inf", "-inf", "nan"), written atomically."""
         text = json.dumps(_finite(self.to_dict()), indent=1, default=_json_default, allow_nan=False)
         atomic_write_bytes(path, text.encode())
+
+
+def _nonfinite(row: Row) -> list[str]:
+    """The sides named by a non-finite value in ``row``'s comparisons (its anchored ones included)."""
+    comparisons = list(row.summary.members)
+    if row.anchor is not None:
+        comparisons += [row.anchor.torch, row.anchor.ms]
+    return [side for c in comparisons for side in c.nonfinite]
 
 
 def _finite(o: Any) -> Any:

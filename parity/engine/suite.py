@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
 from ddpm_core.config import LOSS_TYPES, DiffusionConfig, UnetConfig
+from ddpm_core.naming import unet_parameters
 from ddpm_core.schedules import cosine_decay_lr
 from parity.engine.compare import Comparison, Summary, compare, rms
-from parity.engine.probes import run_probes
+from parity.engine.probes import probe_shapes, run_probes
 from parity.engine.tape import TapeSpec
-from parity.engine.threeway import Anchored, anchor_arrays, anchored, logic_summary, prediction_rounding
+from parity.engine.threeway import Anchored, Rounding, anchor_arrays, anchored, logic_summary, prediction_rounding
 from parity.engine.tolerances import Tolerance, tolerance
 
 CHECKS = ("settings", "weights", "predict", "loss", "grad", "ddpm", "ddim", "probes", "adam", "reference")
@@ -44,6 +45,14 @@ class RunSpec:
             raise ValueError(f"unknown check(s) {unknown}; choose from {', '.join(CHECKS)}")
         if self.unet.channels != self.tape.channels:
             raise ValueError(f"tape has {self.tape.channels} channel(s), the model {self.unet.channels}")
+        if self.tape.timesteps != self.diffusion.timesteps:
+            raise ValueError(f"tape has T={self.tape.timesteps}, the diffusion T={self.diffusion.timesteps}")
+        if self.tape.image_size % self.unet.size_multiple:
+            raise ValueError(f"image size {self.tape.image_size} is not a multiple of {self.unet.size_multiple} "
+                             f"(dim_mults={self.unet.dim_mults})")
+        bad = [lt for lt in self.loss_types if lt not in LOSS_TYPES]
+        if bad or not self.loss_types:
+            raise ValueError(f"loss types {list(self.loss_types)}: choose from {', '.join(LOSS_TYPES)}")
 
     @property
     def lrs(self) -> list[float]:
@@ -124,6 +133,37 @@ def run_side(side: Any, model: Any, diffusion: Any, tape: Mapping[str, np.ndarra
     return out
 
 
+def implied_outputs(spec: RunSpec, framework: str, pred_t: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    """``{key: shape}`` of every output ``run_side`` computes for ``spec`` on ``framework``'s side ("torch" or
+    "ms"), the prediction timesteps being the tape's ``pred_t``: what a golden file must hold and what a
+    comparison must cover (the float32 outputs; computed from the spec alone, nothing drawn)."""
+    checks, batch, T = spec.checks, spec.tape.shape, spec.diffusion.timesteps
+    params = {p.torch_name: tuple(p.shape) for p in unet_parameters(spec.unet)}
+    out: dict[str, tuple[int, ...]] = {}
+    if "weights" in checks:
+        out.update({f"weights/{n}": s for n, s in params.items()})
+    if "predict" in checks:
+        out.update({f"predict/t={int(t)}": batch for t in pred_t})
+    if "grad" in checks:
+        out["grad_loss"] = ()
+        out.update({f"grad/{n}": s for n, s in params.items()})
+    if "loss" in checks:
+        out.update({f"loss/{lt}": () for lt in spec.loss_types})
+    if "ddpm" in checks:
+        out["ddpm/trajectory"] = (T, *batch)
+    if "ddim" in checks:
+        out.update({f"ddim/eta={eta:g}": (spec.tape.ddim_steps, *batch) for eta in spec.ddim_etas})
+    if "probes" in checks:
+        shapes = probe_shapes(spec.diffusion, spec.loss_types, spec.tape.ddim_steps, spec.ddim_etas)
+        out.update({f"probe/{n}": s for n, s in shapes.items()})
+    if "adam" in checks:
+        for prefix in ("adam", "adam_torch_rule") if framework == "torch" else ("adam",):
+            first = 0 if prefix == "adam" else 1
+            for k in range(first, spec.tape.train_steps + 1):
+                out.update({f"{prefix}/step{k}/{n}": s for n, s in params.items()})
+    return out
+
+
 def teacher_forced(side: Any, model: Any, diffusion: Any, tape: Mapping[str, np.ndarray],
                    reference: np.ndarray) -> np.ndarray:
     """One step of ``side`` from every state of the other side's trajectory ``reference`` (T, B, ...):
@@ -167,10 +207,16 @@ class Row:
                 **self.summary.to_dict(), **anchored, "blame": self.blame}
 
 
+SIDES = ("PyTorch", "MindSpore")
+"""How rows name ``a`` and ``b`` unless told otherwise (``compare`` names a golden file's side)."""
+
+
 def pairs_row(prefix: str, a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], label: str, device: str,
-              output: str, gate: bool = True, note: str = "", tol: Tolerance | None = None) -> Row | None:
+              output: str, gate: bool = True, note: str = "", tol: Tolerance | None = None,
+              sides: tuple[str, str] = SIDES) -> Row | None:
     """One row comparing the outputs under ``prefix`` (a group if it ends in "/", else one exact key) with the
-    ``output`` tolerance (or ``tol``); a tensor on one side only fails as missing; None if neither side has any."""
+    ``output`` tolerance (or ``tol``); a tensor on one side only fails as missing; None if neither side has any.
+    ``sides`` name ``a`` and ``b`` in messages."""
 
     def match(k: str) -> bool:  # a prefix ending in "/" groups tensors; anything else is one exact key
         return k.startswith(prefix) if prefix.endswith("/") else k == prefix
@@ -184,19 +230,18 @@ def pairs_row(prefix: str, a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarr
     for n in names:
         short = n[len(prefix):] or n
         if n not in a or n not in b:
-            missing = "PyTorch" if n not in a else "MindSpore"
-            members.append(Comparison(short, tol, problem=f"missing in {missing}"))
+            members.append(Comparison(short, tol, problem=f"missing in {sides[0] if n not in a else sides[1]}"))
         else:
-            members.append(compare(short, a[n], b[n], each))
+            members.append(compare(short, a[n], b[n], each, sides))
     both = [n for n in names if n in a and n in b]
     if tol.aggregate_over == "all" and both:
         members.append(compare(f"(all {len(both)} tensors)", np.concatenate([np.ravel(a[n]) for n in both]),
-                               np.concatenate([np.ravel(b[n]) for n in both]), tol))
+                               np.concatenate([np.ravel(b[n]) for n in both]), tol, sides))
     return Row(label, output, Summary(label, members), gate and tol.gate, note)
 
 
 def _steps(label: str, output: str, a: np.ndarray, b: np.ndarray, names: list[str], device: str,
-           note: str = "", tol: Tolerance | None = None) -> Row:
+           note: str = "", tol: Tolerance | None = None, sides: tuple[str, str] = SIDES) -> Row:
     """One comparison per sampler step. The atol is in units of the reference state's RMS (at least 1):
     states stay ~N(0, 1) under the linear schedule, but grow ~100x in the first steps of a cosine
     schedule (beta_T = 0.9999), and their rounding errors with them."""
@@ -204,11 +249,11 @@ def _steps(label: str, output: str, a: np.ndarray, b: np.ndarray, names: list[st
     members = []
     for k in range(min(len(a), len(b))):
         scale = max(1.0, rms(b[k]))
-        c = compare(names[k], a[k], b[k], replace(tol, atol=tol.atol * scale))
+        c = compare(names[k], a[k], b[k], replace(tol, atol=tol.atol * scale), sides)
         c.scale = scale
         members.append(c)
     if a.shape != b.shape:
-        members.insert(0, compare("shape", a, b, tol))
+        members.insert(0, compare("shape", a, b, tol, sides))
     return Row(label, output, Summary(label, members), tol.gate, note)
 
 
@@ -246,23 +291,49 @@ def _updates(out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return res
 
 
+_OUTPUT_OF = {"weights": "weights", "predict": "prediction", "loss": "loss", "grad_loss": "loss", "grad": "grad",
+              "adam": "adam", "adam_torch_rule": "adam_torch_rule", "ddpm": "ddpm_trajectory",
+              "ddim": "ddim_trajectory", "probe": "diffusion_math"}
+"""The tolerance table's output for each key of ``run_side`` (by its first part)."""
+
+
+def missing_row(implied: tuple[Collection[str], Collection[str]], a: Mapping[str, np.ndarray],
+                b: Mapping[str, np.ndarray], device: str, sides: tuple[str, str] = SIDES) -> Row | None:
+    """A failing row naming every output the spec implies (``implied``: the keys of ``a``'s side and of ``b``'s,
+    ``implied_outputs``) that a side does not have, or None: a run that compares fewer outputs than its spec
+    implies never passes."""
+    members = [Comparison(key, tolerance(_OUTPUT_OF[key.split("/")[0]], "float32", device), problem=f"missing in {side}")
+               for keys, have, side in ((implied[0], a, sides[0]), (implied[1], b, sides[1]))
+               for key in keys if key not in have]
+    if not members:
+        return None
+    label = f"outputs the spec implies ({len(members)} missing)"
+    return Row(label, "missing", Summary(label, members), note="every output the spec implies must be compared")
+
+
 def compare_outputs(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], spec: RunSpec, device: str,
                     one_step: tuple[np.ndarray, np.ndarray, str] | None = None,
-                    anchor: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> list[Row]:
+                    anchor: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+                    implied: tuple[Collection[str], Collection[str]] | None = None,
+                    sides: tuple[str, str] = SIDES, rounding: Rounding | None = None) -> list[Row]:
     """Rows for every output both sides computed. ``one_step`` = (PyTorch values, MindSpore values,
     who stepped) of the teacher-forced DDPM check; ``anchor`` = ``parity.engine.anchor.Anchor.outputs`` (the float64
-    specification's and PyTorch float64's outputs): the rows it covers are compared three ways under
-    machine-relative tolerances (``parity.engine.threeway``), and a float64 logic row is added."""
+    specification's outputs, and PyTorch float64's where that ran): the rows it covers are compared three ways
+    under machine-relative tolerances (``parity.engine.threeway``) scaled by ``rounding`` (default: PyTorch
+    float32 against its float64 run, measured here), and a float64 logic row is added where PyTorch ran in
+    float64. ``implied`` (the keys each side's spec implies) adds a failing row for any that is missing;
+    ``sides`` name ``a`` and ``b`` in messages."""
     T, rows = spec.diffusion.timesteps, []
+    missing = None if implied is None else missing_row(implied, a, b, device, sides)
     a, b = _updates(a), _updates(b)
-
-    rounding = prediction_rounding(a, anchor["torch64"]) if anchor else None
+    if rounding is None and anchor and anchor.get("torch64"):
+        rounding = prediction_rounding(a, anchor["torch64"])
 
     def anchor_of(key: str, output: str) -> Anchored | None:
         if not anchor:
             return None
         arrays = anchor_arrays(key, a, b, T, anchor, None if one_step is None else one_step[:2])
-        return None if arrays is None else anchored(output, *arrays, rounding, device)
+        return None if arrays is None else anchored(output, key, *arrays, rounding, device, sides)
 
     def add(row: Row | None, an: Anchored | None = None) -> None:
         if row is not None:
@@ -272,37 +343,42 @@ def compare_outputs(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], sp
     def tol_of(an: Anchored | None) -> Tolerance | None:
         return None if an is None else an.tolerance
 
-    add(pairs_row("weights/", a, b, f"weights ({sum(k.startswith('weights/') for k in b)} tensors)", device, "weights"))
+    add(missing)
+    add(pairs_row("weights/", a, b, f"weights ({sum(k.startswith('weights/') for k in b)} tensors)", device, "weights",
+                  sides=sides))
     for key in [k for k in b if k.startswith("predict/")]:
         an = anchor_of(key, "prediction")
-        add(pairs_row(key, a, b, f"prediction {key.split('/')[1]}", device, "prediction", tol=tol_of(an)), an)
+        add(pairs_row(key, a, b, f"prediction {key.split('/')[1]}", device, "prediction", tol=tol_of(an), sides=sides),
+            an)
     for lt in spec.loss_types:
         an = anchor_of(f"loss/{lt}", "loss")
-        add(pairs_row(f"loss/{lt}", a, b, f"loss {lt}", device, "loss", tol=tol_of(an)), an)
-    add(pairs_row("grad/", a, b, f"gradients ({sum(k.startswith('grad/') for k in b)} tensors)", device, "grad"))
+        add(pairs_row(f"loss/{lt}", a, b, f"loss {lt}", device, "loss", tol=tol_of(an), sides=sides), an)
+    add(pairs_row("grad/", a, b, f"gradients ({sum(k.startswith('grad/') for k in b)} tensors)", device, "grad",
+                  sides=sides))
     for k in range(1, spec.tape.train_steps + 1):
         add(pairs_row(f"adam/step{k}/", a, b, f"Adam step {k}: MindSporeAdam vs nn.Adam", device, "adam",
-                      note="parameter change w_k - w_0"))
+                      note="parameter change w_k - w_0", sides=sides))
     last = spec.tape.train_steps
     if any(k.startswith(f"adam_torch_rule/step{last}/") for k in a) and any(k.startswith(f"adam/step{last}/") for k in b):
         a_torch = {f"adam/step{last}/" + k.split("/", 2)[2]: v for k, v in a.items()
                    if k.startswith(f"adam_torch_rule/step{last}/")}
         add(pairs_row(f"adam/step{last}/", a_torch, b, f"Adam step {last}: torch.optim.Adam vs nn.Adam", device,
-                      "adam_torch_rule", gate=False, note="information: expected to differ (eps placement)"))
+                      "adam_torch_rule", gate=False, note="information: expected to differ (eps placement)",
+                      sides=sides))
     step_names = [f"step {k} (t={T - 1 - k})" for k in range(T)]
     if one_step is not None:
         an = anchor_of("ddpm/one_step", "ddpm_one_step")
         add(_steps("DDPM one step (teacher-forced)", "ddpm_one_step", one_step[0], one_step[1], step_names, device,
-                   note=one_step[2], tol=tol_of(an)), an)
+                   note=one_step[2], tol=tol_of(an), sides=sides), an)
     if "ddpm/trajectory" in a and "ddpm/trajectory" in b:
         an = anchor_of("ddpm/trajectory", "ddpm_trajectory")
         add(_steps(f"DDPM trajectory ({T} steps)", "ddpm_trajectory", a["ddpm/trajectory"], b["ddpm/trajectory"],
-                   step_names, device, note="free-running; drift per step in --json", tol=tol_of(an)), an)
+                   step_names, device, note="free-running; drift per step in --json", tol=tol_of(an), sides=sides), an)
     for key in [k for k in b if k.startswith("ddim/") and k in a]:
         n, an = b[key].shape[0], anchor_of(key, "ddim_trajectory")
         add(_steps(f"DDIM {key.split('/')[1]} ({n} steps)", "ddim_trajectory", a[key], b[key],
-                   [f"step {k}" for k in range(n)], device, tol=tol_of(an)), an)
-    add(pairs_row("probe/", a, b, "diffusion math (toy model)", device, "diffusion_math"))
+                   [f"step {k}" for k in range(n)], device, tol=tol_of(an), sides=sides), an)
+    add(pairs_row("probe/", a, b, "diffusion math (toy model)", device, "diffusion_math", sides=sides))
     logic = logic_summary(rows, "float64 logic (PyTorch float64 vs spec)")
     if logic.members:
         rows.append(Row(logic.label, "logic", logic, note="any logic difference in the PyTorch twin fails this row",

@@ -100,6 +100,18 @@ def make_tape(spec: TapeSpec) -> dict[str, np.ndarray]:
     return tape
 
 
+def tape_shapes(spec: TapeSpec) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{name: (shape, dtype name)}`` of every array ``make_tape(spec)`` returns, computed without drawing
+    anything (a golden file's reader checks its members against it before reading them)."""
+    shape, T, A = spec.shape, spec.timesteps, spec.train_steps
+    K = 5 if spec.pred_timesteps is None else len(spec.pred_timesteps)
+    f32 = {"pred_x": (K, *shape), "train_x0": (A, *shape), "train_noise": (A, *shape), "x_T": shape,
+           "ddpm_noise": (T, *shape), "ddim_noise": (spec.ddim_steps, *shape), "probe_x": PROBE_SHAPE,
+           "probe_x0": PROBE_SHAPE, "probe_noise": PROBE_SHAPE, "probe_step_noise": (T, *PROBE_SHAPE)}
+    i32 = {"pred_t": (K,), "train_t": (A, spec.batch), "probe_t": (PROBE_SHAPE[0],)}
+    return {**{k: (tuple(v), "float32") for k, v in f32.items()}, **{k: (v, "int32") for k, v in i32.items()}}
+
+
 def tape_hash(tape: Mapping[str, np.ndarray]) -> str:
     """sha256 over (name, dtype, shape, little-endian bytes) of every array, in name order."""
     h = hashlib.sha256()

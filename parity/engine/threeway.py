@@ -17,7 +17,7 @@ float32, s = the specification and a64 = the PyTorch twin in float64, all on the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 import numpy as np
@@ -52,11 +52,14 @@ class Rounding:
 
 
 def prediction_rounding(a: Mapping[str, np.ndarray], t64: Mapping[str, np.ndarray]) -> Rounding | None:
-    """``Rounding`` from every ``predict/...`` output present in both, or None if there is none."""
+    """``Rounding`` from every ``predict/...`` output present in both, or None if there is none (or if one
+    holds a non-finite value: NaN is no rounding, and the rows fail on it anyway)."""
     keys = [k for k in t64 if k.startswith("predict/") and k in a]
     if not keys:
         return None
     cs = [compare(k, *_scaled_byrms(a[k], t64[k]), tolerance("prediction").elementwise_only()) for k in keys]
+    if any(c.nonfinite for c in cs):
+        return None
     return Rounding(max(c.max_abs for c in cs), max(c.rel_l2 for c in cs))
 
 
@@ -71,11 +74,15 @@ class Anchored:
 
     tolerance: Tolerance
     rounding: Rounding | None
-    own_rounding: Comparison
+    own_rounding: Comparison | None
     torch: Comparison
     ms: Comparison
-    logic: Comparison
+    logic: Comparison | None
+    """the float64 logic comparison: None where the PyTorch twin did not run here in float64 (``compare`` on a
+    MindSpore host)"""
     members: list[str] = field(default_factory=list)
+    sides: tuple[str, str] = ("PyTorch", "MindSpore")
+    """how the report names the PyTorch and the MindSpore outputs (a golden file's side says so)"""
 
     @property
     def passed(self) -> bool:
@@ -91,7 +98,12 @@ class Anchored:
 
     @property
     def blame(self) -> str | None:
-        """The twin farther from the specification by more than ``BLAME_RATIO``, or None."""
+        """The twin farther from the specification by more than ``BLAME_RATIO`` (the one twin that produced a
+        non-finite value where the other did not), or None."""
+        nan_torch, nan_ms = len(self.torch.nonfinite) == 1 and self.torch.nonfinite[0] == self.sides[0], \
+            len(self.ms.nonfinite) == 1 and self.ms.nonfinite[0] == self.sides[1]
+        if nan_torch != nan_ms:
+            return "torch" if nan_torch else "ms"
         if self.err_ms > BLAME_RATIO * self.err_torch:
             return "ms"
         if self.err_torch > BLAME_RATIO * self.err_ms:
@@ -100,16 +112,19 @@ class Anchored:
 
     def to_dict(self) -> dict:
         return {"err_torch": self.err_torch, "err_ms": self.err_ms, "blame": self.blame,
-                "rounding": None if self.rounding is None else self.rounding.to_dict(), "torch32_vs_torch64": self.own_rounding.to_dict(),
-                "torch_vs_spec": self.torch.to_dict(),
-                "ms_vs_spec": self.ms.to_dict(), "logic": self.logic.to_dict(),
+                "rounding": None if self.rounding is None else self.rounding.to_dict(),
+                "torch32_vs_torch64": None if self.own_rounding is None else self.own_rounding.to_dict(),
+                "torch_vs_spec": self.torch.to_dict(), "ms_vs_spec": self.ms.to_dict(),
+                "logic": None if self.logic is None else self.logic.to_dict(),
                 "machine_relative_tolerance": self.tolerance.limits()}
 
 
-def anchored(output: str, a: np.ndarray, m: np.ndarray, s: np.ndarray, a64: np.ndarray, rounding: Rounding | None,
-             device: str) -> Anchored:
-    """The comparisons of one anchored output (arrays of the same shape) under the gate ``rounding`` sets (the
-    table entry where the run measured no rounding: no prediction was compared)."""
+def anchored(output: str, key: str, a: np.ndarray, m: np.ndarray, s: np.ndarray, a64: np.ndarray | None,
+             rounding: Rounding | None, device: str, sides: tuple[str, str] = ("PyTorch", "MindSpore")) -> Anchored:
+    """The comparisons of output ``key`` (arrays of the same shape; an ``output`` of the tolerance table) under
+    the gate ``rounding`` sets (the table entry where the run measured no rounding: no prediction was
+    compared). ``sides`` name the PyTorch and MindSpore arrays in messages; ``a64`` (the PyTorch twin in
+    float64) is None where that twin did not run here in float64."""
     table = tolerance(output, "float32", device)
     tol = table
     if rounding is not None:
@@ -117,38 +132,38 @@ def anchored(output: str, a: np.ndarray, m: np.ndarray, s: np.ndarray, a64: np.n
         r_abs = rounding.rel_l2 * abs(float(np.asarray(s))) if np.asarray(s).size == 1 else rounding.max_abs
         tol = machine_relative(table, r_abs, rounding.rel_l2, RELATIVE[output])
     each = tol if tol.aggregate_over == "each" else tol.elementwise_only()
-    return Anchored(tol, rounding, compare("PyTorch float32 vs float64", *_scaled(a, a64, output), each),
-                    compare("PyTorch vs float64 spec", *_scaled(a, s, output), each),
-                    compare("MindSpore vs float64 spec", *_scaled(m, s, output), each),
-                    compare("PyTorch float64 vs spec", a64, s, tolerance("logic", "float64", "cpu")))
+    spec, own = "the float64 specification", f"{sides[0]} in float64"
+    return Anchored(tol, rounding, None if a64 is None else compare(key, *_scaled(a, a64, output), each, (sides[0], own)),
+                    compare(key, *_scaled(a, s, output), each, (sides[0], spec)),
+                    compare(key, *_scaled(m, s, output), each, (sides[1], spec)),
+                    None if a64 is None else compare(key, a64, s, tolerance("logic", "float64", "cpu"), (own, spec)),
+                    sides=sides)
 
 
 def anchor_arrays(key: str, a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], timesteps: int,
                   anchor: Mapping[str, Mapping[str, np.ndarray]],
                   one_step: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, ...] | None:
-    """(PyTorch, MindSpore, spec, PyTorch float64) arrays of the anchored part of output ``key``, or None."""
+    """(PyTorch, MindSpore, spec, PyTorch float64) arrays of the anchored part of output ``key``, or None; the
+    last is None where the anchor has no PyTorch float64 run."""
     spec, t64 = anchor.get("spec", {}), anchor.get("torch64", {})
     if key == "ddpm/one_step":
-        if one_step is None or key not in spec or key not in t64:
+        if one_step is None or key not in spec:
             return None
         ks = one_step_index(timesteps)
-        return one_step[0][ks], one_step[1][ks], spec[key], t64[key]
+        return one_step[0][ks], one_step[1][ks], spec[key], t64.get(key)
     anchor_key = "ddpm/prefix" if key == "ddpm/trajectory" else key
-    if anchor_key not in spec or anchor_key not in t64 or key not in a or key not in b:
+    if anchor_key not in spec or key not in a or key not in b:
         return None
     if key.startswith(("ddpm/", "ddim/")):
         n = min(PREFIX_STEPS, len(spec[anchor_key]))
-        return a[key][:n], b[key][:n], spec[anchor_key], t64[anchor_key]
-    return a[key], b[key], spec[anchor_key], t64[anchor_key]
+        return a[key][:n], b[key][:n], spec[anchor_key], t64.get(anchor_key)
+    return a[key], b[key], spec[anchor_key], t64.get(anchor_key)
 
 
 def logic_summary(rows: list, label: str) -> Summary:
     """Every anchored row's float64 logic comparison, under one label."""
     members = []
     for row in rows:
-        if row.anchor is not None:
-            c = row.anchor.logic
-            members.append(Comparison(row.label, c.tolerance, c.shape, c.max_abs, c.max_rel, c.rel_l2, c.cosine,
-                                      c.atol_needed, c.rtol_needed, c.worst_index, c.elementwise_ok,
-                                      c.aggregate_ok, c.problem))
+        if row.anchor is not None and row.anchor.logic is not None:
+            members.append(replace(row.anchor.logic, name=row.label))
     return Summary(label, members)

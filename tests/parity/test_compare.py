@@ -70,12 +70,26 @@ def test_identical_arrays_are_exact():
     assert c.passed and c.cosine == 1.0 and c.rel_l2 == 0.0 and c.max_abs == 0.0
 
 
-def test_nonfinite_values():
-    same = compare("x", np.array([np.nan, np.inf, 1.0]), np.array([np.nan, np.inf, 1.0]), tol(0, 0))
-    assert same.passed
-    bad = compare("x", np.array([np.nan, 1.0]), np.array([1.0, 1.0]), tol(1.0, 1.0))
-    assert not bad.passed and "non-finite" in bad.problem
+def test_a_nonfinite_value_fails_naming_the_side_and_the_place():
+    """NaN against NaN used to read max abs 0, cosine 1, pass: a run of NaN on both sides passed."""
+    both = compare("predict/t=0", np.array([[np.nan, 1.0], [np.nan, 2.0]]), np.array([[np.nan, 1.0], [np.nan, 2.0]]),
+                   tol(1.0, 1.0))
+    assert not both.passed and both.nonfinite == ("PyTorch", "MindSpore")
+    assert both.problem == ("PyTorch produced NaN at predict/t=0[0, 0] (and 1 more of 4); "
+                            "MindSpore produced NaN at predict/t=0[0, 0] (and 1 more of 4)")
+    assert math.isnan(both.max_abs) and math.isnan(both.cosine)  # no figure that reads as agreement
+    one = compare("loss/l2", np.array(1.0), np.array(np.inf), tol(1.0, 1.0), ("PyTorch (golden file)", "MindSpore"))
+    assert not one.passed and one.describe() == "MindSpore produced inf at loss/l2"
     assert not compare("x", np.array([np.inf]), np.array([-np.inf]), tol(1.0, 1.0)).passed
+
+
+def test_nonfinite_values_a_tolerance_declares_must_sit_at_the_same_places():
+    declared = Tolerance(0.0, 0.0, 1.0, -1.0, "test", nonfinite="test: a mask of -inf logits on both sides")
+    same = compare("x", np.array([np.nan, -np.inf, 1.0]), np.array([np.nan, -np.inf, 1.0]), declared)
+    assert same.passed and "non-finite at the same 2 place(s) in both, as declared" in same.note
+    for b in (np.array([np.nan, np.inf, 1.0]), np.array([1.0, -np.inf, 1.0]), np.array([np.nan, -np.inf, np.nan])):
+        c = compare("x", np.array([np.nan, -np.inf, 1.0]), b, declared)
+        assert not c.passed and "non-finite values at different places" in c.problem
 
 
 def test_shape_mismatch_is_a_failure_not_a_broadcast():

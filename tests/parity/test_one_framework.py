@@ -62,6 +62,13 @@ def test_readme_recipe_across_two_hosts(tmp_path, tutorial_ckpt):
     assert report["environment"]["golden"]["framework"] == "ms" and "torch" in report["environment"]
     assert "torch" not in report["environment"]["golden"]["environment"]  # the recording host had no PyTorch
     assert any(r["label"] == "DDPM one step (teacher-forced)" for r in report["rows"])
+    # the float64 specification on the two-host path: err columns, blame, and the logic row (PyTorch is local)
+    rows = {r["label"]: r for r in report["rows"]}
+    assert all(r["err_torch"] is not None and r["err_ms"] is not None for k, r in rows.items() if k.startswith("predict"))
+    assert rows["float64 logic (PyTorch float64 vs spec)"]["passed"]
+    how = report["environment"]["two_host_rounding"]["how"]
+    assert "MindSpore on CPU (the recording host): table entry, no float64 convolution there" in how
+    assert "PyTorch on cpu (this host): measured here" in how
     # the same framework again, and a damaged file: structural
     same = run("ms", "parity.check", ["compare", golden, "--framework", "ms"])
     assert "recorded with ms" in one_line(same, 2)
@@ -82,6 +89,10 @@ def test_record_on_pytorch_host_compare_on_mindspore_host(tmp_path):
     report = json.loads(out.read_text())
     assert report["environment"]["golden"]["framework"] == "torch" and "mindspore" in report["environment"]
     assert {r["label"].split(" (")[0] for r in report["rows"]} >= {"weights", "DDPM one step"}
+    rows = [r for r in report["rows"] if r["label"].startswith(("prediction", "DDPM"))]
+    assert rows and all(r["err_torch"] is not None and r["err_ms"] is not None for r in rows)
+    assert not any(r["label"].startswith("float64 logic") for r in report["rows"])  # no PyTorch on this host
+    assert "PyTorch on cpu (the recording host): measured there" in report["environment"]["two_host_rounding"]["how"]
 
 
 def test_convert_on_each_host(tmp_path):

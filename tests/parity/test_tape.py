@@ -92,12 +92,21 @@ def test_a_golden_file_recorded_before_the_train_steps_rename_still_reads(tmp_pa
     from parity.engine.golden import load_golden, save_golden
     from parity.engine.suite import RunSpec
 
-    spec = RunSpec(TINY, DiffusionConfig(timesteps=10), dataclasses.replace(SPEC, train_steps=2))
+    spec = RunSpec(TINY, DiffusionConfig(timesteps=10), dataclasses.replace(SPEC, train_steps=2), ("weights",))
     path = tmp_path / "g.npz"
-    save_golden(path, "torch", spec, make_tape(spec.tape), initial_weights(TINY, 0), {}, {})
+    w = initial_weights(TINY, 0)
+    save_golden(path, "torch", spec, make_tape(spec.tape), w, {f"weights/{k}": v for k, v in w.items()}, {})
     data = dict(np.load(path))
     manifest = json.loads(bytes(data["manifest"]).decode())
     manifest["spec"]["tape"]["adam_steps"] = manifest["spec"]["tape"].pop("train_steps")
     data["manifest"] = np.frombuffer(json.dumps(manifest).encode(), np.uint8)
     np.savez(path, **data)
     assert load_golden(path).spec() == spec
+
+
+@pytest.mark.parametrize("spec", [SPEC, dataclasses.replace(SPEC, pred_timesteps=(1, 2), train_steps=1, ddim_steps=3)])
+def test_tape_shapes_are_the_shapes_make_tape_draws(spec):
+    """A golden file's reader checks the tape's members against ``tape_shapes`` before reading them."""
+    from parity.engine.tape import tape_shapes
+
+    assert tape_shapes(spec) == {k: (v.shape, v.dtype.name) for k, v in make_tape(spec).items()}

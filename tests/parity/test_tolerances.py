@@ -1,7 +1,15 @@
 """The tolerance table is data with reasons, complete for every output the harness compares."""
 import pytest
 
-from parity.engine.tolerances import DEVICE_CLASSES, OUTPUTS, TOLERANCES, device_class, tolerance
+from parity.engine.tolerances import (
+    DEVICE_CLASSES,
+    HOST_ROUNDING,
+    OUTPUTS,
+    TOLERANCES,
+    device_class,
+    host_rounding,
+    tolerance,
+)
 
 
 def test_every_output_has_an_entry_per_device_class_with_a_reason():
@@ -12,12 +20,23 @@ def test_every_output_has_an_entry_per_device_class_with_a_reason():
             assert t.atol >= 0 and t.rtol >= 0 and t.max_rel_l2 >= 0 and -1 <= t.min_cosine <= 1
 
 
-def test_cpu_entries_are_measured_and_accelerators_marked_provisional():
+def test_cpu_and_gpu_entries_are_measured_and_ascend_marked_provisional():
+    """The GPU entries come from the H200's measurements (not the CPU's x10); Ascend stays provisional."""
     for (output, _, device), t in TOLERANCES.items():
-        if device == "cpu":
-            assert not t.provisional and t.measured, output
+        if device in ("cpu", "gpu"):
+            assert not t.provisional and t.measured and "not measured" not in t.measured, (output, device)
         elif t.atol:
-            assert t.provisional and "not measured" in t.measured
+            assert t.provisional and "not measured" in t.measured and "Ascend" in t.reason
+    assert "H200" in tolerance("prediction", "float32", "gpu").measured
+
+
+def test_host_rounding_entries_say_how_they_were_obtained():
+    """The two-host gates scale with these where a host did not measure its own rounding."""
+    for (framework, device), h in HOST_ROUNDING.items():
+        assert 0 < h.rel_l2 <= h.max_abs < 1e-4 and h.reason and h.measured, (framework, device)
+        assert h.provisional == ("not measured" in h.measured), (framework, device)
+    assert host_rounding("torch", "cuda:1") is HOST_ROUNDING[("torch", "gpu")] and not HOST_ROUNDING[("torch", "gpu")].provisional
+    assert "no float64 Conv2D" in host_rounding("ms", "CPU").reason and host_rounding("ms", "Ascend").provisional
 
 
 def test_exact_and_information_entries():
