@@ -375,8 +375,13 @@ TOLERANCES.update({
         "(transposed weight); correct modules' own errors stay below 1e-6 (8.1e-7 worst: resnet18, seed 0)"),
 })
 for _out in ("pair_output", "pair_module", "pair_function"):
-    for _other in ("gpu", "ascend"):
-        TOLERANCES.setdefault((_out, "float32", _other), _provisional(TOLERANCES[(_out, "float32", "cpu")], _other, 10.0))
+    _cpu = TOLERANCES[(_out, "float32", "cpu")]
+    # A GPU's float32 (TF32 off) rounds as a CPU's does (the H200 probe: the tutorial U-Net 1.85e-6 from float64 on
+    # the GPU, 1.24e-6 on an AMD EPYC), and the machine-relative gate measures it on the machine anyway.
+    TOLERANCES.setdefault((_out, "float32", "gpu"), replace(
+        _cpu, measured=_cpu.measured + "; on a GPU the CPU entry applies: ../shared/measurements/h200-2026-12-04 "
+                                       "(probe_cuda.json) measured the same float32 rounding on an H200"))
+    TOLERANCES.setdefault((_out, "float32", "ascend"), _provisional(_cpu, "ascend", 10.0))
 RELATIVE.update({
     "pair_output": RelativeRule(10.0, 1e-6, 1e-6, _PAIR_K, _PAIR_MEASURED),
     "pair_module": RelativeRule(10.0, 1e-6, 1e-6, _PAIR_K, _PAIR_MEASURED),
