@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from ddpm_core.environment import child_env
+from tests.conftest import TWIN_PARAMS
+from tests.host import TWIN_FRAMEWORK, need
 
 REPO = Path(__file__).resolve().parents[2]
-TWIN_NAMES = ("torch", "ms")
 TINY = ["--image-size", "8", "--dim", "8", "--dim-mults", "1,2", "--timesteps", "10", "--batch-size", "4",
         "--compile", "off", "--no-progress"]
 """Options of a tiny training run: 8x8 images, an 8-wide two-level U-Net, T=10, batch 4, PyNative."""
@@ -88,9 +88,9 @@ def twin_module(twin: str, name: str):
     return importlib.import_module(f"ddpm_{twin}.{name}")
 
 
-@pytest.fixture(params=TWIN_NAMES)
+@pytest.fixture(params=TWIN_PARAMS)
 def twin_name(request) -> str:
-    """Each twin in turn, by package suffix."""
+    """Each twin in turn, by package suffix (skipped where its framework cannot be imported)."""
     return request.param
 
 
@@ -101,7 +101,7 @@ def run_cli(twin: str, name: str, *args: str, env: dict[str, str] | None = None,
     The subprocess computes with the same numerics as this process: oneDNN's instruction set (set by
     tests/conftest.py) and one PyTorch thread (``OMP_NUM_THREADS=1``, as ``torch.set_num_threads(1)`` there),
     so a run continued here is comparable bit for bit with one begun there."""
-    full_env = child_env(threads=torch.get_num_threads(), pythonpath=REPO, **(env or {}))
+    full_env = child_env(threads=1, pythonpath=REPO, **(env or {}))
     return subprocess.run([sys.executable, "-m", f"ddpm_{twin}.{name}", *args], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
@@ -111,13 +111,24 @@ def train(twin: str, *args: str) -> int:
     return twin_module(twin, "train").main(list(args))
 
 
+class TrainedRuns(dict):
+    """{"torch": RUN_DIR, "ms": RUN_DIR}, each a 2-step tiny run of that twin on ``data``, trained on first use;
+    a twin whose framework cannot be imported skips the test that asks for its run."""
+
+    def __init__(self, folder: Path, data: Path):
+        super().__init__()
+        self.folder, self.data = folder, data
+
+    def __missing__(self, twin: str) -> Path:
+        need(TWIN_FRAMEWORK[twin])
+        out = self.folder / f"run_{twin}"
+        assert train(twin, "--data", str(self.data), "--out", str(out), "--max-steps", "2", *TINY) == 0
+        self[twin] = out
+        return out
+
+
 @pytest.fixture(scope="session")
 def trained_runs(session_dir, fashion_dir) -> dict[str, Path]:
-    """A 2-step tiny run of each twin on the same data: {"torch": RUN_DIR, "ms": RUN_DIR}."""
-    data = fashion_dir
-    runs = {}
-    for twin in TWIN_NAMES:
-        out = session_dir / f"run_{twin}"
-        assert train(twin, "--data", str(data), "--out", str(out), "--max-steps", "2", *TINY) == 0
-        runs[twin] = out
-    return runs
+    """A 2-step tiny run of each twin on the same data, trained when a test first asks: {"torch": RUN_DIR,
+    "ms": RUN_DIR}."""
+    return TrainedRuns(session_dir, fashion_dir)

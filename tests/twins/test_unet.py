@@ -3,9 +3,12 @@ clear errors on bad configurations and inputs, and the parameter table against l
 import numpy as np
 import pytest
 
-import ddpm_ms
 from ddpm_core.config import TUTORIAL_UNET, UnetConfig
 from ddpm_core.naming import parameter_count, unet_parameters
+from tests.host import available, needs
+
+if available("mindspore"):
+    import ddpm_ms
 
 SHAPE_CASES = [
     # (config, (batch, height, width)); small, to keep MindSpore's PyNative mode fast
@@ -136,6 +139,7 @@ def test_tutorial_parameter_count(twin):
     assert sum(int(np.prod(s)) for _, s in live) == parameter_count(TUTORIAL_UNET) == 2_992_180
 
 
+@needs("mindspore")
 def test_ms_parameter_names_are_structural():
     model = ddpm_ms.Unet(dim=8, channels=1, dim_mults=(1, 2, 4))
     names = [p.name for p in model.get_parameters()]
@@ -145,6 +149,7 @@ def test_ms_parameter_names_are_structural():
     assert names == [s.ms_name for s in unet_parameters(model.config)]
 
 
+@needs("mindspore")
 @pytest.mark.parametrize("cfg", TABLE_CONFIGS[:3], ids=lambda c: f"{c.dim}-{c.dim_mults}-{c.use_convnext}")
 def test_ms_composed_ops_keep_every_parameter_name_and_shape(cfg):
     """``composed_ops`` changes how GELU and GroupNorm compute, never what is stored: the same table."""
@@ -154,6 +159,7 @@ def test_ms_composed_ops_keep_every_parameter_name_and_shape(cfg):
     assert "ComposedGroupNorm" in kinds and "GroupNorm" not in kinds and "GELU" not in kinds
 
 
+@needs("mindspore")
 def test_ms_celllist_names_collide_without_the_rename(monkeypatch):
     """MindSpore names the children of a CellList appended after attachment by index alone
     (``0.0.mlp.1.weight`` in both ``downs`` and ``ups``); ``use_structural_names`` is what fixes it."""
