@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 from ddpm_core.config import TUTORIAL_DIFFUSION, DiffusionConfig, UnetConfig  # noqa: E402
 from ddpm_core.naming import unet_parameters  # noqa: E402
 from parity.engine.initial import initial_weights  # noqa: E402
-from tests.host import REQUIRE_VARIABLE, TWIN_FRAMEWORK, available, missing, need, needs, required  # noqa: E402
+from tests.host import REQUIRE_VARIABLE, TWIN_FRAMEWORK, TWINS, available, missing, need, needs, required  # noqa: E402
 
 if available("torch"):
     import torch
@@ -47,6 +47,18 @@ def pytest_configure(config: pytest.Config) -> None:
     if gone:
         raise pytest.UsageError(f"--require-frameworks / {REQUIRE_VARIABLE} requires {', '.join(gone)}, which this "
                                 f"Python cannot import ({'; '.join(missing(f) for f in gone)})")
+
+
+TWIN_ARGUMENTS = ("twin", "twin_name")
+"""A test parametrized over one of these with ``"torch"`` or ``"ms"`` needs that twin's framework."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        for arg in TWIN_ARGUMENTS:
+            if isinstance(params.get(arg), str) and params[arg] in TWIN_FRAMEWORK:
+                item.add_marker(needs(TWIN_FRAMEWORK[params[arg]]))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -129,13 +141,9 @@ def get_twin(name: str) -> Twin:
     return {"torch": _torch_twin, "ms": _ms_twin}[name]()
 
 
-TWIN_PARAMS = [pytest.param(name, marks=needs(TWIN_FRAMEWORK[name]), id=name) for name in ("torch", "ms")]
-"""``torch`` then ``ms``, each marked with the framework it needs: parametrize a test over twin names with it."""
-
-
-@pytest.fixture(params=TWIN_PARAMS)
+@pytest.fixture(params=TWINS)
 def twin(request) -> Twin:
-    """Each twin in turn: ``torch`` then ``ms``."""
+    """Each twin in turn: ``torch`` then ``ms`` (each skipped where its framework cannot be imported)."""
     return get_twin(request.param)
 
 

@@ -28,8 +28,11 @@ from ddpm_core.frameworks import EXTRAS
 
 REQUIRE_VARIABLE = "DDPM_PARITY_REQUIRE"
 ALIASES = {"ms": "mindspore"}
+TWINS = ("torch", "ms")
 TWIN_FRAMEWORK = {"torch": "torch", "ms": "mindspore"}
-"""a twin's name (``ddpm_<name>``) -> the framework it needs."""
+"""a twin's name (``ddpm_<name>``) -> the framework its model, diffusion and adapter need."""
+PROGRAM_FRAMEWORKS = {"torch": ("torch", "torchvision"), "ms": ("mindspore",)}
+"""a twin's name -> what its programs (train, sample, noise_strip and their data loaders) need."""
 
 needs = pytest.mark.needs
 """``@needs("torch", "mindspore")``: skip unless each of these frameworks imports here."""
@@ -74,8 +77,8 @@ def skip_reason(frameworks: tuple[str, ...]) -> str | None:
 def need(*frameworks: str) -> None:
     """Skip the calling test, fixture or module (at its top) unless each of ``frameworks`` imports."""
     reason = skip_reason(frameworks)
-    if reason:
-        pytest.skip(reason, allow_module_level=True)
+    if reason:  # reported at the test's own line (pytest's flag for skip markers), not this one
+        raise pytest.skip.Exception(reason, allow_module_level=True, _use_item_location=True)
 
 
 def framework(module: str) -> ModuleType:

@@ -16,8 +16,8 @@ from ddpm_core.reference import ReferenceDiffusion, ReferenceUnet, layers
 from ddpm_core.schedules import make_schedule
 from parity.engine.compare import compare
 from parity.engine.tolerances import tolerance
-from tests.conftest import TWIN_PARAMS, get_twin, seeded_weights
-from tests.host import framework
+from tests.conftest import get_twin, seeded_weights
+from tests.host import TWINS, framework
 
 GATE64 = tolerance("prediction", "float64")
 PRED32 = tolerance("prediction", "float32")
@@ -146,7 +146,7 @@ def test_prediction_and_every_module_match_torch_float64(case):
     assert not failing, failing[:3]
 
 
-@pytest.mark.parametrize("twin_name", TWIN_PARAMS)
+@pytest.mark.parametrize("twin_name", TWINS)
 def test_twins_in_float32_match(case, twin_name):
     twin = get_twin(twin_name)
     x32 = case.x.astype(np.float32)

@@ -17,8 +17,8 @@ import pytest
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.weights import ms_to_torch
 from parity.api import assert_close
-from tests.conftest import TWIN_PARAMS, get_twin
-from tests.host import available, need, needs
+from tests.conftest import get_twin
+from tests.host import TWINS, available, need, needs
 
 if available("mindspore"):
     import mindspore as ms
@@ -128,7 +128,7 @@ def test_ms_compiled_step_follows_replaced_parameter_storage(ms_twin, make_weigh
         assert_close(f"{key}: init_conv.weight - 0.01", weight - 0.01, reference[1] - 0.01, "adam")
 
 
-@pytest.mark.parametrize("twin_name", TWIN_PARAMS)
+@pytest.mark.parametrize("twin_name", TWINS)
 def test_fast_step_still_refuses_bad_input_before_running(twin_name):
     twin = get_twin(twin_name)
     model = twin.build(SMALL)

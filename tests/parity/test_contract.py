@@ -12,7 +12,7 @@ import pytest
 from ddpm_core.config import UnetConfig
 from ddpm_core.contract import Distributed, InferenceSide, Side, Trainer, TwinAdapter
 from ddpm_core.reference.side import ReferenceSide
-from tests.conftest import TWIN_PARAMS
+from tests.host import TWINS
 
 TINY = UnetConfig(dim=8, channels=1, dim_mults=(1, 2))
 SIDES = {"torch": "TorchSide", "ms": "MsSide"}
@@ -23,12 +23,12 @@ def twin_module(twin: str, name: str):
     return importlib.import_module(f"ddpm_{twin}.{name}")
 
 
-@pytest.mark.parametrize("twin", TWIN_PARAMS)
+@pytest.mark.parametrize("twin", TWINS)
 def test_adapters_are_twin_adapters(twin):
     assert isinstance(twin_module(twin, "adapter").Adapter(), TwinAdapter)
 
 
-@pytest.mark.parametrize("twin", TWIN_PARAMS)
+@pytest.mark.parametrize("twin", TWINS)
 def test_parity_sides_are_full_sides_and_adapters(twin):
     impl = getattr(importlib.import_module(f"parity.sides.{twin}"), SIDES[twin])()
     assert isinstance(impl, Side) and isinstance(impl, InferenceSide) and isinstance(impl, TwinAdapter)
@@ -39,7 +39,7 @@ def test_the_specification_is_an_inference_side_without_gradients():
     assert not isinstance(ReferenceSide(), Side)  # it defines the forward math only
 
 
-@pytest.mark.parametrize("twin", TWIN_PARAMS)
+@pytest.mark.parametrize("twin", TWINS)
 def test_trainers_declare_the_trainer_members(twin):
     module = twin_module(twin, "train")
     members = [m for m in Trainer.__dict__ if not m.startswith("_")] + list(Trainer.__annotations__)
@@ -47,7 +47,7 @@ def test_trainers_declare_the_trainer_members(twin):
     assert not missing, missing
 
 
-@pytest.mark.parametrize("twin", TWIN_PARAMS)
+@pytest.mark.parametrize("twin", TWINS)
 def test_distributed_modules_have_the_members(twin):
     module = twin_module(twin, "distributed")
     members = [m for m in Distributed.__dict__ if not m.startswith("_")] + list(Distributed.__annotations__)
@@ -55,7 +55,7 @@ def test_distributed_modules_have_the_members(twin):
     assert not missing, missing
 
 
-@pytest.mark.parametrize("twin", TWIN_PARAMS)
+@pytest.mark.parametrize("twin", TWINS)
 def test_the_one_load_path_is_strict(twin, make_weights):
     """A missing key, an extra key and a wrong shape are each refused, naming the key."""
     adapter = twin_module(twin, "adapter").Adapter()

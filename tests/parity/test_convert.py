@@ -15,6 +15,7 @@ from ddpm_core.naming import unet_parameters
 from ddpm_core.weights import load_weights, manifest, save_weights
 from parity.convert import main
 from tests import one_framework
+from tests.host import framework
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = UnetConfig(dim=16, channels=3, dim_mults=(1, 2), use_convnext=False, resnet_block_groups=4)
@@ -33,7 +34,7 @@ def random_weights(cfg: UnetConfig, seed: int = 0) -> dict[str, np.ndarray]:
 
 def torch_predictions(pt_path: Path, x: np.ndarray, t: np.ndarray) -> np.ndarray:
     """The tutorial's ``Unet`` in PyTorch, loaded exactly as a user would, strictly."""
-    import torch
+    torch = framework("torch")
 
     import ddpm_torch
 
@@ -45,8 +46,8 @@ def torch_predictions(pt_path: Path, x: np.ndarray, t: np.ndarray) -> np.ndarray
 
 def assert_same_as_mindspore_conversion(ckpt: Path, pt: Path) -> None:
     """Every tensor of ``pt`` is bit for bit what ``ms.load_checkpoint(ckpt)`` holds under its MindSpore name."""
-    import mindspore as ms
-    import torch
+    ms = framework("mindspore")
+    torch = framework("torch")
 
     from ddpm_core.weights import ms_to_torch
 
@@ -77,8 +78,8 @@ def test_tutorial_ckpt_to_pt_predicts_the_same_noise(tutorial_ckpt, tmp_path):
 
 
 def test_pt_to_ckpt_loads_strictly_into_mindspore(tmp_path):
-    import mindspore as ms
-    import torch
+    ms = framework("mindspore")
+    torch = framework("torch")
 
     import ddpm_ms
     import ddpm_torch
@@ -96,7 +97,7 @@ def test_pt_to_ckpt_loads_strictly_into_mindspore(tmp_path):
 
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path):
-    import torch
+    torch = framework("torch")
 
     marker = tmp_path / "PWNED"
 
@@ -206,14 +207,14 @@ def test_eight_damaged_bytes_in_tensor_data_are_refused_in_one_line(tmp_path, ca
 @pytest.mark.parametrize("ext", [".pt", ".ckpt", ".safetensors"])
 def test_files_without_a_checksum_load_if_plausible(tmp_path, capsys, ext):
     """Files from elsewhere carry no checksum: they load, unless a value is NaN, inf or absurdly large."""
-    import mindspore as ms
-    import torch
+    torch = framework("torch")  # the damaged files are converted to .pt
     from safetensors.numpy import save_file
 
     def write(state, path):  # as other tools write them: no checksum anywhere
         if ext == ".pt":
             torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path, _use_new_zipfile_serialization=False)
         elif ext == ".ckpt":
+            ms = framework("mindspore")
             ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in state.items()], str(path))
         else:
             save_file(state, str(path))

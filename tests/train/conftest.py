@@ -5,8 +5,10 @@ Everything is made here in temporary folders: the tests need no dataset and no n
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib
+import io
 import struct
 import subprocess
 import sys
@@ -18,8 +20,7 @@ import pytest
 from PIL import Image
 
 from ddpm_core.environment import child_env
-from tests.conftest import TWIN_PARAMS
-from tests.host import TWIN_FRAMEWORK, need
+from tests.host import PROGRAM_FRAMEWORKS, need, needs
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--image-size", "8", "--dim", "8", "--dim-mults", "1,2", "--timesteps", "10", "--batch-size", "4",
@@ -84,13 +85,15 @@ def image_dir(session_dir) -> Path:
 
 
 def twin_module(twin: str, name: str):
-    """``ddpm_<twin>.<name>`` (train, sample, noise_strip, data)."""
+    """``ddpm_<twin>.<name>`` (train, sample, noise_strip, data); skips the calling test where the twin's
+    programs cannot run (``tests.host.PROGRAM_FRAMEWORKS``)."""
+    need(*PROGRAM_FRAMEWORKS[twin])
     return importlib.import_module(f"ddpm_{twin}.{name}")
 
 
-@pytest.fixture(params=TWIN_PARAMS)
+@pytest.fixture(params=[pytest.param(t, marks=needs(*PROGRAM_FRAMEWORKS[t]), id=t) for t in ("torch", "ms")])
 def twin_name(request) -> str:
-    """Each twin in turn, by package suffix (skipped where its framework cannot be imported)."""
+    """Each twin in turn, by package suffix (skipped where its programs cannot run)."""
     return request.param
 
 
@@ -101,6 +104,7 @@ def run_cli(twin: str, name: str, *args: str, env: dict[str, str] | None = None,
     The subprocess computes with the same numerics as this process: oneDNN's instruction set (set by
     tests/conftest.py) and one PyTorch thread (``OMP_NUM_THREADS=1``, as ``torch.set_num_threads(1)`` there),
     so a run continued here is comparable bit for bit with one begun there."""
+    need(*PROGRAM_FRAMEWORKS[twin])
     full_env = child_env(threads=1, pythonpath=REPO, **(env or {}))
     return subprocess.run([sys.executable, "-m", f"ddpm_{twin}.{name}", *args], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout, check=False)
@@ -120,9 +124,11 @@ class TrainedRuns(dict):
         self.folder, self.data = folder, data
 
     def __missing__(self, twin: str) -> Path:
-        need(TWIN_FRAMEWORK[twin])
-        out = self.folder / f"run_{twin}"
-        assert train(twin, "--data", str(self.data), "--out", str(out), "--max-steps", "2", *TINY) == 0
+        need(*PROGRAM_FRAMEWORKS[twin])
+        out, said = self.folder / f"run_{twin}", io.StringIO()
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):  # not into the test's capsys
+            code = train(twin, "--data", str(self.data), "--out", str(out), "--max-steps", "2", *TINY)
+        assert code == 0, said.getvalue()
         self[twin] = out
         return out
 

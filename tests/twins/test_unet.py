@@ -5,7 +5,7 @@ import pytest
 
 from ddpm_core.config import TUTORIAL_UNET, UnetConfig
 from ddpm_core.naming import parameter_count, unet_parameters
-from tests.host import available, needs
+from tests.host import available, framework, needs
 
 if available("mindspore"):
     import ddpm_ms
@@ -53,10 +53,7 @@ def test_time_embedding_changes_the_output(twin):
 
 def test_every_up_stage_upsamples_and_the_first_skip_is_unused(twin, monkeypatch):
     """The tutorial's quirk, reproduced: ups concatenate skips h[L-1] .. h[1]; the full-size h[0] never."""
-    import mindspore.ops
-    import torch
-
-    module, attr = (torch, "cat") if twin.name == "torch" else (mindspore.ops, "concat")
+    module, attr = (framework("torch"), "cat") if twin.name == "torch" else (framework("mindspore.ops"), "concat")
     original = getattr(module, attr)
     seen = []
 
