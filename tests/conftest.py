@@ -38,8 +38,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "needs(*frameworks): skipped, saying why, where one of these frameworks "
-                                       "cannot be imported (tests/host.py)")
     try:
         gone = [f for f in required(config.getoption("--require-frameworks")) if missing(f)]
     except ValueError as e:

@@ -26,7 +26,7 @@ from ddpm_core.weights import (
     save_weights,
     torch_to_ms,
 )
-from tests.host import framework
+from tests.host import framework, needs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ CONVNEXT = UnetConfig(dim=8, channels=3, dim_mults=(1, 2))
 RESNET = UnetConfig(dim=16, channels=1, dim_mults=(1, 2), use_convnext=False, resnet_block_groups=4)
 NO_TIME = UnetConfig(dim=8, channels=1, dim_mults=(1, 2, 2), with_time_emb=False)
 CONFIGS = {"convnext": CONVNEXT, "resnet": RESNET, "no_time_emb": NO_TIME}
-EXTS = (".pt", ".ckpt", ".safetensors")
+EXTS = (pytest.param(".pt", marks=needs("torch")), ".ckpt", ".safetensors")
 
 
 def random_weights(cfg: UnetConfig, seed: int = 0, naming: str = "torch") -> dict[str, np.ndarray]:
@@ -205,6 +205,7 @@ def test_wrong_config_is_named_from_the_shapes_in_one_line(tmp_path, cfg):
         load_weights(tmp_path / "w.ckpt", config=other)
 
 
+@needs("torch")  # a .pt file
 def test_weights_of_no_config_keep_one_line_per_key_and_the_hint(tmp_path):
     state = random_weights(CONVNEXT)
     del state["final_conv.1.weight"]  # fits no U-Net at all

@@ -15,7 +15,7 @@ from ddpm_core.naming import unet_parameters
 from ddpm_core.weights import load_weights, manifest, save_weights
 from parity.convert import main
 from tests import one_framework
-from tests.host import framework
+from tests.host import framework, needs
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = UnetConfig(dim=16, channels=3, dim_mults=(1, 2), use_convnext=False, resnet_block_groups=4)
@@ -59,6 +59,7 @@ def assert_same_as_mindspore_conversion(ckpt: Path, pt: Path) -> None:
         assert got.dtype == want.dtype and got.shape == want.shape and got.tobytes() == want.tobytes(), name
 
 
+@needs("torch")  # .pt files
 def test_tutorial_ckpt_to_pt_predicts_the_same_noise(tutorial_ckpt, tmp_path):
     """On a PyTorch-only host too: the CLI runs with MindSpore blocked, bit-identical to MindSpore's reading."""
     ckpt, x, t, eps = tutorial_ckpt
@@ -126,6 +127,7 @@ def test_cli_manifest_only_prints_json(tmp_path):
 
 
 # ---------------------------------------------------------------- in process (no interpreter start-up)
+@needs("torch")  # .pt files
 def test_ckpt_to_safetensors_to_pt_keeps_values_and_naming(tmp_path, capsys):
     state = random_weights(SMALL)
     save_weights(state, tmp_path / "w.ckpt", "torch", SMALL)
@@ -138,6 +140,7 @@ def test_ckpt_to_safetensors_to_pt_keeps_values_and_naming(tmp_path, capsys):
     assert manifest(load_weights(tmp_path / "w.pt", config=SMALL).state) == manifest(state)
 
 
+@needs("torch")  # .pt files
 def test_config_from_a_file_and_dtype(tmp_path, capsys):
     (tmp_path / "cfg.json").write_text(SMALL_JSON)
     save_weights(random_weights(SMALL), tmp_path / "w.pt", "torch", SMALL)
@@ -150,6 +153,7 @@ def test_config_from_a_file_and_dtype(tmp_path, capsys):
     capsys.readouterr()
 
 
+@needs("torch")  # w.pt
 @pytest.mark.parametrize("args, first_line", [
     (["{dir}/nothere.ckpt", "{dir}/x.pt"], "error: cannot read {dir}/nothere.ckpt: no such file"),
     (["{dir}/w.pt", "{dir}/x.npy"], "error: {dir}/x.npy: unknown extension '.npy'; use one of .pt"),
@@ -169,6 +173,7 @@ def test_cli_error_messages(tmp_path, capsys, args, first_line):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pt"]
 
 
+@needs("torch")  # .pt files
 def test_cli_reports_wrong_config_in_one_line(tmp_path, capsys):
     """Issue 17: was one line per key (220 here); the shapes name the config, and the line says how to pass it."""
     save_weights(random_weights(SMALL), tmp_path / "w.pt", "torch", SMALL)
@@ -186,7 +191,7 @@ def largest(state: dict[str, np.ndarray]) -> str:
     return max(state, key=lambda k: state[k].size)
 
 
-@pytest.mark.parametrize("ext", [".pt", ".ckpt", ".safetensors"])
+@pytest.mark.parametrize("ext", [pytest.param(".pt", marks=needs("torch")), ".ckpt", ".safetensors"])
 def test_eight_damaged_bytes_in_tensor_data_are_refused_in_one_line(tmp_path, capsys, ext):
     """Each format we write carries its checksum (zip CRC-32, MindSpore's crc_check, sha256 in the metadata):
     8 bytes flipped inside a tensor were converted with exit 0 before; now one line and exit 2, no DST."""
@@ -233,6 +238,7 @@ def test_files_without_a_checksum_load_if_plausible(tmp_path, capsys, ext):
         assert ("3e+20 in downs.0.0.block1.proj.weight" if bad == "huge" else "1 NaN or inf value(s)") in err[0]
 
 
+@needs("torch")  # .pt files
 def test_manifest_sidecar_is_verified_and_kept_up_to_date(tmp_path, capsys):
     state = random_weights(SMALL)
     save_weights(state, tmp_path / "a.pt", "torch", SMALL)
@@ -254,6 +260,7 @@ def test_manifest_sidecar_is_verified_and_kept_up_to_date(tmp_path, capsys):
     assert manifest(load_weights(dst).state) == manifest(state)
 
 
+@needs("torch")  # .pt files
 def test_converter_removes_only_its_own_stale_temporaries(tmp_path):
     """A converter killed mid-write (SIGKILL) leaves .DST.<host>-<pid>.<random>.tmp; the next conversion to
     DST removes those whose process is gone, and nothing else."""
