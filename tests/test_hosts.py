@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests import host
+from tests.host import needs
 from tests.one_framework import HOST, ROOT, blocked_env
 
 SUBSET = ["tests/twins/test_unet.py::test_output_shape", "tests/parity/test_contract.py",
@@ -33,7 +34,7 @@ def test_the_whole_suite_is_collected_on_either_host():
     assert ids["torch"] == ids["ms"] and len(ids["torch"]) > 600
 
 
-@pytest.mark.parametrize("host_name", list(HOST))
+@pytest.mark.parametrize("host_name", [pytest.param(h, marks=needs(host.TWIN_FRAMEWORK[h]), id=h) for h in HOST])
 def test_each_twin_runs_and_the_other_skips_saying_why(host_name):
     proc = pytest_on(host_name, "-q", "-rs", *SUBSET)
     out = proc.stdout
