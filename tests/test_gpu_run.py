@@ -45,21 +45,18 @@ def test_script_parses_and_refuses_bad_use(tmp_path):
 
 @needs("torch")
 def test_steps_cut_for_time_fail_the_run_and_everything_comes_back(tmp_path):
-    """40 s in all: the bench steps are skipped for time (the first record runs, unless describing the machine
-    took the 40 s), the run fails (exit 1), and what was done comes back in the archive beside the summary
-    and the machine description."""
-    proc = gpu_run(tmp_path, total_s=40)
+    """20 s in all, less than any step's minimum once the machine is described: every step is skipped for
+    time, the run fails (exit 1), and the summary and the machine description come back, in the archive too."""
+    proc = gpu_run(tmp_path, total_s=20)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_run.tar.gz", "machine.txt", "summary.txt"]
     steps = summary(tmp_path)
-    assert set(STEPS) <= set(steps) and steps["record"].startswith(("exit ", "skipped (only "))
-    assert steps["bench_compile"].startswith("skipped (only ") and "next, on a MindSpore host" in steps
+    assert set(STEPS) - {"cuda_tests", "train"} <= {s for s in steps if steps[s].startswith("skipped (only ")}
+    assert steps["train"].startswith("skipped (") and "next, on a MindSpore host" in steps
     work = unpack(tmp_path, tmp_path / "x")
     assert (work / "summary.txt").read_text() == (tmp_path / "summary.txt").read_text()
     assert "mindspore cannot be imported: No module named 'mindspore'" in (work / "machine.txt").read_text()
-    assert (work / "record.log").exists() == steps["record"].startswith("exit ") and not (work / "bench_cuda.log").exists()
-    if steps["record"].startswith("exit 0 "):
-        assert (work / "golden_torch_cpu.npz").stat().st_size > 0
+    assert sorted(p.name for p in work.iterdir()) == ["machine.txt", "summary.txt"]
 
 
 @pytest.mark.slow  # every step, then three compares: about 2 minutes on 2 cores

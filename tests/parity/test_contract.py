@@ -12,7 +12,7 @@ import pytest
 from ddpm_core.config import UnetConfig
 from ddpm_core.contract import Distributed, InferenceSide, Side, Trainer, TwinAdapter
 from ddpm_core.reference.side import ReferenceSide
-from tests.host import TWINS
+from tests.host import PROGRAM_FRAMEWORKS, TWINS, need
 
 TINY = UnetConfig(dim=8, channels=1, dim_mults=(1, 2))
 SIDES = {"torch": "TorchSide", "ms": "MsSide"}
@@ -41,6 +41,7 @@ def test_the_specification_is_an_inference_side_without_gradients():
 
 @pytest.mark.parametrize("twin", TWINS)
 def test_trainers_declare_the_trainer_members(twin):
+    need(*PROGRAM_FRAMEWORKS[twin])
     module = twin_module(twin, "train")
     members = [m for m in Trainer.__dict__ if not m.startswith("_")] + list(Trainer.__annotations__)
     missing = [m for m in members if not hasattr(module.Trainer, m)]

@@ -86,7 +86,7 @@ def test_two_workers_match_one_process(cli_run, framework):
           f"w_K - w_0 max abs {update['max_abs']:.2g}, rel L2 {update['rel_l2']:.2g}")
 
 
-@needs("torch")
+@needs("torch", "torchvision")  # the workers run ddpm_torch.train
 def test_rank_on_the_wrong_slice_is_caught(tmp_path):
     """Planted: every rank trains on rank 0's slice (the batch's second half is never seen)."""
     spec, weights, tape = _spec()
