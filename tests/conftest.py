@@ -4,6 +4,10 @@ A ``Twin`` is the twin's own adapter (``ddpm_torch.adapter`` / ``ddpm_ms.adapter
 the programs use): build a Unet from a ``UnetConfig``, load a ``{torch_name: ndarray}`` weight dict, run
 a forward pass numpy in / numpy out, list the live parameters. Tests written against it run unchanged
 for both twins.
+
+No framework is imported here unless it is installed: each twin is built when a test first asks for it, and
+a test whose framework is missing skips, saying so (tests/host.py: ``needs``, ``need``, ``framework``;
+``--require-frameworks`` / ``DDPM_PARITY_REQUIRE`` turn a missing framework into a stop).
 """
 from ddpm_core.environment import pin_isa
 
@@ -52,6 +56,7 @@ TWIN_ARGUMENTS = ("twin", "twin_name")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test parametrized over a twin's name with ``needs`` that twin's framework."""
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         for arg in TWIN_ARGUMENTS:
@@ -62,9 +67,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     for mark in item.iter_markers("needs"):
         need(*mark.args)
-
-
-NORM_MODULES = ("GroupNorm", "LayerNorm")
 
 
 class Twin:
