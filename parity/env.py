@@ -144,6 +144,8 @@ MEASURED_VERSIONS: dict[tuple[str, str], str] = {
     ("2.13.0", "2.10.0"): "scripts/version_matrix.py, 2026-11-27: compare in both directions passed",
     ("2.13.0", "2.7.2"): "scripts/version_matrix.py, 2026-11-27: parity.check in one process and compare in both "
                          "directions passed",
+    ("2.11.0", "2.10.0"): "2026-12-04: compare in both directions passed (torch 2.11.0+cu130 on the CPU, numpy 2.4.6), "
+                          "as did the H200's CUDA goldens (docs/hosts.md)",
 }
 """(PyTorch release, MindSpore release) -> how it was measured. A pair is listed only once the twins' errors
 were measured on it and fit ``parity.engine.tolerances``; scripts/version_matrix.py measures others (docs/hosts.md)."""

@@ -39,7 +39,7 @@ from pathlib import Path
 from ddpm_core.environment import child_env
 
 REPO = Path(__file__).resolve().parents[1]
-TORCH_OLDEST = ["torch==2.13.0", "torchvision==0.28.0"]
+TORCH_OLDEST = ["torch==2.11.0", "torchvision==0.26.0"]
 MS_OLDEST = ["mindspore==2.7.2"]
 PROTOBUF_OLDEST = ["protobuf==6.33.6"]
 

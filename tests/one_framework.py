@@ -1,48 +1,47 @@
-"""Run a module as ``python -m MODULE ARGS`` in a process where some frameworks cannot be imported, as on a
-host that has only the other one (docs/hosts.md).
+"""Run Python as on a host that has only one framework (docs/hosts.md): the other framework's modules cannot be
+imported, in the process and in every process it starts.
 
-    python tests/one_framework.py torch,torchvision parity.check record --framework ms ...
+    python tests/one_framework.py mindspore -m pytest -q tests          # the suite on a PyTorch-only host
+    python tests/one_framework.py torch,torchvision -m parity.check record --framework ms ...
 
-A meta-path finder placed first raises ``ModuleNotFoundError`` (``name`` the top-level module) for each
-blocked module and its submodules: what ``import torch`` raises where PyTorch is not installed. The real
-one-framework virtual environments are in scripts/version_matrix.py.
+The blocking is ``tests/blocker/sitecustomize.py``: that folder goes first on ``PYTHONPATH`` and
+``DDPM_PARITY_BLOCK`` names the modules, which then raise ``ModuleNotFoundError`` as an uninstalled package
+does. The real one-framework virtual environments are in scripts/version_matrix.py.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SITE = Path(__file__).resolve().parent / "blocker"
+VARIABLE = "DDPM_PARITY_BLOCK"  # as tests/blocker/sitecustomize.py reads it
 HOST = {"torch": ("mindspore",), "ms": ("torch", "torchvision")}
 """a host's framework -> the modules blocked there."""
 
 
-class Blocker:
-    """``sys.meta_path`` finder that makes ``blocked`` modules look uninstalled."""
+def blocked_env(blocked: tuple[str, ...], base: dict | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a child process (``ddpm_core.environment.child_env``) where ``blocked`` modules, and
+    any the parent already blocks, cannot be imported."""
+    from ddpm_core.environment import child_env
 
-    def __init__(self, blocked: tuple[str, ...]):
-        self.blocked = blocked
-
-    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
-        top = name.split(".")[0]
-        if top in self.blocked:
-            raise ModuleNotFoundError(f"No module named {top!r}", name=top)
+    env = child_env(pythonpath=os.pathsep.join([str(SITE), str(ROOT)]), base=base, GLOG_v="3", **extra)
+    already = [m for m in env.get(VARIABLE, "").split(",") if m]
+    env[VARIABLE] = ",".join(dict.fromkeys([*already, *blocked]))
+    return env
 
 
 def run(host: str, module: str, args: list, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m module args`` on a ``host`` ("torch" or "ms") host: the other framework blocked."""
-    from ddpm_core.environment import child_env
-
-    env = child_env(pythonpath=ROOT, base=env, GLOG_v="3")
-    return subprocess.run([sys.executable, __file__, ",".join(HOST[host]), module, *map(str, args)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=blocked_env(HOST[host], env),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 if __name__ == "__main__":
-    import runpy
-
-    sys.meta_path.insert(0, Blocker(tuple(sys.argv[1].split(","))))
-    sys.path.remove(str(Path(__file__).resolve().parent))  # tests/ itself is not on a user's path
-    sys.argv = [sys.argv[2], *sys.argv[3:]]
-    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+    if len(sys.argv) < 3:
+        sys.exit("usage: python tests/one_framework.py MODULE[,MODULE...] PYTHON_ARGS...")
+    sys.path[0] = str(ROOT)  # ddpm_core, not tests/
+    env = blocked_env(tuple(m for m in sys.argv[1].split(",") if m))
+    os.execve(sys.executable, [sys.executable, *sys.argv[2:]], env)

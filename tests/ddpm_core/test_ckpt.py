@@ -1,15 +1,16 @@
 """ddpm_core.ckpt: MindSpore checkpoints read and written without MindSpore, byte for byte as MindSpore's own
 ``save_checkpoint`` writes them and readable by its ``load_checkpoint``, with and without the CRC footer."""
-import mindspore as ms
 import numpy as np
 import pytest
 
 from ddpm_core import ckpt
+from tests.host import framework
 
 
 def mixed_entries() -> dict:
     """Every kind of value a MindSpore training checkpoint holds: weights of several dtypes, a scalar,
     bfloat16, and append_dict metadata (a string, an int and a float)."""
+    ms = framework("mindspore")
     rng = np.random.default_rng(0)
     return {
         "downs.0.weight": rng.standard_normal((3, 4, 2)).astype(np.float32),
@@ -22,6 +23,7 @@ def mixed_entries() -> dict:
 
 
 def ms_save(path, entries: dict, crc: bool, append=None) -> bytes:
+    ms = framework("mindspore")
     items = [{"name": k, "data": v if isinstance(v, ms.Tensor) else ms.Tensor(v)} for k, v in entries.items()]
     ms.save_checkpoint(items, str(path), crc_check=crc, append_dict=append)
     return path.read_bytes()
@@ -32,7 +34,7 @@ APPEND = {"note": "epoch 3 — ünïcode", "epoch_num": 3, "lr": 0.5}
 
 def test_schema_is_mindspores_checkpoint_proto():
     from google.protobuf import descriptor_pb2
-    from mindspore.train import checkpoint_pb2
+    checkpoint_pb2 = framework("mindspore.train.checkpoint_pb2")
 
     theirs = descriptor_pb2.FileDescriptorProto()
     checkpoint_pb2.DESCRIPTOR.CopyToProto(theirs)
@@ -41,6 +43,7 @@ def test_schema_is_mindspores_checkpoint_proto():
 
 @pytest.mark.parametrize("crc", [False, True])
 def test_mindspore_file_is_read_exactly_and_rewritten_byte_for_byte(tmp_path, crc):
+    ms = framework("mindspore")
     entries = mixed_entries()
     data = ms_save(tmp_path / "ms.ckpt", entries, crc, APPEND)
     assert data.endswith(ckpt.crc_footer(data[:-ckpt.FOOTER_BYTES])) == crc
@@ -60,6 +63,7 @@ def test_mindspore_file_is_read_exactly_and_rewritten_byte_for_byte(tmp_path, cr
 
 @pytest.mark.parametrize("crc", [False, True])
 def test_our_file_is_mindspores_byte_for_byte_and_loads_there(tmp_path, crc):
+    ms = framework("mindspore")
     entries = mixed_entries()
     want = ms_save(tmp_path / "ms.ckpt", entries, crc, APPEND)
     bf = entries["bf"].astype(ms.float32).asnumpy()
@@ -77,7 +81,7 @@ def test_our_file_is_mindspores_byte_for_byte_and_loads_there(tmp_path, crc):
 
 def test_large_tensors_in_pieces_match_mindspore(tmp_path, monkeypatch):
     """MindSpore cuts a tensor into 512 MiB messages; with its piece size shrunk to 1 KiB both sides agree."""
-    from mindspore.train import serialization
+    serialization = framework("mindspore.train.serialization")
 
     monkeypatch.setattr(serialization, "SLICE_SIZE", 1)  # KiB: pieces of 1024 bytes
     big = np.arange(700, dtype=np.float32).reshape(7, 100)  # 2800 bytes: 3 pieces
@@ -88,6 +92,7 @@ def test_large_tensors_in_pieces_match_mindspore(tmp_path, monkeypatch):
 
 
 def test_crc_damage_is_caught_as_mindspore_catches_it(tmp_path):
+    ms = framework("mindspore")
     data = bytearray(ms_save(tmp_path / "ms.ckpt", mixed_entries(), crc=True))
     i = data.index(np.float32(mixed_entries()["downs.0.weight"][0, 0, 0]).tobytes())
     data[i] ^= 0x01  # one bit of one weight: protobuf still parses it

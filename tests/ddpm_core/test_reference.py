@@ -7,10 +7,8 @@ import os
 import subprocess
 import sys
 
-import mindspore as ms
 import numpy as np
 import pytest
-import torch
 
 from ddpm_core.config import TUTORIAL_DIFFUSION, TUTORIAL_UNET, DiffusionConfig, UnetConfig
 from ddpm_core.naming import unet_parameters
@@ -18,8 +16,8 @@ from ddpm_core.reference import ReferenceDiffusion, ReferenceUnet, layers
 from ddpm_core.schedules import make_schedule
 from parity.engine.compare import compare
 from parity.engine.tolerances import tolerance
-from tests.conftest import TWINS, seeded_weights
-from parity import tutorial_code as tut
+from tests.conftest import get_twin, seeded_weights
+from tests.host import TWINS, framework
 
 GATE64 = tolerance("prediction", "float64")
 PRED32 = tolerance("prediction", "float32")
@@ -51,7 +49,8 @@ class Case:
 def torch_float64_run(cfg, weights, x, t):
     """``(hook records, output)`` of the PyTorch twin after ``model.double()``: every module call's
     (name, output) in the order its forward hook fires."""
-    model = TWINS["torch"].build_loaded(cfg, weights).double()
+    torch = framework("torch")
+    model = get_twin("torch").build_loaded(cfg, weights).double()
     names = {id(m): n for n, m in model.named_modules()}
     records = []
     for m in model.modules():
@@ -147,9 +146,9 @@ def test_prediction_and_every_module_match_torch_float64(case):
     assert not failing, failing[:3]
 
 
-@pytest.mark.parametrize("twin_name", ["torch", "ms"])
+@pytest.mark.parametrize("twin_name", TWINS)
 def test_twins_in_float32_match(case, twin_name):
-    twin = TWINS[twin_name]
+    twin = get_twin(twin_name)
     x32 = case.x.astype(np.float32)
     got = twin.forward(twin.build_loaded(case.cfg, case.weights), x32, case.t)
     assert passes(f"{twin_name} float32", got, case.net(x32, case.t), PRED32)
@@ -158,6 +157,8 @@ def test_twins_in_float32_match(case, twin_name):
 def test_tutorial_code_matches():
     """The tutorial's own MindSpore model (its rename loop included), norm gains moved off 1/0, its weights
     read through the name table into the reference."""
+    ms = framework("mindspore")
+    from parity import tutorial_code as tut
     model = tut.build_tutorial_unet()
     rng = np.random.default_rng(0)
     for p in model.get_parameters():
@@ -171,6 +172,7 @@ def test_tutorial_code_matches():
 
 
 def exact_gelu(m, x):
+    torch = framework("torch")
     return m.output(0.5 * x * (1.0 + torch.erf(torch.from_numpy(x) / np.sqrt(2.0)).numpy()))
 
 
@@ -219,7 +221,7 @@ def torch_diffusion_float64(cfg):
     """The PyTorch twin's diffusion run in float64: its tables (float32 values) as float64 tensors, as
     ``model.double()`` does to a module's buffers. Left float32, ``sqrt(posterior_variance_t)`` would be
     taken in float32 (measured: the step then differs from the specification by ~1e-8 relative)."""
-    d = TWINS["torch"].diffusion(cfg)
+    d = get_twin("torch").diffusion(cfg)
     for name in make_schedule(cfg).tables():
         setattr(d, name, getattr(d, name).double())
     return d
@@ -230,7 +232,7 @@ def test_step_math_matches_torch_float64(cfg):
     """q_sample, the three losses (p2 weights on) and one ancestral step of the PyTorch twin in float64:
     float64 rounding apart."""
     ref, d = ReferenceDiffusion(cfg), torch_diffusion_float64(cfg)
-    toy_t = TWINS["torch"].toy_model()
+    torch, toy_t = framework("torch"), get_twin("torch").toy_model()
     T = cfg.timesteps
     x0, noise = normal(SHAPE, 1), normal(SHAPE, 2, scale=3.0)  # |noise - eps| spans both huber branches
     t = np.array([0, T // 2, T - 1], np.int32)  # row 0 at t = 0: the mean alone
@@ -250,7 +252,8 @@ def test_float64_gate_fails_on_a_planted_table_error(table, factor):
     ref, d = ReferenceDiffusion(TUTORIAL_DIFFUSION), torch_diffusion_float64(TUTORIAL_DIFFUSION)
     ref.tables[table][120] *= factor
     x, noise, t = normal(SHAPE, 3), normal(SHAPE, 4), np.array([5, 120, 199], np.int32)
-    got = d.p_step(TWINS["torch"].toy_model(), torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(noise))
+    torch = framework("torch")
+    got = d.p_step(get_twin("torch").toy_model(), torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(noise))
     assert not passes(f"{table}[120] x {factor}", got.numpy(), ref.p_step(toy, x, t, noise), GATE64)
 
 

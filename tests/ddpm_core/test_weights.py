@@ -27,6 +27,7 @@ from ddpm_core.weights import (
     torch_to_ms,
     weight_problems,
 )
+from tests.host import framework, needs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +35,7 @@ CONVNEXT = UnetConfig(dim=8, channels=3, dim_mults=(1, 2))
 RESNET = UnetConfig(dim=16, channels=1, dim_mults=(1, 2), use_convnext=False, resnet_block_groups=4)
 NO_TIME = UnetConfig(dim=8, channels=1, dim_mults=(1, 2, 2), with_time_emb=False)
 CONFIGS = {"convnext": CONVNEXT, "resnet": RESNET, "no_time_emb": NO_TIME}
-EXTS = (".pt", ".ckpt", ".safetensors")
+EXTS = (pytest.param(".pt", marks=needs("torch")), ".ckpt", ".safetensors")
 
 
 def random_weights(cfg: UnetConfig, seed: int = 0, naming: str = "torch") -> dict[str, np.ndarray]:
@@ -97,7 +98,7 @@ def test_safetensors_records_naming_and_config(tmp_path):
 
 
 def test_torch_named_ckpt_is_detected(tmp_path):
-    import mindspore as ms
+    ms = framework("mindspore")
 
     state = random_weights(CONVNEXT)
     ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in state.items()], str(tmp_path / "t.ckpt"))
@@ -119,7 +120,7 @@ def test_dtype_cast_is_stored_exactly(tmp_path, ext, dtype):
 
 @pytest.mark.parametrize("ext", [".pt", ".ckpt"])
 def test_bfloat16_matches_torch_rounding_and_widens_exactly(tmp_path, ext):
-    import torch
+    torch = framework("torch")
 
     state = random_weights(CONVNEXT)
     state["init_conv.bias"][:3] = [1.00390625, 1.01171875, -3.0e38]  # ties to even, and a large value
@@ -177,7 +178,7 @@ def test_every_bad_key_is_one_line(tmp_path):
 
 
 def test_file_with_bad_keys_is_refused_on_load(tmp_path):
-    import torch
+    torch = framework("torch")
 
     state = {k: torch.from_numpy(v) for k, v in random_weights(CONVNEXT).items()}
     state["downs.0.0.net.0.weight"] = torch.zeros(7)
@@ -205,6 +206,7 @@ def test_wrong_config_is_named_from_the_shapes_in_one_line(tmp_path, cfg):
         load_weights(tmp_path / "w.ckpt", config=other)
 
 
+@needs("torch")  # a .pt file
 def test_weights_of_no_config_count_each_kind_of_problem_in_one_line_and_keep_the_hint(tmp_path):
     """Issue 25: one cause, one line; the weights of another U-Net listed 100+ keys, one line each."""
     state = random_weights(CONVNEXT)
@@ -273,7 +275,7 @@ class _RunsCode:
 
 
 def test_malicious_pickle_is_refused_without_running(tmp_path):
-    import torch
+    torch = framework("torch")
 
     marker = tmp_path / "PWNED"
     state = {k: torch.from_numpy(v) for k, v in random_weights(CONVNEXT).items()}
@@ -321,8 +323,8 @@ def test_successful_write_replaces_destination_with_usual_mode(tmp_path):
 @pytest.fixture(scope="module")
 def ms_trained(tmp_path_factory):
     """A tutorial-style MindSpore training run (nn.Adam, one step), saved the ways a user would."""
-    import mindspore as ms
-    from mindspore import nn
+    ms = framework("mindspore")
+    nn = framework("mindspore.nn")
 
     from ddpm_ms import GaussianDiffusion, Unet
     from ddpm_ms.optim import make_optimizer, make_train_step
@@ -365,7 +367,7 @@ def test_mindspore_adam_checkpoint_extras_are_skipped_and_reported(ms_trained, f
 
 
 def test_unrecognised_training_entries_are_still_unexpected(tmp_path, ms_trained):
-    import mindspore as ms
+    ms = framework("mindspore")
 
     folder, _ = ms_trained
     params = ms.load_checkpoint(str(folder / "optimizer.ckpt"))
@@ -390,7 +392,7 @@ def test_two_copies_of_the_model_are_ambiguous(tmp_path):
 
 
 def test_torch_training_checkpoint_dict(tmp_path):
-    import torch
+    torch = framework("torch")
 
     from ddpm_torch import Unet
 
@@ -417,7 +419,7 @@ def test_importing_the_core_imports_no_framework():
 
 def test_mindspore_checkpoint_with_string_entries_is_read_and_reports_them(tmp_path):
     """ms.save_checkpoint(append_dict=...) stores strings beside tensors (training metadata)."""
-    import mindspore as ms
+    ms = framework("mindspore")
 
     cfg = CONVNEXT
     state = W.torch_to_ms(random_weights(cfg), cfg)

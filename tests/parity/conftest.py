@@ -15,6 +15,7 @@ import pytest
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.environment import child_env
 from parity.engine.initial import initial_weights
+from tests.host import need
 
 TINY = UnetConfig(dim=8, channels=1, dim_mults=(1, 2))
 TINY_RESNET = UnetConfig(dim=8, channels=1, dim_mults=(1, 2), use_convnext=False)
@@ -26,7 +27,8 @@ FORWARD_CHECKS = ("settings", "weights", "predict", "reference")
 @pytest.fixture(scope="session")
 def sides() -> tuple[Any, Any]:
     """A session's (TorchSide, MsSide): kept so MindSpore's compiled steps are reused across runs on the
-    shared models."""
+    shared models. Skips a test where either framework cannot be imported."""
+    need("torch", "mindspore")
     from parity.sides.ms import MsSide
     from parity.sides.torch import TorchSide
 
@@ -86,6 +88,7 @@ def cli_env() -> dict[str, str]:
 def tutorial_ckpt(tmp_path_factory):
     """The tutorial's model (rename loop included) with its norms moved off 1/0, saved as the tutorial
     user would: ``ms.save_checkpoint(unet_model, path)``; and its noise predictions."""
+    need("mindspore")
     import mindspore as ms
 
     from parity.tutorial_code import build_tutorial_unet

@@ -11,20 +11,27 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mindspore as ms
 import numpy as np
 import pytest
-import torch
 
-import ddpm_ms
-import ddpm_torch
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.weights import ms_to_torch
-from ddpm_ms.optim import make_optimizer as ms_optimizer
-from ddpm_ms.optim import make_train_step as ms_train_step
-from ddpm_torch.optim import make_optimizer as torch_optimizer
-from ddpm_torch.optim import make_train_step as torch_train_step
 from parity.api import assert_close
+from tests.conftest import get_twin
+from tests.host import TWINS, available, need, needs
+
+if available("mindspore"):
+    import mindspore as ms
+
+    import ddpm_ms
+    from ddpm_ms.optim import make_optimizer as ms_optimizer
+    from ddpm_ms.optim import make_train_step as ms_train_step
+if available("torch"):
+    import torch
+
+    import ddpm_torch
+    from ddpm_torch.optim import make_optimizer as torch_optimizer
+    from ddpm_torch.optim import make_train_step as torch_train_step
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = UnetConfig(dim=8, channels=1, dim_mults=(1, 2))
@@ -121,9 +128,9 @@ def test_ms_compiled_step_follows_replaced_parameter_storage(ms_twin, make_weigh
         assert_close(f"{key}: init_conv.weight - 0.01", weight - 0.01, reference[1] - 0.01, "adam")
 
 
-@pytest.mark.parametrize("twin_name", ["torch", "ms"])
-def test_fast_step_still_refuses_bad_input_before_running(twin_name, ms_twin, torch_twin):
-    twin = {"ms": ms_twin, "torch": torch_twin}[twin_name]
+@pytest.mark.parametrize("twin_name", TWINS)
+def test_fast_step_still_refuses_bad_input_before_running(twin_name):
+    twin = get_twin(twin_name)
     model = twin.build(SMALL)
     make = (ms_train_step, ms_optimizer) if twin_name == "ms" else (torch_train_step, torch_optimizer)
     fast_path = {"compiled": True} if twin_name == "ms" else {"channels_last": True}
@@ -135,6 +142,7 @@ def test_fast_step_still_refuses_bad_input_before_running(twin_name, ms_twin, to
         step(x, t, noise[:1])
 
 
+@needs("mindspore")
 def test_ms_compiled_sampling_compiles_one_graph_for_all_steps():
     """Every step of a compiled DDPM loop reuses one graph: one compile for the first loop, none after."""
     from mindspore.graph.api import ms_compile_cache  # MindSpore's set of compiled phases
@@ -165,6 +173,7 @@ def test_torch_channels_last_sampling_equals_nchw(torch_twin, make_weights):
 # ------------------------------------------------------------------------------------ the bench, smoke-sized
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory) -> tuple[dict, str]:
+    need("torch", "mindspore")  # the default configurations run both twins and the tutorial's code
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run(
         [sys.executable, "-m", "parity.bench", "--batch", "2", "--train-steps", "1", "--sample-steps", "2",
@@ -260,6 +269,7 @@ def test_bench_workers_must_include_the_one_worker_baseline():
 @pytest.fixture(scope="module")
 def dp_smoke(tmp_path_factory) -> tuple[dict, list[str]]:
     """The scaling part of the bench alone, torch only, the tiny model: 1 worker (2 and 1 threads), 2 via torchrun."""
+    need("torch")
     from parity.bench import data_parallel_scaling, dp_markdown, parse
 
     args = parse(["--configs", "torch_channels_last", "--workers", "1,2", "--batch", "2", "--train-steps", "1", "--repeats",

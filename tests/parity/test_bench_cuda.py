@@ -10,17 +10,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-import ddpm_torch
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from parity.bench.cli import parse
 from parity.bench.cuda import CUDA_CONFIGS, graphed, sample_loop
 from parity.bench.cuda_run import break_even_images, cuda_markdown, run_cuda
 from parity.bench.sweep import sweep_markdown
+from tests.host import available, needs
 
+if available("torch"):
+    import torch
+
+    import ddpm_torch
+
+pytestmark = needs("torch")  # the CUDA bench is PyTorch's
 ROOT = Path(__file__).resolve().parents[2]
-HAS_CUDA = torch.cuda.is_available()
+HAS_CUDA = available("torch") and torch.cuda.is_available()
 SMALL = UnetConfig(dim=8, channels=1, dim_mults=(1, 2))
 SHAPE = (2, 1, 8, 8)
 

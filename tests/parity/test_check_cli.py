@@ -8,6 +8,8 @@ import time
 
 import numpy as np
 
+from tests.host import needs
+
 TINY_ARGS = ["--config", '{"dim": 8, "channels": 1, "dim_mults": [1, 2]}', "--timesteps", "10",
              "--image-size", "8", "--ddim-steps", "5", "--no-progress"]
 
@@ -24,6 +26,7 @@ def one_line_error(proc):
     return lines[-1]
 
 
+@needs("torch", "mindspore")
 def test_default_check_passes_with_no_arguments(cli_env, tmp_path):
     """The tutorial configuration, T=200, every check: exit 0 (the one full run of the suite)."""
     out = tmp_path / "report.json"
@@ -75,6 +78,7 @@ def test_weights_that_do_not_map_are_structural(cli_env, tmp_path):
     assert proc.returncode == 2 and "missing.pt" in one_line_error(proc)
 
 
+@needs("torch", "mindspore")
 def test_missing_devices_refuse_with_exit_3(cli_env):
     import torch
     from mindspore import device_context
@@ -87,6 +91,7 @@ def test_missing_devices_refuse_with_exit_3(cli_env):
         assert proc.returncode == 3 and "Ascend" in one_line_error(proc)
 
 
+@needs("torch", "mindspore")
 def test_weights_file_and_config_file_in_process(tmp_path):
     """--weights (any format the converter reads) and --config as a file, through main() in this process."""
     import torch
@@ -146,6 +151,7 @@ def test_an_empty_check_list_is_a_usage_error(capsys):
         make_spec(UnetConfig(dim=8, channels=1, dim_mults=(1, 2)), checks=())
 
 
+@needs("torch", "mindspore")
 def test_a_comparison_that_produced_no_row_fails(tmp_path, capsys):
     """A golden file recorded with only the settings check (which needs both frameworks in one process, so
     compare leaves it out) leaves compare nothing to compare: that is a failure, not a PASS."""
@@ -173,6 +179,7 @@ def test_missing_weights_say_no_such_file_once(tmp_path, capsys):
     assert capsys.readouterr().err == f"error: cannot read {tmp_path / 'missing.pt'}: no such file\n"
 
 
+@needs("torch")
 def test_weights_bring_their_diffusion_settings(tmp_path, capsys):
     """T, schedule and loss recorded with the weights (safetensors metadata) are what the check uses; an
     option that contradicts them is one line, exit 2."""

@@ -1,13 +1,19 @@
 """The twins' compiled sampling path (``compiled=True``): bit-identical to the default path, and never
 stale when the weights change after a graph was compiled."""
 import numpy as np
-import torch
-from mindspore import Tensor
 
-import ddpm_ms
-import ddpm_torch
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.weights import torch_to_ms
+from tests.host import available, needs
+
+if available("torch") and available("mindspore"):
+    import torch
+    from mindspore import Tensor
+
+    import ddpm_ms
+    import ddpm_torch
+
+pytestmark = needs("torch", "mindspore")
 
 TINY = UnetConfig(dim=8, channels=1, dim_mults=(1, 2))
 SHAPE = (2, 1, 8, 8)

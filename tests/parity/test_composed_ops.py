@@ -7,14 +7,20 @@ import sys
 
 import numpy as np
 import pytest
-from mindspore import nn
 
-from ddpm_ms.layers import ComposedGELU, ComposedGroupNorm
-from parity.sides.ms import MsSide
-from parity.sides.torch import TorchSide
 from parity.engine.initial import initial_weights
 from parity.engine.suite import CHECKS
+from tests.host import available, needs
 from tests.parity.conftest import SIZE, TINY, TINY_RESNET
+
+if available("torch") and available("mindspore"):
+    from mindspore import nn
+
+    from ddpm_ms.layers import ComposedGELU, ComposedGroupNorm
+    from parity.sides.ms import MsSide
+    from parity.sides.torch import TorchSide
+
+pytestmark = needs("torch", "mindspore")
 
 TINY_CHECK = ["--config", TINY.to_json(), "--timesteps", "10", "--image-size", str(SIZE), "--ddim-steps", "5",
               "--train-steps", "2", "--no-progress"]

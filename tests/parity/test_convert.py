@@ -15,6 +15,7 @@ from ddpm_core.naming import unet_parameters
 from ddpm_core.weights import load_weights, manifest, save_weights
 from parity.convert import main
 from tests import one_framework
+from tests.host import framework, needs
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = UnetConfig(dim=16, channels=3, dim_mults=(1, 2), use_convnext=False, resnet_block_groups=4)
@@ -33,7 +34,7 @@ def random_weights(cfg: UnetConfig, seed: int = 0) -> dict[str, np.ndarray]:
 
 def torch_predictions(pt_path: Path, x: np.ndarray, t: np.ndarray) -> np.ndarray:
     """The tutorial's ``Unet`` in PyTorch, loaded exactly as a user would, strictly."""
-    import torch
+    torch = framework("torch")
 
     import ddpm_torch
 
@@ -45,8 +46,8 @@ def torch_predictions(pt_path: Path, x: np.ndarray, t: np.ndarray) -> np.ndarray
 
 def assert_same_as_mindspore_conversion(ckpt: Path, pt: Path) -> None:
     """Every tensor of ``pt`` is bit for bit what ``ms.load_checkpoint(ckpt)`` holds under its MindSpore name."""
-    import mindspore as ms
-    import torch
+    ms = framework("mindspore")
+    torch = framework("torch")
 
     from ddpm_core.weights import ms_to_torch
 
@@ -58,6 +59,7 @@ def assert_same_as_mindspore_conversion(ckpt: Path, pt: Path) -> None:
         assert got.dtype == want.dtype and got.shape == want.shape and got.tobytes() == want.tobytes(), name
 
 
+@needs("torch")  # .pt files
 def test_tutorial_ckpt_to_pt_predicts_the_same_noise(tutorial_ckpt, tmp_path):
     """On a PyTorch-only host too: the CLI runs with MindSpore blocked, bit-identical to MindSpore's reading."""
     ckpt, x, t, eps = tutorial_ckpt
@@ -77,8 +79,8 @@ def test_tutorial_ckpt_to_pt_predicts_the_same_noise(tutorial_ckpt, tmp_path):
 
 
 def test_pt_to_ckpt_loads_strictly_into_mindspore(tmp_path):
-    import mindspore as ms
-    import torch
+    ms = framework("mindspore")
+    torch = framework("torch")
 
     import ddpm_ms
     import ddpm_torch
@@ -96,7 +98,7 @@ def test_pt_to_ckpt_loads_strictly_into_mindspore(tmp_path):
 
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path):
-    import torch
+    torch = framework("torch")
 
     marker = tmp_path / "PWNED"
 
@@ -125,6 +127,7 @@ def test_cli_manifest_only_prints_json(tmp_path):
 
 
 # ---------------------------------------------------------------- in process (no interpreter start-up)
+@needs("torch")  # .pt files
 def test_ckpt_to_safetensors_to_pt_keeps_values_and_naming(tmp_path, capsys):
     state = random_weights(SMALL)
     save_weights(state, tmp_path / "w.ckpt", "torch", SMALL)
@@ -137,6 +140,7 @@ def test_ckpt_to_safetensors_to_pt_keeps_values_and_naming(tmp_path, capsys):
     assert manifest(load_weights(tmp_path / "w.pt", config=SMALL).state) == manifest(state)
 
 
+@needs("torch")  # .pt files
 def test_config_from_a_file_and_dtype(tmp_path, capsys):
     (tmp_path / "cfg.json").write_text(SMALL_JSON)
     save_weights(random_weights(SMALL), tmp_path / "w.pt", "torch", SMALL)
@@ -149,6 +153,7 @@ def test_config_from_a_file_and_dtype(tmp_path, capsys):
     capsys.readouterr()
 
 
+@needs("torch")  # w.pt
 @pytest.mark.parametrize("args, first_line", [
     (["{dir}/nothere.ckpt", "{dir}/x.pt"], "error: cannot read {dir}/nothere.ckpt: no such file"),
     (["{dir}/w.pt", "{dir}/x.npy"], "error: {dir}/x.npy: unknown extension '.npy'; use one of .pt"),
@@ -168,6 +173,7 @@ def test_cli_error_messages(tmp_path, capsys, args, first_line):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pt"]
 
 
+@needs("torch")  # .pt files
 def test_cli_reports_wrong_config_in_one_line(tmp_path, capsys):
     """Issue 17: was one line per key (220 here); the shapes name the config, and the line says how to pass it."""
     save_weights(random_weights(SMALL), tmp_path / "w.pt", "torch", SMALL)
@@ -185,7 +191,7 @@ def largest(state: dict[str, np.ndarray]) -> str:
     return max(state, key=lambda k: state[k].size)
 
 
-@pytest.mark.parametrize("ext", [".pt", ".ckpt", ".safetensors"])
+@pytest.mark.parametrize("ext", [pytest.param(".pt", marks=needs("torch")), ".ckpt", ".safetensors"])
 def test_eight_damaged_bytes_in_tensor_data_are_refused_in_one_line(tmp_path, capsys, ext):
     """Each format we write carries its checksum (zip CRC-32, MindSpore's crc_check, sha256 in the metadata):
     8 bytes flipped inside a tensor were converted with exit 0 before; now one line and exit 2, no DST."""
@@ -206,14 +212,14 @@ def test_eight_damaged_bytes_in_tensor_data_are_refused_in_one_line(tmp_path, ca
 @pytest.mark.parametrize("ext", [".pt", ".ckpt", ".safetensors"])
 def test_files_without_a_checksum_load_if_plausible(tmp_path, capsys, ext):
     """Files from elsewhere carry no checksum: they load, unless a value is NaN, inf or absurdly large."""
-    import mindspore as ms
-    import torch
+    torch = framework("torch")  # the damaged files are converted to .pt
     from safetensors.numpy import save_file
 
     def write(state, path):  # as other tools write them: no checksum anywhere
         if ext == ".pt":
             torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path, _use_new_zipfile_serialization=False)
         elif ext == ".ckpt":
+            ms = framework("mindspore")
             ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in state.items()], str(path))
         else:
             save_file(state, str(path))
@@ -232,6 +238,7 @@ def test_files_without_a_checksum_load_if_plausible(tmp_path, capsys, ext):
         assert ("3e+20 in downs.0.0.block1.proj.weight" if bad == "huge" else "1 NaN or inf value(s)") in err[0]
 
 
+@needs("torch")  # .pt files
 def test_manifest_sidecar_is_verified_and_kept_up_to_date(tmp_path, capsys):
     state = random_weights(SMALL)
     save_weights(state, tmp_path / "a.pt", "torch", SMALL)
@@ -253,6 +260,7 @@ def test_manifest_sidecar_is_verified_and_kept_up_to_date(tmp_path, capsys):
     assert manifest(load_weights(dst).state) == manifest(state)
 
 
+@needs("torch")  # .pt files
 def test_converter_removes_only_its_own_stale_temporaries(tmp_path):
     """A converter killed mid-write (SIGKILL) leaves .DST.<host>-<pid>.<random>.tmp; the next conversion to
     DST removes those whose process is gone, and nothing else."""

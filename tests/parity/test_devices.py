@@ -5,42 +5,50 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from mindspore import device_context
 
 from parity.env import EnvironmentRefused, setup_mindspore, setup_torch
+from tests.host import available, needs
 
-HAS_CUDA = torch.cuda.is_available()
-HAS_ASCEND = device_context.ascend.is_available()
+if available("torch"):
+    import torch
+if available("mindspore"):
+    from mindspore import device_context
+
+HAS_CUDA = available("torch") and torch.cuda.is_available()
+HAS_ASCEND = available("mindspore") and device_context.ascend.is_available()
 TINY_ARGS = ["--config", '{"dim": 8, "channels": 1, "dim_mults": [1, 2]}', "--timesteps", "10", "--image-size", "8",
              "--ddim-steps", "5", "--no-progress"]
 
 
-def test_bad_device_names_are_value_errors():
+@pytest.mark.parametrize("setup, name", [pytest.param(setup_torch, "gpu", marks=needs("torch"), id="torch"),
+                                         pytest.param(setup_mindspore, "cuda", marks=needs("mindspore"), id="ms")])
+def test_bad_device_names_are_value_errors(setup, name):
     with pytest.raises(ValueError):
-        setup_torch("gpu")
-    with pytest.raises(ValueError):
-        setup_mindspore("cuda")
+        setup(name)
 
 
+@needs("torch")
 @pytest.mark.skipif(HAS_CUDA, reason="a CUDA device is present")
 def test_missing_cuda_is_refused():
     with pytest.raises(EnvironmentRefused, match="cuda"):
         setup_torch("cuda")
 
 
+@needs("mindspore")
 @pytest.mark.skipif(HAS_ASCEND, reason="an Ascend device is present")
 def test_missing_ascend_is_refused():
     with pytest.raises(EnvironmentRefused, match="Ascend"):
         setup_mindspore("Ascend")
 
 
+@needs("torch")
 def test_cpu_setup_records_precision_flags():
     info = setup_torch("cpu")
     assert info["float32_matmul_precision"] == "highest" and info["tf32_matmul"] is False
 
 
 @pytest.mark.cuda
+@needs("torch", "mindspore")
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 def test_check_on_cuda_with_tf32_off(cli_env, tmp_path):
     out = tmp_path / "cuda.json"
@@ -52,6 +60,7 @@ def test_check_on_cuda_with_tf32_off(cli_env, tmp_path):
     assert setup["float32_matmul_precision"] == "highest"
 
 
+@needs("torch", "mindspore")
 @pytest.mark.skipif(not HAS_ASCEND, reason="needs an Ascend device")
 def test_check_on_ascend_keeps_float32(cli_env, tmp_path):
     out = tmp_path / "ascend.json"

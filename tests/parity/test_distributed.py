@@ -19,6 +19,7 @@ import time
 import pytest
 
 from parity import distributed
+from tests.host import need, needs
 
 TINY = ["--config", '{"dim": 8, "channels": 1, "dim_mults": [1, 2]}', "--timesteps", "10", "--image-size", "8",
         "--ddim-steps", "5", "--no-progress"]
@@ -39,6 +40,7 @@ def _spec(batch: int = 2):
 @pytest.fixture(scope="module")
 def cli_run(cli_env, tmp_path_factory):
     """``parity.check --train-steps 2 --workers 2 --checks adam`` on the tiny model: (process, JSON report, wall s)."""
+    need("torch", "mindspore")
     out = tmp_path_factory.mktemp("dist") / "report.json"
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "parity.check", *TINY, "--train-steps", "2", "--workers", "2",
@@ -84,6 +86,7 @@ def test_two_workers_match_one_process(cli_run, framework):
           f"w_K - w_0 max abs {update['max_abs']:.2g}, rel L2 {update['rel_l2']:.2g}")
 
 
+@needs("torch", "torchvision")  # the workers run ddpm_torch.train
 def test_rank_on_the_wrong_slice_is_caught(tmp_path):
     """Planted: every rank trains on rank 0's slice (the batch's second half is never seen)."""
     spec, weights, tape = _spec()
@@ -107,6 +110,7 @@ def test_uneven_batch_is_one_line_error(cli_env):
                       "workers; pick a multiple of 2")]
 
 
+@needs("torch", "mindspore")  # a MindSpore job given to PyTorch's entry, then MindSpore's launch stopped
 def test_failing_and_hanging_launches_are_reported(tmp_path):
     spec, weights, tape = _spec()
     job = tmp_path / "job.npz"

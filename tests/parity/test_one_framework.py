@@ -12,6 +12,7 @@ from ddpm_core.config import UnetConfig
 from ddpm_core.weights import load_weights, manifest, save_weights
 from parity.engine.initial import initial_weights
 from tests.one_framework import ROOT, run
+from tests.host import framework, needs
 
 TINY = ["--config", '{"dim": 8, "channels": 1, "dim_mults": [1, 2]}', "--timesteps", "10", "--image-size", "8",
         "--ddim-steps", "5", "--no-progress"]
@@ -37,6 +38,7 @@ def readme_recipe() -> list[list[str]]:
     return [shlex.split(line.split("  #")[0]) for line in block.splitlines() if line.startswith("python -m ")]
 
 
+@needs("torch", "mindspore")  # a process for each host
 def test_readme_recipe_across_two_hosts(tmp_path, tutorial_ckpt):
     """The README's lines, each on its host with the other framework blocked (the record gets the tiny options):
     every check passes, the teacher-forced step included, and the tutorial's checkpoint converts."""
@@ -79,6 +81,7 @@ def test_readme_recipe_across_two_hosts(tmp_path, tutorial_ckpt):
     assert "tape does not match" in one_line(run("torch", "parity.check", ["compare", damaged, "--framework", "torch"]), 2)
 
 
+@needs("torch", "mindspore")  # a process for each host
 def test_record_on_pytorch_host_compare_on_mindspore_host(tmp_path):
     golden = tmp_path / "golden.npz"
     checks = ["--checks", "weights,predict,ddpm"]
@@ -95,6 +98,7 @@ def test_record_on_pytorch_host_compare_on_mindspore_host(tmp_path):
     assert "PyTorch on cpu (the recording host): measured there" in report["environment"]["two_host_rounding"]["how"]
 
 
+@needs("torch", "mindspore")  # a process for each host
 def test_convert_on_each_host(tmp_path):
     """MindSpore host: .ckpt <-> .safetensors, and a .pt names the missing extra. PyTorch host: .pt -> .ckpt
     that MindSpore loads bit for bit."""
@@ -109,7 +113,7 @@ def test_convert_on_each_host(tmp_path):
     assert line.startswith("error: PyTorch is not installed") and "pip install 'ddpm-parity[torch]'" in line
     assert not (tmp_path / "x.pt").exists()
 
-    import mindspore as ms
+    ms = framework("mindspore")
 
     from ddpm_core.weights import torch_to_ms
 
@@ -123,7 +127,7 @@ def test_convert_on_each_host(tmp_path):
 @pytest.mark.parametrize("host, module, args, code, extra", [
     ("ms", "ddpm_torch.train", ["--out", "{tmp}/run"], 2, "torch"),
     ("torch", "ddpm_ms.sample", ["--weights", "{tmp}/w.pt", "--out", "{tmp}/s.png"], 2, "mindspore"),
-    ("torch", "parity.check", TINY, 3, "mindspore"),
+    pytest.param("torch", "parity.check", TINY, 3, "mindspore", marks=needs("torch")),  # PyTorch is found first
     ("ms", "parity.check", ["record", "--framework", "torch", "--out", "{tmp}/g.npz", *TINY], 3, "torch"),
 ])
 def test_missing_framework_is_one_line_naming_the_extra(tmp_path, host, module, args, code, extra):

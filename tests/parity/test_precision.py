@@ -14,6 +14,7 @@ from ddpm_core.amp import Policy
 from parity.api import make_spec
 from parity.engine.initial import initial_weights
 from tests.parity.conftest import SIZE, TINY, TINY_T
+from tests.host import framework, needs
 
 FORWARD = ("predict", "loss")
 
@@ -49,7 +50,7 @@ def test_torch_run_in_bfloat16_while_declared_float16_fails_and_is_named(sides):
 
 
 def test_ms_groupnorm_run_lower_fails_and_the_localisation_names_groupnorm(sides):
-    import mindspore as ms
+    ms = framework("mindspore")
 
     def groupnorm_in_bfloat16(model_t, model_m):  # a planted bug: MindSpore's GroupNorm outputs rounded to bfloat16
         for _, cell in model_m.cells_and_names():
@@ -89,6 +90,7 @@ def test_a_power_of_two_loss_scale_leaves_float32_gradients_bit_identical(sides,
     assert all(np.array_equal(g1[k], g2[k]) for k in g1)
 
 
+@needs("torch", "mindspore")  # the table measures both twins
 def test_policy_table_generator_is_deterministic_and_docs_have_its_columns():
     from parity.amp_table import BEGIN, END, PORTING, measure, render, splice
 

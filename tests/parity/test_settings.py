@@ -1,15 +1,21 @@
 """The settings check's vocabulary: both frameworks' layers translate to the same settings when they
 do the same thing, and to different ones (named) when they do not."""
-import mindspore as ms
 import numpy as np
 import pytest
-import torch
-from mindspore import nn as msnn
-from torch import nn
 
-import ddpm_ms
-import ddpm_torch
 from parity.engine.settings import check_settings, ms_settings, probe_channel_layer_norm, summarize, torch_settings
+from tests.host import available, needs
+
+if available("mindspore"):
+    import mindspore as ms
+    from mindspore import nn as msnn
+
+    import ddpm_ms
+if available("torch"):
+    import torch
+    from torch import nn
+
+    import ddpm_torch
 
 
 @pytest.mark.parametrize("t_layer, m_layer", [
@@ -27,6 +33,7 @@ from parity.engine.settings import check_settings, ms_settings, probe_channel_la
     (lambda: nn.GELU(), lambda: msnn.GELU(approximate=False)),
     (lambda: nn.Softmax(dim=-1), lambda: msnn.Softmax(axis=-1)),
 ])
+@needs("torch", "mindspore")
 def test_equivalent_layers_have_equal_settings(t_layer, m_layer):
     assert torch_settings(t_layer()) == ms_settings(m_layer())
 
@@ -40,6 +47,7 @@ def test_equivalent_layers_have_equal_settings(t_layer, m_layer):
     (lambda: nn.GELU(), lambda: msnn.GELU(), "approximate"),
     (lambda: nn.Softmax(dim=1), lambda: msnn.Softmax(axis=-1), "axis"),
 ])
+@needs("torch", "mindspore")
 def test_a_different_setting_is_named(t_layer, m_layer, key):
     (_, st), (_, sm) = torch_settings(t_layer()), ms_settings(m_layer())
     assert st[key] != sm[key]
@@ -71,6 +79,7 @@ def test_tutorial_twins_have_no_settings_mismatch_and_a_swapped_layer_is_named(s
     assert summarize(mismatches)
 
 
+@needs("mindspore")
 def test_settings_check_does_not_touch_mindspore_mode():
     assert ms.get_context("mode") == ms.PYNATIVE_MODE
     assert np.isfinite(1.0)

@@ -5,8 +5,10 @@ Everything is made here in temporary folders: the tests need no dataset and no n
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib
+import io
 import struct
 import subprocess
 import sys
@@ -15,13 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from ddpm_core.environment import child_env
+from tests.host import PROGRAM_FRAMEWORKS, need, needs
 
 REPO = Path(__file__).resolve().parents[2]
-TWIN_NAMES = ("torch", "ms")
 TINY = ["--image-size", "8", "--dim", "8", "--dim-mults", "1,2", "--timesteps", "10", "--batch-size", "4",
         "--compile", "off", "--no-progress"]
 """Options of a tiny training run: 8x8 images, an 8-wide two-level U-Net, T=10, batch 4, PyNative."""
@@ -84,13 +85,15 @@ def image_dir(session_dir) -> Path:
 
 
 def twin_module(twin: str, name: str):
-    """``ddpm_<twin>.<name>`` (train, sample, noise_strip, data)."""
+    """``ddpm_<twin>.<name>`` (train, sample, noise_strip, data); skips the calling test where the twin's
+    programs cannot run (``tests.host.PROGRAM_FRAMEWORKS``)."""
+    need(*PROGRAM_FRAMEWORKS[twin])
     return importlib.import_module(f"ddpm_{twin}.{name}")
 
 
-@pytest.fixture(params=TWIN_NAMES)
+@pytest.fixture(params=[pytest.param(t, marks=needs(*PROGRAM_FRAMEWORKS[t]), id=t) for t in ("torch", "ms")])
 def twin_name(request) -> str:
-    """Each twin in turn, by package suffix."""
+    """Each twin in turn, by package suffix (skipped where its programs cannot run)."""
     return request.param
 
 
@@ -101,7 +104,8 @@ def run_cli(twin: str, name: str, *args: str, env: dict[str, str] | None = None,
     The subprocess computes with the same numerics as this process: oneDNN's instruction set (set by
     tests/conftest.py) and one PyTorch thread (``OMP_NUM_THREADS=1``, as ``torch.set_num_threads(1)`` there),
     so a run continued here is comparable bit for bit with one begun there."""
-    full_env = child_env(threads=torch.get_num_threads(), pythonpath=REPO, **(env or {}))
+    need(*PROGRAM_FRAMEWORKS[twin])
+    full_env = child_env(threads=1, pythonpath=REPO, **(env or {}))
     return subprocess.run([sys.executable, "-m", f"ddpm_{twin}.{name}", *args], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
@@ -111,13 +115,26 @@ def train(twin: str, *args: str) -> int:
     return twin_module(twin, "train").main(list(args))
 
 
+class TrainedRuns(dict):
+    """{"torch": RUN_DIR, "ms": RUN_DIR}, each a 2-step tiny run of that twin on ``data``, trained on first use;
+    a twin whose framework cannot be imported skips the test that asks for its run."""
+
+    def __init__(self, folder: Path, data: Path):
+        super().__init__()
+        self.folder, self.data = folder, data
+
+    def __missing__(self, twin: str) -> Path:
+        need(*PROGRAM_FRAMEWORKS[twin])
+        out, said = self.folder / f"run_{twin}", io.StringIO()
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):  # not into the test's capsys
+            code = train(twin, "--data", str(self.data), "--out", str(out), "--max-steps", "2", *TINY)
+        assert code == 0, said.getvalue()
+        self[twin] = out
+        return out
+
+
 @pytest.fixture(scope="session")
 def trained_runs(session_dir, fashion_dir) -> dict[str, Path]:
-    """A 2-step tiny run of each twin on the same data: {"torch": RUN_DIR, "ms": RUN_DIR}."""
-    data = fashion_dir
-    runs = {}
-    for twin in TWIN_NAMES:
-        out = session_dir / f"run_{twin}"
-        assert train(twin, "--data", str(data), "--out", str(out), "--max-steps", "2", *TINY) == 0
-        runs[twin] = out
-    return runs
+    """A 2-step tiny run of each twin on the same data, trained when a test first asks: {"torch": RUN_DIR,
+    "ms": RUN_DIR}."""
+    return TrainedRuns(session_dir, fashion_dir)

@@ -15,6 +15,7 @@ from parity.api import assert_close
 from ddpm_core.environment import child_env
 from ddpm_core.launch import job_command
 from ddpm_core.weights import load_weights
+from tests.host import PROGRAM_FRAMEWORKS, need
 from tests.train.conftest import REPO, TINY, run_cli, train
 
 WORKERS = 2
@@ -31,6 +32,7 @@ after a worker's SIGKILL here, with 6 s in 8 s."""
 
 def launch(twin: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``python -m ddpm_<twin>.train ARGS`` as a 2-worker job of the twin's launcher."""
+    need(*PROGRAM_FRAMEWORKS[twin])
     job = job_command(twin, WORKERS, f"ddpm_{twin}.train", args, log_dir)
     full_env = child_env(threads=1, pythonpath=REPO, MS_NODE_TIMEOUT=str(MS_NODE_TIMEOUT_S), **(env or {}))
     return subprocess.run(job.argv, cwd=REPO, env=full_env, capture_output=True, text=True,

@@ -9,13 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from torchvision.datasets import FashionMNIST
 
 from ddpm_core.datasets import DataError
 from ddpm_core.download import default_root, download_fashion_mnist
-from tests.one_framework import Blocker
+from tests.blocker.sitecustomize import Blocker
+from tests.host import available, need, needs
 from tests.train import mirror
 from tests.train.conftest import TINY, train, twin_module
+
+if available("torchvision"):
+    from torchvision.datasets import FashionMNIST
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -26,6 +29,7 @@ def tree(folder: Path) -> dict[str, bytes]:
 @pytest.fixture
 def served(tmp_path):
     """(url, requests, resources) of a local mirror, with torchvision pointed at it for this test."""
+    need("torchvision")
     resources = mirror.make_files(tmp_path / "served")
     with mirror.serve(tmp_path / "served") as (url, requests):
         saved = FashionMNIST.mirrors, FashionMNIST.resources
@@ -36,6 +40,7 @@ def served(tmp_path):
             FashionMNIST.mirrors, FashionMNIST.resources = saved
 
 
+@needs("torch", "torchvision", "mindspore")
 def test_train_downloads_and_both_twins_read_it(tmp_path):
     resources = mirror.make_files(tmp_path / "served")
     cache, run = tmp_path / "cache", tmp_path / "run"
@@ -115,6 +120,7 @@ def test_damaged_file_already_there_is_named_and_kept(tmp_path, served):
     assert images.exists()
 
 
+@needs("mindspore")
 def test_cli_without_torchvision_says_what_to_do(tmp_path, monkeypatch, capsys):
     """MindSpore's twin downloads through torchvision too; on a host without it, one line says so."""
     monkeypatch.setattr(sys, "meta_path", [Blocker(("torchvision",)), *sys.meta_path])

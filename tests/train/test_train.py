@@ -18,6 +18,7 @@ from tests.train.conftest import (
     train,
     twin_module,
 )
+from tests.host import framework, needs
 
 EXT = {"torch": ".pt", "ms": ".ckpt"}
 
@@ -45,12 +46,12 @@ def test_run_folder(trained_runs, twin_name):
 def checkpoint_contents(twin: str, path) -> tuple[dict, int, int]:
     """(meta, optimizer step counter, number of Adam moment tensors) of a training checkpoint."""
     if twin == "torch":
-        import torch
+        torch = framework("torch")
 
         state = torch.load(path, weights_only=True)
         opt = state["optimizer"]
         return state["meta"], opt["mindspore_adam"]["global_step"], sum(len(s) for s in opt["state"].values())
-    import mindspore as ms
+    ms = framework("mindspore")
 
     saved = ms.load_checkpoint(str(path))
     moments = sum(k.startswith(("moment1.", "moment2.")) for k in saved)

@@ -2,14 +2,22 @@
 MindSpore/PyTorch difference matters: flipping it back to PyTorch's default in the torch twin breaks
 the agreement. Every bound is the harness's (parity.engine.tolerances), applied by ``parity.assert_close``.
 Run with ``-s`` to see the measured differences."""
+from __future__ import annotations
+
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
-import ddpm_torch.layers
 from ddpm_core.config import TUTORIAL_DIFFUSION, TUTORIAL_UNET, DiffusionConfig, UnetConfig
 from parity.api import assert_close
+from tests.host import available, needs
+
+if available("torch"):
+    import torch
+    from torch import nn
+
+    import ddpm_torch.layers
+
+pytestmark = needs("torch", "mindspore")  # both twins on the same weights
 
 T_TUTORIAL = np.array([0, 100, 199], np.int32)  # t in {0, T/2, T-1}, T = 200: one batch, one sample each
 RESNET = UnetConfig(dim=16, channels=3, dim_mults=(1, 2, 4), use_convnext=False, resnet_block_groups=8)

@@ -1,14 +1,19 @@
 """The optimizers: MindSpore's nn.Adam rule (eps before bias correction), reproduced by
 ddpm_torch.optim.MindSporeAdam, and the tutorial's learning-rate list."""
-import mindspore as ms
 import numpy as np
 import pytest
-import torch
-from mindspore import nn as msnn
 
 from parity.api import assert_close
 from ddpm_core.schedules import cosine_decay_lr
-from ddpm_torch.optim import MindSporeAdam
+from tests.host import available, needs
+
+if available("mindspore"):
+    import mindspore as ms
+    from mindspore import nn as msnn
+if available("torch"):
+    import torch
+
+    from ddpm_torch.optim import MindSporeAdam
 
 GRADS = [np.array([0.5, -2.0, 1e-4], np.float32), np.array([0.25, 1.0, -3e-4], np.float32),
          np.array([-1.0, 0.5, 2e-4], np.float32)]
@@ -43,6 +48,7 @@ def run_mindspore(lrs, eps):
     return p.asnumpy().astype(np.float64)
 
 
+@needs("torch", "mindspore")
 @pytest.mark.parametrize("eps", [1e-8, 0.1])
 def test_mindspore_adam_rule_matches_nn_adam_and_the_oracle(eps):
     lrs = [0.1, 0.05, 0.02]
@@ -54,6 +60,7 @@ def test_mindspore_adam_rule_matches_nn_adam_and_the_oracle(eps):
     assert_close("MindSporeAdam vs nn.Adam", ours, theirs, "optimizer_rule")
 
 
+@needs("torch")
 def test_torch_adam_is_a_different_rule():
     """With a visible eps, torch.optim.Adam (eps after bias correction) lands elsewhere."""
     lrs, eps = [0.1, 0.1, 0.1], 0.1
@@ -61,6 +68,7 @@ def test_torch_adam_is_a_different_rule():
     assert np.max(np.abs(torch_adam - tf_rule_oracle(lrs, eps))) > 1e-2
 
 
+@needs("torch")
 def test_learning_rate_list_is_stepped_per_global_step():
     """Step k uses lr[k]; a list of zeros after the first step freezes the weights."""
     frozen = run_torch(MindSporeAdam, lr=[0.1, 0.0, 0.0], eps=1e-8)
@@ -69,6 +77,7 @@ def test_learning_rate_list_is_stepped_per_global_step():
     assert_close("lr [0.1, 0, 0] vs one step", frozen, one_step, "optimizer_rule")
 
 
+@needs("torch")
 def test_state_dict_round_trip_continues_identically():
     p1 = torch.nn.Parameter(torch.from_numpy(START.copy()))
     opt1 = MindSporeAdam([p1], lr=[0.1, 0.05, 0.02])
@@ -84,11 +93,13 @@ def test_state_dict_round_trip_continues_identically():
     assert torch.equal(p1, p2) and opt2.global_step == 3
 
 
+@needs("mindspore")
 @pytest.mark.parametrize("args", [(1e-7, 1e-4, 10 * 3750, 3750, 10), (0.0, 1e-3, 25, 4, 3), (1e-5, 2e-4, 7, 7, 1)])
 def test_cosine_decay_lr_equals_mindspore(args):
     assert cosine_decay_lr(*args) == msnn.cosine_decay_lr(*args)
 
 
+@needs("torch")
 @pytest.mark.parametrize("bad", [dict(lr=[]), dict(lr=-1.0), dict(lr=0.1, eps=0.0), dict(lr=0.1, betas=(1.0, 0.9))])
 def test_bad_hyper_parameters_raise(bad):
     with pytest.raises(ValueError):

@@ -3,9 +3,12 @@ clear errors on bad configurations and inputs, and the parameter table against l
 import numpy as np
 import pytest
 
-import ddpm_ms
 from ddpm_core.config import TUTORIAL_UNET, UnetConfig
 from ddpm_core.naming import parameter_count, unet_parameters
+from tests.host import available, framework, needs
+
+if available("mindspore"):
+    import ddpm_ms
 
 SHAPE_CASES = [
     # (config, (batch, height, width)); small, to keep MindSpore's PyNative mode fast
@@ -50,10 +53,7 @@ def test_time_embedding_changes_the_output(twin):
 
 def test_every_up_stage_upsamples_and_the_first_skip_is_unused(twin, monkeypatch):
     """The tutorial's quirk, reproduced: ups concatenate skips h[L-1] .. h[1]; the full-size h[0] never."""
-    import mindspore.ops
-    import torch
-
-    module, attr = (torch, "cat") if twin.name == "torch" else (mindspore.ops, "concat")
+    module, attr = (framework("torch"), "cat") if twin.name == "torch" else (framework("mindspore.ops"), "concat")
     original = getattr(module, attr)
     seen = []
 
@@ -136,6 +136,7 @@ def test_tutorial_parameter_count(twin):
     assert sum(int(np.prod(s)) for _, s in live) == parameter_count(TUTORIAL_UNET) == 2_992_180
 
 
+@needs("mindspore")
 def test_ms_parameter_names_are_structural():
     model = ddpm_ms.Unet(dim=8, channels=1, dim_mults=(1, 2, 4))
     names = [p.name for p in model.get_parameters()]
@@ -145,6 +146,7 @@ def test_ms_parameter_names_are_structural():
     assert names == [s.ms_name for s in unet_parameters(model.config)]
 
 
+@needs("mindspore")
 @pytest.mark.parametrize("cfg", TABLE_CONFIGS[:3], ids=lambda c: f"{c.dim}-{c.dim_mults}-{c.use_convnext}")
 def test_ms_composed_ops_keep_every_parameter_name_and_shape(cfg):
     """``composed_ops`` changes how GELU and GroupNorm compute, never what is stored: the same table."""
@@ -154,6 +156,7 @@ def test_ms_composed_ops_keep_every_parameter_name_and_shape(cfg):
     assert "ComposedGroupNorm" in kinds and "GroupNorm" not in kinds and "GELU" not in kinds
 
 
+@needs("mindspore")
 def test_ms_celllist_names_collide_without_the_rename(monkeypatch):
     """MindSpore names the children of a CellList appended after attachment by index alone
     (``0.0.mlp.1.weight`` in both ``downs`` and ``ups``); ``use_structural_names`` is what fixes it."""
