@@ -38,7 +38,8 @@ def blocked_env(blocked: tuple[str, ...], base: dict | None = None, **extra: str
     return env
 
 
-def run(host: str, module: str, args: list, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run(host: str, module: str, args: list, env: dict | None = None,
+        timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m module args`` on a ``host`` ("torch" or "ms") host: the other framework blocked."""
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=blocked_env(HOST[host], env),
                           capture_output=True, text=True, timeout=timeout)

@@ -50,7 +50,8 @@ def test_each_twin_runs_and_the_other_skips_saying_why(host_name):
 
 def test_a_required_framework_that_is_missing_stops_the_run():
     proc = pytest_on("torch", "-q", "--collect-only", "tests/test_hosts.py", DDPM_PARITY_REQUIRE="torch,ms")
-    assert proc.returncode == 4 and "requires mindspore, which this Python cannot import" in proc.stderr, proc.stderr
+    assert proc.returncode == 4, proc.stderr  # (PyTorch too is named where the host running this lacks it)
+    assert re.search(r"requires (torch, )?mindspore, which this Python cannot import \(", proc.stderr), proc.stderr
     proc = pytest_on(None, "-q", "--collect-only", "--require-frameworks", "tensorflow", "tests/test_hosts.py")
     assert proc.returncode == 4 and "unknown framework 'tensorflow'" in proc.stderr, proc.stderr
 

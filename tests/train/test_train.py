@@ -18,7 +18,7 @@ from tests.train.conftest import (
     train,
     twin_module,
 )
-from tests.host import framework, needs
+from tests.host import framework
 
 EXT = {"torch": ".pt", "ms": ".ckpt"}
 
