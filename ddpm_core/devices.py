@@ -32,8 +32,8 @@ _FOREIGN = {
 }
 
 
-def parse_device(framework: str, text: str | None) -> str:
-    """``text`` in ``framework``'s spelling ("torch": ``cpu``, ``cuda``, ``cuda:N``; "ms": ``CPU``, ``GPU``,
+def parse_device(framework: str, text: str | None, option: str = "--device") -> str:
+    """``text`` (given as ``option``) in ``framework``'s spelling ("torch": ``cpu``, ``cuda``, ``cuda:N``; "ms": ``CPU``, ``GPU``,
     ``Ascend``); None gives ``DEFAULT_DEVICE``. ``UserError`` naming the accepted names otherwise."""
     if text is None:
         return DEFAULT_DEVICE[framework]
@@ -53,4 +53,4 @@ def parse_device(framework: str, text: str | None) -> str:
     else:
         raise ValueError(f"unknown framework {framework!r}: expected torch or ms")
     hint = _FOREIGN[framework].get(name.split(":")[0])
-    raise UserError(f"--device {text}: expected {accepted}" + (f" ({hint})" if hint else ""))
+    raise UserError(f"{option} {text}: expected {accepted}" + (f" ({hint})" if hint else ""))

@@ -25,23 +25,23 @@ from ddpm_core.devices import parse_device
 from ddpm_core.errors import EnvironmentRefused
 
 
-def resolve_device(name: str | None) -> str:
-    """``--device`` checked and selected: "CPU", "GPU" or "Ascend" (None: the CPU)."""
-    device = parse_device("ms", name)
+def resolve_device(name: str | None, option: str = "--device") -> str:
+    """``--device`` (or the harness's ``option``) checked and selected: "CPU", "GPU" or "Ascend" (None: the CPU)."""
+    device = parse_device("ms", name, option)
     backend = {"CPU": device_context.cpu, "GPU": device_context.gpu, "Ascend": device_context.ascend}[device]
     try:
         available = bool(backend.is_available())
     except Exception:  # noqa: BLE001 - a backend library that is not installed raises here
         available = False
     if not available:
-        raise EnvironmentRefused(f"--device {name}: MindSpore {ms.__version__} cannot run on {device} here "
+        raise EnvironmentRefused(f"{option} {name}: MindSpore {ms.__version__} cannot run on {device} here "
                                  f"(device_context.{device.lower()}.is_available() is False)")
     current = ms.get_context("device_target")
     if current != device:
         try:
             ms.set_device(device)
         except RuntimeError:  # the runtime already ran a kernel on another target in this process
-            raise EnvironmentRefused(f"--device {name}: MindSpore already runs on {current} in this process") from None
+            raise EnvironmentRefused(f"{option} {name}: MindSpore already runs on {current} in this process") from None
     if device == "GPU":
         device_context.gpu.op_precision.matmul_allow_tf32(False)
         device_context.gpu.op_precision.conv_allow_tf32(False)

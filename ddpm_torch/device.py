@@ -28,25 +28,25 @@ from ddpm_core.environment import CUBLAS_VARIABLE, pin_cublas_workspace
 from ddpm_core.errors import EnvironmentRefused, UserError
 
 
-def resolve_device(name: str | None) -> str:
-    """``--device`` checked and selected: ``"cpu"`` or ``"cuda:N"`` (None: the CPU)."""
-    device = parse_device("torch", name)
+def resolve_device(name: str | None, option: str = "--device") -> str:
+    """``--device`` (or the harness's ``option``) checked and selected: ``"cpu"`` or ``"cuda:N"`` (None: the CPU)."""
+    device = parse_device("torch", name, option)
     if device == "cpu":
         return device
     if not torch.cuda.is_available():
-        raise EnvironmentRefused(f"--device {name}: no CUDA device is available to PyTorch {torch.__version__} "
+        raise EnvironmentRefused(f"{option} {name}: no CUDA device is available to PyTorch {torch.__version__} "
                                  f"(torch.cuda.is_available() is False; CUDA build: {torch.version.cuda or 'no'})")
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if launched_by() == "torchrun" else 1
     if device == "cuda":
         index = int(os.environ.get("LOCAL_RANK", "0")) if launched_by() == "torchrun" else 0
     elif local > 1:
-        raise UserError(f"--device {name} would put all {local} workers of this machine on one GPU; give --device "
+        raise UserError(f"{option} {name} would put all {local} workers of this machine on one GPU; give {option} "
                         "cuda: each worker then takes the GPU of its local rank")
     else:
         index = int(device.split(":")[1])
     count = torch.cuda.device_count()
     if index >= count:
-        raise EnvironmentRefused(f"--device {name}: cuda:{index} requested, but only {count} CUDA device(s) are visible")
+        raise EnvironmentRefused(f"{option} {name}: cuda:{index} requested, but only {count} CUDA device(s) are visible")
     torch.cuda.set_device(index)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

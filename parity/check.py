@@ -33,14 +33,22 @@ from ddpm_core.config import (
     read_unet_config,
     resolve_diffusion,
 )
+from ddpm_core.devices import MS_DEVICES
 from ddpm_core.distributed import World
-from ddpm_core.errors import EXIT_ENVIRONMENT, EXIT_USER_ERROR, EnvironmentRefused, MissingFramework, UserError, one_line
+from ddpm_core.errors import (
+    EXIT_ENVIRONMENT,
+    EXIT_USER_ERROR,
+    EnvironmentRefused,
+    MissingFramework,
+    UserError,
+    one_line,
+)
 from ddpm_core.integrity import manifest_sidecar
 from ddpm_core.paths import check_outputs
 from parity.distributed import DEFAULT_TIMEOUT_S
-from parity.env import MS_DEVICES, fingerprint, unmeasured_note
 from parity.engine.report import Report
 from parity.engine.suite import CHECKS
+from parity.env import fingerprint, unmeasured_note
 
 FRAMEWORKS = ("torch", "ms")
 
@@ -149,7 +157,13 @@ def _check_outputs(args: argparse.Namespace, *outputs: tuple[str, str | None]) -
 def _require_memory(spec: Any) -> None:
     """``TooLarge`` (exit 2) when a lower bound of the run's memory exceeds what the machine has available: the
     weights in numpy and in both twins, the tape, and one training batch's feature maps."""
-    from ddpm_core.memory import FLOAT32, Need, activation_bytes, parameter_count, require
+    from ddpm_core.memory import (
+        FLOAT32,
+        Need,
+        activation_bytes,
+        parameter_count,
+        require,
+    )
 
     t = spec.tape
     per_batch = t.batch * t.channels * t.image_size * t.image_size * FLOAT32
@@ -260,8 +274,8 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from parity.two_hosts import compare_golden
     from parity.engine.golden import load_golden
+    from parity.two_hosts import compare_golden
 
     _check_outputs(args)
     golden = load_golden(args.golden)

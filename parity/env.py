@@ -17,10 +17,7 @@ import sys
 from typing import Any
 
 from ddpm_core.environment import ISA_VARIABLE, THREADS_VARIABLE, pin_isa
-from ddpm_core.errors import EnvironmentRefused
 from ddpm_core.frameworks import require
-
-MS_DEVICES = ("CPU", "GPU", "Ascend")
 
 
 def _cpu_model() -> str:
@@ -35,23 +32,15 @@ def _cpu_model() -> str:
 
 
 def setup_torch(device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
-    """Check ``device`` exists, switch TF32 off, set the thread count; return what was set."""
+    """Check ``device`` exists and select it (``ddpm_torch.device.resolve_device``: TF32 off on CUDA), set
+    float32 matmuls to full precision and the thread count; return what was set."""
     torch = require("torch")
+    from ddpm_torch.device import resolve_device
 
-    if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise ValueError(f"--torch-device must be cpu, cuda or cuda:N, got {device!r}")
+    resolved = resolve_device(device, "--torch-device")
     info: dict[str, Any] = {"device": device}
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise EnvironmentRefused(f"torch device {device} requested, but torch.cuda.is_available() is False "
-                                     f"(torch {torch.__version__})")
-        index = int(device[5:]) if ":" in device else 0
-        if index >= torch.cuda.device_count():
-            raise EnvironmentRefused(f"torch device {device} requested, but only {torch.cuda.device_count()} "
-                                     "CUDA device(s) are visible")
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        info["device_name"] = torch.cuda.get_device_name(index)
+    if resolved != "cpu":
+        info["device_name"] = torch.cuda.get_device_name(resolved)
     torch.set_float32_matmul_precision("highest")
     if threads:
         torch.set_num_threads(threads)
@@ -66,37 +55,19 @@ def setup_torch(device: str = "cpu", threads: int | None = None) -> dict[str, An
 
 
 def setup_mindspore(device: str = "CPU", threads: int | None = None) -> dict[str, Any]:
-    """Check ``device`` exists, keep float32 on accelerators, set the thread count; return what was set."""
+    """Check ``device`` exists and select it (``ddpm_ms.device.resolve_device``: float32 kept on accelerators),
+    set the thread count; return what was set."""
     pin_isa()  # before MindSpore's first CPU kernel (as ddpm_ms/__init__ does)
     ms = require("mindspore")
     from mindspore import device_context as dc
 
-    if device not in MS_DEVICES:
-        raise ValueError(f"--ms-device must be one of {', '.join(MS_DEVICES)}, got {device!r}")
-    module = {"CPU": dc.cpu, "GPU": dc.gpu, "Ascend": dc.ascend}[device]
-    try:
-        available = bool(module.is_available())
-    except Exception:  # noqa: BLE001 - a missing backend library raises here
-        available = False
-    if not available:
-        raise EnvironmentRefused(f"MindSpore device {device} requested, but it is not available in this "
-                                 f"MindSpore {ms.__version__} installation")
-    current = ms.get_context("device_target")
-    if current != device:
-        try:
-            ms.set_device(device)
-        except RuntimeError:  # the runtime already ran a kernel on another device in this process
-            raise EnvironmentRefused(f"MindSpore already runs on {current} in this process; run the check in a "
-                                     f"fresh process to use {device}") from None
+    from ddpm_ms.device import resolve_device
+
+    device = resolve_device(device, "--ms-device")
     info: dict[str, Any] = {"device": device}
     if device == "GPU":
-        dc.gpu.op_precision.matmul_allow_tf32(False)
-        dc.gpu.op_precision.conv_allow_tf32(False)
         info.update({"tf32_matmul": False, "tf32_conv": False})
     if device == "Ascend":
-        dc.ascend.op_precision.precision_mode("must_keep_origin_dtype")
-        dc.ascend.op_precision.matmul_allow_hf32(False)
-        dc.ascend.op_precision.conv_allow_hf32(False)
         info.update({"ascend_precision_mode": "must_keep_origin_dtype", "hf32_matmul": False, "hf32_conv": False})
     info["runtime_num_threads"] = ms.get_context("runtime_num_threads")
     if threads:

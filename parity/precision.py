@@ -217,7 +217,8 @@ def cmd_precision(args: Any, cfg: Any, state: Mapping[str, np.ndarray], source: 
     """``python -m parity.check --precision fp16 [--ms-amp LEVEL]``: both twins in this process (the torch
     device's autocast; MindSpore's ``amp`` at LEVEL), judged against float64. ``EnvironmentRefused`` (exit 3)
     where MindSpore cannot apply LEVEL to the model, or a GPU/Ascend run that has no measured budget."""
-    from parity.env import EnvironmentRefused, fingerprint, setup_mindspore, setup_torch
+    from ddpm_core.errors import EnvironmentRefused
+    from parity.env import fingerprint, setup_mindspore, setup_torch
     from parity.engine.tolerances import device_class
 
     dtype = PRECISIONS[args.precision]

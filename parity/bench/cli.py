@@ -141,12 +141,11 @@ def _write(args: argparse.Namespace, report: dict[str, Any], text: str) -> None:
 def cuda_main(args: argparse.Namespace) -> int:
     """``--device cuda``: the profile (``--profile``), the batch sweep (``--batches``: the outputs are rewritten
     after every measurement, so a run stopped from outside keeps what it had) or the table at one batch."""
-    from ddpm_core.errors import EXIT_ENVIRONMENT
+    from ddpm_core.errors import EXIT_ENVIRONMENT, EnvironmentRefused
     from ddpm_core.frameworks import MissingFramework
     from parity.bench.cuda_run import cuda_markdown, prepare, run_cuda
     from parity.bench.profile import profile_configs
     from parity.bench.sweep import run_sweep, sweep_markdown
-    from parity.env import EnvironmentRefused
 
     try:
         if args.profile:

@@ -1,7 +1,7 @@
 """The CUDA bench's run and report: each configuration of ``parity.bench.cuda`` measured in turn, then
 images/s, ratios to eager, the share of the GPU's peak, where ``torch.compile`` pays, and the Markdown.
 
-Rule: ``run_cuda`` refuses (``parity.env.EnvironmentRefused``) before it measures anything when the device is
+Rule: ``run_cuda`` refuses (``ddpm_core.errors.EnvironmentRefused``) before it measures anything when the device is
 not there; ``measure`` takes any device, so the tests run it on the CPU with a tiny model.
 """
 from __future__ import annotations

@@ -127,7 +127,8 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
              for t, x in zip(tape["pred_t"], tape["pred_x"])}
     rounding = prediction_rounding({k: v[0] for k, v in preds.items()}, {k: v[1] for k, v in preds.items()})
     p = min(PREFIX_STEPS, args.timesteps)
-    a = anchored("ddpm_trajectory", fast[:p], eager[:p], f64[:p], f64[:p], rounding, dev)
+    a = anchored("ddpm_trajectory", f"sample/first {p} states", fast[:p], eager[:p], f64[:p], f64[:p], rounding, dev,
+                 ("the compiled loop", "the eager loop"))
     info["sample/vs_float64"] = {"compiled_max_abs": a.err_torch, "eager_max_abs": a.err_ms, "states": p,
                                  "rounding": None if rounding is None else rounding.to_dict(),
                                  "machine_relative_tolerance": a.tolerance.limits()}
@@ -157,8 +158,9 @@ def table(rows: Sequence[Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ddpm_core.errors import EnvironmentRefused
     from parity.bench.cuda_run import device_info
-    from parity.env import EnvironmentRefused, setup_torch
+    from parity.env import setup_torch
 
     p = build_parser()
     args = p.parse_args(argv)

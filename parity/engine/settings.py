@@ -136,13 +136,15 @@ def _fmt(key: str, v: Any) -> str:
     return str(v)
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_setting(a: Any, b: Any) -> bool:
+    """Two settings' values agree: floats to 1e-3 relative (an epsilon written 1e-5 in one framework and
+    1.0000000656873453e-05 after a float32 round trip in the other), anything else by ``==``."""
     if isinstance(a, float) or isinstance(b, float):
         try:
             return math.isclose(float(a), float(b), rel_tol=1e-3, abs_tol=1e-12)
         except (TypeError, ValueError):
             return False
-    return a == b
+    return bool(a == b)
 
 
 @dataclass
@@ -217,7 +219,7 @@ def check_settings(side_t: Any, model_t: Any, side_m: Any, model_m: Any) -> tupl
             st = {**st, **probe_channel_layer_norm(side_t, mt)}
             sm = {**sm, **probe_channel_layer_norm(side_m, mods_m[name])}
         for key in [k for k in st if k in sm]:
-            if not _same(st[key], sm[key]):
+            if not same_setting(st[key], sm[key]):
                 out.append(SettingMismatch(name or "(root)", kt, key, st[key], sm[key]))
     return out, pairs
 

@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from parity.engine.settings import same_setting
+
 ACTIVATIONS = ("ReLU", "ReLU6", "GELU", "SiLU", "Sigmoid", "Tanh", "LeakyReLU", "ELU", "Mish", "Hardswish",
                "Hardsigmoid", "Softplus", "PReLU", "SELU", "CELU")
 """Layers whose kind alone says which function they compute: a pair of two different ones is a difference."""
@@ -58,15 +60,6 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        try:
-            return math.isclose(float(a), float(b), rel_tol=1e-3, abs_tol=1e-12)
-        except (TypeError, ValueError):
-            return False
-    return bool(a == b)
-
-
 def same_padding(size: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...],
                  dilation: tuple[int, ...]) -> tuple[int, ...]:
     """'same' padding at this input size as (top, bottom, left, right): output ceil(n / s), the odd extra pixel
@@ -106,4 +99,4 @@ def compare_settings(torch_module: str, other_module: str, torch_read: tuple[str
     so, note = resolve(so, input_shape)
     notes = {"padding": note, **(_MS_NOTES if other_label == "MindSpore" else {})}
     return [SettingDifference(torch_module, other_module, kt, key, st[key], so[key], other_label, notes.get(key, ""))
-            for key in st if key in so and not _same(st[key], so[key])]
+            for key in st if key in so and not same_setting(st[key], so[key])]

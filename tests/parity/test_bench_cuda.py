@@ -42,7 +42,7 @@ def test_cuda_bench_refuses_without_a_gpu_in_one_line(tmp_path):
                           capture_output=True, text=True, timeout=120)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert len(lines) == 1 and lines[0].startswith("error: torch device cuda requested, but torch.cuda.is_available()")
+    assert len(lines) == 1 and lines[0].startswith("error: --torch-device cuda: no CUDA device is available to PyTorch")
     assert not out.exists() and proc.stdout == ""
 
 

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from parity.env import EnvironmentRefused, setup_mindspore, setup_torch
+from ddpm_core.errors import EnvironmentRefused, UserError
+from parity.env import setup_mindspore, setup_torch
 from tests.host import available, needs
 
 if available("torch"):
@@ -20,10 +21,12 @@ TINY_ARGS = ["--config", '{"dim": 8, "channels": 1, "dim_mults": [1, 2]}', "--ti
              "--ddim-steps", "5", "--no-progress"]
 
 
-@pytest.mark.parametrize("setup, name", [pytest.param(setup_torch, "gpu", marks=needs("torch"), id="torch"),
-                                         pytest.param(setup_mindspore, "cuda", marks=needs("mindspore"), id="ms")])
-def test_bad_device_names_are_value_errors(setup, name):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("setup, name, option", [
+    pytest.param(setup_torch, "gpu", "--torch-device", marks=needs("torch"), id="torch"),
+    pytest.param(setup_mindspore, "cuda", "--ms-device", marks=needs("mindspore"), id="ms")])
+def test_bad_device_names_are_user_errors_naming_the_option(setup, name, option):
+    """The harness checks devices through the twins' own ``resolve_device`` (one place), under its option's name."""
+    with pytest.raises(UserError, match=f"^{option} {name}: expected"):
         setup(name)
 
 

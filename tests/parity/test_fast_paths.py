@@ -180,7 +180,7 @@ def test_fastcheck_catches_a_wrong_compiled_sampling_step(monkeypatch, capsys):
 def test_fastcheck_refuses_a_missing_gpu_in_one_line(capsys):
     assert fastcheck.main(["--device", "cuda", *TINY]) == 3
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: torch device cuda requested")
+    assert len(err) == 1 and err[0].startswith("error: --torch-device cuda: no CUDA device is available")
 
 
 # ------------------------------------------------------------------------------------ on a GPU
