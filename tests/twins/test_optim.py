@@ -142,6 +142,7 @@ def test_foreach_update_is_bit_identical_to_one_parameter_at_a_time(dtype_name, 
     assert not torch.equal(loop[0], _trained(dtype, eps * 2, foreach=True)[0])  # the comparison can fail
 
 
+@needs("torch")
 def test_foreach_follows_the_oracle():
     lrs, eps = [0.1, 0.05, 0.02], 1e-8
     assert_close("MindSporeAdam foreach vs the oracle", run_torch(MindSporeAdam, lr=lrs, eps=eps, foreach=True),
