@@ -36,6 +36,9 @@ PROGRAM_FRAMEWORKS = {"torch": ("torch", "torchvision"), "ms": ("mindspore",)}
 
 needs = pytest.mark.needs
 """``@needs("torch", "mindspore")``: skip unless each of these frameworks imports here."""
+PROGRAM_TWINS = [pytest.param(t, marks=needs(*PROGRAM_FRAMEWORKS[t]), id=t) for t in TWINS]
+"""Each twin's name as a parameter of a test that runs its programs (``ddpm_<twin>.train``, ``.sample``, in this
+process or a child): ``@pytest.mark.parametrize("twin", PROGRAM_TWINS)`` skips a twin whose programs cannot run."""
 
 
 def canonical(framework: str) -> str:
@@ -86,6 +89,15 @@ def framework(module: str) -> ModuleType:
     ``torch = framework("torch")``, ``msnn = framework("mindspore.nn")`` inside a test."""
     need(module.split(".")[0])
     return importlib.import_module(module)
+
+
+def recording_twin() -> str:
+    """The twin that records a golden file for a test whose subject is framework-neutral (the golden reader, the
+    writers): ``torch`` (the quicker) where PyTorch imports, else ``ms``; skips the caller where neither does."""
+    here = [twin for twin in TWINS if available(TWIN_FRAMEWORK[twin])]
+    if not here:
+        need(*TWIN_FRAMEWORK.values())  # skips, naming both
+    return here[0]
 
 
 def required(option: str) -> tuple[str, ...]:

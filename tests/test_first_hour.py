@@ -17,6 +17,7 @@ from ddpm_core.cli import train_parser
 from ddpm_core.config import DiffusionConfig
 from ddpm_core.datasets import make_stage_dir, prepare_data
 from ddpm_core.environment import child_env
+from tests.host import needs
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -144,6 +145,7 @@ def test_the_architecture_command_list_names_every_command():
         assert documented == commands, package
 
 
+@needs("torch", "mindspore")  # a stand-in check, but the two real sides are built
 def test_sensitivity_prints_a_plain_markdown_table(monkeypatch, capsys):
     """stdout is the table alone (no HTML comments); the time goes to stderr. The control run only, with a
     stand-in for ``check_models`` (what is printed is under test here, not the check)."""
@@ -167,6 +169,7 @@ def test_sensitivity_prints_a_plain_markdown_table(monkeypatch, capsys):
 
 # ---------------------------------------------------------------- no noise, and errors that name the fix
 
+@needs("torch", "mindspore")
 @pytest.mark.parametrize("model_twin, diffusion_twin", [("ms", "torch"), ("torch", "ms")])
 def test_a_model_given_to_the_other_twins_diffusion_names_the_fix(model_twin, diffusion_twin):
     """The README's `# or ddpm_ms.Unet(...)` with ddpm_torch's diffusion used to fail deep in the model with
@@ -185,6 +188,7 @@ def test_a_model_given_to_the_other_twins_diffusion_names_the_fix(model_twin, di
             call()
 
 
+@needs("torch")
 def test_the_torch_diffusion_copies_a_read_only_array_instead_of_sharing_it():
     """The cause of PyTorch's "The given NumPy array is not writable" warning (the harness's tape is read-only):
     a tensor sharing a read-only array's memory. Writable arrays are still shared, not copied."""
@@ -199,6 +203,7 @@ def test_the_torch_diffusion_copies_a_read_only_array_instead_of_sharing_it():
     assert diffusion.tensor(own).data_ptr() == own.ctypes.data
 
 
+@needs("mindspore")
 def test_ddpm_ms_builds_its_optimizer_without_mindspores_deprecation_line():
     """MindSpore 2.8+ logs "'FusedSparseAdam' is deprecated" when nn.Adam is built (every ddpm_ms.train);
     make_optimizer leaves out that line, and only it."""

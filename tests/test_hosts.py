@@ -84,3 +84,22 @@ def test_only_an_absent_framework_skips(monkeypatch, fresh_cache):
         "'torch'): a one-framework host (docs/hosts.md)")
     with pytest.raises(pytest.skip.Exception, match="needs PyTorch"):
         host.need("torch")
+
+
+def test_a_golden_is_recorded_by_the_twin_this_host_has(monkeypatch, fresh_cache):
+    """``recording_twin``: PyTorch where it imports, MindSpore where only it does, a skip naming both where
+    neither does (the golden-reader and writer tests run on either host)."""
+    def without(*gone):
+        def import_module(name):
+            if name in gone:
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return SimpleNamespace(import_module=import_module)
+
+    for gone, twin in (((), "torch"), (("torch",), "ms"), (("mindspore",), "torch")):
+        host.missing.cache_clear()
+        monkeypatch.setattr(host, "importlib", without(*gone))
+        assert host.recording_twin() == twin, gone
+    host.missing.cache_clear()
+    monkeypatch.setattr(host, "importlib", without("torch", "mindspore"))
+    with pytest.raises(pytest.skip.Exception, match="needs PyTorch and MindSpore"):
+        host.recording_twin()

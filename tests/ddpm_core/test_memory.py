@@ -20,6 +20,7 @@ from ddpm_core.memory import (
     require,
     training_need,
 )
+from tests.host import PROGRAM_FRAMEWORKS, needs
 from tests.reliability.corpus import ROOT
 
 
@@ -75,6 +76,7 @@ print((peak() - before) / training_need(cfg, batch, size).total)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc (Linux)")
+@needs(*PROGRAM_FRAMEWORKS["torch"])  # ddpm_torch.train's Trainer, in a child
 def test_the_training_estimate_is_a_lower_bound_of_a_real_step_within_4x():
     """A fresh process measures the peak memory of one PyTorch training step beyond its model and optimizer:
     1.6-2.0x the estimate at three sizes on the AMD EPYC (docs/training.md)."""

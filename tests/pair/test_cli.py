@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.host import needs
 from tests.reliability.corpus import ROOT, run_cli
 
 TINY = ROOT / "tests" / "pair" / "tiny_pair.py"
@@ -19,6 +20,7 @@ def _spec(tmp_path: Path, body: str) -> Path:
     return path
 
 
+@needs("torch", "mindspore")  # tiny_pair.py: a PyTorch model and a MindSpore one
 def test_a_matching_pair_exits_0_and_writes_every_report(tmp_path: Path) -> None:
     out = {k: tmp_path / f"report.{k}" for k in ("json", "md", "xml")}
     res = run_cli("parity.pair", [TINY, "--json", out["json"], "--markdown", out["md"], "--junit", out["xml"]],
@@ -31,6 +33,7 @@ def test_a_matching_pair_exits_0_and_writes_every_report(tmp_path: Path) -> None
     assert suite.get("tests") == "6" and suite.get("failures") == "0"  # weights, input, training pass, loss, grads, step
 
 
+@needs("torch", "mindspore")
 def test_a_slip_exits_1_and_the_json_names_module_and_blame(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A verdict, not an error: exit 1, no error line, the finding in the table and the JSON (in this process:
     the child-process path is the test above)."""
@@ -44,6 +47,7 @@ def test_a_slip_exits_1_and_the_json_names_module_and_blame(tmp_path: Path, caps
 
 
 @pytest.mark.slow
+@needs("torch", "mindspore")
 def test_weights_that_do_not_map_exit_2_one_line_each(tmp_path: Path) -> None:
     spec = _spec(tmp_path, "from tests.pair.tiny_pair import torch_model, ms_model, inputs\n"
                            "name_map = {'head.weight': 'nowhere.weight', 'head.bias': None}\n")
@@ -82,6 +86,7 @@ def test_a_plot_without_matplotlib_is_refused_before_any_work(tmp_path: Path, ca
     assert not (tmp_path / "depth.png").exists()
 
 
+@needs("torch", "mindspore")
 def test_the_depth_plot_is_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib", reason="matplotlib is optional: --plot is refused without it (test above)")
     from parity.pair.__main__ import main

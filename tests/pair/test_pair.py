@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from parity.pair import assert_pair_parity, compare
-from tests.pair import tiny_pair as tp
+from tests.host import needs
 
 SLIPS = {  # slip -> (the module it is in, the setting that says so, or "" where no setting can)
     "ln_eps": ("block.norm", "eps"),
@@ -16,7 +16,17 @@ SLIPS = {  # slip -> (the module it is in, the setting that says so, or "" where
 }
 
 
-def test_the_correct_port_passes_and_compared_everything() -> None:
+@pytest.fixture
+def tp():
+    """tests/pair/tiny_pair.py (a SPEC file: it imports torch at its top), imported once the test's ``needs``
+    are met; each test says whether it needs MindSpore too."""
+    from tests.pair import tiny_pair
+
+    return tiny_pair
+
+
+@needs("torch", "mindspore")
+def test_the_correct_port_passes_and_compared_everything(tp) -> None:
     report = assert_pair_parity(tp.torch_model(), tp.ms_model(), tp.inputs())
     d = report.to_dict()
     assert d["passed"] and d["first_divergence"] is None
@@ -28,8 +38,9 @@ def test_the_correct_port_passes_and_compared_everything() -> None:
     assert d["training_mode"]["passed"] and d["training_mode"]["output"]["max_abs"] > 0
 
 
+@needs("torch", "mindspore")
 @pytest.mark.parametrize("slip", sorted(SLIPS))
-def test_each_porting_slip_is_found_at_its_module_and_blamed_on_mindspore(slip: str) -> None:
+def test_each_porting_slip_is_found_at_its_module_and_blamed_on_mindspore(tp, slip: str) -> None:
     report = compare(tp.torch_model(), tp.ms_model(slip), tp.inputs(), name_map=tp.name_map(slip))
     assert not report.passed
     first = report.first_divergence()
@@ -42,7 +53,8 @@ def test_each_porting_slip_is_found_at_its_module_and_blamed_on_mindspore(slip: 
         assert_pair_parity(tp.torch_model(), tp.ms_model(slip), tp.inputs(), name_map=tp.name_map(slip))
 
 
-def test_the_momentum_convention_is_read_in_pytorchs_terms() -> None:
+@needs("torch", "mindspore")
+def test_the_momentum_convention_is_read_in_pytorchs_terms(tp) -> None:
     report = compare(tp.torch_model(), tp.ms_model("momentum"), tp.inputs())
     (setting,) = report.inputs[0].settings
     assert (setting.torch_value, round(setting.other_value, 6)) == (0.1, 0.9)
@@ -50,13 +62,15 @@ def test_the_momentum_convention_is_read_in_pytorchs_terms() -> None:
     assert [b.buffer for b in report.train.buffers] == ["bn.running_mean", "bn.running_var"]
 
 
-def test_pytorch_against_pytorch_is_a_pair_too() -> None:
+@needs("torch")
+def test_pytorch_against_pytorch_is_a_pair_too(tp) -> None:
     """The other side may be PyTorch (another device, or here a copy): the same engine, no MindSpore involved."""
     report = compare(tp.torch_model(), tp.torch_model(), tp.inputs())
     assert report.passed and report.other_label.startswith("PyTorch")
     assert report.inputs[0].output.comparison.max_abs == 0  # the same kernels on the same device: bit-identical
 
 
+@needs("torch", "mindspore")
 def test_an_op_without_a_kernel_names_the_op_and_the_cell() -> None:
     from mindspore import mint, nn
     from torch import nn as tnn
@@ -83,7 +97,8 @@ def test_an_op_without_a_kernel_names_the_op_and_the_cell() -> None:
         compare(Same(), Outer(), [np.ones((1, 2, 2), np.float32)])
 
 
-def test_the_self_test_catches_each_planted_bug_at_its_module_and_undoes_it() -> None:
+@needs("torch", "mindspore")
+def test_the_self_test_catches_each_planted_bug_at_its_module_and_undoes_it(tp) -> None:
     from parity.pair.selftest import self_test
 
     ms_model = tp.ms_model()
@@ -96,7 +111,8 @@ def test_the_self_test_catches_each_planted_bug_at_its_module_and_undoes_it() ->
     assert compare(tp.torch_model(), ms_model, tp.inputs()).passed  # every plant undone
 
 
-def test_a_training_step_matches_with_sgd_and_adams_eps_convention_is_found_and_blamed() -> None:
+@needs("torch", "mindspore")
+def test_a_training_step_matches_with_sgd_and_adams_eps_convention_is_found_and_blamed(tp) -> None:
     """One step: the loss, 12 gradients by name, 12 weights after the optimizer. MindSpore's nn.Adam adds eps
     before the bias correction (docs/porting.md): the gradients agree, the step does not, MindSpore is farther
     from PyTorch's Adam in float64."""
@@ -109,6 +125,7 @@ def test_a_training_step_matches_with_sgd_and_adams_eps_convention_is_found_and_
     assert first["error"] == "training step: optimizer step" and first["blame"] == "MindSpore", first
 
 
+@needs("torch")
 def test_a_module_that_cannot_run_alone_is_still_named_without_a_guess() -> None:
     """A module whose forward needs state its caller sets cannot be single-stepped: the walk still names it, and
     says own against inherited is not known instead of guessing."""
@@ -135,7 +152,8 @@ def test_a_module_that_cannot_run_alone_is_still_named_without_a_guess() -> None
     assert "cannot run alone on its recorded inputs (AttributeError" in first["message"]
 
 
-def test_a_specs_tolerances_replace_the_rule_and_a_loose_one_lets_a_small_slip_through() -> None:
+@needs("torch", "mindspore")
+def test_a_specs_tolerances_replace_the_rule_and_a_loose_one_lets_a_small_slip_through(tp) -> None:
     """k = 10^4 on the output gate lets the LayerNorm epsilon slip (1.1e-05 at the output) through at the output,
     but not at the module (its own gate is untouched): the tolerances are the user's, the localisation is not."""
     from ddpm_core.errors import UserError

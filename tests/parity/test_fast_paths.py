@@ -6,23 +6,30 @@ Without a GPU the static-buffer code of both runs as it is (no capture): it must
 bit, undo its warm-up, refuse what it cannot do, and keep the captured regions free of what capture forbids
 (host synchronisation, random draws). The capture itself is tested where a GPU is present (``cuda`` marker).
 """
+from __future__ import annotations
+
 import json
 
 import numpy as np
 import pytest
-import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-import ddpm_torch
-import ddpm_torch.diffusion
-import ddpm_torch.optim
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.distributed import World
-from ddpm_torch.optim import MindSporeAdam, make_optimizer, make_train_step
 from parity.api import assert_close
 from parity.bench import fastcheck
+from tests.host import available, needs
 
-HAS_CUDA = torch.cuda.is_available()
+if available("torch"):
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import ddpm_torch
+    import ddpm_torch.diffusion
+    import ddpm_torch.optim
+    from ddpm_torch.optim import MindSporeAdam, make_optimizer, make_train_step
+
+pytestmark = needs("torch")  # the torch twin's fast paths
+HAS_CUDA = available("torch") and torch.cuda.is_available()
 SMALL = UnetConfig(dim=8, channels=1, dim_mults=(1, 2))
 SHORT = DiffusionConfig(timesteps=10)
 SHAPE = (2, 1, 8, 8)
@@ -84,16 +91,17 @@ def test_graphed_train_step_refuses_what_one_graph_cannot_do():
     assert optimizer.global_step == 0 and not optimizer.state  # refused before anything ran
 
 
-class Ops(TorchDispatchMode):
-    """Every aten op dispatched while active (``seen``: the op packets' names)."""
+if available("torch"):
+    class Ops(TorchDispatchMode):
+        """Every aten op dispatched while active (``seen``: the op packets' names)."""
 
-    def __init__(self):
-        super().__init__()
-        self.seen: set[str] = set()
+        def __init__(self):
+            super().__init__()
+            self.seen: set[str] = set()
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.seen.add(str(func.overloadpacket))
-        return func(*args, **(kwargs or {}))
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture

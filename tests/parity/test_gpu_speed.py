@@ -11,6 +11,7 @@ import pytest
 from parity.bench import fastcheck
 from parity.bench.cli import parse
 from parity.check import build_parser
+from tests.host import needs
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu_speed.sh"
@@ -63,6 +64,7 @@ def test_bad_usage_is_one_line_and_exit_2():
 
 
 @pytest.mark.slow
+@needs("torch")  # the script's steps are PyTorch's (fastcheck, record --framework torch, the CUDA bench on the CPU)
 def test_the_cpu_dry_run_runs_every_step(tmp_path):
     proc = subprocess.run(["bash", str(SCRIPT), str(tmp_path), "--cpu"], cwd=ROOT, capture_output=True, text=True,
                           timeout=900, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import pytest
 
+from tests.host import needs
 from tests.reliability.corpus import ROOT
 
 SHARED = ROOT.parent / "shared" / "measurements" / "h200-2026-12-04"
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent (CI has ../shared beside the clone)")
+pytestmark = [pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent (CI has ../shared beside the clone)"),
+              needs("mindspore")]  # the MindSpore twin against PyTorch's golden files
 
 
 def compare(name: str, eps_factor: float = 1.0):

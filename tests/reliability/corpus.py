@@ -8,12 +8,13 @@ teardown, a traceback printed by a library or output from C code cannot hide fro
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from ddpm_core.environment import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,12 +47,14 @@ def run_cli(module: str, args: Sequence[str], *, rc: int, inputs: Iterable[Path]
             env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300) -> Result:
     """Run ``python -m module *args`` and assert: exit status ``rc``; when ``rc`` is not 0, exactly one line
     of stderr starts with ``error:`` and contains ``says`` (when given); no ``Traceback`` anywhere; every
-    path in ``inputs`` hashes the same after as before."""
+    path in ``inputs`` hashes the same after as before. The child imports what this process imports: this
+    checkout first on ``PYTHONPATH``, the rest kept, so a framework blocked here (tests/one_framework.py) is
+    blocked there too and a test of a missing framework's command must say it ``needs`` it."""
     inputs = [Path(p) for p in inputs]
     before = {p: sha256_of(p) for p in inputs}
-    child_env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore", **(env or {}))
     proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                          env=child_env, cwd=str(cwd or ROOT), timeout=timeout)
+                          env=child_env(pythonpath=ROOT, PYTHONWARNINGS="ignore", **(env or {})),
+                          cwd=str(cwd or ROOT), timeout=timeout)
     res = Result(proc.returncode, proc.stdout, proc.stderr)
     shown = f"\n--- stdout\n{res.stdout[-3000:]}\n--- stderr\n{res.stderr[-3000:]}"
     assert res.rc == rc, f"exit {res.rc}, expected {rc}{shown}"

@@ -18,6 +18,7 @@ from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.datasets import write_synthetic_fashion_mnist
 from ddpm_core.weights import load_weights, save_weights
 from parity.engine.initial import initial_weights
+from tests.host import PROGRAM_FRAMEWORKS, PROGRAM_TWINS, needs
 from tests.reliability.corpus import run_cli
 from tests.train.conftest import TINY
 
@@ -49,6 +50,7 @@ def options(*pairs: str, **values: str) -> list[str]:
 # ---------------------------------------------------------------- memory
 
 
+@needs(*PROGRAM_FRAMEWORKS["torch"])
 def test_sample_refuses_an_n_that_cannot_fit_before_any_work(weights, tmp_path):
     out = tmp_path / "samples.png"
     res = run_cli("ddpm_torch.sample", ["--weights", weights, "--n", "100000000", "--out", out, "--no-progress"],
@@ -57,7 +59,7 @@ def test_sample_refuses_an_n_that_cannot_fit_before_any_work(weights, tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("twin", ["torch", "ms"])
+@pytest.mark.parametrize("twin", PROGRAM_TWINS)
 def test_train_refuses_a_model_that_cannot_fit_before_writing_anything(twin, data, tmp_path):
     out = tmp_path / "run"
     run_cli(f"ddpm_{twin}.train", ["--data", data, "--out", out, *options(dim="100000")], rc=2, inputs=[data],
@@ -65,6 +67,7 @@ def test_train_refuses_a_model_that_cannot_fit_before_writing_anything(twin, dat
     assert not out.exists()
 
 
+@needs(*PROGRAM_FRAMEWORKS["torch"])
 def test_train_refuses_an_image_size_that_cannot_fit(data, tmp_path):
     """Feature maps, not parameters: the tiny model at 2048x2048 (its attention matrix alone is 4 x 1024^4)."""
     run_cli("ddpm_torch.train", ["--data", data, "--out", tmp_path / "run", *options(image_size="2048")],
@@ -82,7 +85,7 @@ def test_check_refuses_a_run_that_cannot_fit_before_making_weights(args, says):
 # ---------------------------------------------------------------- divergence
 
 
-@pytest.mark.parametrize("twin", ["torch", "ms"])
+@pytest.mark.parametrize("twin", PROGRAM_TWINS)
 def test_a_diverging_training_stops_at_the_divergence_limit(twin, data, tmp_path):
     """The issue's case: --lr 10 trained on to losses of 3e17 with exit 0. The loss passes --max-loss at
     step 1, before any checkpoint: the run stops, and its folder (nothing to resume) goes."""
@@ -93,6 +96,7 @@ def test_a_diverging_training_stops_at_the_divergence_limit(twin, data, tmp_path
     assert not out.exists()
 
 
+@needs(*PROGRAM_FRAMEWORKS["torch"])
 def test_divergence_keeps_the_last_good_checkpoint_and_names_it(data, tmp_path):
     """Three steps with a checkpoint after each, then resumed with a limit the next loss exceeds: the checkpoint
     after 3 steps holds the weights that gave that loss, so the one named is the one after 2 steps."""
@@ -112,6 +116,7 @@ def test_divergence_keeps_the_last_good_checkpoint_and_names_it(data, tmp_path):
 
 
 @pytest.mark.parametrize("value", ["nan", "inf"])
+@needs(*PROGRAM_FRAMEWORKS["torch"])
 def test_max_loss_must_be_a_finite_positive_number(value, data, tmp_path):
     run_cli("ddpm_torch.train", ["--data", data, "--out", tmp_path / "run", "--max-loss", value, *TINY], rc=2,
             inputs=[data], says="--max-loss must be a finite number > 0")
@@ -120,7 +125,7 @@ def test_max_loss_must_be_a_finite_positive_number(value, data, tmp_path):
 # ---------------------------------------------------------------- non-finite samples
 
 
-@pytest.mark.parametrize("twin", ["torch", "ms"])
+@pytest.mark.parametrize("twin", PROGRAM_TWINS)
 def test_sampling_writes_nothing_from_non_finite_states(twin, tmp_path):
     """Finite weights that do not denoise (every weight 1e30, as a diverged training leaves them): the issue's
     garbage PNG and all-NaN .npy with exit 0 become one line naming the first sample and step."""
@@ -138,6 +143,7 @@ def test_sampling_writes_nothing_from_non_finite_states(twin, tmp_path):
 # ---------------------------------------------------------------- settings travel with the weights
 
 
+@needs(*PROGRAM_FRAMEWORKS["torch"])
 def test_the_image_size_travels_with_exported_weights(data, tmp_path):
     """The issue's case: a model trained at 28x28 with dim 8, its model.safetensors moved out of its run,
     sampled at 8x8 silently. The export now records the size, so the moved file samples at 28x28."""
@@ -155,6 +161,7 @@ def test_the_image_size_travels_with_exported_weights(data, tmp_path):
     assert "note:" not in res.stderr  # every setting was recorded: nothing assumed
 
 
+@needs(*PROGRAM_FRAMEWORKS["torch"])
 def test_sampling_weights_without_a_recorded_size_says_what_it_assumes(tmp_path):
     weights = tmp_path / "model.pt"
     save_weights(initial_weights(CFG, 0), weights, "torch", CFG)
@@ -174,6 +181,7 @@ def run_folder(tmp_path: Path, image_size: int) -> Path:
     return run
 
 
+@needs("torch")  # model.pt
 def test_convert_carries_the_settings_beside_a_runs_weights_into_safetensors(tmp_path):
     run = run_folder(tmp_path, 16)
     dst = tmp_path / "model.safetensors"
@@ -183,6 +191,7 @@ def test_convert_carries_the_settings_beside_a_runs_weights_into_safetensors(tmp
     assert (loaded.config, loaded.diffusion, loaded.image_size) == (CFG, DIFF, 16)
 
 
+@needs("torch")  # model.pt
 def test_check_weights_runs_at_the_runs_image_size(tmp_path):
     """``parity.check --weights`` reads the same settings: the run's 16x16 and T=10, not 28x28 and T=200.
     (In process, up to the spec: the settings are resolved before either framework is imported.)"""
@@ -196,6 +205,7 @@ def test_check_weights_runs_at_the_runs_image_size(tmp_path):
     assert _weights(args)[3].tape.image_size == 8  # an option still wins
 
 
+@needs(*PROGRAM_FRAMEWORKS["torch"])
 def test_a_config_beside_the_weights_that_contradicts_their_metadata_is_one_line(weights, tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()

@@ -25,6 +25,7 @@ from ddpm_core.run_folder import RunDir
 from ddpm_core.weights import save_weights
 from parity.convert import main as convert_main
 from parity.engine.initial import initial_weights
+from tests.host import PROGRAM_TWINS, needs, recording_twin
 from tests.reliability.corpus import ROOT, run_cli
 from tests.reliability.fault_kit import TINY_UNET, fill, names, refused, remount_read_only, tiny_weights, tmpfs
 from tests.train.conftest import TINY, make_fashion_mnist, train, twin_module
@@ -70,7 +71,7 @@ def test_convert_to_a_full_disk_is_refused_before_writing(small, weights, capsys
     assert names(small) == ["old.safetensors"]
 
 
-@pytest.mark.parametrize("ext", [".pt", ".safetensors", ".ckpt"])
+@pytest.mark.parametrize("ext", [pytest.param(".pt", marks=needs("torch")), ".safetensors", ".ckpt"])
 def test_a_writer_that_runs_out_of_space_is_one_error_and_leaves_nothing(small, ext):
     """The writers below the up-front check: torch.save raises RuntimeError, safetensors its own error, our
     .ckpt writer OSError; each is one OutputError naming the file, and the old file stays."""
@@ -85,7 +86,7 @@ def test_a_writer_that_runs_out_of_space_is_one_error_and_leaves_nothing(small, 
 def test_record_onto_a_full_disk_is_one_line_and_leaves_nothing(small, weights):
     golden = small / "g.npz"
     fill(small, leave=16 << 10)
-    run_cli("parity.check", ["record", "--framework", "torch", "--weights", weights, "--checks", "predict",
+    run_cli("parity.check", ["record", "--framework", recording_twin(), "--weights", weights, "--checks", "predict",
                              "--no-progress", "--out", golden], rc=2, inputs=[weights], says=f"cannot write {golden}")
     assert names(small) == ["filler"]
 
@@ -116,7 +117,7 @@ def test_a_killed_record_leaves_a_temporary_that_the_next_record_removes(tmp_pat
     kept = [f".g.npz.{host_tag()}-1.abcd1234.tmp", f".other.npz.{host_tag()}-99999999.abcd1234.tmp", ".g.npz.tmp"]
     for name in kept:  # pid 1 is alive; the second names another file; the third is not our pattern
         (tmp_path / name).write_bytes(b"not ours to delete")
-    run_cli("parity.check", ["record", "--framework", "torch", "--weights", weights, "--checks", "predict",
+    run_cli("parity.check", ["record", "--framework", recording_twin(), "--weights", weights, "--checks", "predict",
                              "--no-progress", "--out", golden], rc=0, inputs=[weights])
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted(kept)
 
@@ -169,7 +170,7 @@ def test_train_without_room_for_its_checkpoints_is_refused_up_front(small, data,
     assert names(small) == []
 
 
-@pytest.mark.parametrize("twin", ["torch", "ms"])
+@pytest.mark.parametrize("twin", PROGRAM_TWINS)
 def test_a_disk_that_fills_during_training_stops_it_in_one_line_and_it_resumes(tmp_path, data, twin, monkeypatch,
                                                                                capsys):
     """Another program fills the disk while the run trains (here: just before its checkpoint of step 1; for

@@ -22,9 +22,11 @@ from pathlib import Path
 
 import pytest
 
+from ddpm_core.environment import child_env
 from ddpm_core.errors import OutputError
 from ddpm_core.paths import check_inside, check_outputs
 from ddpm_core.run_folder import locked
+from tests.host import PROGRAM_FRAMEWORKS, PROGRAM_TWINS, needs
 from tests.reliability.corpus import ROOT, run_cli, sha256_of
 from tests.reliability.fault_kit import refused, tiny_weights
 from tests.train.conftest import TINY, make_fashion_mnist, train, twin_module
@@ -51,13 +53,13 @@ def weights(tmp_path) -> Path:
 
 
 # ---------------------------------------------------------------- sample, both twins
-@pytest.mark.parametrize("twin", ["torch", "ms"])
+@pytest.mark.parametrize("twin", PROGRAM_TWINS)
 def test_sample_out_over_the_weights_is_refused(weights, twin):
     run_cli(f"ddpm_{twin}.sample", ["--weights", weights, "--out", weights, "--n", "1"], rc=2, inputs=[weights],
             says=f"--out {weights} {SAME} --weights {weights}")
 
 
-@pytest.mark.parametrize("twin", ["torch", "ms"])
+@pytest.mark.parametrize("twin", PROGRAM_TWINS)
 @pytest.mark.parametrize("case", ["npy=weights", "gif=out", "npy=./out", "out=symlink", "out=hardlink"])
 def test_sample_outputs_over_inputs_or_each_other_are_refused(tmp_path, weights, twin, case, capsys):
     png = tmp_path / "s.png"
@@ -122,7 +124,7 @@ def test_convert_manifest_over_the_source_is_refused(weights):
 
 def test_convert_manifest_over_the_destination_is_refused(tmp_path, weights):
     """Was: "wrote DST", then the manifest replaced it."""
-    dst, old = tmp_path / "d.pt", tmp_path / "old.pt"
+    dst, old = tmp_path / "d.pt", tmp_path / "old.ckpt"  # (writing an old .pt would need PyTorch)
     run_cli("parity.convert", [weights, dst, "--manifest", dst], rc=2, inputs=[weights],
             says=f"--manifest {dst} {SAME} DST")
     assert not dst.exists()
@@ -176,11 +178,12 @@ def test_a_run_folder_locked_by_another_process_is_refused(tmp_path, data, run, 
 
 
 @pytest.mark.slow
+@needs(*PROGRAM_FRAMEWORKS["torch"])
 def test_two_trainings_into_one_new_folder_one_is_refused(tmp_path, data):
     """Was: both exited 0 and log.jsonl mixed both runs. Now the one that locks first trains, the other stops
     in one line (the folder is locked, or already holds the first one's run), and the log is one run's."""
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore")
+    env = child_env(pythonpath=ROOT, PYTHONWARNINGS="ignore")
     procs = {steps: subprocess.Popen([sys.executable, "-m", "ddpm_torch.train", "--data", str(data), "--out", str(out),
                                       "--max-steps", str(steps), *TINY], cwd=ROOT, env=env, text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE) for steps in (3, 5)}

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from ddpm_core.environment import child_env
-from tests.host import PROGRAM_FRAMEWORKS, need, needs
+from tests.host import PROGRAM_FRAMEWORKS, PROGRAM_TWINS, need
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--image-size", "8", "--dim", "8", "--dim-mults", "1,2", "--timesteps", "10", "--batch-size", "4",
@@ -91,7 +91,7 @@ def twin_module(twin: str, name: str):
     return importlib.import_module(f"ddpm_{twin}.{name}")
 
 
-@pytest.fixture(params=[pytest.param(t, marks=needs(*PROGRAM_FRAMEWORKS[t]), id=t) for t in ("torch", "ms")])
+@pytest.fixture(params=PROGRAM_TWINS)
 def twin_name(request) -> str:
     """Each twin in turn, by package suffix (skipped where its programs cannot run)."""
     return request.param
@@ -116,18 +116,18 @@ def train(twin: str, *args: str) -> int:
 
 
 class TrainedRuns(dict):
-    """{"torch": RUN_DIR, "ms": RUN_DIR}, each a 2-step tiny run of that twin on ``data``, trained on first use;
+    """{"torch": RUN_DIR, "ms": RUN_DIR}, each a ``steps``-step tiny run of that twin on ``data``, trained on first use;
     a twin whose framework cannot be imported skips the test that asks for its run."""
 
-    def __init__(self, folder: Path, data: Path):
+    def __init__(self, folder: Path, data: Path, steps: int = 2):
         super().__init__()
-        self.folder, self.data = folder, data
+        self.folder, self.data, self.steps = folder, data, steps
 
     def __missing__(self, twin: str) -> Path:
         need(*PROGRAM_FRAMEWORKS[twin])
         out, said = self.folder / f"run_{twin}", io.StringIO()
         with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):  # not into the test's capsys
-            code = train(twin, "--data", str(self.data), "--out", str(out), "--max-steps", "2", *TINY)
+            code = train(twin, "--data", str(self.data), "--out", str(out), "--max-steps", str(self.steps), *TINY)
         assert code == 0, said.getvalue()
         self[twin] = out
         return out

@@ -16,14 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.errors import EXIT_ENVIRONMENT, EXIT_USER_ERROR, EnvironmentRefused, UserError
+from tests.host import PROGRAM_FRAMEWORKS, available, needs
 from tests.reliability.corpus import run_cli
 from tests.train.conftest import REPO, TINY, train, twin_module
 
-HAS_CUDA = torch.cuda.is_available()
+if available("torch"):
+    import torch
+
+HAS_CUDA = available("torch") and torch.cuda.is_available()
 MISSING = {"torch": ["cuda", "cuda:1"], "ms": ["GPU", "ascend"]}
 """Devices this machine (no GPU, MindSpore's CPU build) does not have, in each twin's spelling."""
 BOGUS = {"torch": ("gpu", "PyTorch calls a CUDA GPU 'cuda'"), "ms": ("cuda:0", "MindSpore calls a CUDA GPU 'GPU'")}
@@ -74,7 +77,8 @@ def test_sample_and_noise_strip_refuse_a_missing_device_before_reading_or_writin
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="a CUDA device is present")
-@pytest.mark.parametrize("twin,device", [("torch", "cuda"), ("ms", "GPU")])
+@pytest.mark.parametrize("twin,device", [pytest.param(t, d, marks=needs(*PROGRAM_FRAMEWORKS[t]), id=f"{t}-{d}")
+                                         for t, d in (("torch", "cuda"), ("ms", "GPU"))])
 def test_a_missing_device_in_a_real_process(tmp_path, fashion_dir, twin, device):
     """As a user runs it: exit 3, one ``error:`` line, no traceback, the data untouched, no run folder."""
     out = tmp_path / "run"
@@ -83,6 +87,7 @@ def test_a_missing_device_in_a_real_process(tmp_path, fashion_dir, twin, device)
     assert not out.exists()
 
 
+@needs(*PROGRAM_FRAMEWORKS["ms"])
 def test_bf16_on_mindspores_cpu_is_refused_for_a_new_run_and_a_resumed_one(tmp_path, fashion_dir, trained_runs, capsys):
     out = tmp_path / "run"
     assert train("ms", "--data", str(fashion_dir), "--out", str(out), "--precision", "bf16", *TINY) == EXIT_ENVIRONMENT
@@ -100,6 +105,7 @@ def test_bf16_on_mindspores_cpu_is_refused_for_a_new_run_and_a_resumed_one(tmp_p
 
 
 # ---------------------------------------------------------------- precision
+@needs(*PROGRAM_FRAMEWORKS["torch"])
 def test_mixed_precision_training_runs_and_is_a_setting_of_the_run(tmp_path, fashion_dir, trained_runs, capsys):
     """bf16 and fp16 (PyTorch, autocast on the CPU) train: finite losses, not float32's bits (the policy is on),
     ``precision`` stored in run.json, and ``--resume`` refuses to change it."""
@@ -117,6 +123,7 @@ def test_mixed_precision_training_runs_and_is_a_setting_of_the_run(tmp_path, fas
     assert "--precision" in error_lines(capsys)[0]
 
 
+@needs(*PROGRAM_FRAMEWORKS["ms"])
 def test_mindspore_fp16_training_runs_with_its_loss_scale(make_weights):
     from ddpm_ms.train import train_steps
 
@@ -153,6 +160,7 @@ def test_a_loss_scaled_step_changes_no_float32_bit_and_skips_non_finite_gradient
 
 
 # ---------------------------------------------------------------- the deterministic mode
+@needs(*PROGRAM_FRAMEWORKS["torch"])
 def test_deterministic_mode_is_on_by_default_and_can_be_traded(tmp_path, fashion_dir):
     from ddpm_torch import device
 
@@ -170,6 +178,7 @@ def test_deterministic_mode_is_on_by_default_and_can_be_traded(tmp_path, fashion
         device.use_deterministic(before)
 
 
+@needs("torch")
 def test_deterministic_mode_sets_the_cublas_workspace_before_cuda(monkeypatch):
     from ddpm_torch import device
 
@@ -182,6 +191,7 @@ def test_deterministic_mode_sets_the_cublas_workspace_before_cuda(monkeypatch):
         device.use_deterministic(before)
 
 
+@needs("mindspore")
 def test_mindspore_takes_one_deterministic_mode_per_process():
     from ddpm_ms import device
 
@@ -191,6 +201,7 @@ def test_mindspore_takes_one_deterministic_mode_per_process():
 
 
 # ---------------------------------------------------------------- placement and checkpoints
+@needs(*PROGRAM_FRAMEWORKS["torch"])
 def test_the_trainer_puts_model_diffusion_and_batches_on_its_device():
     """On the meta device (shapes without data): every parameter, every schedule table and every batch the
     diffusion places are there."""
@@ -201,6 +212,7 @@ def test_the_trainer_puts_model_diffusion_and_batches_on_its_device():
     assert trainer.numerics()["device"] == "meta"
 
 
+@needs(*PROGRAM_FRAMEWORKS["torch"])
 def test_checkpoints_hold_cpu_tensors_only(trained_runs):
     locations = set()
     path = next((trained_runs["torch"] / "checkpoints").iterdir())
@@ -223,6 +235,7 @@ def _saved_as_cuda(path: Path, trainer) -> None:
         serialization._package_registry.remove(entry)
 
 
+@needs(*PROGRAM_FRAMEWORKS["torch"])
 def test_a_checkpoint_saved_on_cuda_resumes_on_the_cpu(tmp_path, make_weights):
     """The file's tensors say cuda:0 (a plain ``torch.load`` here refuses it); the trainer loads it onto the
     CPU and continues exactly as the run it came from."""
@@ -255,6 +268,7 @@ def two_fake_gpus(monkeypatch):
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
+@needs("torch")
 def test_cuda_is_selected_with_tf32_off(two_fake_gpus, monkeypatch):
     from ddpm_torch.device import resolve_device
 
@@ -267,6 +281,7 @@ def test_cuda_is_selected_with_tf32_off(two_fake_gpus, monkeypatch):
         resolve_device("cuda:2")
 
 
+@needs("torch")
 def test_under_torchrun_each_worker_takes_its_local_gpu(two_fake_gpus, monkeypatch):
     from ddpm_torch.device import resolve_device
 
@@ -282,6 +297,7 @@ def test_under_torchrun_each_worker_takes_its_local_gpu(two_fake_gpus, monkeypat
         resolve_device("cuda")
 
 
+@needs("torch")
 def test_a_cuda_job_joins_with_nccl_and_a_cpu_job_with_gloo(monkeypatch):
     from ddpm_torch import distributed
 
@@ -296,6 +312,7 @@ def test_a_cuda_job_joins_with_nccl_and_a_cpu_job_with_gloo(monkeypatch):
     assert joined == ["nccl", "gloo"]
 
 
+@needs("torch")
 def test_bfloat16_is_refused_on_a_gpu_without_it(monkeypatch):
     from ddpm_torch.device import check_precision
 
@@ -307,6 +324,7 @@ def test_bfloat16_is_refused_on_a_gpu_without_it(monkeypatch):
 
 
 @pytest.mark.cuda
+@needs(*PROGRAM_FRAMEWORKS["torch"])
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 def test_train_on_cuda_then_resume_on_the_cpu(tmp_path, fashion_dir):
     """Deterministic CUDA training resumes bit for bit on CUDA, and continues on the CPU (with a warning that

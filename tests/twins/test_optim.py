@@ -1,5 +1,7 @@
 """The optimizers: MindSpore's nn.Adam rule (eps before bias correction), reproduced by
 ddpm_torch.optim.MindSporeAdam, and the tutorial's learning-rate list."""
+from __future__ import annotations
+
 import numpy as np
 import pytest
 
@@ -126,11 +128,13 @@ def _trained(dtype: torch.dtype, eps: float, foreach: bool, lr_as_tensor: bool =
     return [p.detach().clone() for p in params] + moments
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@needs("torch")
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])  # names: the same test ids where torch is missing
 @pytest.mark.parametrize("eps", [1e-8, 0.1])
-def test_foreach_update_is_bit_identical_to_one_parameter_at_a_time(dtype, eps):
+def test_foreach_update_is_bit_identical_to_one_parameter_at_a_time(dtype_name, eps):
     """``foreach=True`` (the CUDA default) and a 0-d tensor learning rate (the CUDA graph's) change no bit of the
     weights or moments: the same float32 operations in the same order."""
+    dtype = getattr(torch, dtype_name)
     loop = _trained(dtype, eps, foreach=False)
     for kw in (dict(foreach=True), dict(foreach=True, lr_as_tensor=True), dict(foreach=False, lr_as_tensor=True)):
         other = _trained(dtype, eps, **kw)
@@ -138,6 +142,7 @@ def test_foreach_update_is_bit_identical_to_one_parameter_at_a_time(dtype, eps):
     assert not torch.equal(loop[0], _trained(dtype, eps * 2, foreach=True)[0])  # the comparison can fail
 
 
+@needs("torch")
 def test_foreach_follows_the_oracle():
     lrs, eps = [0.1, 0.05, 0.02], 1e-8
     assert_close("MindSporeAdam foreach vs the oracle", run_torch(MindSporeAdam, lr=lrs, eps=eps, foreach=True),
