@@ -26,7 +26,7 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from ddpm_core.errors import OutputError, UserError
+from ddpm_core.errors import EnvironmentRefused, OutputError, UserError
 
 FULL_BELOW = 1 << 20
 """A writer that fails without an ``OSError`` (torch.save's RuntimeError) failed for lack of space when its
@@ -107,7 +107,10 @@ def free_bytes(folder: str | os.PathLike) -> int | None:
 def write_fault(e: BaseException, folder: Path) -> str | None:
     """Why writing in ``folder`` failed, when the file system is the cause: an ``OSError`` from the system
     (in ``e`` or what it was raised from) gives its reason; any other failure counts only when the file system
-    is now (almost) full or ``folder`` is not writable. None: not a file-system fault (a bug keeps its type)."""
+    is now (almost) full or ``folder`` is not writable. None: not a file-system fault (a bug keeps its type, and so
+    do a missing framework and the project's own errors, which say what they are whatever the disk holds)."""
+    if isinstance(e, (ImportError, UserError, EnvironmentRefused)):
+        return None
     seen: BaseException | None = e
     for _ in range(8):  # the chain of causes, not followed around a cycle
         if seen is None:
