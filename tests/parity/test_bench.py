@@ -171,6 +171,12 @@ def test_torch_channels_last_sampling_equals_nchw(torch_twin, make_weights):
 
 
 # ------------------------------------------------------------------------------------ the bench, smoke-sized
+SMOKE = pytest.mark.slow
+"""A whole bench run (46 s on a quiet 2-core AMD EPYC: both frameworks, five configurations, MindSpore's graph
+compiles): left to ``-m slow`` to keep the default suite under 10 minutes; ``python -m parity.bench`` itself is
+the benchmark it checks, and its parts are tested above at unit size."""
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory) -> tuple[dict, str]:
     need("torch", "mindspore")  # the default configurations run both twins and the tutorial's code
@@ -184,6 +190,7 @@ def smoke(tmp_path_factory) -> tuple[dict, str]:
     return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text()
 
 
+@SMOKE
 def test_bench_json_has_every_figure_for_every_configuration(smoke):
     report, _ = smoke
     assert set(report) >= {"date", "settings", "machine", "environment", "results", "parity_check", "targets",
@@ -202,6 +209,7 @@ def test_bench_json_has_every_figure_for_every_configuration(smoke):
     assert report["data_parallel"]["jobs"] == []
 
 
+@SMOKE
 def test_bench_ratios_are_consistent(smoke):
     report, _ = smoke
     res, s = report["results"], report["settings"]
@@ -223,6 +231,7 @@ def test_bench_ratios_are_consistent(smoke):
     assert ratio["met"] == (ratio["value"] >= ratio["threshold"])
 
 
+@SMOKE
 def test_bench_markdown_names_every_configuration_and_the_extrapolation(smoke):
     report, text = smoke
     for r in report["results"].values():
