@@ -157,16 +157,22 @@ def run_cuda(args: argparse.Namespace, peak_n: int | None = None) -> dict[str, A
             "results": summarise(measure(args.configs, args, device), machine)}
 
 
+def measured_line(report: dict[str, Any], batches: str) -> str:
+    """What a CUDA bench report measured, on what: the first line of its Markdown (``batches``: "batch 16", ...)."""
+    a, d = report["settings"], report["device"]
+    cfg = a["model_config"]
+    return (f"Measured {report['date']} on {d['name']} (torch {d['torch']}"
+            + (f", CUDA {d['cuda']}, cuDNN {d['cudnn']}" if d.get("cuda") else "") + f"): {batches}, "
+            f"{a['image_size']}×{a['image_size']}, Unet(dim={cfg['dim']}, channels={cfg['channels']}, "
+            f"dim_mults={tuple(cfg['dim_mults'])}), T={T}. Median (min–max) of {a['repeats']} repeats, warm-up "
+            "excluded.")
+
+
 def cuda_markdown(report: dict[str, Any]) -> str:
     """The CUDA bench's table and its notes."""
-    a, d, m, res = report["settings"], report["device"], report["machine"], report["results"]
-    cfg = a["model_config"]
+    a, m, res = report["settings"], report["machine"], report["results"]
     peaks = ", ".join(f"{k} {v / 1e12:.1f}" for k, v in m["peak_flops"].items())
-    lines = [f"Measured {report['date']} on {d['name']} (torch {d['torch']}"
-             + (f", CUDA {d['cuda']}, cuDNN {d['cudnn']}" if d.get("cuda") else "") + f"): batch {a['batch']}, "
-             f"{a['image_size']}×{a['image_size']}, Unet(dim={cfg['dim']}, channels={cfg['channels']}, "
-             f"dim_mults={tuple(cfg['dim_mults'])}), T={T}. Median (min–max) of {a['repeats']} repeats, warm-up "
-             f"excluded.", "",
+    lines = [measured_line(report, f"batch {a['batch']}"), "",
              "| configuration | train images/s | sample images/s (T=200) | × eager: train / sample "
              "| warm-up (s): 1st train step / 1st sampling | peak memory (MiB) | of peak: train / sample |",
              "|---|---|---|---|---|---|---|"]

@@ -22,7 +22,7 @@ import time
 from typing import Any, Callable
 
 from parity.bench.cuda import CUDA_CONFIGS
-from parity.bench.cuda_run import header, machine_figures, measure_point, prepare, rates
+from parity.bench.cuda_run import header, machine_figures, measure_point, measured_line, prepare, rates
 from parity.bench.markdown import fmt, opt
 from parity.bench.workloads import T
 
@@ -157,14 +157,10 @@ def targets(sweep: dict[str, Any]) -> list[dict[str, Any]]:
 
 def sweep_markdown(report: dict[str, Any]) -> str:
     """The best batch per configuration, every point measured, and the goals."""
-    a, d, m, sweep = report["settings"], report["device"], report["machine"], report["sweep"]
-    cfg = a["model_config"]
+    a, m, sweep = report["settings"], report["machine"], report["sweep"]
     peaks = ", ".join(f"{k} {v / 1e12:.1f}" for k, v in m["peak_flops"].items())
-    lines = [f"Measured {report['date']} on {d['name']} (torch {d['torch']}"
-             + (f", CUDA {d['cuda']}, cuDNN {d['cudnn']}" if d.get("cuda") else "") + f"): batches "
-             f"{', '.join(map(str, a['batches']))}, {a['image_size']}×{a['image_size']}, Unet(dim={cfg['dim']}, "
-             f"channels={cfg['channels']}, dim_mults={tuple(cfg['dim_mults'])}), T={T}. Median (min–max) of "
-             f"{a['repeats']} repeats, warm-up excluded. Training: {a['sweep_images']:g} images per measurement "
+    lines = [measured_line(report, f"batches {', '.join(map(str, a['batches']))}")
+             + f" Training: {a['sweep_images']:g} images per measurement "
              f"(2 to {a['train_steps']} steps); sampling: a T=k schedule, k = {a['sweep_sample_images']:g} / batch "
              f"({min(MIN_SAMPLE_STEPS, a['sample_steps'])} to {a['sample_steps']}), scaled by {T}/k.", "",
              "| configuration | train: best batch | images/s | of peak | sample: best batch | images/s (T=200) "
