@@ -7,6 +7,7 @@ Rule: a twin's ``main`` only adds its framework; every option, default and help 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -224,3 +225,12 @@ def noise_strip_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help=DEVICE_HELP)
     _diffusion_options(p, required_defaults=True)
     return p
+
+
+def exit_after_main(code: int) -> None:
+    """End a command's process with ``code`` once stdout and stderr are flushed, skipping the interpreter's
+    teardown: every output is written and closed (atomically) by then, and the frameworks' teardown (measured
+    1.2 s with both loaded) does nothing a command needs. For ``if __name__ == "__main__"`` blocks only."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -18,8 +18,18 @@ import sys
 from typing import Sequence
 
 from ddpm_core.atomic import atomic_write_bytes, output_problem
-from ddpm_core.errors import (EXIT_ENVIRONMENT, EXIT_MISMATCH, EXIT_OK, EXIT_USER_ERROR, EnvironmentRefused,
-                              MissingFramework, UserError, WeightsError, one_line)
+from ddpm_core.cli import exit_after_main
+from ddpm_core.errors import (
+    EXIT_ENVIRONMENT,
+    EXIT_MISMATCH,
+    EXIT_OK,
+    EXIT_USER_ERROR,
+    EnvironmentRefused,
+    MissingFramework,
+    UserError,
+    WeightsError,
+    one_line,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,7 +117,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)  # every output is written; the frameworks' interpreter teardown does nothing we need
+    exit_after_main(main())
