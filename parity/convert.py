@@ -13,6 +13,10 @@ Before reading SRC, every output (DST, --manifest, DST's sidecar) must be writab
 every input (SRC, its sidecar, --config) and than each other, so a conversion never replaces what it reads
 (a training checkpoint converted onto itself would lose its optimizer and progress); before writing, DST's
 file system must have room for it.
+
+``--map SPEC.py [--set KEY=VALUE ...]`` converts any pair's weights instead of the U-Net's: a PyTorch file to a
+MindSpore .ckpt (or back) with the map ``python -m parity.pair SPEC.py`` computes (``parity.pair.weightfile``);
+every tensor that does not map, or maps two ways, is one line under one ``error:`` line, exit 2.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import sys
 from pathlib import Path
 
 from ddpm_core.atomic import atomic_write_bytes
-from ddpm_core.errors import EXIT_USER_ERROR, MissingFramework, UserError
+from ddpm_core.errors import EXIT_ENVIRONMENT, EXIT_USER_ERROR, EnvironmentRefused, MissingFramework, UserError, one_line
 from ddpm_core.weights import (
     DTYPES,
     WeightsError,
@@ -50,10 +54,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", nargs="?", const="-", metavar="PATH",
                    help="per-tensor sha256 in torch naming, as JSON: printed, or written to PATH; "
                         "PATH = DST.manifest.json makes it DST's sidecar, verified whenever DST is read")
+    p.add_argument("--map", metavar="SPEC.py", help="convert with the weight map parity.pair computes for this SPEC "
+                   "(any model pair, docs/pairs.md) instead of the U-Net's names")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="options",
+                   help="with --map: an option for the SPEC's functions, as parity.pair takes it (repeatable)")
     return p
 
 
+def run_map(args: argparse.Namespace) -> None:
+    """``--map``: the SPEC's weight map (parity.pair.weightfile), with the same output guards."""
+    from parity.pair.spec import load_spec, parse_option
+    from parity.pair.weightfile import convert_with_map
+
+    if args.dst is None or args.manifest is not None or args.config is not None or args.dtype is not None:
+        raise UserError("--map takes SRC and DST (and --set); --manifest, --config and --dtype are the U-Net's")
+    check_outputs([("DST", args.dst)], [("SRC", args.src), ("--map", args.map)])
+    format_of(args.dst)
+    spec = load_spec(args.map, dict(parse_option(o) for o in args.options))
+    print(convert_with_map(args.src, args.dst, spec), file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> None:
+    if args.map is not None:
+        return run_map(args)
+    if args.options:
+        raise UserError("--set is an option of --map")
     if args.dst is None and args.manifest is None:
         raise UserError("give DST to convert to, or --manifest to print the manifest")
     manifest_out = args.manifest if args.manifest != "-" else None
@@ -104,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except WeightsError as e:
+        if args.map is not None:  # parity.pair's form: one error line, then every problem on its own line
+            print(f"error: {e.context}: {len(e.problems)} problem(s)", file=sys.stderr)
+            for line in e.problems:
+                print(f"  {line}", file=sys.stderr)
+            return EXIT_USER_ERROR
         problems = e.problems
         if len(problems) == 1:
             print(f"error: {e.context}: {problems[0]}", file=sys.stderr)
@@ -114,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         if e.hint:
             print(f"hint: {e.hint}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except EnvironmentRefused as e:  # --map: a package its SPEC imports is missing
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
     except (UserError, MissingFramework) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -21,7 +21,7 @@ from parity.engine.compare import compare_many
 from parity.engine.tolerances import device_class, tolerance
 from parity.pair.judge import judge, with_overrides
 from parity.pair.localise import Localiser
-from parity.pair.mapping import map_weights
+from parity.pair.mapping import WeightMap, map_weights
 from parity.pair.modules import ModulePairs, pair_modules
 from parity.pair.report import InputResult, PairReport
 from parity.pair.settings import SettingDifference, compare_settings
@@ -52,6 +52,14 @@ def other_side(model: Any, device: str) -> Any:
     from parity.pair.ms_side import MsPairSide
 
     return MsPairSide(model, device or "CPU")
+
+
+def pair_map(side_t: Any, side_o: Any, name_map: Mapping[str, Any] | None) -> WeightMap:
+    """The weight map of a pair (rules, structure, the user's ``name_map``), refused with every problem one line
+    each (``WeightsError``): the one map ``compare`` loads with and ``parity.convert --map`` converts with."""
+    wm = map_weights(side_t.tensors(), side_o.tensors(), name_map)
+    wm.check()
+    return wm
 
 
 def _settings(side_t: Any, side_o: Any, pairs: ModulePairs, tree_t: Any) -> dict[str, list[SettingDifference]]:
@@ -90,8 +98,7 @@ def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_m
     all_args = [as_args(x, i) for i, x in enumerate(inputs)]
     side_t = TorchPairSide(torch_model, torch_device)
     side_o = other_side(other_model, other_device)
-    wm = map_weights(side_t.tensors(), side_o.tensors(), name_map)
-    wm.check()
+    wm = pair_map(side_t, side_o, name_map)
     start = side_t.state()
     side_o.load(wm.to_ms(start))
     back = wm.to_torch(side_o.state())
