@@ -386,3 +386,21 @@ RELATIVE.update({
     "pair_output": RelativeRule(10.0, 1e-6, 1e-6, _PAIR_K, _PAIR_MEASURED),
     "pair_module": RelativeRule(10.0, 1e-6, 1e-6, _PAIR_K, _PAIR_MEASURED),
 })
+
+
+# ---------------------------------------------------------------- a pair's autocast side (parity.pair --other autocast)
+_AMP_K = ("an autocast side is compared with the float64 arbiter; its gate is k x this model's rounding in that "
+          "precision on this machine (the reference PyTorch model under the same autocast against float64, per output "
+          "and per module call), never float32's gate and never the autocast side's own error")
+_AMP_MEASURED = "MEASURED_LATER"
+RELATIVE_AMP: dict[tuple[str, str], RelativeRule] = {}
+for _dt in ("bfloat16", "float16"):
+    for _out in ("pair_output", "pair_module"):
+        RELATIVE_AMP[(_out, _dt)] = RelativeRule(4.0, 1e-6, 1e-6, _AMP_K, _AMP_MEASURED)
+        TOLERANCES[(_out, _dt, "cpu")] = Tolerance(
+            math.inf, 0.0, math.inf, -1.0, f"a pair's {_dt} autocast side: replaced by the machine-relative gate "
+            "(RELATIVE_AMP)", _AMP_MEASURED)
+    TOLERANCES[("pair_function", _dt, "cpu")] = Tolerance(
+        math.inf, 0.0, {"bfloat16": 5e-2, "float16": 1e-2}[_dt], -1.0, "MEASURED_LATER", _AMP_MEASURED)
+    for _out in ("pair_output", "pair_module", "pair_function"):
+        TOLERANCES[(_out, _dt, "gpu")] = _provisional(TOLERANCES[(_out, _dt, "cpu")], "gpu", 1.0)

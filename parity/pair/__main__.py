@@ -3,7 +3,8 @@
 Compares the SPEC's PyTorch model with its port on every input it gives (docs/pairs.md) and prints the table and
 findings. Exit status: 0 the pair matches; 1 it differs (the first divergence named, with its blame); 2 a
 structural problem (weights that do not map, one line each; a bad SPEC or option); 3 the environment refuses (a
-missing device, an op without a kernel on it, a package the SPEC needs). ``--self-test`` plants bugs in the
+missing device, an op without a kernel on it, a package the SPEC needs). ``--other compile|autocast`` makes the
+other side the SPEC's PyTorch model compiled or under autocast (parity.pair.variants). ``--self-test`` plants bugs in the
 MindSpore side and prints which the verdict catches (parity.pair.selftest); its status is the unplanted pair's.
 
 Rules it keeps: output paths are checked before any work and written atomically after it; an expected problem is
@@ -43,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "the first divergence marked (needs matplotlib)")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="options",
                    help="an option for the SPEC's functions that declare KEY as a parameter (repeatable)")
+    p.add_argument("--other", metavar="compile[:BACKEND],autocast[:DTYPE]",
+                   help="the other side is the SPEC's PyTorch model compiled (torch.compile, default backend inductor) "
+                        "and/or under torch.autocast (bfloat16 or float16), instead of ms_model()")
     p.add_argument("--no-train-pass", action="store_true",
                    help="skip the training-mode pass that compares running statistics")
     p.add_argument("--self-test", action="store_true",
@@ -64,8 +68,12 @@ def run(args: argparse.Namespace) -> int:
 
         require_matplotlib()
     options = dict(parse_option(o) for o in args.options)
-    spec = load_spec(args.spec, options)
-    devices = {"torch_device": spec.devices.get("torch", "cpu"), "other_device": spec.devices.get("ms", "")}
+    spec = load_spec(args.spec, options, args.other)
+    torch_device = spec.devices.get("torch", "cpu")
+    devices = {"torch_device": torch_device, "other_device": torch_device if spec.other else spec.devices.get("ms", "")}
+    if args.self_test and spec.other:
+        raise UserError("--self-test plants bugs in a MindSpore side; the other side here is PyTorch "
+                        f"({', '.join(f'{k} {v}' for k, v in spec.other.items())})")
     extra: dict = {}
     extra_md = ""
     if args.self_test:

@@ -19,7 +19,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from parity.engine.compare import Comparison, compare
-from parity.engine.tolerances import BLAME_RATIO, RELATIVE, RelativeRule, Tolerance, machine_relative, tolerance
+from parity.engine.tolerances import BLAME_RATIO, RELATIVE, RELATIVE_AMP, RelativeRule, Tolerance, machine_relative, \
+    tolerance
 
 ULP = float(np.finfo(np.float32).eps)
 
@@ -48,16 +49,20 @@ class Gates:
 
     device: str = "cpu"
     rules: Mapping[str, RelativeRule] = field(default_factory=lambda: dict(RELATIVE))
+    dtype: str = "float32"
+    """the precision the other side computes in: "float32", or an autocast side's "bfloat16" / "float16", judged
+    against the float64 arbiter (``judge``)"""
 
 
 DEFAULT_GATES = Gates()
 """CPU entries and the table's rules."""
 
 
-def with_overrides(device: str, overrides: Mapping[str, Mapping[str, float]] | None) -> Gates:
+def with_overrides(device: str, overrides: Mapping[str, Mapping[str, float]] | None, dtype: str = "float32") -> Gates:
     """Gates whose rules take a SPEC's ``tolerances`` (``{"pair_output": {"k": 20}}``: fields of a RelativeRule
-    for "pair_output" or "pair_module"); anything else is ``ValueError`` naming what is allowed."""
-    rules = dict(RELATIVE)
+    for "pair_output" or "pair_module"); anything else is ``ValueError`` naming what is allowed. ``dtype``: the
+    precision's rules (``RELATIVE``, or ``RELATIVE_AMP`` for an autocast side)."""
+    rules = dict(RELATIVE) if dtype == "float32" else {k: RELATIVE_AMP[(k, dtype)] for k in ("pair_output", "pair_module")}
     for output, fields in (overrides or {}).items():
         allowed = ("k", "floor_atol", "floor_rel_l2")
         if output not in ("pair_output", "pair_module") or not isinstance(fields, Mapping) or \
@@ -67,7 +72,7 @@ def with_overrides(device: str, overrides: Mapping[str, Mapping[str, float]] | N
         rules[output] = replace(rules[output], **{k: float(v) for k, v in fields.items()},
                                 reason=f"the SPEC's tolerances {dict(fields)} over the table's: {rules[output].reason}",
                                 measured="set by the SPEC")
-    return Gates(device, rules)
+    return Gates(device, rules, dtype)
 
 
 def gate(output: str, gates: Gates, rounding: Comparison) -> Tolerance:
@@ -75,7 +80,7 @@ def gate(output: str, gates: Gates, rounding: Comparison) -> Tolerance:
     float32 rounding is as large as the tensor itself (relative L2 >= 1: a quantity that is 0 in exact arithmetic,
     such as the gradient of a bias that a BatchNorm's mean removes) only the element-wise rule is kept: relative
     L2 and cosine of rounding noise say nothing."""
-    g = machine_relative(tolerance(output, "float32", gates.device), rounding.max_abs, rounding.rel_l2,
+    g = machine_relative(tolerance(output, gates.dtype, gates.device), rounding.max_abs, rounding.rel_l2,
                          gates.rules[output])
     return g.elementwise_only() if rounding.rel_l2 >= 1.0 else g
 
@@ -83,9 +88,11 @@ def gate(output: str, gates: Gates, rounding: Comparison) -> Tolerance:
 def judge(name: str, torch_out: Sequence[object], other_out: Sequence[object], ref_out: Sequence[object],
           output: str = "pair_module", gates: Gates = DEFAULT_GATES) -> Judged:
     """Compare the PyTorch float32 outputs (``a``) with the other side's (``b``), array by array, each under the
-    gate from its own float32 rounding; the failing array, else the one with the largest error, is reported."""
+    gate from its own float32 rounding; the failing array, else the one with the largest error, is reported.
+    With ``gates.dtype`` an autocast precision, ``torch_out`` is the reference model under the same autocast and
+    ``b`` is compared with float64 under k x that reference's rounding (its error against float64)."""
     t, o, r = _arrays(torch_out), _arrays(other_out), _arrays(ref_out)
-    loose = tolerance(output, "float32", gates.device)
+    loose = tolerance(output, gates.dtype, gates.device)
     if len(t) != len(o):
         c = Comparison(name, loose)
         c.problem = f"{len(t)} output tensor(s) in PyTorch, {len(o)} in the other side"
@@ -102,7 +109,8 @@ def judge(name: str, torch_out: Sequence[object], other_out: Sequence[object], r
             et, eo = rel_l2(a, ref), rel_l2(b, ref) if b.shape == ref.shape else float("inf")
         else:
             g, et, eo = loose, float("nan"), float("nan")
-        j = Judged(compare(label, a, b, g), et, eo)
+        against = ref if gates.dtype != "float32" and ref is not None and ref.shape == a.shape else a
+        j = Judged(compare(label, against, b, g), et, eo)
         if not j.passed:
             return j
         if worst is None or j.comparison.max_abs > worst.comparison.max_abs:
@@ -133,4 +141,4 @@ def blame(err_torch: float, err_other: float, other_label: str) -> str:
 
 def different_function(own_err: float, gates: Gates = DEFAULT_GATES) -> bool:
     """Whether an own error (relative L2 against float64, on identical inputs) is beyond float32 rounding."""
-    return own_err > tolerance("pair_function", "float32", gates.device).max_rel_l2
+    return own_err > tolerance("pair_function", gates.dtype, gates.device).max_rel_l2

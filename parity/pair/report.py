@@ -115,6 +115,8 @@ class PairReport:
     train: TrainPass | None
     environment: dict[str, Any]
     step: "StepResult | None" = None
+    notes: list[str] = field(default_factory=list)
+    """how a side ran that a reader must know (a compiled side's graph breaks), below the headline"""
 
     @property
     def passed(self) -> bool:
@@ -201,7 +203,8 @@ class PairReport:
                 for r in self.rows()]
         widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
         fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
-        lines = [self.headline(), "", fmt(head), fmt(["-" * w for w in widths]), *map(fmt, body)]
+        lines = [self.headline(), *[f"note: {n}" for n in self.notes], "", fmt(head), fmt(["-" * w for w in widths]),
+                 *map(fmt, body)]
         found = self.findings()
         if found:
             lines += ["", *found]
@@ -209,7 +212,7 @@ class PairReport:
         return "\n".join(lines)
 
     def markdown(self) -> str:
-        lines = [f"# parity.pair: {self.name}", "", *self.headline().splitlines()[1:], "",
+        lines = [f"# parity.pair: {self.name}", "", *self.headline().splitlines()[1:], *[f"note: {n}" for n in self.notes], "",
                  "| check | max abs | rel L2 | gate atol / rel L2 | err torch | err other | result |",
                  "|---|---:|---:|---:|---:|---:|---|"]
         lines += [f"| {r.name} | {_num(r.max_abs)} | {_num(r.rel_l2)} | {r.gate} | {_num(r.err_torch)} | "
@@ -241,7 +244,7 @@ class PairReport:
                 "inputs": [r.to_dict() for r in self.inputs],
                 "training_mode": None if self.train is None else self.train.to_dict(),
                 "training_step": None if self.step is None else self.step.to_dict(),
-                "findings": self.findings(), "environment": self.environment}
+                "findings": self.findings(), "notes": self.notes, "environment": self.environment}
 
 
 def _row(name: str, judged: list[Judged], blamed: str) -> Row:

@@ -27,6 +27,7 @@ from parity.pair.report import InputResult, PairReport
 from parity.pair.settings import SettingDifference, compare_settings
 from parity.pair.train_pass import training_pass
 from parity.pair.train_step import training_step
+from parity.pair.variants import TorchVariant
 
 if TYPE_CHECKING:
     from parity.pair.torch_side import TorchPairSide
@@ -42,11 +43,15 @@ def as_args(item: Any, index: int) -> tuple[np.ndarray, ...]:
 
 
 def other_side(model: Any, device: str) -> Any:
-    """The side for the port: PyTorch when it is an ``nn.Module`` (another device), else MindSpore."""
+    """The side for the port: PyTorch when it is an ``nn.Module`` (another device) or a ``TorchVariant`` (compiled,
+    under autocast), else MindSpore."""
     import torch
 
     from parity.pair.torch_side import TorchPairSide
 
+    if isinstance(model, TorchVariant):
+        return TorchPairSide(model.model, device or "cpu", label=f"PyTorch {model.describe()}", compile=model.compile,
+                             autocast=model.autocast)
     if isinstance(model, torch.nn.Module):
         return TorchPairSide(model, device or "cpu", label=f"PyTorch ({device or 'cpu'})")
     from parity.pair.ms_side import MsPairSide
@@ -96,7 +101,9 @@ def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_m
     from parity.pair.torch_side import TorchPairSide
 
     all_args = [as_args(x, i) for i, x in enumerate(inputs)]
-    side_t = TorchPairSide(torch_model, torch_device)
+    amp = other_model.autocast if isinstance(other_model, TorchVariant) else None
+    side_t = TorchPairSide(torch_model, torch_device, autocast=amp,  # autocast: the reference in that precision
+                           label=f"PyTorch autocast {amp} (eager)" if amp else "")
     side_o = other_side(other_model, other_device)
     wm = pair_map(side_t, side_o, name_map)
     start = side_t.state()
@@ -110,7 +117,8 @@ def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_m
     pairs = pair_modules(side_t.tree(), side_o.tree(), wm)
     other_torch = side_o.framework == "torch" and side_o.device.type != "cpu"
     gates = with_overrides(device_class(str(side_o.device if other_torch else side_t.device),
-                                        "CPU" if side_o.framework == "torch" else side_o.device), tolerances)
+                                        "CPU" if side_o.framework == "torch" else side_o.device), tolerances,
+                           amp or "float32")
     results = []
     for i, args in enumerate(all_args):
         out_t, tree_t = side_t.forward(args, record=True)
@@ -132,8 +140,9 @@ def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_m
         train = training_pass(side_t, side_o, ref, wm, pairs, all_args[k], k, by_module, gates)
     if loss is not None:
         step = training_step(side_t, side_o, ref, wm, all_args[k], k, loss, optimizers or {}, gates)
+    notes = [n for n in (getattr(side_o, "note", lambda: "")(),) if n]
     return PairReport(name or type(torch_model).__name__, side_t.label, side_o.label, wm, weights, pairs, results,
-                      train, _environment(side_t, side_o), step)
+                      train, _environment(side_t, side_o), step, notes)
 
 
 def _environment(side_t: "TorchPairSide", side_o: Any) -> dict[str, Any]:
@@ -141,4 +150,5 @@ def _environment(side_t: "TorchPairSide", side_o: Any) -> dict[str, Any]:
 
     if side_o.framework == "ms":
         return fingerprint(side_t.info, side_o.info, compiled=False)
-    return {**fingerprint(side_t.info, None, None), "other_torch_setup": side_o.info}
+    return {**fingerprint(side_t.info, None, None), "other_torch_setup": side_o.info,
+            "other_torch_run": {"compile": side_o.backend, "autocast": side_o.autocast}}

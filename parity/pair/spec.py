@@ -8,6 +8,10 @@ them, the model's positional arguments), and optionally ``name_map`` (a mapping,
 entry but ``loss`` may be a function; it is called with the ``--set`` options it declares as parameters
 (``def ms_model(maxpool="same")`` takes ``--set maxpool=pad``).
 
+``other`` (or ``--other``, which wins): ``"compile[:BACKEND]"``, ``"autocast[:DTYPE]"`` or both comma-separated
+(``parity.pair.variants``): the other side is then the SPEC's ``torch_model()`` built a second time and run that way;
+``ms_model()`` is not built (it need not exist) and ``name_map`` is not used (the names are the same).
+
 Rules it keeps: the file is imported as a module of its own (never ``exec`` over our globals); every problem with
 it (no such file, an exception while importing or calling it, a missing or wrong entry, an option no entry takes)
 is ``UserError`` naming the SPEC and the entry (exit 2), except a package it imports that is not installed, which
@@ -28,6 +32,8 @@ from ddpm_core.errors import EnvironmentRefused, UserError, type_and_first_sente
 
 REQUIRED = ("torch_model", "ms_model", "inputs")
 OPTIONAL = ("name_map", "devices", "optimizers", "tolerances")
+OTHER = "other"
+"""The entry (and ``--other``) that makes the other side the PyTorch model compiled or under autocast."""
 PASSED_AS_IS = ("loss",)
 """Entries that are functions of the run, not of the options: never called while loading."""
 
@@ -47,6 +53,8 @@ class Spec:
     loss: Any = None
     optimizers: Mapping[str, Any] = field(default_factory=dict)
     tolerances: Mapping[str, Any] = field(default_factory=dict)
+    other: Mapping[str, str] = field(default_factory=dict)
+    """TorchVariant's arguments when the other side is the PyTorch model compiled / under autocast, else empty"""
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -94,17 +102,37 @@ def _call(path: Path, name: str, entry: Any, options: Mapping[str, Any], used: s
     return _guard(path, f"{name}()", lambda: entry(**kwargs))
 
 
-def load_spec(path: str | Path, options: Mapping[str, Any] | None = None) -> Spec:
-    """Import the SPEC at ``path`` and build everything it describes (see the module docstring)."""
+def _other(path: Path, text: Any) -> dict[str, str]:
+    from parity.pair.variants import parse_other
+
+    if not isinstance(text, str):
+        raise UserError(f"SPEC {path.name}: other must be a string such as 'compile' or 'autocast:bfloat16'")
+    try:
+        return parse_other(text)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def load_spec(path: str | Path, options: Mapping[str, Any] | None = None, other: str | None = None) -> Spec:
+    """Import the SPEC at ``path`` and build everything it describes (see the module docstring); ``other`` is
+    ``--other`` (it replaces the SPEC's ``other`` entry)."""
     path = Path(path)
     options = dict(options or {})
     module = _import(path)
-    missing = [n for n in REQUIRED if not callable(getattr(module, n, None))]
+    used: set[str] = set()
+    if other is None and hasattr(module, OTHER):
+        other = _call(path, OTHER, getattr(module, OTHER), options, used)
+    variant = _other(path, other) if other else {}
+    required = tuple(n for n in REQUIRED if not (variant and n == "ms_model"))
+    missing = [n for n in required if not callable(getattr(module, n, None))]
     if missing:
         raise UserError(f"SPEC {path.name}: missing {', '.join(n + '()' for n in missing)} "
-                        f"(a SPEC defines {', '.join(n + '()' for n in REQUIRED)})")
-    used: set[str] = set()
-    built = {n: _call(path, n, getattr(module, n), options, used) for n in REQUIRED}
+                        f"(a SPEC defines {', '.join(n + '()' for n in required)})")
+    built = {n: _call(path, n, getattr(module, n), options, used) for n in required}
+    if variant:
+        from parity.pair.variants import TorchVariant
+
+        built["ms_model"] = TorchVariant(_call(path, "torch_model", module.torch_model, options, used), **variant)
     extra = {n: _call(path, n, getattr(module, n), options, used) for n in OPTIONAL if hasattr(module, n)}
     unknown = sorted(set(options) - used)
     if unknown:
@@ -112,7 +140,7 @@ def load_spec(path: str | Path, options: Mapping[str, Any] | None = None) -> Spe
     if not isinstance(built["inputs"], (list, tuple)) or not built["inputs"]:
         raise UserError(f"SPEC {path.name}: inputs() must return a non-empty list of numpy arrays "
                         f"(or tuples of them), got {type(built['inputs']).__name__}")
-    name_map = extra.get("name_map") or {}
+    name_map = {} if variant else extra.get("name_map") or {}
     devices = extra.get("devices") or {}
     optimizers = extra.get("optimizers") or {}
     tolerances = extra.get("tolerances") or {}
@@ -123,4 +151,4 @@ def load_spec(path: str | Path, options: Mapping[str, Any] | None = None) -> Spe
     if loss is not None and not callable(loss):
         raise UserError(f"SPEC {path.name}: loss must be a function of the model's outputs")
     return Spec(path, built["torch_model"], built["ms_model"], list(built["inputs"]), name_map, devices, options,
-                module, loss, optimizers, tolerances)
+                module, loss, optimizers, tolerances, variant)

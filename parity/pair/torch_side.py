@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ddpm_core.errors import EnvironmentRefused, UserError, type_and_first_sentence
 from parity.engine.settings import torch_settings
 from parity.env import setup_torch
 from parity.pair.calls import CallRecorder, CallTree, flatten
@@ -23,6 +24,8 @@ from parity.pair.mapping import Tensor
 from parity.pair.modules import ModuleInfo
 
 _ENGINE_KINDS = ("Conv2d", "ConvTranspose2d", "Linear", "GroupNorm", "GELU", "Softmax", "LogSoftmax", "LayerNorm")
+RECOMPILE_LIMIT = 64
+"""Recompilations of one function a compiled side allows before it refuses (dynamo's default, 8, then runs eagerly)."""
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
 
@@ -70,18 +73,59 @@ def read_settings(m: nn.Module, kind: str) -> tuple[str, dict[str, Any]] | None:
     return (kind, {}) if kind in ACTIVATIONS else None
 
 
+def _refusing(compiled: Callable[..., Any], backend: str) -> Callable[..., Any]:
+    """``compiled``, with a backend that cannot compile here (inductor without a C++ compiler) turned into
+    ``EnvironmentRefused`` (exit 3) naming the backend."""
+    def run(*args: Any) -> Any:
+        try:  # guard on hooks: a run with the recording hooks is compiled anew, not served the graph without them;
+            # past the recompile limit dynamo would run the module eagerly without a word: raise instead
+            with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False, recompile_limit=RECOMPILE_LIMIT,
+                                            fail_on_recompile_limit_hit=True):
+                return compiled(*args)
+        except torch._dynamo.exc.BackendCompilerFailed as e:
+            raise EnvironmentRefused(f"torch.compile's {backend} backend cannot compile here: "
+                                     f"{type_and_first_sentence(e.inner_exception)}") from None
+        except torch._dynamo.exc.FailOnRecompileLimitHit:
+            raise EnvironmentRefused(f"torch.compile recompiled one function more than {RECOMPILE_LIMIT} times (input "
+                                     "sizes x eval/training x recording hooks); give fewer input sizes") from None
+    return run
+
+
 class TorchPairSide:
     """One PyTorch model of a pair (``dtype`` float32 normally, float64 for the arbiter); the model is moved to the
     device and dtype in place and put in eval mode."""
 
     framework = "torch"
 
-    def __init__(self, model: nn.Module, device: str = "cpu", dtype: torch.dtype = torch.float32, label: str = ""):
+    def __init__(self, model: nn.Module, device: str = "cpu", dtype: torch.dtype = torch.float32, label: str = "",
+                 compile: str | None = None, autocast: str | None = None):
         self.info = setup_torch(device)
         self.device, self.dtype = torch.device(device), dtype
         self.model = model.to(device=self.device, dtype=dtype).eval()
         self.label = label or ("PyTorch" if device == "cpu" else f"PyTorch ({device})")
         self._modules = dict(self.model.named_modules(remove_duplicate=True))
+        self.backend, self.autocast = compile, autocast
+        self._compiled: dict[str, Callable[..., Any]] = {}
+        self.graph_breaks = 0
+        """module path -> its ``torch.compile``d callable (the root first; others when replayed alone)"""
+
+    def _callable(self, path: str) -> Callable[..., Any]:
+        """Module ``path`` as this side runs it: eager, or compiled with the side's backend (once per module)."""
+        if self.backend is None:
+            return self._modules[path]
+        if path not in self._compiled:
+            try:
+                compiled = torch.compile(self._modules[path], backend=self.backend)
+            except Exception as e:  # noqa: BLE001 - dynamo's InvalidBackend and friends: the user's option
+                raise UserError(f"torch.compile(backend={self.backend!r}): {type_and_first_sentence(e)}") from None
+            self._compiled[path] = _refusing(compiled, self.backend)
+        return self._compiled[path]
+
+    def _precision(self) -> contextlib.AbstractContextManager:
+        """``torch.autocast`` to the side's dtype, or nothing."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=getattr(torch, self.autocast))
 
     # ------------------------------------------------------------ structure and weights
     def tensors(self) -> list[Tensor]:
@@ -135,19 +179,51 @@ class TorchPairSide:
 
     @staticmethod
     def numpy(x: torch.Tensor) -> np.ndarray:
-        return x.detach().cpu().numpy().copy()
+        """A copy; bfloat16 and float16 (autocast) widened exactly to float32."""
+        x = x.detach().cpu()
+        return (x.float() if x.dtype in (torch.bfloat16, torch.float16) else x).numpy().copy()
 
     def forward(self, args: Sequence[np.ndarray], record: bool = False) -> tuple[tuple, CallTree | None]:
-        """The model's outputs on ``args`` (flattened to numpy), and the call tree when ``record``."""
+        """The model's outputs on ``args`` (flattened to numpy), and the call tree when ``record``. A compiled side
+        returns the outputs of the whole model compiled without hooks (what a user runs), and records the tree in a
+        second run whose hooks break the graph at every module boundary (``note``)."""
+        if record and self.backend is not None:
+            from torch._dynamo.utils import counters
+
+            start = self.state() if self.model.training else None  # a training-mode pass updates buffers once
+            before = sum(counters["graph_break"].values())
+            _, tree = self._forward(args, True)
+            self.graph_breaks += sum(counters["graph_break"].values()) - before
+            if start is not None:
+                self.load(start)
+            out, _ = self._forward(args, False)
+            return out, tree
+        return self._forward(args, record)
+
+    def note(self) -> str:
+        """What a reader must know about how this side ran ('' for an eager float32 side)."""
+        if self.backend is None:
+            return ""
+        return (f"{self.label}: the outputs rows are the whole model compiled with {self.backend} as one graph; the "
+                f"module records that localise come from a second run with a hook at every module boundary, where "
+                f"dynamo breaks the graph ({self.graph_breaks} graph break(s) so far), so each module between two "
+                f"hooks is compiled alone; a difference that only fusion across modules makes is seen in the outputs "
+                f"and cannot be placed in a module")
+
+    def _forward(self, args: Sequence[np.ndarray], record: bool) -> tuple[tuple, CallTree | None]:
         rec = CallRecorder({id(m): p for p, m in self._modules.items()},
                            {id(m): kind_of(m) for m in self._modules.values()}, self.numpy)
         handles = []
         if record:
+            # Under torch.compile the hooks run eagerly (dynamo breaks the graph at each): every module call is
+            # recorded with the values the compiled code computed, each region between two hooks one graph.
+            pre, post = (rec.pre, rec.post) if self.backend is None else \
+                (torch._dynamo.disable(rec.pre), torch._dynamo.disable(rec.post))
             for m in self._modules.values():
-                handles += [m.register_forward_pre_hook(rec.pre), m.register_forward_hook(rec.post)]
+                handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
         try:
-            with torch.no_grad():
-                out = self.model(*(self._tensor(a) for a in args))
+            with torch.no_grad(), self._precision():
+                out = self._callable("")(*(self._tensor(a) for a in args))
         finally:
             for h in handles:
                 h.remove()
@@ -155,8 +231,8 @@ class TorchPairSide:
 
     def run_module(self, path: str, inputs: tuple) -> tuple:
         """Module ``path`` alone on recorded inputs (numpy), numpy outputs."""
-        with torch.no_grad():
-            return flatten(self._modules[path](*(self._tensor(a) for a in inputs)), self.numpy)
+        with torch.no_grad(), self._precision():
+            return flatten(self._callable(path)(*(self._tensor(a) for a in inputs)), self.numpy)
 
     def train_step(self, args: Sequence[np.ndarray], loss: Callable[[Any], Any],
                    make_optimizer: Callable[[list], Any] | None = None
@@ -166,7 +242,8 @@ class TorchPairSide:
         params = dict(self.model.named_parameters())
         for p in params.values():
             p.grad = None
-        value = loss(self.model(*(self._tensor(a) for a in args)))
+        with self._precision():
+            value = loss(self._callable("")(*(self._tensor(a) for a in args)))
         value.backward()
         grads = {n: self.numpy(p.grad) for n, p in params.items() if p.grad is not None}
         after = None
