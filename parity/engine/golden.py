@@ -14,6 +14,11 @@ Rules:
     equal to the zip entry's, which is bounded by the file's size (an entry stored deflated may hold at most
     ``INFLATE_LIMIT`` times its stored bytes). An unknown member is refused by its name, never inflated;
   * any problem is a ``GoldenError``: one line naming the file and the field or member, exit code 2.
+
+Two kinds share the container and every rule above: ``parity.check``'s (the U-Net, members implied by its
+``RunSpec``) and ``parity.pair``'s (manifest ``"kind": "pair"``: any model; its manifest declares every member's
+shape and dtype under ``pair.members``, and those are what the file must hold). A reader asks for one kind and
+refuses the other by name.
 """
 from __future__ import annotations
 
@@ -48,6 +53,10 @@ written stored, np.savez), so reading a golden file never holds much more than i
 _SECTIONS = ("out/", "tape/", "init/")
 _FIELDS = ("format", "framework", "spec", "tape_sha256", "weights_sha256", "outputs_sha256", "environment",
            "timings_s", "rounding")
+_PAIR_FIELDS = ("format", "kind", "framework", "pair", "tape_sha256", "weights_sha256", "outputs_sha256",
+                "environment")
+KINDS = {"ddpm": "python -m parity.check compare", "pair": "python -m parity.pair SPEC.py --compare"}
+"""A golden file's kind -> the command that compares it."""
 _SPEC_FIELDS = ("unet", "diffusion", "tape", "checks", "ddim_etas", "loss_types", "lrs")
 _FLOATS = (np.dtype("<f4"), np.dtype("<f8"))
 
@@ -89,23 +98,43 @@ def save_golden(path: str | Path, framework: str, spec: RunSpec, tape: Mapping[s
     manifest = {"format": FORMAT, "framework": framework, "spec": spec.to_dict(), "tape_sha256": tape_hash(tape),
                 "weights_sha256": weights_hash(weights), "outputs_sha256": weights_hash(outputs),
                 "environment": environment, **(extra or {})}
+    _write(path, manifest, outputs, tape, weights)
+    return manifest
+
+
+def save_pair_golden(path: str | Path, pair: dict, inputs: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray],
+                     outputs: Mapping[str, np.ndarray], environment: dict) -> dict:
+    """Write a ``parity.pair`` golden file atomically (PyTorch's side of a pair: ``inputs`` in the tape section,
+    ``weights``, ``outputs``); ``pair`` is what the pair needs to rebuild its records, to which the members'
+    declared shapes and dtypes are added. Returns the manifest."""
+    sections = {"out/": outputs, "tape/": inputs, "init/": weights}
+    members = {f"{p}{k}": [list(np.shape(v)), np.asarray(v).dtype.newbyteorder("<").str] for p, d in sections.items()
+               for k, v in d.items()}
+    manifest = {"format": FORMAT, "kind": "pair", "framework": "torch", "pair": {**pair, "members": members},
+                "tape_sha256": tape_hash(inputs), "weights_sha256": weights_hash(weights),
+                "outputs_sha256": weights_hash(outputs), "environment": environment}
+    _write(path, manifest, outputs, inputs, weights)
+    return manifest
+
+
+def _write(path: str | Path, manifest: dict, outputs: Mapping[str, np.ndarray], tape: Mapping[str, np.ndarray],
+           weights: Mapping[str, np.ndarray]) -> None:
     arrays = {f"out/{k}": np.asarray(v) for k, v in outputs.items()}
     arrays.update({f"tape/{k}": np.asarray(v) for k, v in tape.items()})
     arrays.update({f"init/{k}": np.asarray(v) for k, v in weights.items()})
     arrays["manifest"] = np.frombuffer(json.dumps(manifest, sort_keys=True, default=str).encode(), dtype=np.uint8)
-
     atomic_write(path, lambda tmp: write_npz(tmp, arrays))
-    return manifest
 
 
-def load_golden(path: str | Path) -> Golden:
-    """Read and verify a golden file (``GoldenError`` naming the file and the problem)."""
+def load_golden(path: str | Path, kind: str = "ddpm") -> Golden:
+    """Read and verify a golden file of ``kind`` ("ddpm": parity.check's, "pair": parity.pair's; ``GoldenError``
+    naming the file and the problem, or the other kind and its command)."""
     path = Path(path)
     if not path.is_file():
         raise GoldenError(f"cannot read golden file {path}: {'no such file' if not path.exists() else 'not a file'}")
     try:
         with zipfile.ZipFile(path) as zf:
-            return _read(path, zf, path.stat().st_size)
+            return _read(path, zf, path.stat().st_size, kind)
     except GoldenError:
         raise
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as e:
@@ -293,11 +322,56 @@ def _expect(path: Path, key: str, h: _Header, shape: tuple[int, ...], dtypes: tu
         raise GoldenError(f"{path}: member {key} is {h.dtype}, expected {' or '.join(str(d) for d in dtypes)}")
 
 
-def _read(path: Path, zf: zipfile.ZipFile, size: int) -> Golden:
+def _check_pair_manifest(path: Path, m: dict, size: int) -> dict[str, tuple[tuple[int, ...], tuple[np.dtype, ...]]]:
+    """A parity.pair manifest's fields checked one by one; the members it declares (shape, dtype), whose total
+    size must fit in the file."""
+    if not isinstance(m, dict):
+        raise GoldenError(f"{path}: the manifest is a JSON {type(m).__name__}, expected an object")
+    if m.get("format") != FORMAT:
+        raise _fail(path, "format", f"is {m.get('format')!r}, expected {FORMAT!r}")
+    for name in m:
+        if name not in _PAIR_FIELDS:
+            raise _fail(path, name, "is not a field of a parity.pair golden manifest")
+    if m.get("framework") != "torch":
+        raise _fail(path, "framework", f"is {m.get('framework')!r}; a pair's golden file holds its PyTorch side")
+    for name in ("tape_sha256", "weights_sha256", "outputs_sha256"):
+        if not _is_hex(m.get(name)):
+            raise _fail(path, name, "is missing" if name not in m else "is not a sha256 (64 hex digits)")
+    if not isinstance(m.get("environment", {}), dict):
+        raise _fail(path, "environment", "is not an object")
+    members = m.get("pair", {}).get("members") if isinstance(m.get("pair"), dict) else None
+    if not isinstance(members, dict):
+        raise _fail(path, "pair.members", "is missing or not an object")
+    expected, total = {}, 0
+    for key, declared in members.items():
+        try:
+            shape, dtype = tuple(int(d) for d in declared[0]), np.dtype(declared[1])
+            ok = key.startswith(_SECTIONS) and len(declared) == 2 and all(d >= 0 for d in shape) and \
+                dtype.kind in "fiu" and not dtype.hasobject and all(isinstance(d, int) for d in declared[0])
+        except (TypeError, ValueError, IndexError, KeyError):
+            ok = False
+        if not ok:
+            raise _fail(path, f"pair.members[{key!r}]", f"is {declared!r}, expected [shape, numeric dtype] of an "
+                        "out/, tape/ or init/ member")
+        expected[key] = (shape, (dtype,))
+        total += math.prod(shape) * dtype.itemsize
+    if total > size:
+        raise _fail(path, "pair.members", f"declare {_bytes(total)}, more than the file's {_bytes(size)}")
+    return expected
+
+
+def _read(path: Path, zf: zipfile.ZipFile, size: int, kind: str = "ddpm") -> Golden:
     entries = _entries(path, zf, size)
     if "manifest" not in entries:
         raise GoldenError(f"{path} is not a parity golden file (no manifest)")
     manifest = _manifest(path, zf, entries["manifest"])
+    found = manifest.get("kind", "ddpm") if isinstance(manifest, dict) else kind
+    if found != kind:
+        raise GoldenError(f"{path} is a {'parity.pair' if found == 'pair' else 'parity.check'} golden file"
+                          + (f"; compare it with {KINDS[found]}" if found in KINDS else f" of unknown kind {found!r}"))
+    if kind == "pair":
+        expected = _check_pair_manifest(path, manifest, size)
+        return _members(path, zf, entries, manifest, expected, None, "the recorded pair (manifest pair.members)")
     spec = _check_manifest(path, manifest, size)
     expected: dict[str, tuple[tuple[int, ...], tuple[np.dtype, ...]]] = {
         f"tape/{k}": (s, (np.dtype(d).newbyteorder("<"),)) for k, (s, d) in tape_shapes(spec.tape).items()}
@@ -309,17 +383,29 @@ def _read(path: Path, zf: zipfile.ZipFile, size: int) -> Golden:
     pred_t = _data(path, zf, "tape/pred_t", entries["tape/pred_t"], h)  # the prediction outputs' names
     outputs = implied_outputs(spec, manifest["framework"], [int(t) for t in pred_t])
     expected.update({f"out/{k}": (s, _FLOATS) for k, s in outputs.items()})
+    return _members(path, zf, entries, manifest, expected, spec, f"the recorded spec (checks {', '.join(spec.checks)})")
+
+
+def _members(path: Path, zf: zipfile.ZipFile, entries: dict[str, zipfile.ZipInfo], manifest: dict,
+             expected: dict[str, tuple[tuple[int, ...], tuple[np.dtype, ...]]], spec: RunSpec | None,
+             source: str) -> Golden:
+    """Exactly the ``expected`` members (``source`` says what implies them), each header checked before its data
+    is read, then every section against its digest."""
     unknown = sorted(set(entries) - set(expected) - {"manifest"})
     if unknown:  # refused by name: nothing of it is read
         raise GoldenError(f"{path}: unknown member {unknown[0]}.npy" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1
-                          else "") + f": the recorded spec (checks {', '.join(spec.checks)}) does not imply it")
+                          else "") + f": {source} does not imply it")
     missing = [k for k in expected if k not in entries]
     if missing:
         raise GoldenError(f"{path}: member {missing[0]}.npy is missing" + (f" (and {len(missing) - 1} more)" if
-                          len(missing) > 1 else "") + f"; the recorded spec (checks {', '.join(spec.checks)}) implies it")
+                          len(missing) > 1 else "") + f"; {source} implies it")
     headers = {key: _header(path, zf, key, entries[key]) for key in expected}
     for key, h in headers.items():
-        _expect(path, key, h, *expected[key], spec)
+        if spec is not None:
+            _expect(path, key, h, *expected[key], spec)
+        elif h.shape != expected[key][0] or h.dtype not in expected[key][1]:
+            raise GoldenError(f"{path}: member {key} is {h.dtype} {h.shape}; {source} declares "
+                              f"{expected[key][1][0]} {expected[key][0]}")
     data = {key: _data(path, zf, key, entries[key], h) for key, h in headers.items()}
     g = Golden(manifest, *({k[len(p):]: v for k, v in data.items() if k.startswith(p)} for p in _SECTIONS),
                run_spec=spec)

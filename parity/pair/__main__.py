@@ -1,4 +1,5 @@
-"""``python -m parity.pair SPEC.py [--json OUT] [--markdown OUT] [--junit OUT] [--set KEY=VALUE ...] [--self-test]``
+"""``python -m parity.pair SPEC.py [--json OUT] [--markdown OUT] [--junit OUT] [--set KEY=VALUE ...] [--self-test]
+[--other compile|autocast] [--record GOLDEN | --compare GOLDEN]``
 
 Compares the SPEC's PyTorch model with its port on every input it gives (docs/pairs.md) and prints the table and
 findings. Exit status: 0 the pair matches; 1 it differs (the first divergence named, with its blame); 2 a
@@ -6,6 +7,8 @@ structural problem (weights that do not map, one line each; a bad SPEC or option
 missing device, an op without a kernel on it, a package the SPEC needs). ``--other compile|autocast`` makes the
 other side the SPEC's PyTorch model compiled or under autocast (parity.pair.variants). ``--self-test`` plants bugs in the
 MindSpore side and prints which the verdict catches (parity.pair.selftest); its status is the unplanted pair's.
+``--record GOLDEN`` (a PyTorch host) and ``--compare GOLDEN`` (a MindSpore host) split one pair over two hosts
+(parity.pair.golden).
 
 Rules it keeps: output paths are checked before any work and written atomically after it; an expected problem is
 one ``error:`` line without a traceback.
@@ -20,6 +23,7 @@ from typing import Sequence
 
 from ddpm_core.atomic import atomic_write_bytes, output_problem
 from ddpm_core.cli import exit_after_main
+from ddpm_core.paths import check_outputs
 from ddpm_core.errors import (
     EXIT_ENVIRONMENT,
     EXIT_MISMATCH,
@@ -47,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--other", metavar="compile[:BACKEND],autocast[:DTYPE]",
                    help="the other side is the SPEC's PyTorch model compiled (torch.compile, default backend inductor) "
                         "and/or under torch.autocast (bfloat16 or float16), instead of ms_model()")
+    two = p.add_mutually_exclusive_group()
+    two.add_argument("--record", metavar="GOLDEN", help="run only the PyTorch side (float32, the float64 arbiter, every "
+                     "module call) and write it to the golden file GOLDEN, for --compare on a MindSpore host")
+    two.add_argument("--compare", metavar="GOLDEN", help="run only the MindSpore side, from the weights and inputs "
+                     "recorded in GOLDEN, and judge it against the recorded PyTorch side")
     p.add_argument("--no-train-pass", action="store_true",
                    help="skip the training-mode pass that compares running statistics")
     p.add_argument("--self-test", action="store_true",
@@ -63,12 +72,27 @@ def run(args: argparse.Namespace) -> int:
         problem = path and output_problem(path)
         if problem:
             raise UserError(f"--{flag} {path}: {problem}")
+    check_outputs([("--record", args.record), *((f"--{k}", v) for k, v in outputs.items())],
+                  [("SPEC", args.spec), ("--compare", args.compare)])  # never over an input, nor one over another
+    if (args.record or args.compare) and (args.other or args.self_test):
+        raise UserError("--record / --compare put a PyTorch host and a MindSpore host apart; not with "
+                        f"{'--other' if args.other else '--self-test'}")
     if args.plot:
         from parity.pair.plot import require_matplotlib
 
         require_matplotlib()
     options = dict(parse_option(o) for o in args.options)
-    spec = load_spec(args.spec, options, args.other)
+    if args.record:
+        from parity.pair.golden import record
+
+        spec = load_spec(args.spec, options, skip=("ms_model",))
+        manifest = record(spec, args.record)
+        calls = sum(len(r["t"]["calls"]) for r in manifest["pair"]["runs"])
+        print(f"recorded {args.record}: {len(spec.inputs)} input(s), {calls} module call(s), "
+              f"{len(manifest['pair']['tensors'])} tensors; compare it where the port runs: python -m parity.pair "
+              f"{args.spec} --compare {args.record}")
+        return EXIT_OK
+    spec = load_spec(args.spec, options, args.other, skip=("torch_model",) if args.compare else ())
     torch_device = spec.devices.get("torch", "cpu")
     devices = {"torch_device": torch_device, "other_device": torch_device if spec.other else spec.devices.get("ms", "")}
     if args.self_test and spec.other:
@@ -87,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
         found = table(probes) if report.passed else "self-test: not run, the pair already differs (fix that first)"
         print("\n" + found)
         extra, extra_md = {"self_test": to_dicts(probes)}, f"\n## Self-test\n\n```\n{found}\n```\n"
+    elif args.compare:
+        from parity.pair.golden import compare_golden
+
+        report = compare_golden(spec, args.compare)
+        print(report.text())
     else:
         from parity.pair.run import compare
 

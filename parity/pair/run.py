@@ -12,6 +12,7 @@ What a run guarantees:
 """
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -44,15 +45,14 @@ def as_args(item: Any, index: int) -> tuple[np.ndarray, ...]:
 
 def other_side(model: Any, device: str) -> Any:
     """The side for the port: PyTorch when it is an ``nn.Module`` (another device) or a ``TorchVariant`` (compiled,
-    under autocast), else MindSpore."""
-    import torch
+    under autocast), else MindSpore. PyTorch is not imported for a MindSpore model (a host may lack it)."""
+    torch = sys.modules.get("torch")  # an nn.Module exists only once torch is imported
+    if isinstance(model, TorchVariant) or (torch is not None and isinstance(model, torch.nn.Module)):
+        from parity.pair.torch_side import TorchPairSide
 
-    from parity.pair.torch_side import TorchPairSide
-
-    if isinstance(model, TorchVariant):
-        return TorchPairSide(model.model, device or "cpu", label=f"PyTorch {model.describe()}", compile=model.compile,
-                             autocast=model.autocast)
-    if isinstance(model, torch.nn.Module):
+        if isinstance(model, TorchVariant):
+            return TorchPairSide(model.model, device or "cpu", label=f"PyTorch {model.describe()}",
+                                 compile=model.compile, autocast=model.autocast)
         return TorchPairSide(model, device or "cpu", label=f"PyTorch ({device or 'cpu'})")
     from parity.pair.ms_side import MsPairSide
 
@@ -80,6 +80,22 @@ def _settings(side_t: Any, side_o: Any, pairs: ModulePairs, tree_t: Any) -> dict
         if diffs:
             out[c.path] = diffs
     return out
+
+
+def judge_input(i: int, args: tuple, side_t: Any, side_o: Any, ref: Any, pairs: ModulePairs, gates: Any
+                ) -> InputResult:
+    """Input ``i``: the three runs with every module call recorded, the outputs judged, the settings at its sizes,
+    and the first divergence localised. The sides may be live or recorded (``parity.pair.golden``)."""
+    out_t, tree_t = side_t.forward(args, record=True)
+    out_o, tree_o = side_o.forward(args, record=True)
+    out_r, tree_r = ref.forward(args, record=True)
+    output = judge("output", out_t, out_o, out_r, "pair_output", gates)
+    settings = _settings(side_t, side_o, pairs, tree_t)
+    loc = Localiser(tree_t, tree_o, tree_r, pairs.to_ms, side_o.run_module, ref.run_module, settings,
+                    side_o.label, gates)
+    div = loc.first_divergence(i)
+    return InputResult(i, [tuple(a.shape) for a in args], output, div, [d for ds in settings.values() for d in ds],
+                       loc.depth())
 
 
 def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_map: Mapping[str, Any] | None = None,
@@ -119,18 +135,7 @@ def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_m
     gates = with_overrides(device_class(str(side_o.device if other_torch else side_t.device),
                                         "CPU" if side_o.framework == "torch" else side_o.device), tolerances,
                            amp or "float32")
-    results = []
-    for i, args in enumerate(all_args):
-        out_t, tree_t = side_t.forward(args, record=True)
-        out_o, tree_o = side_o.forward(args, record=True)
-        out_r, tree_r = ref.forward(args, record=True)
-        output = judge("output", out_t, out_o, out_r, "pair_output", gates)
-        settings = _settings(side_t, side_o, pairs, tree_t)
-        loc = Localiser(tree_t, tree_o, tree_r, pairs.to_ms, side_o.run_module, ref.run_module, settings,
-                        side_o.label, gates)
-        div = loc.first_divergence(i)
-        results.append(InputResult(i, [tuple(a.shape) for a in args], output, div,
-                                   [d for ds in settings.values() for d in ds], loc.depth()))
+    results = [judge_input(i, args, side_t, side_o, ref, pairs, gates) for i, args in enumerate(all_args)]
     train = step = None
     k = next((r.index for r in results if r.passed), 0)
     if train_pass and any(b in wm.ms_name() for b in side_t.buffers()):

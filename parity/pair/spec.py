@@ -113,9 +113,11 @@ def _other(path: Path, text: Any) -> dict[str, str]:
         raise UserError(str(e)) from None
 
 
-def load_spec(path: str | Path, options: Mapping[str, Any] | None = None, other: str | None = None) -> Spec:
+def load_spec(path: str | Path, options: Mapping[str, Any] | None = None, other: str | None = None,
+              skip: tuple[str, ...] = ()) -> Spec:
     """Import the SPEC at ``path`` and build everything it describes (see the module docstring); ``other`` is
-    ``--other`` (it replaces the SPEC's ``other`` entry)."""
+    ``--other`` (it replaces the SPEC's ``other`` entry); ``skip`` names model entries not to build (None in the
+    Spec): a two-host run builds only its own framework's model (``parity.pair.golden``)."""
     path = Path(path)
     options = dict(options or {})
     module = _import(path)
@@ -123,12 +125,16 @@ def load_spec(path: str | Path, options: Mapping[str, Any] | None = None, other:
     if other is None and hasattr(module, OTHER):
         other = _call(path, OTHER, getattr(module, OTHER), options, used)
     variant = _other(path, other) if other else {}
-    required = tuple(n for n in REQUIRED if not (variant and n == "ms_model"))
+    required = tuple(n for n in REQUIRED if not (variant and n == "ms_model") and n not in skip)
     missing = [n for n in required if not callable(getattr(module, n, None))]
     if missing:
         raise UserError(f"SPEC {path.name}: missing {', '.join(n + '()' for n in missing)} "
                         f"(a SPEC defines {', '.join(n + '()' for n in required)})")
+    for n in skip:  # their options still count as taken
+        if callable(getattr(module, n, None)):
+            used.update(k for k in options if k in inspect.signature(getattr(module, n)).parameters)
     built = {n: _call(path, n, getattr(module, n), options, used) for n in required}
+    built.update({n: None for n in skip})
     if variant:
         from parity.pair.variants import TorchVariant
 

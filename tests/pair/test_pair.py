@@ -18,8 +18,8 @@ SLIPS = {  # slip -> (the module it is in, the setting that says so, or "" where
 
 @pytest.fixture
 def tp():
-    """tests/pair/tiny_pair.py (a SPEC file: it imports torch at its top), imported once the test's ``needs``
-    are met; each test says whether it needs MindSpore too."""
+    """tests/pair/tiny_pair.py (a SPEC file), imported once the test's ``needs`` are met; each test says whether
+    it needs MindSpore too."""
     from tests.pair import tiny_pair
 
     return tiny_pair

@@ -13,38 +13,43 @@ Linear, residual) and a Linear head, written once in PyTorch and once in MindSpo
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import nn as tnn
 
 SLIPS = ("ln_eps", "gelu", "transpose", "momentum")
 WIDTH = 8
 
 
-class TorchBlock(tnn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.norm = tnn.LayerNorm(dim)
-        self.fc1 = tnn.Linear(dim, 2 * dim)
-        self.act = tnn.GELU()
-        self.fc2 = tnn.Linear(2 * dim, dim)
+def _torch_classes() -> tuple[type, type]:
+    """The PyTorch side, built on first use: this file is also the SPEC of a MindSpore-only host's
+    ``--compare`` (tests/pair/test_golden.py), where torch is not installed."""
+    import torch
+    from torch import nn as tnn
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.fc2(self.act(self.fc1(self.norm(x))))
+    class TorchBlock(tnn.Module):
+        def __init__(self, dim: int):
+            super().__init__()
+            self.norm = tnn.LayerNorm(dim)
+            self.fc1 = tnn.Linear(dim, 2 * dim)
+            self.act = tnn.GELU()
+            self.fc2 = tnn.Linear(2 * dim, dim)
 
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.fc2(self.act(self.fc1(self.norm(x))))
 
-class TinyTorch(tnn.Module):
-    def __init__(self, dim: int = WIDTH):
-        super().__init__()
-        self.conv = tnn.Conv2d(3, dim, 3, padding=1)
-        self.bn = tnn.BatchNorm2d(dim)
-        self.relu = tnn.ReLU()
-        self.block = TorchBlock(dim)
-        self.head = tnn.Linear(dim, dim)
+    class TinyTorch(tnn.Module):
+        def __init__(self, dim: int = WIDTH):
+            super().__init__()
+            self.conv = tnn.Conv2d(3, dim, 3, padding=1)
+            self.bn = tnn.BatchNorm2d(dim)
+            self.relu = tnn.ReLU()
+            self.block = TorchBlock(dim)
+            self.head = tnn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.relu(self.bn(self.conv(x)))               # (B, C, H, W)
-        tokens = h.flatten(2).transpose(1, 2)              # (B, HW, C)
-        return self.head(self.block(tokens).mean(dim=1))   # (B, C)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.relu(self.bn(self.conv(x)))               # (B, C, H, W)
+            tokens = h.flatten(2).transpose(1, 2)              # (B, HW, C)
+            return self.head(self.block(tokens).mean(dim=1))   # (B, C)
+
+    return TorchBlock, TinyTorch
 
 
 def _ms_classes() -> tuple[type, type]:
@@ -79,10 +84,12 @@ def _ms_classes() -> tuple[type, type]:
     return MsBlock, TinyMs
 
 
-def torch_model(seed: int = 0) -> TinyTorch:
+def torch_model(seed: int = 0) -> object:
     """The reference, with seeded weights and BatchNorm statistics that are not the defaults."""
+    import torch
+
     torch.manual_seed(seed)
-    model = TinyTorch()
+    model = _torch_classes()[1]()
     with torch.no_grad():
         model.bn.running_mean.uniform_(-0.5, 0.5)
         model.bn.running_var.uniform_(0.5, 2.0)
@@ -116,9 +123,13 @@ def loss(outputs: object) -> object:
 def optimizers(optimizer: str = "sgd") -> dict:
     """One step of each side's optimizer: "sgd" (the same rule in both) or "adam" (MindSpore's nn.Adam adds eps
     before the bias correction, PyTorch's after it: a known difference, docs/porting.md)."""
-    from mindspore import nn
+    def make(framework: str, ps: list) -> object:  # each framework imported when its side steps (one may be absent)
+        if framework == "torch":
+            import torch
 
-    if optimizer == "sgd":
-        return {"torch": lambda ps: torch.optim.SGD(ps, lr=0.1), "ms": lambda ps: nn.SGD(ps, learning_rate=0.1)}
-    return {"torch": lambda ps: torch.optim.Adam(ps, lr=1e-3, eps=1e-8),
-            "ms": lambda ps: nn.Adam(ps, learning_rate=1e-3, eps=1e-8)}
+            return torch.optim.SGD(ps, lr=0.1) if optimizer == "sgd" else torch.optim.Adam(ps, lr=1e-3, eps=1e-8)
+        from mindspore import nn
+
+        return nn.SGD(ps, learning_rate=0.1) if optimizer == "sgd" else nn.Adam(ps, learning_rate=1e-3, eps=1e-8)
+
+    return {"torch": lambda ps: make("torch", ps), "ms": lambda ps: make("ms", ps)}
