@@ -342,7 +342,8 @@ def _check_pair_manifest(path: Path, m: dict, size: int) -> dict[str, tuple[tupl
     members = m.get("pair", {}).get("members") if isinstance(m.get("pair"), dict) else None
     if not isinstance(members, dict):
         raise _fail(path, "pair.members", "is missing or not an object")
-    expected, total = {}, 0
+    expected: dict[str, tuple[tuple[int, ...], tuple[np.dtype, ...]]] = {}
+    total = 0
     for key, declared in members.items():
         try:
             shape, dtype = tuple(int(d) for d in declared[0]), np.dtype(declared[1])
@@ -370,8 +371,8 @@ def _read(path: Path, zf: zipfile.ZipFile, size: int, kind: str = "ddpm") -> Gol
         raise GoldenError(f"{path} is a {'parity.pair' if found == 'pair' else 'parity.check'} golden file"
                           + (f"; compare it with {KINDS[found]}" if found in KINDS else f" of unknown kind {found!r}"))
     if kind == "pair":
-        expected = _check_pair_manifest(path, manifest, size)
-        return _members(path, zf, entries, manifest, expected, None, "the recorded pair (manifest pair.members)")
+        declared = _check_pair_manifest(path, manifest, size)
+        return _members(path, zf, entries, manifest, declared, None, "the recorded pair (manifest pair.members)")
     spec = _check_manifest(path, manifest, size)
     expected: dict[str, tuple[tuple[int, ...], tuple[np.dtype, ...]]] = {
         f"tape/{k}": (s, (np.dtype(d).newbyteorder("<"),)) for k, (s, d) in tape_shapes(spec.tape).items()}

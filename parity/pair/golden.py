@@ -81,6 +81,7 @@ def record(spec: Any, path: str | Path) -> dict:
         args = as_args(x, i)
         out_t, tree_t = side_t.forward(args, record=True)
         out_r, tree_r = ref.forward(args, record=True)
+        assert tree_t is not None and tree_r is not None  # record=True
         steps: dict[str, Any] = {}
         for c in tree_t.calls:
             try:
