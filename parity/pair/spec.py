@@ -125,6 +125,9 @@ def load_spec(path: str | Path, options: Mapping[str, Any] | None = None, other:
     if other is None and hasattr(module, OTHER):
         other = _call(path, OTHER, getattr(module, OTHER), options, used)
     variant = _other(path, other) if other else {}
+    if variant and skip:
+        raise UserError(f"SPEC {path.name}: its other side is PyTorch ({other}); --record / --compare put a PyTorch "
+                        "host and a MindSpore host apart")
     required = tuple(n for n in REQUIRED if not (variant and n == "ms_model") and n not in skip)
     missing = [n for n in required if not callable(getattr(module, n, None))]
     if missing:
