@@ -1,6 +1,7 @@
 """``parity.pair``: any PyTorch model against its port (a MindSpore cell, or PyTorch on another device).
 
-``compare(torch_model, other_model, inputs)`` returns a ``PairReport``; ``assert_pair_parity`` raises
+``compare(torch_model, other_model, inputs)`` returns a ``PairReport`` (``other_model`` a MindSpore cell, a PyTorch
+module on another device, or ``TorchVariant(module, compile=..., autocast=...)``); ``assert_pair_parity`` raises
 ``AssertionError`` with the report's findings when the pair differs; ``python -m parity.pair SPEC.py`` is the
 command (docs/pairs.md). Nothing here imports a framework until a side needs it.
 """
@@ -10,8 +11,9 @@ from typing import Any, Mapping, Sequence
 
 from parity.pair.report import PairReport
 from parity.pair.run import compare
+from parity.pair.variants import TorchVariant
 
-__all__ = ["PairReport", "assert_pair_parity", "compare"]
+__all__ = ["PairReport", "TorchVariant", "assert_pair_parity", "compare"]
 
 
 def assert_pair_parity(torch_model: Any, other_model: Any, inputs: Sequence[Any], *,
