@@ -7,7 +7,9 @@ What a run guarantees:
     module call recorded; its outputs are judged under the machine-relative gate, its paired layers' settings
     are compared at that input's sizes, and a failing input is localised (``parity.pair.localise``);
   * a model with running statistics also gets one training-mode pass, and with a loss one training step, on the
-    first input that passes (``parity.pair.train_pass``, ``parity.pair.train_step``);
+    first input that passes (``parity.pair.train_pass``, ``parity.pair.train_step``); with a ``step`` and its
+    ``loop``, the stochastic loop is run from one numpy tape and judged step by step (``parity.pair.loop``);
+  * the port's shims are entered around every call into it and named in the report;
   * nothing is skipped silently: unpaired modules and dropped tensors are listed in the report.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ from parity.engine.compare import compare_many
 from parity.engine.tolerances import device_class, tolerance
 from parity.pair.judge import judge, with_overrides
 from parity.pair.localise import Localiser
+from parity.pair.loop import Tape, plan, run_loop
 from parity.pair.mapping import map_weights
 from parity.pair.modules import ModulePairs, pair_modules
 from parity.pair.report import InputResult, PairReport
@@ -41,8 +44,9 @@ def as_args(item: Any, index: int) -> tuple[np.ndarray, ...]:
     return tuple(items)
 
 
-def other_side(model: Any, device: str) -> Any:
-    """The side for the port: PyTorch when it is an ``nn.Module`` (another device), else MindSpore."""
+def other_side(model: Any, device: str, shims: Sequence[Any] = ()) -> Any:
+    """The side for the port: PyTorch when it is an ``nn.Module`` (another device), else MindSpore (entering
+    ``shims`` around every call into it)."""
     import torch
 
     from parity.pair.torch_side import TorchPairSide
@@ -51,7 +55,7 @@ def other_side(model: Any, device: str) -> Any:
         return TorchPairSide(model, device or "cpu", label=f"PyTorch ({device or 'cpu'})")
     from parity.pair.ms_side import MsPairSide
 
-    return MsPairSide(model, device or "CPU")
+    return MsPairSide(model, device or "CPU", shims)
 
 
 def _settings(side_t: Any, side_o: Any, pairs: ModulePairs, tree_t: Any) -> dict[str, list[SettingDifference]]:
@@ -73,12 +77,17 @@ def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_m
             torch_device: str = "cpu", other_device: str = "", train_pass: bool = True, name: str = "",
             tamper: Callable[[Any], None] | None = None, loss: Callable[[Any], Any] | None = None,
             optimizers: Mapping[str, Callable[[list], Any]] | None = None,
-            tolerances: Mapping[str, Mapping[str, float]] | None = None) -> PairReport:
+            tolerances: Mapping[str, Mapping[str, float]] | None = None, shims: Sequence[Any] = (),
+            arbiter: Callable[[Any], Any] | None = None, step: Callable[..., Any] | None = None,
+            loop: Mapping[str, Any] | None = None, tape: Tape | None = None, teacher_forced: bool = True
+            ) -> PairReport:
     """Compare ``torch_model`` with its port ``other_model`` on every input (see the module docstring).
     ``tamper(side)`` is called with the other side once its weights are loaded and checked (``--self-test``
     plants its bugs with it, so what it plants is left to the numeric verdict). With ``loss`` (and ``optimizers``)
     one training step is compared too (``parity.pair.train_step``). ``tolerances`` overrides the machine-relative
-    rules (``{"pair_output": {"k": 20}}``, see ``parity.pair.judge.with_overrides``)."""
+    rules (``{"pair_output": {"k": 20}}``, see ``parity.pair.judge.with_overrides``). ``shims`` are the SPEC's
+    context managers for the port (entered around each call into it), ``arbiter(model64)`` its fix to the float64
+    copy; with ``step`` and ``loop`` the loop is compared (``tape`` replaces the one drawn from the loop's seed)."""
     if not inputs:
         raise UserError("no inputs: a run that compares nothing cannot pass")
     try:
@@ -89,7 +98,10 @@ def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_m
 
     all_args = [as_args(x, i) for i, x in enumerate(inputs)]
     side_t = TorchPairSide(torch_model, torch_device)
-    side_o = other_side(other_model, other_device)
+    if step is not None:
+        timesteps, drawn = plan(loop or {}, all_args)
+        tape = tape or drawn
+    side_o = other_side(other_model, other_device, shims)
     wm = map_weights(side_t.tensors(), side_o.tensors(), name_map)
     wm.check()
     start = side_t.state()
@@ -99,7 +111,7 @@ def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_m
                            tolerance("weights", "float32", "cpu"))
     if tamper is not None:
         tamper(side_o)
-    ref = side_t.float64()
+    ref = side_t.float64(arbiter)
     pairs = pair_modules(side_t.tree(), side_o.tree(), wm)
     other_torch = side_o.framework == "torch" and side_o.device.type != "cpu"
     gates = with_overrides(device_class(str(side_o.device if other_torch else side_t.device),
@@ -116,7 +128,7 @@ def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_m
         div = loc.first_divergence(i)
         results.append(InputResult(i, [tuple(a.shape) for a in args], output, div,
                                    [d for ds in settings.values() for d in ds], loc.depth()))
-    train = step = None
+    train = trained = None
     k = next((r.index for r in results if r.passed), 0)
     if train_pass and any(b in wm.ms_name() for b in side_t.buffers()):
         by_module: dict[str, list[SettingDifference]] = {}
@@ -124,9 +136,14 @@ def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_m
             by_module.setdefault(d.torch_module, []).append(d)
         train = training_pass(side_t, side_o, ref, wm, pairs, all_args[k], k, by_module, gates)
     if loss is not None:
-        step = training_step(side_t, side_o, ref, wm, all_args[k], k, loss, optimizers or {}, gates)
-    return PairReport(name or type(torch_model).__name__, side_t.label, side_o.label, wm, weights, pairs, results,
-                      train, _environment(side_t, side_o), step)
+        trained = training_step(side_t, side_o, ref, wm, all_args[k], k, loss, optimizers or {}, gates)
+    looped = None
+    if step is not None:
+        looped = run_loop(side_t, side_o, ref, step, timesteps, tape, gates, teacher_forced)  # type: ignore[arg-type]
+    report = PairReport(name or type(torch_model).__name__, side_t.label, side_o.label, wm, weights, pairs, results,
+                        train, _environment(side_t, side_o), trained)
+    report.loop, report.shims = looped, [getattr(s, "description", None) or repr(s) for s in shims]
+    return report
 
 
 def _environment(side_t: "TorchPairSide", side_o: Any) -> dict[str, Any]:

@@ -4,9 +4,14 @@ A SPEC defines ``torch_model()``, ``ms_model()`` and ``inputs()`` (a list; each 
 them, the model's positional arguments), and optionally ``name_map`` (a mapping, see parity.pair.mapping),
 ``devices`` (``{"torch": "cpu", "ms": "CPU"}``), ``loss(outputs)`` (a training step is then compared) and
 ``optimizers`` (``{"torch": make, "ms": make}``, ``make(parameters)`` returning that framework's optimizer) and
-``tolerances`` (``{"pair_output": {"k": 20}}``: the machine-relative rules, parity.pair.judge.with_overrides). Any
-entry but ``loss`` may be a function; it is called with the ``--set`` options it declares as parameters
-(``def ms_model(maxpool="same")`` takes ``--set maxpool=pad``).
+``tolerances`` (``{"pair_output": {"k": 20}}``: the machine-relative rules, parity.pair.judge.with_overrides);
+``shims`` (context managers parity.pair enters around every call into the port: the user's stand-ins for ops
+without a kernel, each listed in the report), ``arbiter(model64)`` (given the float64 copy of the PyTorch model,
+returns the model to run as the arbiter: for code that casts to float32 whatever the model's dtype),
+``step(model, x, t, noise)`` and ``loop`` (a stochastic loop, parity.pair.loop). Any entry but ``loss``,
+``arbiter`` and ``step`` may be a function; it is called with the ``--set`` options it declares as parameters
+(``def ms_model(maxpool="same")`` takes ``--set maxpool=pad``); ``step`` gets the options its parameters after
+the first four declare, bound once.
 
 Rules it keeps: the file is imported as a module of its own (never ``exec`` over our globals); every problem with
 it (no such file, an exception while importing or calling it, a missing or wrong entry, an option no entry takes)
@@ -15,6 +20,7 @@ is ``EnvironmentRefused`` (exit 3) naming the package.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import json
@@ -27,8 +33,8 @@ from typing import Any, Callable, Mapping
 from ddpm_core.errors import EnvironmentRefused, UserError, type_and_first_sentence
 
 REQUIRED = ("torch_model", "ms_model", "inputs")
-OPTIONAL = ("name_map", "devices", "optimizers", "tolerances")
-PASSED_AS_IS = ("loss",)
+OPTIONAL = ("name_map", "devices", "optimizers", "tolerances", "shims", "loop")
+PASSED_AS_IS = ("loss", "arbiter", "step")
 """Entries that are functions of the run, not of the options: never called while loading."""
 
 
@@ -47,6 +53,10 @@ class Spec:
     loss: Any = None
     optimizers: Mapping[str, Any] = field(default_factory=dict)
     tolerances: Mapping[str, Any] = field(default_factory=dict)
+    shims: list[Any] = field(default_factory=list)
+    arbiter: Any = None
+    step: Any = None
+    loop: Mapping[str, Any] = field(default_factory=dict)
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -106,6 +116,7 @@ def load_spec(path: str | Path, options: Mapping[str, Any] | None = None) -> Spe
     used: set[str] = set()
     built = {n: _call(path, n, getattr(module, n), options, used) for n in REQUIRED}
     extra = {n: _call(path, n, getattr(module, n), options, used) for n in OPTIONAL if hasattr(module, n)}
+    step = _bind_step(path, getattr(module, "step", None), options, used)
     unknown = sorted(set(options) - used)
     if unknown:
         raise UserError(f"SPEC {path.name}: no entry takes the option(s) {', '.join(unknown)}")
@@ -119,8 +130,30 @@ def load_spec(path: str | Path, options: Mapping[str, Any] | None = None) -> Spe
     for n, v in (("name_map", name_map), ("devices", devices), ("optimizers", optimizers), ("tolerances", tolerances)):
         if not isinstance(v, Mapping):
             raise UserError(f"SPEC {path.name}: {n} must be a mapping, got {type(v).__name__}")
-    loss = getattr(module, "loss", None)
+    loss, arbiter = getattr(module, "loss", None), getattr(module, "arbiter", None)
     if loss is not None and not callable(loss):
         raise UserError(f"SPEC {path.name}: loss must be a function of the model's outputs")
+    if arbiter is not None and not callable(arbiter):
+        raise UserError(f"SPEC {path.name}: arbiter must be a function of the float64 PyTorch model")
+    shims = list(extra.get("shims") or [])
+    if any(not (hasattr(s, "__enter__") and hasattr(s, "__exit__")) for s in shims):
+        raise UserError(f"SPEC {path.name}: shims must be a list of context managers (each entered around every "
+                        f"call into the port)")
+    loop = extra.get("loop") or {}
+    if not isinstance(loop, Mapping) or (step is None) != (not loop):
+        raise UserError(f"SPEC {path.name}: a stochastic loop needs both step(model, x, t, noise) and loop "
+                        f"(a mapping with 'timesteps')")
     return Spec(path, built["torch_model"], built["ms_model"], list(built["inputs"]), name_map, devices, options,
-                module, loss, optimizers, tolerances)
+                module, loss, optimizers, tolerances, shims, arbiter, step, loop)
+
+
+def _bind_step(path: Path, step: Any, options: Mapping[str, Any], used: set[str]) -> Any:
+    """The SPEC's ``step(model, x, t, noise, ...)`` with the options its later parameters declare bound."""
+    if step is None:
+        return None
+    if not callable(step) or len(inspect.signature(step).parameters) < 4:
+        raise UserError(f"SPEC {path.name}: step must be a function step(model, x, t, noise)")
+    later = list(inspect.signature(step).parameters)[4:]
+    kwargs = {k: v for k, v in options.items() if k in later}
+    used.update(kwargs)
+    return functools.partial(step, **kwargs) if kwargs else step
