@@ -55,6 +55,7 @@ def _config(size: int, channels: list[int]) -> dict[str, Any]:
 def torch_model(size: int = 16, channels: list[int] = [16, 32], seed: int = 0) -> torch.nn.Module:  # noqa: B006
     import diffusers
 
+    diffusers.utils.logging.set_verbosity_error()  # else it warns at every .to(dtype), the float64 copy's too
     torch.manual_seed(seed)
     model = diffusers.UNet2DModel(**_config(size, channels))
     with torch.no_grad():  # diffusers zero-initialises nothing here, but draw every bias too: all of it is exercised

@@ -216,8 +216,8 @@ class MsPairSide:
 
     def run_step(self, step: Callable[..., Any], x: np.ndarray, t: int, noise: np.ndarray) -> np.ndarray:
         """One step of a SPEC's loop (parity.pair.loop) on this side: ``step(model, x, t, noise)``, numpy out."""
-        return self.numpy(self._run(lambda: step(self.model, self._tensor(x), int(t), self._tensor(noise)), None,
-                                    f"the SPEC's step() at t={t}"))
+        return self._run(lambda: self.numpy(step(self.model, self._tensor(x), int(t), self._tensor(noise))), None,
+                         f"the SPEC's step() at t={t}")
 
     def settings(self, path: str) -> tuple[str, dict[str, Any]] | None:
         c = self._cells[path]

@@ -41,13 +41,16 @@ class InputResult:
     divergence: Divergence | None
     settings: list[SettingDifference] = field(default_factory=list)
     depth: list[dict] = field(default_factory=list)
+    values: dict[int, list[int]] = field(default_factory=dict)
+    """argument position -> its values, for small integer arguments (a timestep, a label): shown in the label"""
 
     @property
     def passed(self) -> bool:
         return self.output.passed and self.divergence is None and not self.settings
 
     def label(self) -> str:
-        return f"input {self.index} ({shape_text(self.shapes)})"
+        parts = [str(self.values[i]) if i in self.values else shape_text([s]) for i, s in enumerate(self.shapes)]
+        return f"input {self.index} ({', '.join(parts)})"
 
     def to_dict(self) -> dict:
         return {"index": self.index, "shapes": [list(s) for s in self.shapes], "passed": self.passed,

@@ -44,6 +44,11 @@ def as_args(item: Any, index: int) -> tuple[np.ndarray, ...]:
     return tuple(items)
 
 
+def _small_integers(args: tuple[np.ndarray, ...]) -> dict[int, list[int]]:
+    """The values of each integer argument of at most 4 elements (a timestep, a class label), by position."""
+    return {k: [int(v) for v in a.ravel()] for k, a in enumerate(args) if a.dtype.kind in "iu" and a.size <= 4}
+
+
 def other_side(model: Any, device: str, shims: Sequence[Any] = ()) -> Any:
     """The side for the port: PyTorch when it is an ``nn.Module`` (another device), else MindSpore (entering
     ``shims`` around every call into it)."""
@@ -127,7 +132,7 @@ def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_m
                         side_o.label, gates)
         div = loc.first_divergence(i)
         results.append(InputResult(i, [tuple(a.shape) for a in args], output, div,
-                                   [d for ds in settings.values() for d in ds], loc.depth()))
+                                   [d for ds in settings.values() for d in ds], loc.depth(), _small_integers(args)))
     train = trained = None
     k = next((r.index for r in results if r.passed), 0)
     if train_pass and any(b in wm.ms_name() for b in side_t.buffers()):
