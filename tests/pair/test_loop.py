@@ -4,14 +4,16 @@ a slip in one timestep's coefficient is its own error there (teacher-forced) and
 on the port; the tape is drawn once from its seed, and an injected one is used as given."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from ddpm_core.errors import UserError
 from parity.pair.loop import Tape, plan
+from parity.pair.spec import load_spec
 from tests.host import needs
 
-pytestmark = needs("torch")
 TIMESTEPS = [900, 500, 100, 0]
 
 
@@ -43,6 +45,7 @@ def _pair(slip_at: int | None = None, **options: object) -> object:
                    loop={"timesteps": TIMESTEPS, "seed": 3}, train_pass=False, **options)
 
 
+@needs("torch")
 def test_the_correct_port_passes_every_step_and_each_gate_is_its_own() -> None:
     report = _pair()
     assert report.passed and report.loop.passed and len(report.loop.steps) == 4
@@ -52,6 +55,7 @@ def test_the_correct_port_passes_every_step_and_each_gate_is_its_own() -> None:
     assert [s["timestep"] for s in d] == TIMESTEPS and all("forced" in s for s in d)
 
 
+@needs("torch")
 def test_a_slip_at_one_timestep_is_own_there_inherited_after_and_blamed_on_the_port() -> None:
     report = _pair(slip_at=500)
     steps = report.loop.steps
@@ -63,6 +67,7 @@ def test_a_slip_at_one_timestep_is_own_there_inherited_after_and_blamed_on_the_p
     assert "the loop differs at t=500, t=100, t=0 and matches at t=900" in report.text()
 
 
+@needs("torch")
 def test_the_tape_is_drawn_once_from_the_seed_and_an_injected_one_is_used_as_given() -> None:
     inputs = [(np.zeros((1, 2, 6, 6), np.float32),)]
     steps, tape = plan({"timesteps": TIMESTEPS, "seed": 3}, inputs)
@@ -76,3 +81,27 @@ def test_the_tape_is_drawn_once_from_the_seed_and_an_injected_one_is_used_as_giv
     assert 10 < ratio < 1000  # the gate follows the injected tape's rounding
     with pytest.raises(UserError, match="loop: expected"):
         plan({"timesteps": []}, inputs)
+
+
+BASE = "def torch_model(): pass\ndef ms_model(): pass\ndef inputs(): return [1]\n"
+
+
+@pytest.mark.parametrize("body, says", [
+    ("def step(model, x, t, noise): return x\n", "a stochastic loop needs both step(model, x, t, noise) and loop"),
+    ("loop = {'timesteps': [1]}\n", "a stochastic loop needs both"),
+    ("def step(model, x): return x\nloop = {'timesteps': [1]}\n", "step must be a function step(model, x, t, noise)"),
+    ("shims = [print]\n", "shims must be a list of context managers"),
+    ("arbiter = 3\n", "arbiter must be a function of the float64 PyTorch model"),
+])
+def test_a_bad_loop_shim_or_arbiter_entry_is_a_user_error(tmp_path, body: str, says: str) -> None:
+    path = tmp_path / "spec.py"
+    path.write_text(BASE + body)
+    with pytest.raises(UserError, match=r"SPEC spec.py: " + re.escape(says)):
+        load_spec(path)
+
+
+def test_the_steps_own_options_are_bound_and_no_other_entry_needs_to_declare_them(tmp_path) -> None:
+    path = tmp_path / "spec.py"
+    path.write_text(BASE + "def step(model, x, t, noise, scale=1.0): return x * scale\nloop = {'timesteps': [1]}\n")
+    spec = load_spec(path, {"scale": 2.0})
+    assert spec.step(None, 3.0, 0, None) == 6.0 and spec.loop == {"timesteps": [1]}
