@@ -53,7 +53,8 @@ class InputResult:
         return f"input {self.index} ({', '.join(parts)})"
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "shapes": [list(s) for s in self.shapes], "passed": self.passed,
+        return {"index": self.index, "shapes": [list(s) for s in self.shapes],
+                "values": {str(k): v for k, v in self.values.items()}, "passed": self.passed,
                 "output": self.output.comparison.to_dict(),
                 "err_vs_float64": {"torch": self.output.err_torch, "other": self.output.err_other},
                 "first_divergence": None if self.divergence is None else self.divergence.to_dict(),
