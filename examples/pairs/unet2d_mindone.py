@@ -6,7 +6,7 @@ both (MindSpore 2.10, CPU; ``pip install 'ddpm-parity[pairs]'``).
     python -m parity.pair examples/pairs/unet2d_mindone.py --set ms_variance=fixed_large   # a scheduler slip
 
 The model: a small U-Net with each of the main block types (``DownBlock2D``, ``AttnDownBlock2D``, the
-attention mid-block, ``AttnUpBlock2D``, ``UpBlock2D``), 16x16 RGB (``--set size=32``, ``--set channels=[64,128]``).
+attention mid-block, ``AttnUpBlock2D``, ``UpBlock2D``), 16x16 RGB (``--set size=32``, ``--set channels=[32,64]``).
 Both libraries name all of their parameters alike: the weights map as identical names.
 
 What the SPEC declares, and why:
@@ -58,7 +58,7 @@ def torch_model(size: int = 16, channels: list[int] = [16, 32], seed: int = 0) -
     diffusers.utils.logging.set_verbosity_error()  # else it warns at every .to(dtype), the float64 copy's too
     torch.manual_seed(seed)
     model = diffusers.UNet2DModel(**_config(size, channels))
-    with torch.no_grad():  # diffusers zero-initialises nothing here, but draw every bias too: all of it is exercised
+    with torch.no_grad():  # GroupNorm's biases start at zero: draw every bias, so each one does something
         g = torch.Generator().manual_seed(seed)
         for name, p in model.named_parameters():
             if name.endswith("bias"):
