@@ -354,11 +354,20 @@ OUTPUTS.update({
     "pair_output": "parity.pair: a user pair's model outputs (or loss) on one input",
     "pair_module": "parity.pair: one module call's outputs, a gradient or a stepped weight of a user pair",
     "pair_function": "parity.pair: a module's own error against float64 beyond which it computes a different function",
+    "pair_loop": "parity.pair: the state after one step of a user pair's stochastic loop (free-running or teacher-forced)",
 })
 _PAIR_MEASURED = ("correct pairs, AMD EPYC (2 cores), torch 2.14.1 / mindspore 2.10.0, 2026-11-28: the hand-written pair of "
                   "tests/pair (seeds 0-2) and torchvision/mindcv resnet18 with the stem pooling fixed (64, 65 and 96 "
                   "pixels, seeds 0-2) use at most 14% of the output gate, 20% of a module call's and 30% of a single "
                   "step's (max abs or relative L2, whichever is nearer its limit)")
+_PAIR_LOOP_K = ("each step's gate is k x PyTorch float32's error against its float64 run on that step, at that "
+                "timestep (free-running: the drift so far included; teacher-forced: that step alone), so a timestep "
+                "where float32 rounds worse gets a wider gate and no other does; " + _PAIR_K)
+_PAIR_LOOP_MEASURED = ("diffusers 0.39 UNet2DModel + DDPMScheduler against mindone 0.5.0 (examples/pairs/unet2d_mindone.py, "
+                       "16x16, exp in float64), 10 steps t=900..0, seeds 0-2, AMD EPYC (2 cores), torch 2.14.1 / "
+                       "mindspore 2.10.0, 2026-12-04: at most 26% of a step's gate used (free-running or "
+                       "teacher-forced; gates 6e-6 to 7e-5 max abs as the drift grows), the outputs at t=10, 500, "
+                       "999 at most 19%")
 TOLERANCES.update({
     ("pair_output", "float32", "cpu"): Tolerance(
         1e-4, 0.0, 5e-5, 1 - 5e-11, "a user pair's outputs: replaced by the machine-relative gate (RELATIVE)",
@@ -373,8 +382,11 @@ TOLERANCES.update({
         "epsilon, a padding, an activation variant), not a less precise one",
         "planted slips in the tests/pair pair: own errors 7e-5 (LayerNorm eps 1e-7 vs 1e-5), 2.4e-4 (tanh GELU), 0.9 "
         "(transposed weight); correct modules' own errors stay below 1e-6 (8.1e-7 worst: resnet18, seed 0)"),
+    ("pair_loop", "float32", "cpu"): Tolerance(
+        1e-4, 0.0, 5e-5, 1 - 5e-11, "one step of a user pair's loop: replaced by the machine-relative gate (RELATIVE)",
+        _PAIR_LOOP_MEASURED),
 })
-for _out in ("pair_output", "pair_module", "pair_function"):
+for _out in ("pair_output", "pair_module", "pair_function", "pair_loop"):
     _cpu = TOLERANCES[(_out, "float32", "cpu")]
     # A GPU's float32 (TF32 off) rounds as a CPU's does (the H200 probe: the tutorial U-Net 1.85e-6 from float64 on
     # the GPU, 1.24e-6 on an AMD EPYC), and the machine-relative gate measures it on the machine anyway.
@@ -383,6 +395,7 @@ for _out in ("pair_output", "pair_module", "pair_function"):
                                        "(probe_cuda.json) measured the same float32 rounding on an H200"))
     TOLERANCES.setdefault((_out, "float32", "ascend"), _provisional(_cpu, "ascend", 10.0))
 RELATIVE.update({
+    "pair_loop": RelativeRule(10.0, 1e-6, 1e-6, _PAIR_LOOP_K, _PAIR_LOOP_MEASURED),
     "pair_output": RelativeRule(10.0, 1e-6, 1e-6, _PAIR_K, _PAIR_MEASURED),
     "pair_module": RelativeRule(10.0, 1e-6, 1e-6, _PAIR_K, _PAIR_MEASURED),
 })

@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
         report, probes = self_test(spec.torch_model, spec.ms_model, spec.inputs, name_map=spec.name_map,
                                    progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True),
-                                   tolerances=spec.tolerances, **devices)
+                                   tolerances=spec.tolerances, shims=spec.shims, arbiter=spec.arbiter, **devices)
         report.name = spec.path.stem
         print(report.text())
         found = table(probes) if report.passed else "self-test: not run, the pair already differs (fix that first)"
@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
 
         report = compare(spec.torch_model, spec.ms_model, spec.inputs, name_map=spec.name_map,
                          train_pass=not args.no_train_pass, name=spec.path.stem, loss=spec.loss,
-                         optimizers=spec.optimizers, tolerances=spec.tolerances, **devices)
+                         optimizers=spec.optimizers, tolerances=spec.tolerances, shims=spec.shims,
+                         arbiter=spec.arbiter, step=spec.step, loop=spec.loop, **devices)
         print(report.text())
     texts = {"json": lambda: json.dumps({**report.to_dict(), **extra}, indent=1, default=str) + "\n",
              "markdown": lambda: report.markdown() + extra_md, "junit": report.junit}

@@ -65,10 +65,10 @@ def with_overrides(device: str, overrides: Mapping[str, Mapping[str, float]] | N
     rules = dict(RELATIVE) if dtype == "float32" else {k: RELATIVE_AMP[(k, dtype)] for k in ("pair_output", "pair_module")}
     for output, fields in (overrides or {}).items():
         allowed = ("k", "floor_atol", "floor_rel_l2")
-        if output not in ("pair_output", "pair_module") or not isinstance(fields, Mapping) or \
+        if output not in ("pair_output", "pair_module", "pair_loop") or not isinstance(fields, Mapping) or \
                 any(k not in allowed or not isinstance(v, (int, float)) or v <= 0 for k, v in fields.items()):
-            raise ValueError(f"tolerances[{output!r}]: expected 'pair_output' or 'pair_module' with positive "
-                             f"{', '.join(allowed)}, got {fields!r}")
+            raise ValueError(f"tolerances[{output!r}]: expected 'pair_output', 'pair_module' or 'pair_loop' with "
+                             f"positive {', '.join(allowed)}, got {fields!r}")
         rules[output] = replace(rules[output], **{k: float(v) for k, v in fields.items()},
                                 reason=f"the SPEC's tolerances {dict(fields)} over the table's: {rules[output].reason}",
                                 measured="set by the SPEC")

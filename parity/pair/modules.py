@@ -7,8 +7,9 @@ Rules it keeps (framework-free: it sees module trees and the weight map, never a
     where their kinds line up (a Sequential with a SequentialCell), in order;
   * the roots are a pair;
   * a module without tensors (an activation, a pooling, a dropout) is paired by position between paired
-    neighbours: inside a pair of parents, the children between two consecutive paired children are paired in
-    order when both sides have the same number there, else by kind where the kinds line up;
+    neighbours: inside a pair of parents, the children between two consecutive paired children (of the longest
+    run of paired children in the same order on both sides) are paired in order when both sides have the same
+    number there, else by kind where the kinds line up;
   * anything else stays unpaired and is never compared (it is listed, so nothing is skipped silently).
 """
 from __future__ import annotations
@@ -59,11 +60,12 @@ def _below(tree: dict[str, ModuleInfo]) -> dict[str, frozenset[str]]:
 
 def _segments(children_t: tuple[str, ...], children_m: tuple[str, ...], pairs: dict[str, str]
               ) -> list[tuple[list[str], list[str]]]:
-    """The runs of children between consecutive paired children (in order on both sides)."""
+    """The runs of children between consecutive paired children, bounded by the longest run of paired children
+    that are in the same order on both sides (a port may register two blocks the other way round)."""
     pos_m = {c: i for i, c in enumerate(children_m)}
-    anchors = [(i, pos_m[pairs[c]]) for i, c in enumerate(children_t) if c in pairs and pairs[c] in pos_m]
-    if any(b[1] <= a[1] for a, b in zip(anchors, anchors[1:])):
-        return []  # paired children in a different order: positions say nothing
+    paired = [(i, pos_m[pairs[c]]) for i, c in enumerate(children_t) if c in pairs and pairs[c] in pos_m]
+    in_order = lcs([j for _, j in paired], sorted(j for _, j in paired), lambda a, b: a == b)
+    anchors = [paired[k] for k, _ in in_order]
     bounds = [(-1, -1), *anchors, (len(children_t), len(children_m))]
     return [(list(children_t[a[0] + 1:b[0]]), list(children_m[a[1] + 1:b[1]])) for a, b in zip(bounds, bounds[1:])]
 

@@ -4,7 +4,8 @@ hooks fire), single-cell replay and layer settings in the pair vocabulary.
 Rules it keeps: arrays cross as copies; floating inputs go in as float32 and integer inputs keep their dtype;
 weights are loaded strictly and in place; the device is set up by ``parity.env.setup_mindspore`` (a missing one is
 ``EnvironmentRefused``, exit 3); an op without a kernel on it is ``KernelMissing`` (exit 3) naming the op and the
-innermost cell that was running, never a silent fallback.
+innermost cell that was running, never a silent fallback; the SPEC's shims (its stand-ins for such ops) are
+entered around every call into MindSpore and left after it, so nothing outside a run sees them.
 """
 from __future__ import annotations
 
@@ -108,8 +109,9 @@ class MsPairSide:
     framework = "ms"
     label = "MindSpore"
 
-    def __init__(self, model: nn.Cell, device: str = "CPU"):
+    def __init__(self, model: nn.Cell, device: str = "CPU", shims: Sequence[Any] = ()):
         self.info = setup_mindspore(device)
+        self.shims = list(shims)
         ms.set_context(mode=ms.PYNATIVE_MODE)
         self.device = device
         self.model = model
@@ -161,15 +163,18 @@ class MsPairSide:
 
     def _run(self, fn: Any, rec: CallRecorder | None, where: str) -> Any:
         try:
-            return fn()
+            with contextlib.ExitStack() as stack:
+                for shim in self.shims:
+                    stack.enter_context(shim)
+                return fn()
         except RuntimeError as e:
             op = _missing_kernel(e)
             if op is None:
                 raise
             cell = (rec.active() if rec is not None else None) or where
-            kind = kind_of(self._cells[cell]) if cell in self._cells else "?"
-            raise KernelMissing(f"MindSpore has no {self.device} kernel for {op}, in cell `{cell or '(root)'}` "
-                                f"({kind}); pass a shim of standard ops in the SPEC") from None
+            place = f"cell `{cell or '(root)'}` ({kind_of(self._cells[cell])})" if cell in self._cells else cell
+            raise KernelMissing(f"MindSpore has no {self.device} kernel for {op}, in {place}; pass a shim of "
+                                f"standard ops in the SPEC") from None
 
     def forward(self, args: Sequence[np.ndarray], record: bool = False) -> tuple[tuple, CallTree | None]:
         """The model's outputs on ``args`` (flattened to numpy), and the call tree when ``record``. The hooks run
@@ -208,6 +213,11 @@ class MsPairSide:
             make_optimizer(params)(tuple(grads))
             after = {names[id(p)]: self.numpy(p) for p in params}
         return self.numpy(value), by_name, after
+
+    def run_step(self, step: Callable[..., Any], x: np.ndarray, t: int, noise: np.ndarray) -> np.ndarray:
+        """One step of a SPEC's loop (parity.pair.loop) on this side: ``step(model, x, t, noise)``, numpy out."""
+        return self._run(lambda: self.numpy(step(self.model, self._tensor(x), int(t), self._tensor(noise))), None,
+                         f"the SPEC's step() at t={t}")
 
     def settings(self, path: str) -> tuple[str, dict[str, Any]] | None:
         c = self._cells[path]

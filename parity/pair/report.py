@@ -22,6 +22,7 @@ from parity.pair.modules import ModulePairs
 from parity.pair.settings import SettingDifference
 
 if TYPE_CHECKING:
+    from parity.pair.loop import LoopResult
     from parity.pair.train_step import StepResult
 
 
@@ -40,16 +41,20 @@ class InputResult:
     divergence: Divergence | None
     settings: list[SettingDifference] = field(default_factory=list)
     depth: list[dict] = field(default_factory=list)
+    values: dict[int, list[int]] = field(default_factory=dict)
+    """argument position -> its values, for small integer arguments (a timestep, a label): shown in the label"""
 
     @property
     def passed(self) -> bool:
         return self.output.passed and self.divergence is None and not self.settings
 
     def label(self) -> str:
-        return f"input {self.index} ({shape_text(self.shapes)})"
+        parts = [str(self.values[i]) if i in self.values else shape_text([s]) for i, s in enumerate(self.shapes)]
+        return f"input {self.index} ({', '.join(parts)})"
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "shapes": [list(s) for s in self.shapes], "passed": self.passed,
+        return {"index": self.index, "shapes": [list(s) for s in self.shapes],
+                "values": {str(k): v for k, v in self.values.items()}, "passed": self.passed,
                 "output": self.output.comparison.to_dict(),
                 "err_vs_float64": {"torch": self.output.err_torch, "other": self.output.err_other},
                 "first_divergence": None if self.divergence is None else self.divergence.to_dict(),
@@ -117,11 +122,15 @@ class PairReport:
     step: "StepResult | None" = None
     notes: list[str] = field(default_factory=list)
     """how a side ran that a reader must know (a compiled side's graph breaks), below the headline"""
+    loop: "LoopResult | None" = None
+    shims: list[str] = field(default_factory=list)
+    """what each of the SPEC's shims replaces in the port: listed in every report, never silent"""
 
     @property
     def passed(self) -> bool:
         return (self.weights.passed and all(r.passed for r in self.inputs)
-                and (self.train is None or self.train.passed) and (self.step is None or self.step.passed))
+                and (self.train is None or self.train.passed) and (self.step is None or self.step.passed)
+                and (self.loop is None or self.loop.passed))
 
     def first_divergence(self) -> dict | None:
         if self.passed:
@@ -140,6 +149,8 @@ class PairReport:
                     "message": f"the outputs agree at this input, but a setting differs: {s.describe()}"}
         if self.step is not None and not self.step.passed:
             return self.step.first_failure(self.weight_map)
+        if self.loop is not None and not self.loop.passed:
+            return self.loop.first_failure()
         return {"input": None, "module": None, "message": "the weights do not read back exactly",
                 "blame": self.other_label, "own": True, "error": "weights"}
 
@@ -167,6 +178,10 @@ class PairReport:
             if st.stepped:
                 out.append(_row(f"one optimizer step ({len(st.stepped)} tensors)", [v.judged for v in st.stepped],
                                 next((v.blame for v in st.stepped if v.blame not in ("", "neither")), "")))
+        for v in self.loop.steps if self.loop is not None else []:
+            judged = [v.free] + ([v.forced] if v.forced is not None else [])
+            out.append(_row(v.label() + (", free / teacher-forced" if v.forced is not None else ""), judged,
+                            v.blame if v.blame != "neither" else ""))
         return out
 
     def findings(self) -> list[str]:
@@ -180,6 +195,7 @@ class PairReport:
                       if r.divergence is None or s not in r.divergence.settings]
         lines += self.train.findings() if self.train is not None else []
         lines += self.step.findings() if self.step is not None else []
+        lines += self.loop.findings() if self.loop is not None else []
         bad = [r for r in self.inputs if not r.passed]
         if bad and len(bad) < len(self.inputs):
             good = [r for r in self.inputs if r.passed]
@@ -194,7 +210,8 @@ class PairReport:
         return (f"parity.pair: {self.name}: {self.torch_label} vs {self.other_label}; {len(self.inputs)} input(s)\n"
                 f"weights: {len(self.weight_map.entries)} mapped ({mapped}), {counts['dropped']} dropped; "
                 f"{paired} modules paired, {len(self.pairs.unpaired_torch)} PyTorch / "
-                f"{len(self.pairs.unpaired_ms)} {self.other_label} unpaired")
+                f"{len(self.pairs.unpaired_ms)} {self.other_label} unpaired"
+                + "".join(f"\nshim (the SPEC's): {s}" for s in self.shims))
 
     def text(self) -> str:
         """The terminal table."""
@@ -244,6 +261,7 @@ class PairReport:
                 "inputs": [r.to_dict() for r in self.inputs],
                 "training_mode": None if self.train is None else self.train.to_dict(),
                 "training_step": None if self.step is None else self.step.to_dict(),
+                "loop": None if self.loop is None else self.loop.to_dict(), "shims": self.shims,
                 "findings": self.findings(), "notes": self.notes, "environment": self.environment}
 
 

@@ -7,7 +7,9 @@ What a run guarantees:
     module call recorded; its outputs are judged under the machine-relative gate, its paired layers' settings
     are compared at that input's sizes, and a failing input is localised (``parity.pair.localise``);
   * a model with running statistics also gets one training-mode pass, and with a loss one training step, on the
-    first input that passes (``parity.pair.train_pass``, ``parity.pair.train_step``);
+    first input that passes (``parity.pair.train_pass``, ``parity.pair.train_step``); with a ``step`` and its
+    ``loop``, the stochastic loop is run from one numpy tape and judged step by step (``parity.pair.loop``);
+  * the port's shims are entered around every call into it and named in the report;
   * nothing is skipped silently: unpaired modules and dropped tensors are listed in the report.
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ from parity.engine.compare import compare_many
 from parity.engine.tolerances import device_class, tolerance
 from parity.pair.judge import judge, with_overrides
 from parity.pair.localise import Localiser
+from parity.pair.loop import Tape, plan, run_loop
 from parity.pair.mapping import WeightMap, map_weights
 from parity.pair.modules import ModulePairs, pair_modules
 from parity.pair.report import InputResult, PairReport
@@ -43,9 +46,15 @@ def as_args(item: Any, index: int) -> tuple[np.ndarray, ...]:
     return tuple(items)
 
 
-def other_side(model: Any, device: str) -> Any:
+def _small_integers(args: tuple[np.ndarray, ...]) -> dict[int, list[int]]:
+    """The values of each integer argument of at most 4 elements (a timestep, a class label), by position."""
+    return {k: [int(v) for v in a.ravel()] for k, a in enumerate(args) if a.dtype.kind in "iu" and a.size <= 4}
+
+
+def other_side(model: Any, device: str, shims: Sequence[Any] = ()) -> Any:
     """The side for the port: PyTorch when it is an ``nn.Module`` (another device) or a ``TorchVariant`` (compiled,
-    under autocast), else MindSpore. PyTorch is not imported for a MindSpore model (a host may lack it)."""
+    under autocast), else MindSpore (entering ``shims`` around every call into it). PyTorch is not imported for a
+    MindSpore model (a host may lack it)."""
     torch = sys.modules.get("torch")  # an nn.Module exists only once torch is imported
     if isinstance(model, TorchVariant) or (torch is not None and isinstance(model, torch.nn.Module)):
         from parity.pair.torch_side import TorchPairSide
@@ -56,7 +65,7 @@ def other_side(model: Any, device: str) -> Any:
         return TorchPairSide(model, device or "cpu", label=f"PyTorch ({device or 'cpu'})")
     from parity.pair.ms_side import MsPairSide
 
-    return MsPairSide(model, device or "CPU")
+    return MsPairSide(model, device or "CPU", shims)
 
 
 def pair_map(side_t: Any, side_o: Any, name_map: Mapping[str, Any] | None) -> WeightMap:
@@ -95,19 +104,24 @@ def judge_input(i: int, args: tuple, side_t: Any, side_o: Any, ref: Any, pairs: 
                     side_o.label, gates)
     div = loc.first_divergence(i)
     return InputResult(i, [tuple(a.shape) for a in args], output, div, [d for ds in settings.values() for d in ds],
-                       loc.depth())
+                       loc.depth(), _small_integers(args))
 
 
 def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_map: Mapping[str, Any] | None = None,
             torch_device: str = "cpu", other_device: str = "", train_pass: bool = True, name: str = "",
             tamper: Callable[[Any], None] | None = None, loss: Callable[[Any], Any] | None = None,
             optimizers: Mapping[str, Callable[[list], Any]] | None = None,
-            tolerances: Mapping[str, Mapping[str, float]] | None = None) -> PairReport:
+            tolerances: Mapping[str, Mapping[str, float]] | None = None, shims: Sequence[Any] = (),
+            arbiter: Callable[[Any], Any] | None = None, step: Callable[..., Any] | None = None,
+            loop: Mapping[str, Any] | None = None, tape: Tape | None = None, teacher_forced: bool = True
+            ) -> PairReport:
     """Compare ``torch_model`` with its port ``other_model`` on every input (see the module docstring).
     ``tamper(side)`` is called with the other side once its weights are loaded and checked (``--self-test``
     plants its bugs with it, so what it plants is left to the numeric verdict). With ``loss`` (and ``optimizers``)
     one training step is compared too (``parity.pair.train_step``). ``tolerances`` overrides the machine-relative
-    rules (``{"pair_output": {"k": 20}}``, see ``parity.pair.judge.with_overrides``)."""
+    rules (``{"pair_output": {"k": 20}}``, see ``parity.pair.judge.with_overrides``). ``shims`` are the SPEC's
+    context managers for the port (entered around each call into it), ``arbiter(model64)`` its fix to the float64
+    copy; with ``step`` and ``loop`` the loop is compared (``tape`` replaces the one drawn from the loop's seed)."""
     if not inputs:
         raise UserError("no inputs: a run that compares nothing cannot pass")
     try:
@@ -120,7 +134,10 @@ def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_m
     amp = other_model.autocast if isinstance(other_model, TorchVariant) else None
     side_t = TorchPairSide(torch_model, torch_device, autocast=amp,  # autocast: the reference in that precision
                            label=f"PyTorch autocast {amp} (eager)" if amp else "")
-    side_o = other_side(other_model, other_device)
+    if step is not None:
+        timesteps, drawn = plan(loop or {}, all_args)
+        tape = tape or drawn
+    side_o = other_side(other_model, other_device, shims)
     wm = pair_map(side_t, side_o, name_map)
     start = side_t.state()
     side_o.load(wm.to_ms(start))
@@ -129,14 +146,14 @@ def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_m
                            tolerance("weights", "float32", "cpu"))
     if tamper is not None:
         tamper(side_o)
-    ref = side_t.float64()
+    ref = side_t.float64(arbiter)
     pairs = pair_modules(side_t.tree(), side_o.tree(), wm)
     other_torch = side_o.framework == "torch" and side_o.device.type != "cpu"
     gates = with_overrides(device_class(str(side_o.device if other_torch else side_t.device),
                                         "CPU" if side_o.framework == "torch" else side_o.device), tolerances,
                            amp or "float32")
     results = [judge_input(i, args, side_t, side_o, ref, pairs, gates) for i, args in enumerate(all_args)]
-    train = step = None
+    train = trained = None
     k = next((r.index for r in results if r.passed), 0)
     if train_pass and any(b in wm.ms_name() for b in side_t.buffers()):
         by_module: dict[str, list[SettingDifference]] = {}
@@ -144,10 +161,15 @@ def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_m
             by_module.setdefault(d.torch_module, []).append(d)
         train = training_pass(side_t, side_o, ref, wm, pairs, all_args[k], k, by_module, gates)
     if loss is not None:
-        step = training_step(side_t, side_o, ref, wm, all_args[k], k, loss, optimizers or {}, gates)
+        trained = training_step(side_t, side_o, ref, wm, all_args[k], k, loss, optimizers or {}, gates)
+    looped = None
+    if step is not None:
+        looped = run_loop(side_t, side_o, ref, step, timesteps, tape, gates, teacher_forced)  # type: ignore[arg-type]
     notes = [n for n in (getattr(side_o, "note", lambda: "")(),) if n]
-    return PairReport(name or type(torch_model).__name__, side_t.label, side_o.label, wm, weights, pairs, results,
-                      train, _environment(side_t, side_o), step, notes)
+    report = PairReport(name or type(torch_model).__name__, side_t.label, side_o.label, wm, weights, pairs, results,
+                        train, _environment(side_t, side_o), trained, notes)
+    report.loop, report.shims = looped, [getattr(s, "description", None) or repr(s) for s in shims]
+    return report
 
 
 def _environment(side_t: "TorchPairSide", side_o: Any) -> dict[str, Any]:

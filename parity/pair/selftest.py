@@ -60,10 +60,12 @@ def _plans(side: Any, report: PairReport) -> list[tuple[str, Callable[[Any], Any
 
 def self_test(torch_model: Any, ms_model: Any, inputs: Sequence[Any], *, name_map: Mapping[str, Any] | None = None,
               torch_device: str = "cpu", other_device: str = "", progress: Callable[[str], None] | None = None,
-              tolerances: Mapping[str, Mapping[str, float]] | None = None) -> tuple[PairReport, list[Probe]]:
-    """The base comparison (no plant) and, when it passes, one probe per planted bug."""
+              tolerances: Mapping[str, Mapping[str, float]] | None = None, shims: Sequence[Any] = (),
+              arbiter: Callable[[Any], Any] | None = None) -> tuple[PairReport, list[Probe]]:
+    """The base comparison (no plant) and, when it passes, one probe per planted bug (the SPEC's ``shims`` and
+    ``arbiter`` in every run)."""
     run = {"name_map": name_map, "torch_device": torch_device, "other_device": other_device, "train_pass": False,
-           "tolerances": tolerances}
+           "tolerances": tolerances, "shims": shims, "arbiter": arbiter}
     base = compare(torch_model, ms_model, inputs, **run)
     if not base.passed:
         return base, []

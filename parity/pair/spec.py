@@ -4,9 +4,14 @@ A SPEC defines ``torch_model()``, ``ms_model()`` and ``inputs()`` (a list; each 
 them, the model's positional arguments), and optionally ``name_map`` (a mapping, see parity.pair.mapping),
 ``devices`` (``{"torch": "cpu", "ms": "CPU"}``), ``loss(outputs)`` (a training step is then compared) and
 ``optimizers`` (``{"torch": make, "ms": make}``, ``make(parameters)`` returning that framework's optimizer) and
-``tolerances`` (``{"pair_output": {"k": 20}}``: the machine-relative rules, parity.pair.judge.with_overrides). Any
-entry but ``loss`` may be a function; it is called with the ``--set`` options it declares as parameters
-(``def ms_model(maxpool="same")`` takes ``--set maxpool=pad``).
+``tolerances`` (``{"pair_output": {"k": 20}}``: the machine-relative rules, parity.pair.judge.with_overrides);
+``shims`` (context managers parity.pair enters around every call into the port: the user's stand-ins for ops
+without a kernel, each listed in the report), ``arbiter(model64)`` (given the float64 copy of the PyTorch model,
+returns the model to run as the arbiter: for code that casts to float32 whatever the model's dtype),
+``step(model, x, t, noise)`` and ``loop`` (a stochastic loop, parity.pair.loop). Any entry but ``loss``,
+``arbiter`` and ``step`` may be a function; it is called with the ``--set`` options it declares as parameters
+(``def ms_model(maxpool="same")`` takes ``--set maxpool=pad``); ``step`` gets the options its parameters after
+the first four declare, bound once.
 
 ``other`` (or ``--other``, which wins): ``"compile[:BACKEND]"``, ``"autocast[:DTYPE]"`` or both comma-separated
 (``parity.pair.variants``): the other side is then the SPEC's ``torch_model()`` built a second time and run that way;
@@ -19,6 +24,7 @@ is ``EnvironmentRefused`` (exit 3) naming the package.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import json
@@ -31,10 +37,10 @@ from typing import Any, Callable, Mapping
 from ddpm_core.errors import EnvironmentRefused, UserError, type_and_first_sentence
 
 REQUIRED = ("torch_model", "ms_model", "inputs")
-OPTIONAL = ("name_map", "devices", "optimizers", "tolerances")
+OPTIONAL = ("name_map", "devices", "optimizers", "tolerances", "shims", "loop")
 OTHER = "other"
 """The entry (and ``--other``) that makes the other side the PyTorch model compiled or under autocast."""
-PASSED_AS_IS = ("loss",)
+PASSED_AS_IS = ("loss", "arbiter", "step")
 """Entries that are functions of the run, not of the options: never called while loading."""
 
 
@@ -55,6 +61,10 @@ class Spec:
     tolerances: Mapping[str, Any] = field(default_factory=dict)
     other: Mapping[str, str] = field(default_factory=dict)
     """TorchVariant's arguments when the other side is the PyTorch model compiled / under autocast, else empty"""
+    shims: list[Any] = field(default_factory=list)
+    arbiter: Any = None
+    step: Any = None
+    loop: Mapping[str, Any] = field(default_factory=dict)
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -143,6 +153,7 @@ def load_spec(path: str | Path, options: Mapping[str, Any] | None = None, other:
 
         built["ms_model"] = TorchVariant(_call(path, "torch_model", module.torch_model, options, used), **variant)
     extra = {n: _call(path, n, getattr(module, n), options, used) for n in OPTIONAL if hasattr(module, n)}
+    step = _bind_step(path, getattr(module, "step", None), options, used)
     unknown = sorted(set(options) - used)
     if unknown:
         raise UserError(f"SPEC {path.name}: no entry takes the option(s) {', '.join(unknown)}")
@@ -156,8 +167,31 @@ def load_spec(path: str | Path, options: Mapping[str, Any] | None = None, other:
     for n, v in (("name_map", name_map), ("devices", devices), ("optimizers", optimizers), ("tolerances", tolerances)):
         if not isinstance(v, Mapping):
             raise UserError(f"SPEC {path.name}: {n} must be a mapping, got {type(v).__name__}")
-    loss = getattr(module, "loss", None)
+    loss, arbiter = getattr(module, "loss", None), getattr(module, "arbiter", None)
     if loss is not None and not callable(loss):
         raise UserError(f"SPEC {path.name}: loss must be a function of the model's outputs")
+    if arbiter is not None and not callable(arbiter):
+        raise UserError(f"SPEC {path.name}: arbiter must be a function of the float64 PyTorch model")
+    shims = list(extra.get("shims") or [])
+    if any(not (hasattr(s, "__enter__") and hasattr(s, "__exit__")) for s in shims):
+        raise UserError(f"SPEC {path.name}: shims must be a list of context managers (each entered around every "
+                        f"call into the port)")
+    loop = extra.get("loop") or {}
+    if not isinstance(loop, Mapping) or (step is None) != (not loop):
+        raise UserError(f"SPEC {path.name}: a stochastic loop needs both step(model, x, t, noise) and loop "
+                        f"(a mapping with 'timesteps')")
     return Spec(path, built["torch_model"], built["ms_model"], list(built["inputs"]), name_map, devices, options,
-                module, loss, optimizers, tolerances, variant)
+                module, loss, optimizers, tolerances, other=variant, shims=shims, arbiter=arbiter, step=step,
+                loop=loop)
+
+
+def _bind_step(path: Path, step: Any, options: Mapping[str, Any], used: set[str]) -> Any:
+    """The SPEC's ``step(model, x, t, noise, ...)`` with the options its later parameters declare bound."""
+    if step is None:
+        return None
+    if not callable(step) or len(inspect.signature(step).parameters) < 4:
+        raise UserError(f"SPEC {path.name}: step must be a function step(model, x, t, noise)")
+    later = list(inspect.signature(step).parameters)[4:]
+    kwargs = {k: v for k, v in options.items() if k in later}
+    used.update(kwargs)
+    return functools.partial(step, **kwargs) if kwargs else step

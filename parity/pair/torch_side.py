@@ -166,9 +166,11 @@ class TorchPairSide:
             for n, t in own.items():
                 t.copy_(torch.as_tensor(np.asarray(state[n])).to(t.dtype))
 
-    def float64(self) -> "TorchPairSide":
-        """A float64 copy of this model on the CPU: the arbiter."""
-        return TorchPairSide(copy.deepcopy(self.model).cpu(), "cpu", torch.float64, "PyTorch float64")
+    def float64(self, arbiter: Callable[[nn.Module], nn.Module] | None = None) -> "TorchPairSide":
+        """A float64 copy of this model on the CPU: the arbiter; ``arbiter(model64)`` (a SPEC's) may return it with
+        code that casts to float32 whatever the model's dtype replaced."""
+        model = copy.deepcopy(self.model).cpu().to(torch.float64)
+        return TorchPairSide(arbiter(model) if arbiter is not None else model, "cpu", torch.float64, "PyTorch float64")
 
     # ------------------------------------------------------------ running
     def _tensor(self, a: np.ndarray | None) -> Any:
@@ -251,6 +253,11 @@ class TorchPairSide:
             make_optimizer(list(params.values())).step()
             after = {n: self.numpy(p) for n, p in params.items()}
         return self.numpy(value), grads, after
+
+    def run_step(self, step: Callable[..., Any], x: np.ndarray, t: int, noise: np.ndarray) -> np.ndarray:
+        """One step of a SPEC's loop (parity.pair.loop) on this side: ``step(model, x, t, noise)``, numpy out."""
+        with torch.no_grad():
+            return self.numpy(step(self.model, self._tensor(x), int(t), self._tensor(noise)))
 
     def settings(self, path: str) -> tuple[str, dict[str, Any]] | None:
         m = self._modules[path]

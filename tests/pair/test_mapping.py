@@ -90,3 +90,20 @@ def test_modules_pair_through_their_weights_and_parameterless_ones_by_position()
     assert "layers" in pairs.unpaired_ms
     assert pairs.to_ms["act"] == "relu" and pairs.to_ms["pool"] == "gap"  # between paired neighbours, by position
     assert pairs.to_ms[""] == ""
+
+
+def test_children_registered_in_another_order_still_pair_the_parameterless_ones_between_them() -> None:
+    """diffusers registers ``up_blocks`` before ``mid_block``, mindone after: the paired children in the same order
+    on both sides still bound the runs, so the parameterless ``time_proj`` and ``act`` pair by position."""
+    names = ("conv_in", "up", "mid", "out")
+    tensors = [T(f"{n}.weight", (i + 2, 2), "Linear") for i, n in enumerate(names)]
+    wm = map_weights(tensors, tensors)
+
+    def tree(order: tuple[str, ...]) -> list[ModuleInfo]:
+        return [ModuleInfo("", "UNet", order, ()), ModuleInfo("time_proj", "Timesteps", (), ()),
+                ModuleInfo("act", "SiLU", (), ()), *[ModuleInfo(n, "Linear", (), (f"{n}.weight",)) for n in names]]
+
+    pairs = pair_modules(tree(("conv_in", "time_proj", "up", "mid", "act", "out")),
+                         tree(("conv_in", "time_proj", "mid", "up", "act", "out")), wm)
+    assert pairs.to_ms["time_proj"] == "time_proj" and pairs.to_ms["act"] == "act"
+    assert not pairs.unpaired_torch and not pairs.unpaired_ms
