@@ -34,9 +34,20 @@ class MsSide(SharedCalls, Adapter):
         self.chunk = chunk
         self._diffusions: dict[DiffusionConfig, ddpm_ms.GaussianDiffusion] = {}
 
+    @classmethod
+    def of(cls, model: nn.Cell, **options: Any) -> "MsSide":
+        """The side for ``model``, on the device MindSpore's context runs it on (a cell has no device of its own)."""
+        import mindspore as ms
+
+        return cls(ms.get_context("device_target"), **options)
+
     # ------------------------------------------------------------ model and weights
     def config(self, model: nn.Cell) -> Any:
         return model.config
+
+    def float64(self, model: nn.Cell) -> None:
+        """None: MindSpore's CPU and Ascend builds have no float64 convolution, so this side has no float64 run."""
+        return None
 
     def diffusion(self, cfg: DiffusionConfig) -> ddpm_ms.GaussianDiffusion:
         """One diffusion per config for this side, so its compiled steps (cached per model) are reused by

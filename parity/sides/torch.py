@@ -34,9 +34,21 @@ class TorchSide(SharedCalls, Adapter):
         self.chunk = chunk
         self._diffusions: dict[DiffusionConfig, ddpm_torch.GaussianDiffusion] = {}
 
+    @classmethod
+    def of(cls, model: nn.Module, **options: Any) -> "TorchSide":
+        """The side for ``model``, on the device its parameters are on."""
+        p = next(model.parameters(), None)
+        return cls(str(p.device) if p is not None else "cpu", **options)
+
     # ------------------------------------------------------------ model and weights
     def config(self, model: nn.Module) -> Any:
         return model.config
+
+    def float64(self, model: nn.Module) -> tuple["TorchSide", nn.Module]:
+        """This side in float64 on the same device, and a deep copy of ``model`` in it (the float64 anchor's
+        PyTorch run: a change made to ``model``, e.g. a planted bug, is kept)."""
+        side = TorchSide(str(self.device), dtype=np.float64)
+        return side, side.adopt(model)
 
     def adopt(self, model: nn.Module) -> nn.Module:
         """A deep copy of ``model`` in this side's dtype (a change made to ``model``, e.g. a planted bug, is kept)."""
