@@ -27,7 +27,7 @@ from parity.engine.tape import TapeSpec
 from parity.engine.threeway import Rounding, prediction_rounding
 from parity.engine.tolerances import tolerance
 
-TUTORIAL_LR = dict(min_lr=1e-7, max_lr=1e-4, total_step=10 * 3750, step_per_epoch=3750, decay_epoch=10)
+TUTORIAL_LR: dict[str, Any] = dict(min_lr=1e-7, max_lr=1e-4, total_step=10 * 3750, step_per_epoch=3750, decay_epoch=10)
 """The tutorial's ``nn.cosine_decay_lr`` arguments (Fashion-MNIST: 60000 / 16 = 3750 steps per epoch)."""
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from parity.engine.settings import torch_settings
+from parity.sides.torch_settings import torch_settings
 from parity.env import setup_torch
 from parity.pair.calls import CallRecorder, CallTree, flatten
 from parity.pair.mapping import Tensor

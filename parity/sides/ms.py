@@ -126,6 +126,6 @@ class MsSide(SharedCalls, Adapter):
 
     # ------------------------------------------------------------ localisation
     def settings(self, cell: nn.Cell) -> tuple[str, dict[str, Any]]:
-        from parity.engine.settings import ms_settings
+        from parity.sides.ms_settings import ms_settings
 
         return ms_settings(cell)

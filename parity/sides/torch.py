@@ -139,7 +139,7 @@ class TorchSide(SharedCalls, Adapter):
 
     # ------------------------------------------------------------ localisation
     def settings(self, module: nn.Module) -> tuple[str, dict[str, Any]]:
-        """(kind, what the layer is configured to do) in the framework-neutral vocabulary of parity.engine.settings."""
-        from parity.engine.settings import torch_settings
+        """(kind, what the layer is configured to do) in the settings check's framework-neutral vocabulary."""
+        from parity.sides.torch_settings import torch_settings
 
         return torch_settings(module)
