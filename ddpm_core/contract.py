@@ -96,6 +96,19 @@ class TwinAdapter(Protocol[M]):
     def parameters_of(self, module: Any) -> State: ...
 
 
+class TwinDiffusion(Protocol):
+    """The calls of a twin's ``GaussianDiffusion`` the parity sides drive alike (``parity.sides.shared``); arrays
+    go in as numpy, tensors of the twin's framework come out (the loops return numpy states)."""
+
+    def q_sample(self, x_start: Any, t: Any, noise: Any = ...) -> Any: ...
+    def p_sample(self, model: Any, x: Any, t: Any, t_index: int, noise: Any = ...) -> Any: ...
+    def p_losses(self, model: Any, x_start: Any, t: Any, noise: Any = ..., loss_type: str | None = ...) -> Any: ...
+    def p_sample_loop(self, model: Any, shape: tuple[int, ...], img: Any = ..., noise: Any = ...,
+                      progress: bool = ..., compiled: bool = ...) -> list[np.ndarray]: ...
+    def ddim_sample_loop(self, model: Any, shape: tuple[int, ...], steps: int, eta: float = ..., img: Any = ...,
+                         noise: Any = ..., progress: bool = ..., compiled: bool = ...) -> list[np.ndarray]: ...
+
+
 @runtime_checkable
 class InferenceSide(Protocol[M, D]):
     """What a parity comparison needs from an implementation that runs the model and the samplers

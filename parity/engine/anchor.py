@@ -13,18 +13,21 @@ the caller (``Float64``: a side, its model, its diffusion), so this module impor
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
 from parity.engine.checks import REGISTRY
 from parity.engine.checks.base import Float64
 
+if TYPE_CHECKING:
+    from parity.engine.suite import RunSpec
+
 __all__ = ["Anchor", "Float64", "anchor_outputs", "wants_anchor"]
 
 
-def anchor_outputs(math: Float64[Any, Any], tape: Mapping[str, np.ndarray], spec: Any) -> dict[str, np.ndarray]:
-    """Every anchored output of ``math`` for ``spec`` (a ``parity.engine.suite.RunSpec``) but those that wait
+def anchor_outputs(math: Float64[Any, Any], tape: Mapping[str, np.ndarray], spec: RunSpec) -> dict[str, np.ndarray]:
+    """Every anchored output of ``math`` for ``spec`` but those that wait
     for the other side's outputs (``Anchor.after``)."""
     out: dict[str, np.ndarray] = {}
     for check in REGISTRY:
@@ -39,7 +42,7 @@ class Anchor:
     side's output, ``after(tape, leader)`` what steps from a side's outputs; ``outputs`` is
     ``{name: {key: array}}``."""
 
-    def __init__(self, maths: Mapping[str, Float64[Any, Any]], spec: Any):
+    def __init__(self, maths: Mapping[str, Float64[Any, Any]], spec: RunSpec):
         self.spec, self.maths = spec, dict(maths)
         self.outputs: dict[str, dict[str, np.ndarray]] = {name: {} for name in self.maths}
         self.timings: dict[str, float] = {}
@@ -67,6 +70,6 @@ class Anchor:
                 self.outputs[name].update(self._timed(name, lambda: check.anchor_follow(math, tape, self.spec, leader)))
 
 
-def wants_anchor(spec: Any) -> bool:
+def wants_anchor(spec: RunSpec) -> bool:
     """Whether ``spec`` asks for the float64 anchor (the "reference" check)."""
     return "reference" in spec.checks

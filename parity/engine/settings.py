@@ -14,9 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+from ddpm_core.contract import Side
+
+T = TypeVar("T")
+U = TypeVar("U")
 
 INTERNAL = {"training", "requires_grad", "is_top_cell", "arguments_key", "grad_ops_label", "has_bprop", "phase",
             "cell_type", "cls_name", "enable_hook", "bprop_debug", "recompute_cell", "dump_data"}
@@ -86,7 +91,7 @@ class SettingMismatch:
                 "ms": repr(self.ms_value), "message": self.describe()}
 
 
-def probe_channel_layer_norm(side: Any, module: Any) -> dict[str, Any]:
+def probe_channel_layer_norm(side: Side[Any, Any], module: Any) -> dict[str, Any]:
     """eps and variance ddof of a channel LayerNorm (normalises dim 1 of (B, C, H, W), gain ``g``/
     ``weight``/``gamma``), measured: feed x and -x (so any bias cancels) at a large and a tiny variance."""
     params = side.parameters_of(module)
@@ -118,7 +123,7 @@ def probe_channel_layer_norm(side: Any, module: Any) -> dict[str, Any]:
     return found
 
 
-def check_settings(side_t: Any, model_t: Any, side_m: Any, model_m: Any) -> tuple[list[SettingMismatch], int]:
+def check_settings(side_t: Side[T, Any], model_t: T, side_m: Side[U, Any], model_m: U) -> tuple[list[SettingMismatch], int]:
     """Every settings mismatch between matched module pairs, in PyTorch's module order; and the
     number of pairs checked."""
     mods_t, mods_m = side_t.modules(model_t), side_m.modules(model_m)

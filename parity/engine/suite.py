@@ -16,7 +16,7 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 import numpy as np
 
 from ddpm_core.config import LOSS_TYPES, DiffusionConfig, UnetConfig
-from ddpm_core.contract import Side
+from ddpm_core.contract import D, M, Side
 from ddpm_core.schedules import cosine_decay_lr
 from parity.engine.checks import CHECKS, REGISTRY, RUN_ORDER, tolerance_of
 from parity.engine.anchor import Anchor
@@ -67,8 +67,8 @@ class RunSpec:
                 "lrs": self.lrs}
 
 
-def side_run(side: Side[Any, Any], model: Any, diffusion: Any, tape: Mapping[str, np.ndarray],
-             spec: RunSpec) -> SideRun[Any, Any]:
+def side_run(side: Side[M, D], model: M, diffusion: D, tape: Mapping[str, np.ndarray],
+             spec: RunSpec) -> SideRun[M, D]:
     """One side's run of ``spec``, on writable copies of the tape (no side can alter the shared tape)."""
     return SideRun(side, model, diffusion, {k: np.array(v) for k, v in tape.items()}, spec, side.state(model))
 
@@ -85,7 +85,7 @@ def _run_checks(r: SideRun[Any, Any], timings: dict[str, float],
             on_lead({k: r.out[k] for c in followed for k in c.follows.values()})
 
 
-def run_side(side: Side[Any, Any], model: Any, diffusion: Any, tape: Mapping[str, np.ndarray], spec: RunSpec,
+def run_side(side: Side[M, D], model: M, diffusion: D, tape: Mapping[str, np.ndarray], spec: RunSpec,
              timings: dict[str, float] | None = None,
              on_lead: Callable[[dict[str, np.ndarray]], None] | None = None) -> dict[str, np.ndarray]:
     """Every output of one side for ``spec`` (each chosen check's ``run``, in ``RUN_ORDER``). Leaves the model's
@@ -101,7 +101,7 @@ def leads(spec: RunSpec) -> bool:
     return any(c.follows for c in REGISTRY if c.name in spec.checks)
 
 
-def run_follower(side: Side[Any, Any], model: Any, diffusion: Any, tape: Mapping[str, np.ndarray], spec: RunSpec,
+def run_follower(side: Side[M, D], model: M, diffusion: D, tape: Mapping[str, np.ndarray], spec: RunSpec,
                  make_anchor: Callable[[], Anchor] | None, lead: Callable[[], Mapping[str, np.ndarray] | None],
                  timings: dict[str, float]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
     """The one sequence of the side that follows the other (in this process, in the PyTorch worker, or against

@@ -4,13 +4,16 @@ parameter change w_k - w_0 (float64, exact). Step 1 reuses the gradient check's 
 same batch at the same weights). The model's weights are restored afterwards."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from ddpm_core.naming import unet_parameters
 from parity.engine.checks.base import Check, Judge, SideRun
 from parity.engine.rows import pairs_row
+
+if TYPE_CHECKING:
+    from parity.engine.suite import RunSpec
 
 RULES = {"mindspore": "adam", "torch": "adam_torch_rule"}
 """Each Adam rule a side runs -> the first part of its output keys."""
@@ -52,7 +55,7 @@ class Adam(Check):
             for k, state in enumerate(states, 1):
                 r.out.update({f"{prefix}/step{k}/{n}": v for n, v in state.items()})
 
-    def implied(self, spec: Any, framework: str, pred_t: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    def implied(self, spec: RunSpec, framework: str, pred_t: Sequence[int]) -> dict[str, tuple[int, ...]]:
         params = {p.torch_name: tuple(p.shape) for p in unet_parameters(spec.unet)}
         out = {}
         for rule in rules_of(framework):

@@ -2,13 +2,16 @@
 the tape where eta > 0). Anchored: the float64 specification's first ``PREFIX_STEPS`` states."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from ddpm_core.schedules import ddim_plan
 from parity.engine.checks.base import PREFIX_STEPS, Check, Float64, Judge, SideRun
 from parity.engine.rows import steps_row
+
+if TYPE_CHECKING:
+    from parity.engine.suite import RunSpec
 
 
 class Ddim(Check):
@@ -21,10 +24,10 @@ class Ddim(Check):
             r.out[f"ddim/eta={eta:g}"] = r.side.ddim(r.model, r.diffusion, r.tape["x_T"], r.spec.tape.ddim_steps, eta,
                                                      r.tape["ddim_noise"])
 
-    def implied(self, spec: Any, framework: str, pred_t: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    def implied(self, spec: RunSpec, framework: str, pred_t: Sequence[int]) -> dict[str, tuple[int, ...]]:
         return {f"ddim/eta={eta:g}": (spec.tape.ddim_steps, *spec.tape.shape) for eta in spec.ddim_etas}
 
-    def anchor(self, math: Float64[Any, Any], tape: Mapping[str, np.ndarray], spec: Any) -> dict[str, np.ndarray]:
+    def anchor(self, math: Float64[Any, Any], tape: Mapping[str, np.ndarray], spec: RunSpec) -> dict[str, np.ndarray]:
         out = {}
         for eta in spec.ddim_etas:
             plan, x, states = ddim_plan(spec.diffusion, spec.tape.ddim_steps, eta), tape["x_T"], []

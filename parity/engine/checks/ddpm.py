@@ -4,12 +4,15 @@
 ``PREFIX_STEPS`` states, and its one step from the other side's states at ``ONE_STEP_SAMPLES`` steps."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from parity.engine.checks.base import PREFIX_STEPS, Check, Float64, Judge, SideRun
 from parity.engine.rows import steps_row
+
+if TYPE_CHECKING:
+    from parity.engine.suite import RunSpec
 
 ONE_STEP_SAMPLES = 10
 """Teacher-forced steps, evenly spaced over the T steps (first and last included), the anchor takes."""
@@ -38,7 +41,7 @@ class Ddpm(Check):
     def run(self, r: SideRun[Any, Any]) -> None:
         r.out[TRAJECTORY] = r.side.ddpm(r.model, r.diffusion, r.tape["x_T"], r.tape["ddpm_noise"])
 
-    def implied(self, spec: Any, framework: str, pred_t: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    def implied(self, spec: RunSpec, framework: str, pred_t: Sequence[int]) -> dict[str, tuple[int, ...]]:
         return {TRAJECTORY: (spec.diffusion.timesteps, *spec.tape.shape)}
 
     def follow(self, r: SideRun[Any, Any], leader: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -49,14 +52,14 @@ class Ddpm(Check):
         xs, ts = step_inputs(r.tape, leader[TRAJECTORY])
         return {ONE_STEP: r.side.ddpm_one_step(r.model, r.diffusion, xs, ts, r.tape["ddpm_noise"])}
 
-    def anchor(self, math: Float64[Any, Any], tape: Mapping[str, np.ndarray], spec: Any) -> dict[str, np.ndarray]:
+    def anchor(self, math: Float64[Any, Any], tape: Mapping[str, np.ndarray], spec: RunSpec) -> dict[str, np.ndarray]:
         T, x, states = spec.diffusion.timesteps, tape["x_T"], []
         for k in range(min(PREFIX_STEPS, T)):
             x = math.steps(x[None], np.array([T - 1 - k], np.int32), tape["ddpm_noise"][k][None])[0]
             states.append(x)
         return {TRAJECTORY: np.stack(states)}
 
-    def anchor_follow(self, math: Float64[Any, Any], tape: Mapping[str, np.ndarray], spec: Any,
+    def anchor_follow(self, math: Float64[Any, Any], tape: Mapping[str, np.ndarray], spec: RunSpec,
                       leader: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One float64 step from the other side's states at the steps ``one_step_index(T)``: (n, b, ...)."""
         if leader.get(TRAJECTORY) is None:

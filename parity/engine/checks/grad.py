@@ -2,11 +2,14 @@
 name (``grad_loss`` is the loss value that call returned)."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ddpm_core.naming import unet_parameters
 from parity.engine.checks.base import Check, Judge, SideRun
 from parity.engine.rows import pairs_row
+
+if TYPE_CHECKING:
+    from parity.engine.suite import RunSpec
 
 
 class Grad(Check):
@@ -18,7 +21,7 @@ class Grad(Check):
         r.out["grad_loss"] = loss
         r.out.update({f"grad/{n}": g for n, g in grads.items()})
 
-    def implied(self, spec: Any, framework: str, pred_t: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    def implied(self, spec: RunSpec, framework: str, pred_t: Sequence[int]) -> dict[str, tuple[int, ...]]:
         return {"grad_loss": (), **{f"grad/{p.torch_name}": tuple(p.shape) for p in unet_parameters(spec.unet)}}
 
     def rows(self, j: Judge) -> None:

@@ -2,12 +2,15 @@
 timestep, one batched forward per side; anchored by the float64 specification's prediction."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from parity.engine.checks.base import Check, Float64, Judge, SideRun
 from parity.engine.rows import pairs_row
+
+if TYPE_CHECKING:
+    from parity.engine.suite import RunSpec
 
 
 def _predict(predict: Any, tape: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -26,10 +29,10 @@ class Predict(Check):
     def run(self, r: SideRun[Any, Any]) -> None:
         r.out.update(_predict(lambda x, t: r.side.predict(r.model, x, t), r.tape))
 
-    def implied(self, spec: Any, framework: str, pred_t: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    def implied(self, spec: RunSpec, framework: str, pred_t: Sequence[int]) -> dict[str, tuple[int, ...]]:
         return {f"predict/t={int(t)}": spec.tape.shape for t in pred_t}
 
-    def anchor(self, math: Float64[Any, Any], tape: Mapping[str, np.ndarray], spec: Any) -> dict[str, np.ndarray]:
+    def anchor(self, math: Float64[Any, Any], tape: Mapping[str, np.ndarray], spec: RunSpec) -> dict[str, np.ndarray]:
         return _predict(math.predict, tape)
 
     def rows(self, j: Judge) -> None:

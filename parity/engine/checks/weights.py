@@ -2,11 +2,14 @@
 other bit for bit (the tolerance table's ``weights`` entry is exact): any difference is a conversion bug."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ddpm_core.naming import unet_parameters
 from parity.engine.checks.base import Check, Judge, SideRun
 from parity.engine.rows import pairs_row
+
+if TYPE_CHECKING:
+    from parity.engine.suite import RunSpec
 
 
 class Weights(Check):
@@ -16,7 +19,7 @@ class Weights(Check):
     def run(self, r: SideRun[Any, Any]) -> None:
         r.out.update({f"weights/{n}": v for n, v in r.weights.items()})
 
-    def implied(self, spec: Any, framework: str, pred_t: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    def implied(self, spec: RunSpec, framework: str, pred_t: Sequence[int]) -> dict[str, tuple[int, ...]]:
         return {f"weights/{p.torch_name}": tuple(p.shape) for p in unet_parameters(spec.unet)}
 
     def rows(self, j: Judge) -> None:
