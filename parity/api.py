@@ -50,7 +50,9 @@ def make_spec(unet: Any, diffusion: DiffusionConfig = TUTORIAL_DIFFUSION, seed: 
 @dataclass(frozen=True)
 class Options:
     """What ``check_models`` runs (the fields of ``make_spec``) and how (``compiled``: the samplers' steps as
-    compiled graphs, ``ms.jit`` in MindSpore; ``progress``: progress bars)."""
+    compiled graphs, ``ms.jit`` in MindSpore; ``progress``: progress bars; ``worker``: the PyTorch side in a
+    process of its own beside MindSpore, rebuilt from the model's config and weights, so only for an unmodified
+    ``ddpm_torch.Unet``)."""
 
     diffusion: DiffusionConfig = TUTORIAL_DIFFUSION
     seed: int = 0
@@ -63,10 +65,11 @@ class Options:
     checks: Sequence[str] = CHECKS
     compiled: bool = True
     progress: bool = False
+    worker: bool = False
 
     def spec(self, unet: Any) -> RunSpec:
         """The validated ``RunSpec`` of these options for the U-Net config ``unet``."""
-        run = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("compiled", "progress")}
+        run = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("compiled", "progress", "worker")}
         return make_spec(unet, **run)
 
 
@@ -96,7 +99,7 @@ def check_models(torch_model: Any, ms_model: Any, options: Options = Options(), 
     from parity.env import fingerprint
 
     environment = fingerprint({"device": str(sides[0].device)}, {"device": str(sides[1].device)}, options.compiled)
-    return run_check(sides, (torch_model, ms_model), spec, weights, environment)
+    return run_check(sides, (torch_model, ms_model), spec, weights, environment, worker=options.worker)
 
 
 def assert_parity(torch_model: Any, ms_model: Any, options: Options = Options(), **changes: Any) -> Report:
