@@ -48,7 +48,7 @@ from ddpm_core.integrity import manifest_sidecar
 from ddpm_core.paths import check_outputs
 from parity.distributed import DEFAULT_TIMEOUT_S
 from parity.engine.report import Report
-from parity.engine.suite import CHECKS
+from parity.engine.checks import CHECKS
 from parity.env import fingerprint, unmeasured_note
 
 FRAMEWORKS = ("torch", "ms")
@@ -204,19 +204,20 @@ def cmd_check(args: argparse.Namespace) -> int:
         return _finish(report, args)
     torch_info = setup_torch(args.torch_device, args.threads if args.in_process else 1)
     ms_info = setup_mindspore(args.ms_device, args.threads or 1)
-    from parity.api import check_models, describe_run
+    from parity.runner import describe_run, run_check
     from parity.sides.ms import MsSide
     from parity.sides.torch import TorchSide
 
-    side_t, side_m = TorchSide(args.torch_device), MsSide(args.ms_device, composed_ops=args.ms_composed_ops)
+    compiled, progress = args.compile == "on", not args.no_progress
+    side_t = TorchSide(args.torch_device, compiled=compiled, progress=progress)
+    side_m = MsSide(args.ms_device, compiled=compiled, progress=progress, composed_ops=args.ms_composed_ops)
     model_t, model_m = side_t.load_model(state, cfg), side_m.load_model(state, cfg)  # the twins' one load path
-    env = fingerprint(torch_info, ms_info, args.compile == "on")
+    env = fingerprint(torch_info, ms_info, compiled)
     env["weights_source"] = source
     env["torch_side"] = "this process" if args.in_process else "a worker process (1 thread), alongside MindSpore"
     env["ms_composed_ops"] = args.ms_composed_ops
-    report = check_models(model_t, model_m, spec=spec, compiled=args.compile == "on", progress=not args.no_progress,
-                          environment=env, title=describe_run(spec), sides=(side_t, side_m),
-                          worker=not args.in_process, weights=state)
+    report = run_check((side_t, side_m), (model_t, model_m), spec, state, env, describe_run(spec),
+                       worker=not args.in_process)
     if args.workers > 1:
         _training_parity(report, spec, state, args)
     report.timings["wall_including_setup"] = round(time.perf_counter() - t0, 3)

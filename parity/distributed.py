@@ -35,7 +35,8 @@ from ddpm_core.environment import child_env
 from ddpm_core.errors import EXIT_ENVIRONMENT, EXIT_USER_ERROR, EnvironmentRefused, UserError
 from ddpm_core.launch import LaunchError, describe, job_command, run
 from parity.engine.compare import Comparison, Summary
-from parity.engine.suite import Row, RunSpec, pairs_row
+from parity.engine.rows import Row, pairs_row
+from parity.engine.suite import RunSpec
 from parity.engine.tolerances import tolerance
 
 ENTRY = "parity.distributed"

@@ -29,7 +29,9 @@ from parity.engine.anchor import Float64, anchor_outputs
 from parity.engine.compare import Comparison, Summary, compare
 from parity.engine.localise import localise_against_reference
 from parity.engine.report import Report
-from parity.engine.suite import RunSpec, Row, _updates, run_side
+from parity.engine.checks.adam import RULES, parameter_changes
+from parity.engine.rows import Row
+from parity.engine.suite import RunSpec, run_side
 from parity.engine.tape import make_tape, tape_hash
 from parity.engine.tolerances import AMP_RATIO, BLAME_RATIO, TOLERANCES, Tolerance, tolerance
 
@@ -104,20 +106,24 @@ def judged_row(label: str, output: str, a: np.ndarray, m: np.ndarray, ref: np.nd
     return row
 
 
-def reference_outputs(model_t: Any, weights: Mapping[str, np.ndarray], spec: RunSpec,
+def _compared(out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``out`` with its Adam states as parameter changes (``parameter_changes``), everything else as it is."""
+    return {**{k: v for k, v in out.items() if k.split("/")[0] not in RULES.values()}, **parameter_changes(out)}
+
+
+def reference_outputs(side_t: Any, model_t: Any, weights: Mapping[str, np.ndarray], spec: RunSpec,
                       tape: Mapping[str, np.ndarray], timings: dict) -> dict[str, np.ndarray]:
     """Float64 outputs: predictions and losses of the specification, gradients and Adam steps of the PyTorch
     twin in float64 (a copy of ``model_t`` driven through the same side methods, at loss scale 1), and that
     twin's forward outputs for the float64 logic row (``torch64/...``)."""
     from ddpm_core.reference.side import ReferenceSide
-    from parity.sides.torch import TorchSide
 
     t0 = time.perf_counter()
     reference = ReferenceSide()
     ref = dict(anchor_outputs(Float64(reference, reference.load_model(weights, spec.unet),
                                       reference.diffusion(spec.diffusion)), tape, spec))
-    side64 = TorchSide(str(next(model_t.parameters()).device), dtype=np.float64)
-    model64, diffusion64 = side64.adopt(model_t), side64.diffusion(spec.diffusion)
+    side64, model64 = side_t.float64(model_t)
+    diffusion64 = side64.diffusion(spec.diffusion)
     ref.update({f"torch64/{k}": v for k, v in anchor_outputs(Float64(side64, model64, diffusion64), tape, spec).items()})
     timings["reference/spec"] = round(time.perf_counter() - t0, 3)
     wanted = tuple(c for c in ("grad", "adam") if c in spec.checks)
@@ -130,7 +136,7 @@ def reference_outputs(model_t: Any, weights: Mapping[str, np.ndarray], spec: Run
 def precision_rows(out_t: Mapping[str, np.ndarray], out_m: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray],
                    spec: RunSpec, dtype: str, device: str) -> list[Row]:
     """Every row of a precision run, in the float32 run's order, then the float64 logic row."""
-    a, m, r = _updates(out_t), _updates(out_m), _updates(ref)
+    a, m, r = _compared(out_t), _compared(out_m), _compared(ref)
     rows = []
     for key in [k for k in r if k.startswith("predict/")]:
         rows.append(judged_row(f"prediction {key.split('/')[1]}", "prediction", a[key], m[key], r[key], dtype, device))
@@ -191,7 +197,7 @@ def check_precision(sides: tuple[Any, Any], models: tuple[Any, Any], weights: Ma
     model_t, model_m = models
     spec = replace(spec, checks=tuple(c for c in PRECISION_CHECKS if c in spec.checks))
     tape, timings = make_tape(spec.tape), {}
-    ref = reference_outputs(model_t, weights, spec, tape, timings)
+    ref = reference_outputs(side_t, model_t, weights, spec, tape, timings)
     net_m = ms_amp.apply_policy(model_m, policies[1])
     net_t = torch_amp.apply_policy(model_t, policies[0])
     t0 = time.perf_counter()
@@ -238,7 +244,7 @@ def cmd_precision(args: Any, cfg: Any, state: Mapping[str, np.ndarray], source: 
     env = fingerprint(torch_info, ms_info, False)  # no sampler runs here: every MindSpore call is op by op
     env["weights_source"] = source
     policies = (Policy("torch", "autocast", dtype), Policy("ms", args.ms_amp, dtype))
-    from parity.api import describe_run
+    from parity.runner import describe_run
 
     title = describe_run(spec) + f"\nprecision {dtype}: PyTorch {policies[0].label} ({args.torch_device}), " \
                                  f"MindSpore {policies[1].label} ({args.ms_device}); loss scale {DEFAULT_LOSS_SCALE:g}"

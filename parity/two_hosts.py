@@ -22,31 +22,30 @@ from typing import Any
 import numpy as np
 
 from ddpm_core.contract import Side
-from parity.api import blame_weights, describe_run, explain, require_results
-from parity.engine.anchor import Anchor, Float64, anchor_outputs
+from parity.diagnose import blame_weights, explain
+from parity.engine.anchor import Float64, anchor_outputs
+from parity.engine.checks import ANCHORED
 from parity.engine.golden import Golden, save_golden
 from parity.engine.initial import weights_hash
 from parity.engine.report import SIDE_LABELS, Report
-from parity.engine.suite import RunSpec, compare_outputs, implied_outputs, run_side, teacher_forced
+from parity.engine.suite import RunSpec, compare_outputs, implied_outputs, pair_followed, run_follower, run_side
 from parity.engine.tape import make_tape, tape_hash
 from parity.engine.threeway import Rounding, prediction_rounding
 from parity.engine.tolerances import RELATIVE, device_class, host_rounding
+from parity.runner import describe_run, require_results
+from parity.sides.anchor import float64_anchor
 
-ANCHORED_CHECKS = ("predict", "loss", "ddpm", "ddim")
-"""The checks whose outputs the float64 specification covers."""
 
-
-def measure_rounding(side: Side, model: Any, tape: dict, spec: RunSpec, outputs: dict) -> Rounding | None:
-    """This host's float32 rounding: the PyTorch twin's float32 predictions on the tape against its own float64
-    run on the same device (the one-process check's measure); None on a MindSpore host (no float64
-    convolution: the table stands in) or for a spec with no anchored output."""
-    if side.name != "torch" or not set(ANCHORED_CHECKS) & set(spec.checks):
+def measure_rounding(side: Side[Any, Any], model: Any, tape: dict, spec: RunSpec, outputs: dict) -> Rounding | None:
+    """This host's float32 rounding: the side's float32 predictions on the tape against its own float64 run on
+    the same device (the one-process check's measure); None for a side with no float64 run (MindSpore: no
+    float64 convolution, the table stands in) or a spec with no anchored output."""
+    twin64 = side.float64(model) if set(ANCHORED) & set(spec.checks) else None
+    if twin64 is None:
         return None
-    from parity.sides.torch import TorchSide
-
     only = dataclasses.replace(spec, checks=("predict",))
-    side64 = TorchSide(str(side.device), dtype=np.float64)
-    f64 = anchor_outputs(Float64(side64, side64.adopt(model), side64.diffusion(spec.diffusion)), tape, only)
+    side64, model64 = twin64
+    f64 = anchor_outputs(Float64(side64, model64, side64.diffusion(spec.diffusion)), tape, only)
     f32 = {k: v for k, v in outputs.items() if k.startswith("predict/")} or \
         anchor_outputs(Float64(side, model, side.diffusion(spec.diffusion)), tape, only)
     return prediction_rounding(f32, f64)
@@ -108,9 +107,10 @@ def compare_golden(golden: Golden, side: Side, environment: dict, model: Any = N
     golden.check_compared_with(side.name)
     spec = golden.spec()
     model = side.load_model(golden.weights, spec.unet) if model is None else model
-    diffusion = side.diffusion(spec.diffusion)
     timings: dict[str, float] = {}
-    live = run_side(side, model, diffusion, golden.tape, spec, timings)
+    anchor = (lambda: float64_anchor(golden.weights, spec, side, model)) if set(ANCHORED) & set(spec.checks) else None
+    live, followed, anchored = run_follower(side, model, side.diffusion(spec.diffusion), golden.tape, spec, anchor,
+                                            lambda: golden.outputs, timings)
     recorded_env = golden.manifest.get("environment", {})
     live_torch = side.name == "torch"
     a, b = (live, golden.outputs) if live_torch else (golden.outputs, live)
@@ -118,30 +118,21 @@ def compare_golden(golden: Golden, side: Side, environment: dict, model: Any = N
     sides = (here, there) if live_torch else (there, here)
     devices = {"torch": str(side.device) if live_torch else recorded_env.get("torch_setup", {}).get("device", "cpu"),
                "ms": recorded_env.get("mindspore_setup", {}).get("device", "CPU") if live_torch else str(side.device)}
-    one_step = None
-    if "ddpm/trajectory" in golden.outputs:
-        stepped = teacher_forced(side, model, diffusion, golden.tape, golden.outputs["ddpm/trajectory"])
-        one_step = ((stepped, b["ddpm/trajectory"], "PyTorch stepping from MindSpore's recorded states") if live_torch
-                    else (a["ddpm/trajectory"], stepped, "MindSpore stepping from PyTorch's recorded states"))
-    anchor: dict = {}
-    if set(ANCHORED_CHECKS) & set(spec.checks):
-        anc = Anchor(model if live_torch else None, golden.weights, spec)
-        anc.before(golden.tape)
-        anc.after(golden.tape, golden.outputs.get("ddpm/trajectory"))  # the states both one-step outputs left
-        timings.update(anc.timings)
-        anchor = anc.outputs
-    rounding, how = two_host_rounding(golden, side, live, anchor, devices)
+    one_step = pair_followed(followed, golden.outputs, live_torch,
+                             f"{here} stepping from {SIDE_LABELS[golden.framework]}'s recorded states")
+    rounding, how = two_host_rounding(golden, side, live, anchored, devices)
     device = device_class(devices["torch"], devices["ms"])
     report = Report(describe_run(spec).replace("parity.check:", "parity.check compare:"), spec.to_dict(),
                     tape_hash(golden.tape), weights_hash(golden.weights), environment, timings=timings, mode="compare")
     report.spec["checks"] = [c for c in spec.checks if c != "settings"]
     pred_t = golden.tape["pred_t"]
     implied = (implied_outputs(spec, "torch", pred_t), implied_outputs(spec, "ms", pred_t))
-    report.rows = compare_outputs(a, b, spec, device, one_step, anchor, implied, sides, rounding if anchor else None)
-    report.notes = [*golden.notes, *([how] if anchor else [])]
+    report.rows = compare_outputs(a, b, spec, device, one_step, anchored, implied, sides,
+                                  rounding if anchored else None)
+    report.notes = [*golden.notes, *([how] if anchored else [])]
     report.environment["two_host_rounding"] = {"rounding": rounding.to_dict(), "how": how}
     require_results(report)
     blame_weights(report, golden.weights, a, b)
     if not report.passed:
-        explain(report, (a, b), golden.tape, spec, None, None, None, None, device)
+        explain(report, (a, b), golden.tape, spec, None, device)
     return report

@@ -73,9 +73,9 @@ def _train(side: Any, state: dict, cfg: Any, diffusion: Any, tape: dict, path: s
 
 def check(args: argparse.Namespace) -> dict[str, Any]:
     """Every row (see the module docstring) and the figures around them."""
-    from parity.engine.anchor import PREFIX_STEPS
+    from parity.engine.checks.base import PREFIX_STEPS
     from parity.engine.initial import initial_weights
-    from parity.engine.suite import outputs_row
+    from parity.engine.rows import outputs_row
     from parity.engine.tape import TapeSpec, make_tape
     from parity.engine.threeway import anchored, prediction_rounding
     from parity.engine.tolerances import device_class
@@ -139,7 +139,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
 def _anchored_row(label: str, a: Any) -> Any:
     """A row holding the two comparisons of ``a`` against float64 (compiled loop first, then eager)."""
     from parity.engine.compare import Summary
-    from parity.engine.suite import Row
+    from parity.engine.rows import Row
 
     a.torch.name, a.ms.name = "compiled loop vs float64", "eager loop vs float64"
     return Row(label, "ddpm_trajectory", Summary(label, [a.torch, a.ms]),

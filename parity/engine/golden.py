@@ -264,7 +264,7 @@ def _spec(path: Path, s: Any, size: int | None = None) -> RunSpec:
         tape["train_steps"] = tape.pop("adam_steps")
     if isinstance(tape.get("pred_timesteps"), list):
         tape["pred_timesteps"] = tuple(tape["pred_timesteps"])
-    dims = [tape.get(k) for k in ("timesteps", "ddim_steps", "batch", "channels", "image_size")]
+    dims: list[Any] = [tape.get(k) for k in ("timesteps", "ddim_steps", "batch", "channels", "image_size")]
     if size is not None and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
         need = 4 * max(dims[0], dims[1]) * dims[2] * dims[3] * dims[4] ** 2  # the sampling noise, float32
         if need > size:
@@ -408,8 +408,8 @@ def _members(path: Path, zf: zipfile.ZipFile, entries: dict[str, zipfile.ZipInfo
             raise GoldenError(f"{path}: member {key} is {h.dtype} {h.shape}; {source} declares "
                               f"{expected[key][1][0]} {expected[key][0]}")
     data = {key: _data(path, zf, key, entries[key], h) for key, h in headers.items()}
-    g = Golden(manifest, *({k[len(p):]: v for k, v in data.items() if k.startswith(p)} for p in _SECTIONS),
-               run_spec=spec)
+    out, tape, init = ({k[len(p):]: v for k, v in data.items() if k.startswith(p)} for p in _SECTIONS)
+    g = Golden(manifest, out, tape, init, run_spec=spec)
     for name, what, section, digest in (("tape_sha256", "tape", g.tape, tape_hash),
                                         ("weights_sha256", "weights", g.weights, weights_hash),
                                         ("outputs_sha256", "outputs", g.outputs, weights_hash)):

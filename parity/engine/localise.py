@@ -15,13 +15,16 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
+from ddpm_core.contract import Record, Side
 from parity.engine.compare import Comparison, compare
-from ddpm_core.contract import Record
 from parity.engine.tolerances import Tolerance
+
+T = TypeVar("T")
+U = TypeVar("U")
 
 
 @dataclass
@@ -118,7 +121,7 @@ def localise_records(rec_t: list[Record], rec_m: list[Record], run_live: Callabl
     return Finding(first.name, first.kind, first_cmp, False, rep, live=live)
 
 
-def localise(side_t: Any, model_t: Any, side_m: Any, model_m: Any, x: np.ndarray, t: np.ndarray,
+def localise(side_t: Side[T, Any], model_t: T, side_m: Side[U, Any], model_m: U, x: np.ndarray, t: np.ndarray,
              tol: Tolerance) -> Finding | None:
     """Both sides in one process: capture both forwards on (x, t), replay on the MindSpore side."""
     rec_t = side_t.capture(model_t, x, t)
@@ -127,7 +130,7 @@ def localise(side_t: Any, model_t: Any, side_m: Any, model_m: Any, x: np.ndarray
     return localise_records(rec_t, rec_m, lambda name, inputs: side_m.run_module(mods_m[name], inputs), "ms", tol)
 
 
-def module_errors(side_t: Any, model_t: Any, side_m: Any, model_m: Any, x: np.ndarray, t: np.ndarray,
+def module_errors(side_t: Side[T, Any], model_t: T, side_m: Side[U, Any], model_m: U, x: np.ndarray, t: np.ndarray,
                   tol: Tolerance) -> list[dict]:
     """Every matched module call's output error (for measuring the "module" tolerance)."""
     rec_m = {r.key: r for r in side_m.capture(model_m, x, t)}

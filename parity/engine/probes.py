@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ddpm_core.config import DiffusionConfig
+from ddpm_core.contract import D, Side
 from ddpm_core.reference import ReferenceDiffusion
 from parity.engine.tape import PROBE_SHAPE
 
@@ -33,7 +34,7 @@ def _table_inputs(T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ones, np.arange(T, dtype=np.int32), np.zeros((T, 1, 1, 1), np.float32)
 
 
-def run_probes(side: Any, diffusion: Any, tape: Mapping[str, np.ndarray], cfg: DiffusionConfig,
+def run_probes(side: Side[Any, D], diffusion: D, tape: Mapping[str, np.ndarray], cfg: DiffusionConfig,
                loss_types: Sequence[str], ddim_steps: int, etas: Sequence[float]) -> dict[str, np.ndarray]:
     """Every probe output of one side, by name."""
     T, lcfg = cfg.timesteps, loop_config(cfg)

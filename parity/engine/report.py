@@ -16,7 +16,7 @@ from ddpm_core.atomic import atomic_write_bytes
 from ddpm_core.errors import EXIT_MISMATCH, EXIT_OK
 from parity.engine.localise import Finding
 from parity.engine.settings import SettingMismatch, summarize
-from parity.engine.suite import Row
+from parity.engine.rows import Row
 
 SIDE_LABELS = {"torch": "PyTorch", "ms": "MindSpore"}
 

@@ -1,8 +1,8 @@
 """The settings check: before any numbers, compare what each matched pair of layers is configured to do.
 
 Rule: modules are matched by structural name (torch ``named_modules`` == MindSpore
-``cells_and_names``), never by call order. Each layer's configuration is translated into one
-framework-neutral vocabulary (``kind`` + settings dict: GELU approximation, bias present, eps,
+``cells_and_names``), never by call order. Each side translates its layers' configuration (its own reader:
+``parity.sides.torch_settings``, ``parity.sides.ms_settings``) into one framework-neutral vocabulary (``kind`` + settings dict: GELU approximation, bias present, eps,
 padding as (top, bottom, left, right), groups, kernel size, stride, dilation, softmax axis, ...),
 and every difference is a failure that names the module, e.g.
 ``GELU approximate: tanh in MindSpore, none (exact) in PyTorch at `downs.1.0.net.2```.
@@ -14,23 +14,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-_TORCH_KINDS = {"ConvTranspose2d": "ConvTranspose2d", "Linear": "Linear", "Sequential": "Sequential",
-                "ModuleList": "ModuleList"}
-_MS_KINDS = {"Conv2dTranspose": "ConvTranspose2d", "Dense": "Linear", "SequentialCell": "Sequential",
-             "CellList": "ModuleList"}
-_INTERNAL = {"training", "requires_grad", "is_top_cell", "arguments_key", "grad_ops_label", "has_bprop", "phase",
-             "cell_type", "cls_name", "enable_hook", "bprop_debug", "recompute_cell", "dump_data"}
+from ddpm_core.contract import Side
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+INTERNAL = {"training", "requires_grad", "is_top_cell", "arguments_key", "grad_ops_label", "has_bprop", "phase",
+            "cell_type", "cls_name", "enable_hook", "bprop_debug", "recompute_cell", "dump_data"}
+"""Framework bookkeeping attributes that are no setting of a layer."""
 
 
-def _pair(v: Any) -> tuple[int, ...]:
+def pair2(v: Any) -> tuple[int, ...]:
+    """A size given as one int or a sequence, as a tuple (an int n as (n, n))."""
     return tuple(int(x) for x in v) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
-def _same_padding(kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]) -> Any:
+def same_padding(kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]) -> Any:
     """'same' padding as (top, bottom, left, right) where it does not depend on the input (stride 1;
     both frameworks put an odd extra pixel at the bottom/right); else the string."""
     if any(s != 1 for s in stride):
@@ -39,93 +42,15 @@ def _same_padding(kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tu
     return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
 
 
-def _custom(module: Any) -> dict[str, Any]:
+def custom_settings(module: Any) -> dict[str, Any]:
     """Public scalar attributes of a user-defined layer (``heads``, ``scale``, ``dim``, ...)."""
     out = {}
     for k, v in vars(module).items():
-        if k.startswith("_") or k in _INTERNAL or isinstance(v, bool):
+        if k.startswith("_") or k in INTERNAL or isinstance(v, bool):
             continue
         if isinstance(v, (int, float, str)) or (isinstance(v, tuple) and all(isinstance(x, (int, float)) for x in v)):
             out[k] = v
     return out
-
-
-def torch_settings(m: Any) -> tuple[str, dict[str, Any]]:
-    """(kind, settings) of a torch module."""
-    name = type(m).__name__
-    kind = _TORCH_KINDS.get(name, name)
-    if name in ("Conv2d", "ConvTranspose2d"):
-        pad = m.padding if isinstance(m.padding, str) else tuple(p for p in _pair(m.padding) for _ in (0, 1))
-        if pad == "valid":
-            pad = (0, 0, 0, 0)
-        elif pad == "same":
-            pad = _same_padding(_pair(m.kernel_size), _pair(m.stride), _pair(m.dilation))
-        s = {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": _pair(m.kernel_size),
-             "stride": _pair(m.stride), "padding": pad, "dilation": _pair(m.dilation), "groups": m.groups,
-             "bias": m.bias is not None, "padding_mode": m.padding_mode}
-        if name == "ConvTranspose2d":
-            s["output_padding"] = _pair(m.output_padding)
-        return kind, s
-    if name == "Linear":
-        return kind, {"in_channels": m.in_features, "out_channels": m.out_features, "bias": m.bias is not None}
-    if name == "GroupNorm":
-        return kind, {"num_groups": m.num_groups, "num_channels": m.num_channels, "eps": m.eps, "affine": m.affine}
-    if name == "GELU":
-        return kind, {"approximate": m.approximate}
-    if name in ("Softmax", "LogSoftmax"):
-        return kind, {"axis": m.dim}
-    if name == "LayerNorm" and hasattr(m, "normalized_shape"):
-        return "LayerNorm(builtin)", {"normalized_shape": tuple(m.normalized_shape), "eps": m.eps,
-                                      "affine": m.elementwise_affine}
-    if name in ("SiLU", "Identity", "Sequential", "ModuleList"):
-        return kind, {}
-    return kind, _custom(m)
-
-
-def _ms_layer_name(c: Any) -> str:
-    """The name of ``c``'s class, or of the MindSpore layer it extends: ``ddpm_ms``'s ``ComposedGroupNorm`` is an
-    ``nn.GroupNorm`` computed from primitive ops, with the same settings."""
-    for cls in type(c).__mro__:
-        if cls.__module__.startswith("mindspore.nn.layer"):
-            return cls.__name__
-    return type(c).__name__
-
-
-def ms_settings(c: Any) -> tuple[str, dict[str, Any]]:
-    """(kind, settings) of a MindSpore cell, in torch_settings' vocabulary."""
-    name = _ms_layer_name(c)
-    kind = _MS_KINDS.get(name, name)
-    if name in ("Conv2d", "Conv2dTranspose"):
-        if c.pad_mode == "pad":
-            p = c.padding
-            pad = (p, p, p, p) if isinstance(p, int) else tuple(int(x) for x in p)
-        elif c.pad_mode == "valid":
-            pad = (0, 0, 0, 0)
-        else:
-            pad = _same_padding(_pair(c.kernel_size), _pair(c.stride), _pair(c.dilation))
-        s = {"in_channels": c.in_channels, "out_channels": c.out_channels, "kernel_size": _pair(c.kernel_size),
-             "stride": _pair(c.stride), "padding": pad, "dilation": _pair(c.dilation), "groups": c.group,
-             "bias": bool(c.has_bias), "padding_mode": getattr(c, "padding_mode", "zeros")}
-        if name == "Conv2dTranspose":
-            s["output_padding"] = _pair(getattr(c, "output_padding", 0))
-        return kind, s
-    if name == "Dense":
-        s = {"in_channels": c.in_channels, "out_channels": c.out_channels, "bias": bool(c.has_bias)}
-        if c.activation_flag:
-            s["activation"] = type(c.activation).__name__
-        return kind, s
-    if name == "GroupNorm":
-        return kind, {"num_groups": c.num_groups, "num_channels": c.num_channels, "eps": c.eps, "affine": c.affine}
-    if name == "GELU":
-        return kind, {"approximate": c.approximate}
-    if name in ("Softmax", "LogSoftmax"):
-        axis = c.axis if hasattr(c, "axis") else getattr(getattr(c, "softmax", None), "axis", None)
-        return kind, {"axis": axis[0] if isinstance(axis, (tuple, list)) and len(axis) == 1 else axis}
-    if name == "LayerNorm" and hasattr(c, "normalized_shape"):
-        return "LayerNorm(builtin)", {"normalized_shape": tuple(c.normalized_shape), "eps": c.epsilon, "affine": True}
-    if name in ("SiLU", "Identity", "SequentialCell", "CellList"):
-        return kind, {}
-    return kind, _custom(c)
 
 
 def _fmt(key: str, v: Any) -> str:
@@ -166,7 +91,7 @@ class SettingMismatch:
                 "ms": repr(self.ms_value), "message": self.describe()}
 
 
-def probe_channel_layer_norm(side: Any, module: Any) -> dict[str, Any]:
+def probe_channel_layer_norm(side: Side[Any, Any], module: Any) -> dict[str, Any]:
     """eps and variance ddof of a channel LayerNorm (normalises dim 1 of (B, C, H, W), gain ``g``/
     ``weight``/``gamma``), measured: feed x and -x (so any bias cancels) at a large and a tiny variance."""
     params = side.parameters_of(module)
@@ -198,7 +123,7 @@ def probe_channel_layer_norm(side: Any, module: Any) -> dict[str, Any]:
     return found
 
 
-def check_settings(side_t: Any, model_t: Any, side_m: Any, model_m: Any) -> tuple[list[SettingMismatch], int]:
+def check_settings(side_t: Side[T, Any], model_t: T, side_m: Side[U, Any], model_m: U) -> tuple[list[SettingMismatch], int]:
     """Every settings mismatch between matched module pairs, in PyTorch's module order; and the
     number of pairs checked."""
     mods_t, mods_m = side_t.modules(model_t), side_m.modules(model_m)

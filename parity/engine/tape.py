@@ -77,10 +77,10 @@ def make_tape(spec: TapeSpec) -> dict[str, np.ndarray]:
         return rng.uniform(-1.0, 1.0, s).astype(np.float32)  # data scaled to [-1, 1] as in the tutorial
 
     drawn = [int(v) for v in rng.integers(0, T, 2)]
-    pred_t = spec.pred_timesteps if spec.pred_timesteps is not None else (0, T // 2, T - 1, *drawn)
-    pred_t = np.asarray(pred_t, dtype=np.int32)
+    pred_t = np.asarray(spec.pred_timesteps if spec.pred_timesteps is not None else (0, T // 2, T - 1, *drawn),
+                        dtype=np.int32)
     K = len(pred_t)
-    tape = {
+    tape: dict[str, np.ndarray] = {
         "pred_t": pred_t,
         "pred_x": normal(K, *shape),
         "train_x0": images(A, *shape),

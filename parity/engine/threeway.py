@@ -22,11 +22,11 @@ from typing import Mapping
 
 import numpy as np
 
-from parity.engine.anchor import PREFIX_STEPS, one_step_index
 from parity.engine.compare import Comparison, Summary, compare, rms
 from parity.engine.tolerances import BLAME_RATIO, RELATIVE, Tolerance, machine_relative, tolerance
 
 STEP_OUTPUTS = ("ddpm_one_step", "ddpm_trajectory", "ddim_trajectory")
+"""Outputs compared per sampler step, (steps, batch, ...), with the atol in units of each state's RMS."""
 
 
 def _scaled(x: np.ndarray, ref: np.ndarray, output: str) -> tuple[np.ndarray, np.ndarray]:
@@ -138,26 +138,6 @@ def anchored(output: str, key: str, a: np.ndarray, m: np.ndarray, s: np.ndarray,
                     compare(key, *_scaled(m, s, output), each, (sides[1], spec)),
                     None if a64 is None else compare(key, a64, s, tolerance("logic", "float64", "cpu"), (own, spec)),
                     sides=sides)
-
-
-def anchor_arrays(key: str, a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], timesteps: int,
-                  anchor: Mapping[str, Mapping[str, np.ndarray]],
-                  one_step: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, ...] | None:
-    """(PyTorch, MindSpore, spec, PyTorch float64) arrays of the anchored part of output ``key``, or None; the
-    last is None where the anchor has no PyTorch float64 run."""
-    spec, t64 = anchor.get("spec", {}), anchor.get("torch64", {})
-    if key == "ddpm/one_step":
-        if one_step is None or key not in spec:
-            return None
-        ks = one_step_index(timesteps)
-        return one_step[0][ks], one_step[1][ks], spec[key], t64.get(key)
-    anchor_key = "ddpm/prefix" if key == "ddpm/trajectory" else key
-    if anchor_key not in spec or key not in a or key not in b:
-        return None
-    if key.startswith(("ddpm/", "ddim/")):
-        n = min(PREFIX_STEPS, len(spec[anchor_key]))
-        return a[key][:n], b[key][:n], spec[anchor_key], t64.get(anchor_key)
-    return a[key], b[key], spec[anchor_key], t64.get(anchor_key)
 
 
 def logic_summary(rows: list, label: str) -> Summary:

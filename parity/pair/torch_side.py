@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ddpm_core.errors import EnvironmentRefused, UserError, type_and_first_sentence
-from parity.engine.settings import torch_settings
+from parity.sides.torch_settings import torch_settings
 from parity.env import setup_torch
 from parity.pair.calls import CallRecorder, CallTree, flatten
 from parity.pair.mapping import Tensor

@@ -22,7 +22,7 @@ from ddpm_ms.optim import loss_and_grads, make_optimizer, make_train_step
 from parity.sides.shared import SharedCalls
 
 
-class MsSide(SharedCalls, Adapter):
+class MsSide(SharedCalls[nn.Cell, ddpm_ms.GaussianDiffusion], Adapter):
     loss_scale = 1.0  # the fixed loss scale of gradients and training steps (parity.precision sets it)
 
     def __init__(self, device: str = "CPU", compiled: bool = True, progress: bool = False, chunk: int = 32,
@@ -34,9 +34,20 @@ class MsSide(SharedCalls, Adapter):
         self.chunk = chunk
         self._diffusions: dict[DiffusionConfig, ddpm_ms.GaussianDiffusion] = {}
 
+    @classmethod
+    def of(cls, model: nn.Cell, **options: Any) -> "MsSide":
+        """The side for ``model``, on the device MindSpore's context runs it on (a cell has no device of its own)."""
+        import mindspore as ms
+
+        return cls(ms.get_context("device_target"), **options)
+
     # ------------------------------------------------------------ model and weights
     def config(self, model: nn.Cell) -> Any:
         return model.config
+
+    def float64(self, model: nn.Cell) -> None:
+        """None: MindSpore's CPU and Ascend builds have no float64 convolution, so this side has no float64 run."""
+        return None
 
     def diffusion(self, cfg: DiffusionConfig) -> ddpm_ms.GaussianDiffusion:
         """One diffusion per config for this side, so its compiled steps (cached per model) are reused by
@@ -49,17 +60,17 @@ class MsSide(SharedCalls, Adapter):
     def predict(self, model: nn.Cell, x: np.ndarray, t: np.ndarray) -> np.ndarray:
         return self.forward(model, x, t)
 
-    def loss(self, model: nn.Cell, diffusion: Any, x0: np.ndarray, t: np.ndarray, noise: np.ndarray,
+    def loss(self, model: nn.Cell, diffusion: ddpm_ms.GaussianDiffusion, x0: np.ndarray, t: np.ndarray, noise: np.ndarray,
              loss_type: str) -> np.ndarray:
         return self.numpy(diffusion.p_losses(model, x0, t, noise, loss_type))
 
-    def loss_and_grads(self, model: nn.Cell, diffusion: Any, x0: np.ndarray, t: np.ndarray, noise: np.ndarray,
+    def loss_and_grads(self, model: nn.Cell, diffusion: ddpm_ms.GaussianDiffusion, x0: np.ndarray, t: np.ndarray, noise: np.ndarray,
                        loss_type: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         loss, grads = loss_and_grads(model, diffusion, x0, t, noise, loss_type, self.loss_scale)
         names = self.torch_names(model)
         return self.numpy(loss), {names.get(n, n): self.numpy(g) for n, g in grads.items()}
 
-    def adam(self, model: nn.Cell, diffusion: Any, batches: Sequence[tuple[np.ndarray, ...]], lrs: Sequence[float],
+    def adam(self, model: nn.Cell, diffusion: ddpm_ms.GaussianDiffusion, batches: Sequence[tuple[np.ndarray, ...]], lrs: Sequence[float],
              loss_type: str, rule: str = "mindspore",
              first_grads: dict[str, np.ndarray] | None = None) -> list[dict[str, np.ndarray]]:
         """The state after each training step of the twin's ``make_train_step`` with ``nn.Adam``;
@@ -82,7 +93,7 @@ class MsSide(SharedCalls, Adapter):
         return states
 
     # ------------------------------------------------------------ samplers
-    def ddpm_one_step(self, model: nn.Cell, diffusion: Any, xs: np.ndarray, ts: np.ndarray,
+    def ddpm_one_step(self, model: nn.Cell, diffusion: ddpm_ms.GaussianDiffusion, xs: np.ndarray, ts: np.ndarray,
                       noise: np.ndarray) -> np.ndarray:
         """One ``p_step`` from each given state: xs (N, B, ...), ts (N,), noise (N, B, ...) -> (N, B, ...).
         Compiled: one step per call through the sampler's own graph (same shape, no new compile);
@@ -99,12 +110,12 @@ class MsSide(SharedCalls, Adapter):
             out.append(self.numpy(step(x, t, z)).reshape(hi - lo, b, *xs.shape[2:]))
         return np.concatenate(out)
 
-    def ddim_step(self, model: nn.Cell, diffusion: Any, x: np.ndarray, plan: DDIMPlan, k: int,
+    def ddim_step(self, model: nn.Cell, diffusion: ddpm_ms.GaussianDiffusion, x: np.ndarray, plan: DDIMPlan, k: int,
                   noise: np.ndarray | None) -> np.ndarray:
         """Step ``k`` of ``plan`` from ``x`` (the plan's float32 coefficients as 0-d tensors)."""
-        coefs = [Tensor(getattr(plan, name)[k]) for name in DDIM_COEFS]
+        c0, c1, c2, c3, c4 = (Tensor(getattr(plan, name)[k]) for name in DDIM_COEFS)
         t = self.tensor(np.full(len(x), int(plan.t[k]), np.int32))
-        return self.numpy(diffusion.ddim_step(model, self.tensor(x), t, *coefs,
+        return self.numpy(diffusion.ddim_step(model, self.tensor(x), t, c0, c1, c2, c3, c4,
                                               None if noise is None else self.tensor(noise)))
 
     # ------------------------------------------------------------ diffusion-math probes (toy model)
@@ -115,6 +126,6 @@ class MsSide(SharedCalls, Adapter):
 
     # ------------------------------------------------------------ localisation
     def settings(self, cell: nn.Cell) -> tuple[str, dict[str, Any]]:
-        from parity.engine.settings import ms_settings
+        from parity.sides.ms_settings import ms_settings
 
         return ms_settings(cell)

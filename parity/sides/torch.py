@@ -23,7 +23,7 @@ from ddpm_torch.optim import loss_and_grads, make_optimizer, make_train_step
 from parity.sides.shared import SharedCalls
 
 
-class TorchSide(SharedCalls, Adapter):
+class TorchSide(SharedCalls[nn.Module, ddpm_torch.GaussianDiffusion], Adapter):
     loss_scale = 1.0  # the fixed loss scale of gradients and training steps (parity.precision sets it)
 
     def __init__(self, device: str = "cpu", compiled: bool = True, progress: bool = False, chunk: int = 32,
@@ -34,9 +34,21 @@ class TorchSide(SharedCalls, Adapter):
         self.chunk = chunk
         self._diffusions: dict[DiffusionConfig, ddpm_torch.GaussianDiffusion] = {}
 
+    @classmethod
+    def of(cls, model: nn.Module, **options: Any) -> "TorchSide":
+        """The side for ``model``, on the device its parameters are on."""
+        p = next(model.parameters(), None)
+        return cls(str(p.device) if p is not None else "cpu", **options)
+
     # ------------------------------------------------------------ model and weights
     def config(self, model: nn.Module) -> Any:
         return model.config
+
+    def float64(self, model: nn.Module) -> tuple["TorchSide", nn.Module]:
+        """This side in float64 on the same device, and a deep copy of ``model`` in it (the float64 anchor's
+        PyTorch run: a change made to ``model``, e.g. a planted bug, is kept)."""
+        side = TorchSide(str(self.device), dtype=np.float64)
+        return side, side.adopt(model)
 
     def adopt(self, model: nn.Module) -> nn.Module:
         """A deep copy of ``model`` in this side's dtype (a change made to ``model``, e.g. a planted bug, is kept)."""
@@ -58,17 +70,17 @@ class TorchSide(SharedCalls, Adapter):
     def predict(self, model: nn.Module, x: np.ndarray, t: np.ndarray) -> np.ndarray:
         return self.forward(model, x, t)
 
-    def loss(self, model: nn.Module, diffusion: Any, x0: np.ndarray, t: np.ndarray, noise: np.ndarray,
+    def loss(self, model: nn.Module, diffusion: ddpm_torch.GaussianDiffusion, x0: np.ndarray, t: np.ndarray, noise: np.ndarray,
              loss_type: str) -> np.ndarray:
         with torch.no_grad():
             return self.numpy(diffusion.p_losses(model, self.tensor(x0), self.tensor(t), self.tensor(noise), loss_type))
 
-    def loss_and_grads(self, model: nn.Module, diffusion: Any, x0: np.ndarray, t: np.ndarray, noise: np.ndarray,
+    def loss_and_grads(self, model: nn.Module, diffusion: ddpm_torch.GaussianDiffusion, x0: np.ndarray, t: np.ndarray, noise: np.ndarray,
                        loss_type: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         loss, grads = loss_and_grads(model, diffusion, x0, t, noise, loss_type, self.loss_scale)
         return self.numpy(loss), {name: self.numpy(g) for name, g in grads.items()}
 
-    def adam(self, model: nn.Module, diffusion: Any, batches: Sequence[tuple[np.ndarray, ...]], lrs: Sequence[float],
+    def adam(self, model: nn.Module, diffusion: ddpm_torch.GaussianDiffusion, batches: Sequence[tuple[np.ndarray, ...]], lrs: Sequence[float],
              loss_type: str, rule: str = "mindspore",
              first_grads: dict[str, np.ndarray] | None = None) -> list[dict[str, np.ndarray]]:
         """The state after each training step (the twin's ``make_train_step``). ``rule="torch"`` uses
@@ -94,7 +106,7 @@ class TorchSide(SharedCalls, Adapter):
         return states
 
     # ------------------------------------------------------------ samplers
-    def ddpm_one_step(self, model: nn.Module, diffusion: Any, xs: np.ndarray, ts: np.ndarray,
+    def ddpm_one_step(self, model: nn.Module, diffusion: ddpm_torch.GaussianDiffusion, xs: np.ndarray, ts: np.ndarray,
                       noise: np.ndarray) -> np.ndarray:
         """One ``p_step`` from each given state: xs (N, B, ...), ts (N,), noise (N, B, ...) -> (N, B, ...).
         Steps are batched ``chunk`` at a time into one forward call (each step's input is known)."""
@@ -109,14 +121,15 @@ class TorchSide(SharedCalls, Adapter):
                 out.append(self.numpy(diffusion.p_step(model, x, t, z)).reshape(hi - lo, b, *xs.shape[2:]))
         return np.concatenate(out)
 
-    def ddim_step(self, model: nn.Module, diffusion: Any, x: np.ndarray, plan: DDIMPlan, k: int,
+    def ddim_step(self, model: nn.Module, diffusion: ddpm_torch.GaussianDiffusion, x: np.ndarray, plan: DDIMPlan, k: int,
                   noise: np.ndarray | None) -> np.ndarray:
         """Step ``k`` of ``plan`` from ``x`` (the plan's coefficients as 0-d tensors in this side's dtype)."""
         dtype = torch.float64 if self.dtype == np.float64 else torch.float32
-        coefs = [torch.tensor(float(getattr(plan, name)[k]), dtype=dtype, device=self.device) for name in DDIM_COEFS]
+        c0, c1, c2, c3, c4 = (torch.tensor(float(getattr(plan, name)[k]), dtype=dtype, device=self.device)
+                              for name in DDIM_COEFS)
         t = self.tensor(np.full(len(x), int(plan.t[k]), np.int32))
         with torch.no_grad():
-            return self.numpy(diffusion.ddim_step(model, self.tensor(x), t, *coefs,
+            return self.numpy(diffusion.ddim_step(model, self.tensor(x), t, c0, c1, c2, c3, c4,
                                                   None if noise is None else self.tensor(noise)))
 
     # ------------------------------------------------------------ diffusion-math probes (toy model)
@@ -127,7 +140,7 @@ class TorchSide(SharedCalls, Adapter):
 
     # ------------------------------------------------------------ localisation
     def settings(self, module: nn.Module) -> tuple[str, dict[str, Any]]:
-        """(kind, what the layer is configured to do) in the framework-neutral vocabulary of parity.engine.settings."""
-        from parity.engine.settings import torch_settings
+        """(kind, what the layer is configured to do) in the settings check's framework-neutral vocabulary."""
+        from parity.sides.torch_settings import torch_settings
 
         return torch_settings(module)

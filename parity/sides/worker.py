@@ -4,32 +4,31 @@ gained).
 
 Rules: the worker rebuilds the PyTorch twin from its ``UnetConfig`` and the PyTorch-named weights it
 is sent, replays the same tape (rebuilt from the spec and checked against the parent's hash) and runs
-exactly ``parity.engine.suite.run_side``, then the float64 anchor (``parity.engine.anchor``) while MindSpore samples; then
-it takes MindSpore's trajectory and returns the teacher-forced steps and the anchor's outputs. Only numpy arrays and plain data cross the pipe. Use it for unmodified ``ddpm_torch.Unet``
-models (the CLI's case); a model changed in the parent (a patched module, a planted bug) must run in
-the parent, which ``check_models`` does unless asked for a worker.
+exactly what the parent would run in its place, ``parity.engine.suite.run_follower`` (its outputs, the float64
+anchor while MindSpore samples, then the steps from MindSpore's outputs once they arrive). Only numpy arrays
+and plain data cross the pipe. Use it for unmodified ``ddpm_torch.Unet`` models (the CLI's case); a model
+changed in the parent (a patched module, a planted bug) must run in the parent, which ``check_models`` does.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
 import traceback
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from parity.engine.suite import RunSpec
 
 
-def _serve(conn: Any, trajectories: Any, spec: RunSpec, weights: dict, tape_sha256: str, device: str,
+def _serve(conn: Any, leads: Any, spec: RunSpec, weights: dict, tape_sha256: str, device: str,
            threads: int, compiled: bool) -> None:
     try:
-        import time
-
-        from parity.engine.anchor import Anchor, wants_anchor
-        from parity.env import setup_torch
-        from parity.sides.torch import TorchSide
-        from parity.engine.suite import run_side, teacher_forced
+        from parity.engine.anchor import wants_anchor
+        from parity.engine.suite import run_follower
         from parity.engine.tape import make_tape, tape_hash
+        from parity.env import setup_torch
+        from parity.sides.anchor import float64_anchor
+        from parity.sides.torch import TorchSide
 
         setup_torch(device, threads)
         side = TorchSide(device, compiled=compiled)
@@ -37,23 +36,10 @@ def _serve(conn: Any, trajectories: Any, spec: RunSpec, weights: dict, tape_sha2
         tape = make_tape(spec.tape)
         if tape_hash(tape) != tape_sha256:
             raise RuntimeError("the worker's tape differs from the parent's")
-        diffusion = side.diffusion(spec.diffusion)
         timings: dict[str, float] = {}
-        outputs = run_side(side, model, diffusion, tape, spec, timings)
-        anchor = Anchor(model, weights, spec) if wants_anchor(spec) else None
-        if anchor is not None:  # while MindSpore is still sampling
-            anchor.before(tape)
-        stepped = trajectory = None
-        if "ddpm" in spec.checks:
-            trajectory = trajectories.get()  # MindSpore's, as soon as it exists
-            if trajectory is not None:
-                t0 = time.perf_counter()
-                stepped = teacher_forced(side, model, diffusion, tape, trajectory)
-                timings["torch/teacher_forced"] = round(time.perf_counter() - t0, 3)
-        if anchor is not None:
-            anchor.after(tape, trajectory)
-            timings.update(anchor.timings)
-        conn.send(("result", (outputs, stepped, {} if anchor is None else anchor.outputs), timings))
+        anchor = (lambda: float64_anchor(weights, spec, side, model)) if wants_anchor(spec) else None
+        result = run_follower(side, model, side.diffusion(spec.diffusion), tape, spec, anchor, leads.get, timings)
+        conn.send(("result", result, timings))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises
         conn.send(("error", f"{type(e).__name__}: {e}", traceback.format_exc()))
     finally:
@@ -61,25 +47,28 @@ def _serve(conn: Any, trajectories: Any, spec: RunSpec, weights: dict, tape_sha2
 
 
 class TorchWorker:
-    """Starts the PyTorch side at once; ``send_trajectory`` never blocks; ``result()`` waits for
-    (outputs, teacher-forced steps or None, the float64 anchor's outputs or {})."""
+    """Starts the PyTorch side at once; ``send_lead`` never blocks; ``result()`` waits for (outputs, the
+    outputs followed from MindSpore's, the float64 anchor's outputs or {})."""
 
-    def __init__(self, spec: RunSpec, weights: dict[str, np.ndarray], tape_sha256: str, device: str = "cpu",
+    def __init__(self, spec: RunSpec, weights: Mapping[str, np.ndarray], tape_sha256: str, device: str = "cpu",
                  threads: int = 1, compiled: bool = True):
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe(duplex=False)
-        self._trajectories = ctx.Queue()
-        self._proc = ctx.Process(target=_serve, args=(child, self._trajectories, spec, dict(weights), tape_sha256,
+        self._leads = ctx.Queue()
+        self._proc = ctx.Process(target=_serve, args=(child, self._leads, spec, dict(weights), tape_sha256,
                                                       device, threads, compiled), name="parity-torch", daemon=True)
         self._proc.start()
         child.close()
         self.timings: dict[str, float] = {}
+        self.sent = False
         self._done = False
 
-    def send_trajectory(self, trajectory: np.ndarray | None) -> None:
-        self._trajectories.put(trajectory)  # a feeder thread writes it: MindSpore goes on meanwhile
+    def send_lead(self, outputs: Mapping[str, np.ndarray] | None) -> None:
+        """MindSpore's outputs the PyTorch side follows (None: there will be none)."""
+        self.sent = True
+        self._leads.put(outputs)  # a feeder thread writes it: MindSpore goes on meanwhile
 
-    def result(self) -> tuple[dict[str, np.ndarray], np.ndarray | None, dict]:
+    def result(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
         try:
             kind, value, extra = self._conn.recv()
         except EOFError:
@@ -97,5 +86,5 @@ class TorchWorker:
         if self._proc.is_alive():
             self._proc.terminate()
             self._proc.join(timeout=10)
-        self._trajectories.close()
-        self._trajectories.cancel_join_thread()
+        self._leads.close()
+        self._leads.cancel_join_thread()

@@ -3,7 +3,9 @@ do the same thing, and to different ones (named) when they do not."""
 import numpy as np
 import pytest
 
-from parity.engine.settings import check_settings, ms_settings, probe_channel_layer_norm, summarize, torch_settings
+from parity.engine.settings import check_settings, probe_channel_layer_norm, summarize
+from parity.sides.ms_settings import ms_settings
+from parity.sides.torch_settings import torch_settings
 from tests.host import available, needs
 
 if available("mindspore"):
