@@ -19,7 +19,6 @@ its values are plausible.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import warnings
@@ -31,6 +30,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ddpm_core.config import DiffusionConfig, UnetConfig
+from ddpm_core.digest import SAFETENSORS_FRAME, state_digest
 from ddpm_core.errors import WeightsError, type_and_first_sentence
 from ddpm_core.frameworks import require
 from ddpm_core.tensor_headers import check_safetensors_header, check_zip_sizes
@@ -41,7 +41,7 @@ FORMATS = {".pt": "torch", ".pth": "torch", ".ckpt": "mindspore", ".safetensors"
 SAFETENSORS_FORMAT = "ddpm-parity-weights"
 SAFETENSORS_VERSION = "1"
 SAFETENSORS_CHECKSUM = "sha256"
-"""metadata key of ``entries_digest`` over the file's tensors"""
+"""metadata key of the tensors' ``state_digest`` (framed by ``SAFETENSORS_FRAME``)"""
 IMAGE_SIZE_KEY = "image_size"
 """safetensors metadata key: the height = width the model was trained at (a decimal string)"""
 BFLOAT16_FORMATS = ("torch", "mindspore")
@@ -77,16 +77,6 @@ class RawFile:
 
 def _damaged(path: Path, what: str) -> WeightsError:
     return WeightsError([f"damaged: {what}; the file changed after it was written"], f"cannot read {path}")
-
-
-def entries_digest(entries: Mapping[str, np.ndarray]) -> str:
-    """sha256 over every tensor's name, dtype, shape and little-endian bytes, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(entries):
-        value = np.asarray(entries[name])
-        h.update(f"{name}\0{value.dtype.name}{list(value.shape)}\0".encode())
-        h.update(np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes())
-    return h.hexdigest()
 
 
 def check_zip_crc(path: Path) -> bool:
@@ -211,7 +201,7 @@ def _read_safetensors(path: Path) -> RawFile:
         raise WeightsError([f"format_version {version!r}; this reader knows {SAFETENSORS_VERSION!r}"],
                            f"cannot read {path}")
     recorded = metadata.get(SAFETENSORS_CHECKSUM)
-    if recorded is not None and recorded != entries_digest(entries):
+    if recorded is not None and recorded != state_digest(entries, SAFETENSORS_FRAME):
         raise _damaged(path, f"its tensors do not match the {SAFETENSORS_CHECKSUM} in its metadata")
     return RawFile(entries, {k: v.dtype.name for k, v in entries.items()}, metadata=metadata,
                    verified=recorded is not None)
@@ -249,7 +239,7 @@ def _write_safetensors(path: Path, state: Mapping[str, np.ndarray], naming: str,
 
     tensors = {n: np.ascontiguousarray(v) for n, v in state.items()}
     metadata = {"format": SAFETENSORS_FORMAT, "format_version": SAFETENSORS_VERSION, "naming": naming,
-                "unet_config": cfg.to_json(), SAFETENSORS_CHECKSUM: entries_digest(tensors)}
+                "unet_config": cfg.to_json(), SAFETENSORS_CHECKSUM: state_digest(tensors, SAFETENSORS_FRAME)}
     if diffusion is not None:
         metadata["diffusion_config"] = diffusion.to_json()
     if image_size is not None:
