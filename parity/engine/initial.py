@@ -17,8 +17,8 @@ from typing import Mapping
 import numpy as np
 
 from ddpm_core.config import UnetConfig
-from ddpm_core.naming import unet_parameters
-from ddpm_core.digest import manifest_digest
+from ddpm_core.weights.digest import manifest_digest
+from ddpm_core.weights.naming import unet_parameters
 
 NORM_MODULES = ("GroupNorm", "LayerNorm")
 NORM_JITTER = 0.1

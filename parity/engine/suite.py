@@ -15,8 +15,8 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 import numpy as np
 
 from ddpm_core.config import LOSS_TYPES, DiffusionConfig, UnetConfig
-from ddpm_core.naming import unet_parameters
 from ddpm_core.schedules import cosine_decay_lr
+from ddpm_core.weights.naming import unet_parameters
 from parity.engine.compare import Comparison, Summary, compare, rms
 from parity.engine.probes import probe_shapes, run_probes
 from parity.engine.tape import TapeSpec

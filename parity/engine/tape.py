@@ -14,8 +14,8 @@ from typing import Mapping
 
 import numpy as np
 
-from ddpm_core.digest import TAPE_FRAME, state_digest
 from ddpm_core.schedules import ddim_timesteps
+from ddpm_core.weights.digest import TAPE_FRAME, state_digest
 
 PROBE_SHAPE = (2, 1, 2, 2)
 """Image shape of the diffusion-math probes (toy models, no U-Net): tiny, so they cost nothing."""

@@ -17,8 +17,8 @@ import os
 import sys
 from typing import Sequence
 
-from ddpm_core.atomic import atomic_write_bytes, output_problem
 from ddpm_core.cli import exit_after_main
+from ddpm_core.runtime.atomic import atomic_write_bytes, output_problem
 from ddpm_core.errors import (
     EXIT_ENVIRONMENT,
     EXIT_MISMATCH,

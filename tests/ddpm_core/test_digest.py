@@ -1,4 +1,4 @@
-"""ddpm_core.digest: the one digest, pinned. Every value below is stored in files earlier versions wrote
+"""ddpm_core.weights.digest: the one digest, pinned. Every value below is stored in files earlier versions wrote
 (manifests, a .safetensors checksum, a run's checkpoint records, a golden file's tape and weights digests), so
 a change to any framing, to the byte order or to the order of names fails here before it orphans those files.
 The values were computed by the code each framing came from, before it was merged into this module."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ddpm_core.digest import (
+from ddpm_core.weights.digest import (
     SAFETENSORS_FRAME,
     TAPE_FRAME,
     array_bytes,

@@ -12,21 +12,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddpm_core.config import TUTORIAL_UNET, DiffusionConfig, UnetConfig
-from ddpm_core.naming import unet_parameters
-from ddpm_core import formats
 from ddpm_core import weights as W
-from ddpm_core.weights import (
-    WeightsError,
+from ddpm_core.config import TUTORIAL_UNET, DiffusionConfig, UnetConfig
+from ddpm_core.errors import WeightsError
+from ddpm_core.weights import formats
+from ddpm_core.weights.naming import unet_parameters
+from ddpm_core.weights.converter import (
     cast_weights,
     load_weights,
-    manifest,
     ms_to_torch,
     round_to_bfloat16,
     save_weights,
     torch_to_ms,
     weight_problems,
 )
+from ddpm_core.weights.integrity import manifest
 from tests.host import framework, needs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -410,8 +410,8 @@ def test_torch_training_checkpoint_dict(tmp_path):
 
 # ---------------------------------------------------------------- framework neutrality
 def test_importing_the_core_imports_no_framework():
-    code = ("import sys, ddpm_core, ddpm_core.weights, ddpm_core.naming, ddpm_core.ckpt, parity.convert\n"
-            "ddpm_core.ckpt.message_classes()\n"
+    code = ("import sys, ddpm_core, ddpm_core.weights, ddpm_core.weights.naming, ddpm_core.weights.ckpt, parity.convert\n"
+            "ddpm_core.weights.ckpt.message_classes()\n"
             "print(sorted(m for m in ('torch', 'mindspore', 'safetensors') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -1,6 +1,6 @@
 """The shared weight-conversion module: ``.pt``/``.pth``, ``.ckpt`` and ``.safetensors`` files <->
 ``{name: ndarray}`` dictionaries in PyTorch or MindSpore naming, converted strictly through the
-parameter table in ``ddpm_core.naming`` (docs/weights.md).
+parameter table in ``ddpm_core.weights.naming`` (docs/weights.md).
 
 Rules it keeps:
   * Strict: a missing key, an unexpected key, a wrong shape, a dtype that is not floating point,
@@ -10,12 +10,12 @@ Rules it keeps:
   * Exact: values are only renamed (and re-laid out by a named rule); a cast happens only when
     asked for (``dtype=``), and a cast that overflows is an error.
   * Safe: PyTorch files are read with ``torch.load(weights_only=True)``; a file that cannot be
-    read is one ``WeightsError`` naming it; every write is atomic (``ddpm_core.atomic``).
-  * Intact: every file written carries a checksum (``ddpm_core.formats``), verified on reading; a file
+    read is one ``WeightsError`` naming it; every write is atomic (``ddpm_core.runtime.atomic``).
+  * Intact: every file written carries a checksum (``ddpm_core.weights.formats``), verified on reading; a file
     without one must hold plausible values (``implausible``); a manifest sidecar
     (``<file>.manifest.json``), when present, must match. Each refusal is one line.
   * Self-describing: safetensors files carry the U-Net and diffusion settings and the image size
-    (``LoadedWeights.diffusion``, ``.image_size``; ``ddpm_core.recorded`` adds a run's config.json);
+    (``LoadedWeights.diffusion``, ``.image_size``; ``ddpm_core.weights.recorded`` adds a run's config.json);
     weights that fit another U-Net than the one assumed are named in one line (``naming.infer_config``).
   * Framework-neutral: torch, mindspore and safetensors are imported inside the reader or writer
     of their own format, never at import time.
@@ -32,10 +32,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ddpm_core.atomic import atomic_write
 from ddpm_core.config import TUTORIAL_UNET, DiffusionConfig, UnetConfig
 from ddpm_core.errors import WeightsError, type_and_first_sentence
-from ddpm_core.formats import (
+from ddpm_core.runtime.atomic import atomic_write
+from ddpm_core.weights.formats import (
     BFLOAT16_FORMATS,
     IMAGE_SIZE_KEY,
     READERS,
@@ -44,9 +44,9 @@ from ddpm_core.formats import (
     Skipped,
     format_of,
 )
-from ddpm_core.integrity import check_sidecar, implausible, manifest_sidecar
-from ddpm_core.integrity import manifest, tensor_digest  # noqa: F401 - also public here, as before
-from ddpm_core.naming import LAYOUT_RULES, ParamSpec, infer_config, unet_parameters
+from ddpm_core.weights.integrity import check_sidecar, implausible, manifest_sidecar
+from ddpm_core.weights.integrity import manifest, tensor_digest  # noqa: F401 - also public here, as before
+from ddpm_core.weights.naming import LAYOUT_RULES, ParamSpec, infer_config, unet_parameters
 
 NAMINGS = ("torch", "ms")
 FILE_NAMING = {"torch": "torch", "mindspore": "ms"}
@@ -408,7 +408,7 @@ def save_weights(state: Mapping[str, np.ndarray], path: str | os.PathLike, namin
     (``ms.load_param_into_net`` ready), ``.safetensors`` keep ``naming`` and record it with the config,
     ``diffusion`` and ``image_size``. ``dtype`` casts (``None`` keeps the dtype). Returns what was written, in the file's
     naming. If anything fails the destination is untouched and no temporary file is left; temporary files
-    of earlier writes to ``path`` whose process was killed are removed first (``ddpm_core.atomic``).
+    of earlier writes to ``path`` whose process was killed are removed first (``ddpm_core.runtime.atomic``).
     """
     path = Path(path)
     fmt = format_of(path)

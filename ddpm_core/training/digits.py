@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ddpm_core.datasets import DataError, DataSpec
-from ddpm_core.digest import digest
+from ddpm_core.training.datasets import DataError, DataSpec
+from ddpm_core.weights.digest import digest
 
 DIGITS = "digits"
 """The ``--data`` value that selects this source (a folder of that name is ``--data ./digits``)."""

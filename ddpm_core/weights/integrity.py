@@ -1,8 +1,8 @@
-"""What makes weights trustworthy, beyond the checksum each file format carries (``ddpm_core.formats``):
+"""What makes weights trustworthy, beyond the checksum each file format carries (``ddpm_core.weights.formats``):
 per-tensor digests and the manifest, the manifest sidecar, and the plausibility of values read from a
 file that carries no checksum. Each problem is one ``WeightsError`` line.
 
-Rules it keeps: a manifest holds each tensor's ``ddpm_core.digest.tensor_digest`` (dtype, shape and
+Rules it keeps: a manifest holds each tensor's ``ddpm_core.weights.digest.tensor_digest`` (dtype, shape and
 little-endian bytes), so equal manifests mean bit-identical weights; a sidecar ``<weights file>.manifest.json`` is verified whenever it exists;
 values from a file without a checksum must be finite and within ``PLAUSIBLE_MAX_ABS``.
 """
@@ -15,8 +15,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from ddpm_core import schema
-from ddpm_core.digest import tensor_digest
 from ddpm_core.errors import UserError, WeightsError
+from ddpm_core.weights.digest import tensor_digest
 
 PLAUSIBLE_MAX_ABS = 1e4
 """The largest |weight| a file without a checksum may hold. The U-Net's weights stay within about +-10,

@@ -19,7 +19,7 @@ Rules it keeps:
     ``--allow-other-files``) beside other files, never over a file named like one it writes;
   * nothing is deleted unless the run's records name it: pruning keeps the newest ``--keep`` checkpoints by
     the steps recorded in latest.json (never by file names), and temporary files are removed only when their
-    name says this host's killed process made them for one of the run's own files (``ddpm_core.atomic``);
+    name says this host's killed process made them for one of the run's own files (``ddpm_core.runtime.atomic``);
   * a checkpoint is trusted only through its record (size and sha256) or, for one the records lack, its
     own checksum; a damaged newest checkpoint, or checkpoints without latest.json, stop ``--resume`` with
     one line that names the way on (``--from-step N``), never a silent restart.
@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ddpm_core import schema
-from ddpm_core.atomic import atomic_write, atomic_write_bytes, output_problem, remove_stale_temporaries
-from ddpm_core.digest import file_digest
 from ddpm_core.errors import OutputError, RunError, WeightsError
-from ddpm_core.formats import verify_checksum
+from ddpm_core.runtime.atomic import atomic_write, atomic_write_bytes, output_problem, remove_stale_temporaries
+from ddpm_core.weights.digest import file_digest
+from ddpm_core.weights.formats import verify_checksum
 
 KILL_ENV = "DDPM_KILL_AT"
 KILL_RANK_ENV = "DDPM_KILL_RANK"

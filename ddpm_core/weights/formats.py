@@ -2,10 +2,10 @@
 and ``.safetensors``, and their checksums; every weight problem is a ``ddpm_core.errors.WeightsError``.
 
 Rules it keeps: each framework (and safetensors) is imported inside the reader or writer of its own
-format, never at import time; ``.ckpt`` files are read and written without MindSpore (``ddpm_core.ckpt``,
+format, never at import time; ``.ckpt`` files are read and written without MindSpore (``ddpm_core.weights.ckpt``,
 byte for byte as ``mindspore.save_checkpoint`` writes them); PyTorch files are read with ``torch.load(weights_only=True)``; a file
 that cannot be read is one ``WeightsError`` naming it; what a file declares about its tensors is checked
-against its real size before anything is allocated (``ddpm_core.tensor_headers``). ``ddpm_core.weights`` builds the strict,
+against its real size before anything is allocated (``ddpm_core.weights.tensor_headers``). ``ddpm_core.weights`` builds the strict,
 atomic ``load_weights``/``save_weights`` on top of these.
 
 Checksums: every file written here carries one, in the place its format offers, and every reader
@@ -30,10 +30,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ddpm_core.config import DiffusionConfig, UnetConfig
-from ddpm_core.digest import SAFETENSORS_FRAME, state_digest
 from ddpm_core.errors import WeightsError, type_and_first_sentence
-from ddpm_core.frameworks import require
-from ddpm_core.tensor_headers import check_safetensors_header, check_zip_sizes
+from ddpm_core.runtime.frameworks import require
+from ddpm_core.weights.digest import SAFETENSORS_FRAME, state_digest
+from ddpm_core.weights.tensor_headers import check_safetensors_header, check_zip_sizes
 
 FORMATS = {".pt": "torch", ".pth": "torch", ".ckpt": "mindspore", ".safetensors": "safetensors"}
 """file extension -> format. ``torch`` files are written in torch naming, ``mindspore`` in ms naming,
@@ -100,7 +100,7 @@ def check_zip_crc(path: Path) -> bool:
 def check_ckpt_crc(path: Path) -> bool:
     """True when the ``.ckpt`` ends with MindSpore's CRC footer and the CRC-32 matches; False when it has
     no footer (saved without ``crc_check=True``); a ``WeightsError`` on a mismatch."""
-    from ddpm_core import ckpt
+    from ddpm_core.weights import ckpt
 
     ok = ckpt.verify_crc(Path(path).read_bytes())
     if ok is False:
@@ -168,7 +168,7 @@ def _read_torch(path: Path) -> RawFile:
 
 
 def _read_mindspore(path: Path) -> RawFile:
-    from ddpm_core import ckpt
+    from ddpm_core.weights import ckpt
 
     verified = check_ckpt_crc(path)
     try:
@@ -221,8 +221,8 @@ def _write_torch(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: 
 def _write_mindspore(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: UnetConfig, dtype: str | None,
                      diffusion: DiffusionConfig | None = None, image_size: int | None = None):
     """Tensors only (``load_param_into_net(strict_load=True)`` takes it as is), with MindSpore's CRC footer,
-    written by ``ddpm_core.ckpt`` (no MindSpore needed)."""
-    from ddpm_core import ckpt
+    written by ``ddpm_core.weights.ckpt`` (no MindSpore needed)."""
+    from ddpm_core.weights import ckpt
 
     types = {n: ckpt.BFLOAT16 for n in state} if dtype == "bfloat16" else None
     try:
