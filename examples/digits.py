@@ -22,7 +22,7 @@ from pathlib import Path
 from ddpm_core.config import UnetConfig
 from ddpm_core.runtime.atomic import atomic_write_bytes
 from ddpm_core.training.digits import RECIPE
-from ddpm_core.weights.converter import save_weights
+from ddpm_core.weights.files import save_weights
 from parity.engine.initial import initial_weights
 
 

@@ -25,7 +25,9 @@ from ddpm_core.errors import EXIT_USER_ERROR, MissingFramework, UserError
 from ddpm_core.errors import WeightsError
 from ddpm_core.runtime.atomic import atomic_write_bytes
 from ddpm_core.runtime.paths import check_outputs, check_space, same_file
-from ddpm_core.weights.converter import DTYPES, cast_weights, convert, describe_skipped, save_weights
+from ddpm_core.weights.converter import DTYPES, cast_weights, convert
+from ddpm_core.weights.extras import describe_skipped
+from ddpm_core.weights.files import save_weights
 from ddpm_core.weights.formats import format_of
 from ddpm_core.weights.integrity import manifest
 from ddpm_core.weights.integrity import manifest_sidecar

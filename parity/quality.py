@@ -45,7 +45,7 @@ from ddpm_core.errors import UserError
 from ddpm_core.runtime.atomic import atomic_write_bytes
 from ddpm_core.runtime.environment import child_env
 from ddpm_core.training.digits import RECIPE, from_model_range, load_split
-from ddpm_core.weights.converter import save_weights
+from ddpm_core.weights.files import save_weights
 from parity.digit_scores import CONFIDENT, DigitClassifier, kid, set_scores
 from parity.engine.initial import initial_weights
 
@@ -204,7 +204,7 @@ def score(jobs: list[Job], classifier: DigitClassifier) -> dict[str, Any]:
 def drift(jobs: list[Job], out: Path) -> list[dict[str, Any]]:
     """For each seed both twins trained: the largest per-step loss difference over the whole run (log.jsonl),
     the largest final weight difference, and how far training moved the weights from the shared start."""
-    from ddpm_core.weights.converter import load_weights
+    from ddpm_core.weights.files import load_weights
 
     runs = {(j.twin, j.seed): j.run_dir for j in jobs}
     found = []

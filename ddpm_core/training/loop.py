@@ -160,7 +160,7 @@ def _start(run: RunDir, s: Settings, data: Any, make_trainer: Callable[..., Trai
     lrs = s.learning_rates()
     weights = None
     if s.init_weights and (point is None or point.checkpoint is None):  # a checkpoint replaces them
-        from ddpm_core.weights.converter import load_weights
+        from ddpm_core.weights.files import load_weights
 
         weights = load_weights(s.init_weights, naming="torch", config=s.unet_config()).state
     trainer = make_trainer(s.unet_config(), s.diffusion_config(), lrs, seed=s.seed, weights=weights,
@@ -303,7 +303,7 @@ def _meta(s: Settings, trainer: Trainer, step: int, lrs: list[float]) -> dict[st
 def export(run: RunDir, trainer: Trainer, cfg: UnetConfig, diffusion: DiffusionConfig, image_size: int) -> None:
     """RUN_DIR/model.{pt|ckpt} in the twin's format and RUN_DIR/model.safetensors (which also records the
     diffusion settings and the image size, so they travel with the file), via ``ddpm_core.weights``."""
-    from ddpm_core.weights.converter import save_weights
+    from ddpm_core.weights.files import save_weights
 
     state = trainer.state()
     save_weights(state, run.path / f"model{trainer.checkpoint_ext}", trainer.naming, cfg)

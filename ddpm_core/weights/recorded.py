@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ddpm_core.config import ConfigFile, DiffusionConfig, read_config
 from ddpm_core.errors import UserError
-from ddpm_core.weights.converter import LoadedWeights, load_weights
+from ddpm_core.weights.files import LoadedWeights, load_weights
 
 
 def find_config(weights: str | os.PathLike) -> Path | None:
@@ -43,7 +43,7 @@ class Recorded:
 
 
 def load_recorded(weights: str | os.PathLike, config: str | None = None, naming: str = "torch") -> Recorded:
-    """Read ``weights`` (strictly, ``ddpm_core.weights.converter.load_weights``) with the settings recorded with them;
+    """Read ``weights`` (strictly, ``ddpm_core.weights.files.load_weights``) with the settings recorded with them;
     ``config`` is ``--config``'s value (None: a config.json beside the weights, if there is one)."""
     weights = Path(weights)
     beside = None if config else find_config(weights)

@@ -11,7 +11,7 @@ import pytest
 
 from parity.api import assert_close
 from ddpm_core.config import TUTORIAL_UNET, UnetConfig
-from ddpm_core.weights.converter import load_weights, save_weights
+from ddpm_core.weights.files import load_weights, save_weights
 from ddpm_core.weights.integrity import manifest
 from ddpm_core.weights.naming import unet_parameters
 from parity.convert import main

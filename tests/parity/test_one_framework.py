@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ddpm_core.config import UnetConfig
-from ddpm_core.weights.converter import load_weights, save_weights
+from ddpm_core.weights.files import load_weights, save_weights
 from ddpm_core.weights.integrity import manifest
 from parity.engine.initial import initial_weights
 from tests.one_framework import ROOT, run

@@ -14,7 +14,7 @@ import numpy as np
 
 from ddpm_core.config import UnetConfig
 from ddpm_core.weights import ckpt
-from ddpm_core.weights.converter import save_weights
+from ddpm_core.weights.files import save_weights
 from ddpm_core.weights.naming import unet_parameters
 
 SMALL = UnetConfig(dim=8, channels=1, dim_mults=(1, 2))

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from ddpm_core.errors import WeightsError
-from ddpm_core.weights.converter import load_weights
+from ddpm_core.weights.files import load_weights
 from tests.host import needs
 from tests.reliability.corpus import run_cli, sha256_of
 from tests.reliability.crafted import (

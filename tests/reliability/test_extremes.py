@@ -16,7 +16,7 @@ import pytest
 
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.training.datasets import write_synthetic_fashion_mnist
-from ddpm_core.weights.converter import load_weights, save_weights
+from ddpm_core.weights.files import load_weights, save_weights
 from parity.engine.initial import initial_weights
 from tests.host import PROGRAM_FRAMEWORKS, PROGRAM_TWINS, needs
 from tests.reliability.corpus import run_cli

@@ -22,7 +22,7 @@ import pytest
 from ddpm_core.errors import OutputError
 from ddpm_core.runtime.atomic import atomic_write, host_tag
 from ddpm_core.training.run_folder import RunDir
-from ddpm_core.weights.converter import save_weights
+from ddpm_core.weights.files import save_weights
 from parity.convert import main as convert_main
 from parity.engine.initial import initial_weights
 from tests.host import PROGRAM_TWINS, needs, recording_twin

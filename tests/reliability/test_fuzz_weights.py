@@ -33,7 +33,7 @@ from hypothesis import strategies as st  # noqa: E402
 from ddpm_core.config import UnetConfig  # noqa: E402
 from ddpm_core.errors import UserError  # noqa: E402
 from ddpm_core.weights import ckpt  # noqa: E402
-from ddpm_core.weights.converter import load_weights, save_weights  # noqa: E402
+from ddpm_core.weights.files import load_weights, save_weights  # noqa: E402
 from ddpm_core.weights.naming import unet_parameters  # noqa: E402
 from ddpm_core.weights.tensor_headers import READ_PEAK_PER_BYTE, READ_PEAK_SLACK, SAFETENSORS_ITEMSIZE  # noqa: E402
 from tests.host import available, needs  # noqa: E402

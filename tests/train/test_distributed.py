@@ -14,7 +14,7 @@ import pytest
 from parity.api import assert_close
 from ddpm_core.runtime.environment import child_env
 from ddpm_core.runtime.launch import job_command
-from ddpm_core.weights.converter import load_weights
+from ddpm_core.weights.files import load_weights
 from tests.host import PROGRAM_FRAMEWORKS, need
 from tests.train.conftest import REPO, TINY, run_cli, train
 

@@ -19,7 +19,7 @@ import pytest
 
 from ddpm_core.runtime.atomic import host_tag
 from ddpm_core.sampling import sample_main
-from ddpm_core.weights.converter import load_weights
+from ddpm_core.weights.files import load_weights
 from tests.conftest import damage_tensor_bytes
 from tests.train.conftest import TINY, train, twin_module
 

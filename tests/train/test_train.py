@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from parity.api import assert_close
-from ddpm_core.weights.converter import load_weights
+from ddpm_core.weights.files import load_weights
 from tests.train.conftest import (
     TINY,
     make_fashion_mnist,
