@@ -144,7 +144,7 @@ def train_steps(unet_config: UnetConfig, diffusion_config: DiffusionConfig, weig
     ``ts[k]``, ``noises[k]`` and learning rate ``lrs[k]``. Returns the loss of every step and the final
     weights (PyTorch names, copied); ``compile`` as ``--compile``, ``device`` and ``composed_ops`` as the ``Trainer``'s. In a
     data-parallel job (``world``) every rank passes the whole tape and computes its slice of each batch
-    (``train_tape.shard``); the losses are the global batch's. The same function in ddpm_torch/train.py is its parity twin."""
+    (``ddpm_core.training.tape.shard``); the losses are the global batch's. The same function in ddpm_torch/train.py is its parity twin."""
     trainer = Trainer(unet_config, diffusion_config, lrs, weights=weights, compile=compile, world=world, device=device,
                       composed_ops=composed_ops)
     r, n = world.rank, world.size

@@ -126,7 +126,7 @@ def train_steps(unet_config: UnetConfig, diffusion_config: DiffusionConfig, weig
     """Train from ``weights`` (PyTorch names) on a given tape: step k uses ``x_starts[k]`` (in [-1, 1]),
     ``ts[k]``, ``noises[k]`` and learning rate ``lrs[k]``. Returns the loss of every step and the final
     weights (PyTorch names, copied); ``compile`` as ``--compile``, ``device`` as the ``Trainer``'s. In a data-parallel job (``world``) every rank passes
-    the whole tape and computes its slice of each batch (``train_tape.shard``); the losses are the global batch's. The same function in ddpm_ms/train.py is its parity twin."""
+    the whole tape and computes its slice of each batch (``ddpm_core.training.tape.shard``); the losses are the global batch's. The same function in ddpm_ms/train.py is its parity twin."""
     trainer = Trainer(unet_config, diffusion_config, lrs, weights=weights, compile=compile, world=world, device=device)
     r, n = world.rank, world.size
     losses = [trainer.step(shard(x, r, n), shard(t, r, n), shard(e, r, n)) for x, t, e in zip(x_starts, ts, noises)]

@@ -5,7 +5,7 @@ Rules it keeps: each framework (and safetensors) is imported inside the reader o
 format, never at import time; ``.ckpt`` files are read and written without MindSpore (``ddpm_core.weights.ckpt``,
 byte for byte as ``mindspore.save_checkpoint`` writes them); PyTorch files are read with ``torch.load(weights_only=True)``; a file
 that cannot be read is one ``WeightsError`` naming it; what a file declares about its tensors is checked
-against its real size before anything is allocated (``ddpm_core.weights.tensor_headers``). ``ddpm_core.weights`` builds the strict,
+against its real size before anything is allocated (``ddpm_core.weights.tensor_headers``). ``ddpm_core.weights.files`` builds the strict,
 atomic ``load_weights``/``save_weights`` on top of these.
 
 Checksums: every file written here carries one, in the place its format offers, and every reader
@@ -14,7 +14,7 @@ verifies it before trusting a value (``RawFile.verified``); a mismatch is one ``
   * ``.ckpt``: MindSpore's own ``crc_check=True`` trailer, ``b"crc_num"`` + the CRC-32 of everything
     before it as 10 big-endian bytes (checked here byte by byte, with or without MindSpore);
   * ``.safetensors``: ``sha256`` in the metadata, over every tensor's name, dtype, shape and bytes.
-A file from elsewhere may carry none (``verified`` False): ``ddpm_core.weights`` then checks that
+A file from elsewhere may carry none (``verified`` False): ``ddpm_core.weights.files`` then checks that
 its values are plausible.
 """
 from __future__ import annotations

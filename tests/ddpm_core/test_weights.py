@@ -1,6 +1,6 @@
-"""ddpm_core.weights (converter, extras, files): exact round trips between .pt, .ckpt and .safetensors, strictness (one line per
-bad key), safety (no code runs, unreadable files are one clear error, atomic writes) and training
-extras from real MindSpore and PyTorch training checkpoints."""
+"""ddpm_core.weights (converter, extras, files): exact round trips between .pt, .ckpt and .safetensors,
+strictness (one line per bad key), safety (no code runs, unreadable files are one clear error, atomic writes)
+and training extras from real MindSpore and PyTorch training checkpoints."""
 import dataclasses
 import json
 import os
