@@ -11,7 +11,6 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from ddpm_core.runtime.devices import DEVICE_HELP, PRECISIONS
 from ddpm_core.errors import (
     EXIT_ENVIRONMENT,
     EXIT_INTERRUPTED,
@@ -20,6 +19,7 @@ from ddpm_core.errors import (
     MissingFramework,
     UserError,
 )
+from ddpm_core.runtime.devices import DEVICE_HELP, PRECISIONS
 
 COMPILE_CHOICES = ("auto", "on", "off")
 DEFAULT_MAX_LOSS = 100.0

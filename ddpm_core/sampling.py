@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from ddpm_core.cli import noise_strip_parser, sample_parser
-from ddpm_core.runtime.atomic import atomic_write
 from ddpm_core.config import (
     TUTORIAL_DIFFUSION,
     DiffusionConfig,
@@ -37,7 +36,6 @@ from ddpm_core.config import (
 )
 from ddpm_core.contract import Devices
 from ddpm_core.errors import DataError, UserError
-from ddpm_core.training.datasets import check_image_files
 from ddpm_core.images import (
     grid_size,
     sample_noise,
@@ -48,8 +46,10 @@ from ddpm_core.images import (
     tile,
     to_uint8,
 )
+from ddpm_core.runtime.atomic import atomic_write
 from ddpm_core.runtime.memory import FLOAT32, Need, activation_bytes, parameter_count, require
 from ddpm_core.runtime.paths import check_outputs, check_space
+from ddpm_core.training.datasets import check_image_files
 from ddpm_core.weights.integrity import manifest_sidecar
 from ddpm_core.weights.recorded import find_config, load_recorded
 

@@ -24,7 +24,6 @@ import time
 from typing import Any, Sequence
 
 from ddpm_core.cli import exit_after_main
-from ddpm_core.runtime.amp import MS_LEVELS
 from ddpm_core.config import (
     LOSS_TYPES,
     SCHEDULES,
@@ -34,8 +33,6 @@ from ddpm_core.config import (
     read_unet_config,
     resolve_diffusion,
 )
-from ddpm_core.runtime.devices import MS_DEVICES
-from ddpm_core.runtime.distributed import World
 from ddpm_core.errors import (
     EXIT_ENVIRONMENT,
     EXIT_USER_ERROR,
@@ -44,6 +41,9 @@ from ddpm_core.errors import (
     UserError,
     one_line,
 )
+from ddpm_core.runtime.amp import MS_LEVELS
+from ddpm_core.runtime.devices import MS_DEVICES
+from ddpm_core.runtime.distributed import World
 from ddpm_core.runtime.paths import check_outputs
 from ddpm_core.weights.integrity import manifest_sidecar
 from parity.distributed import DEFAULT_TIMEOUT_S
