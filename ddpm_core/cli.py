@@ -11,7 +11,6 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from ddpm_core.devices import DEVICE_HELP, PRECISIONS
 from ddpm_core.errors import (
     EXIT_ENVIRONMENT,
     EXIT_INTERRUPTED,
@@ -20,6 +19,7 @@ from ddpm_core.errors import (
     MissingFramework,
     UserError,
 )
+from ddpm_core.runtime.devices import DEVICE_HELP, PRECISIONS
 
 COMPILE_CHOICES = ("auto", "on", "off")
 DEFAULT_MAX_LOSS = 100.0
@@ -100,7 +100,7 @@ def _train_examples(prog: str) -> str:
   # continue after an interruption, bit for bit
   {prog} --resume runs/a
   # no data, no network: synthetic garments (bright rectangles), a tiny model, 20 steps (PyTorch: under a minute)
-  python -c "from ddpm_core.datasets import write_synthetic_fashion_mnist as w; w('runs/synthetic')"
+  python -c "from ddpm_core.training.datasets import write_synthetic_fashion_mnist as w; w('runs/synthetic')"
   {prog} --data runs/synthetic --out runs/tiny --max-steps 20 --dim 8 --timesteps 20
 (examples/train_torch_sample_ms.py does the last one, then converts and samples in the other framework)"""
 

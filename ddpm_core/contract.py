@@ -19,7 +19,7 @@ import numpy as np
 from ddpm_core.config import DiffusionConfig, UnetConfig
 
 State = dict[str, np.ndarray]
-"""Weights by PyTorch parameter name (``ddpm_core.naming`` maps them to MindSpore's)."""
+"""Weights by PyTorch parameter name (``ddpm_core.weights.naming`` maps them to MindSpore's)."""
 
 M = TypeVar("M")
 """The model type of an implementation (``torch.nn.Module``, ``mindspore.nn.Cell``, the specification's model)."""
@@ -165,7 +165,7 @@ class Side(InferenceSide[M, D], Protocol[M, D]):
 
 
 class Trainer(Protocol):
-    """What each twin's ``train.Trainer`` provides to the training loop (``ddpm_core.train_loop``)."""
+    """What each twin's ``train.Trainer`` provides to the training loop (``ddpm_core.training.loop``)."""
 
     framework: str
     naming: str
@@ -180,7 +180,7 @@ class Trainer(Protocol):
 
 
 class Devices(Protocol):
-    """Each twin's ``device`` module: where a command runs and in which numerics (ddpm_core.devices names them)."""
+    """Each twin's ``device`` module: where a command runs and in which numerics (ddpm_core.runtime.devices names them)."""
 
     def resolve_device(self, name: str | None, option: str = "--device") -> str: ...
     def check_precision(self, device: str, precision: str) -> Any: ...
@@ -188,7 +188,7 @@ class Devices(Protocol):
 
 
 class Distributed(Protocol):
-    """Each twin's ``distributed`` module, as the training loop uses it (``World`` from ddpm_core.distributed)."""
+    """Each twin's ``distributed`` module, as the training loop uses it (``World`` from ddpm_core.runtime.distributed)."""
 
     PEER_FAILURES: tuple[type[BaseException], ...]
 

@@ -16,7 +16,7 @@ EXIT_MISMATCH = 1
 EXIT_USER_ERROR = 2
 """A problem with the user's input: an option, a file, a folder, weights that do not map (what the parity
 harness calls a structural problem), a request whose memory cannot fit in what the machine has available
-(``ddpm_core.memory``), a training that diverged, weights whose samples are NaN or inf; the twins' commands
+(``ddpm_core.runtime.memory``), a training that diverged, weights whose samples are NaN or inf; the twins' commands
 and ``parity.convert`` also use it for a framework that is not installed."""
 EXIT_ENVIRONMENT = 3
 """parity.check: the environment refuses a fair comparison (a requested device is missing, or a framework it
@@ -43,7 +43,7 @@ class Diverged(RunError):
 
 class OutputError(UserError):
     """An output that cannot be written: a full disk, a read-only or forbidden destination, an output that
-    would replace an input; the message names the path (``ddpm_core.atomic``, ``ddpm_core.paths``)."""
+    would replace an input; the message names the path (``ddpm_core.runtime.atomic``, ``ddpm_core.runtime.paths``)."""
 
 
 class WeightsError(UserError, ValueError):
@@ -59,7 +59,7 @@ class WeightsError(UserError, ValueError):
 
 class MissingFramework(ImportError):
     """A framework this code needs is not installed; the message says which extra to install
-    (``ddpm_core.frameworks``)."""
+    (``ddpm_core.runtime.frameworks``)."""
 
 
 class EnvironmentRefused(RuntimeError):

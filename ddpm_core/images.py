@@ -1,5 +1,5 @@
 """Pictures from model-range arrays: the sample grid, the denoising GIF and the forward-diffusion strip,
-written with Pillow through ``ddpm_core.atomic``; and the per-sample noise both samplers start from.
+written with Pillow through ``ddpm_core.runtime.atomic``; and the per-sample noise both samplers start from.
 
 Conventions: arrays are (N, C, H, W) float in [-1, 1] (the model's range), C is 1 or 3; the tutorial's
 reverse transform ``(t + 1) / 2 * 255`` then ``astype(uint8)`` is applied after clipping to [-1, 1]
@@ -13,7 +13,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from ddpm_core.atomic import atomic_write
+from ddpm_core.runtime.atomic import atomic_write
 
 PAD = 2
 GIF_FRAME_MS = 60

@@ -6,14 +6,14 @@ Rules it keeps:
     and the framework do not change it: the same weights and seed give the same samples in both twins,
     up to float rounding;
   * the config, the diffusion settings and the image size come from the weights file's own metadata
-    (safetensors), ``--config`` or a ``config.json`` beside the weights (``ddpm_core.recorded``), else the
+    (safetensors), ``--config`` or a ``config.json`` beside the weights (``ddpm_core.weights.recorded``), else the
     tutorial's (the image size: the model's dim), with a note; ``--timesteps``/``--schedule`` may not
     contradict recorded ones;
   * the output paths are checked before any sampling, so a bad ``--out`` costs nothing: each must be
     writable and another file than every input (the weights, their config and manifest) and than each other
-    (``ddpm_core.paths``); the ``--npy`` file's size is known, so its free space is checked too; then
+    (``ddpm_core.runtime.paths``); the ``--npy`` file's size is known, so its free space is checked too; then
     ``--device`` (the twin's ``device.resolve_device``: a missing device is one line, exit 3), before any
-    weights are read; the memory the run needs (``ddpm_core.memory``) is checked before any sampling, so an
+    weights are read; the memory the run needs (``ddpm_core.runtime.memory``) is checked before any sampling, so an
     ``--n`` that cannot fit costs nothing;
   * nothing is written from non-finite states: weights that sample NaN or inf stop the run with one line.
 """
@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core.atomic import atomic_write
 from ddpm_core.cli import noise_strip_parser, sample_parser
 from ddpm_core.config import (
     TUTORIAL_DIFFUSION,
@@ -36,7 +35,6 @@ from ddpm_core.config import (
     resolve_diffusion,
 )
 from ddpm_core.contract import Devices
-from ddpm_core.datasets import check_image_files
 from ddpm_core.errors import DataError, UserError
 from ddpm_core.images import (
     grid_size,
@@ -48,10 +46,12 @@ from ddpm_core.images import (
     tile,
     to_uint8,
 )
-from ddpm_core.integrity import manifest_sidecar
-from ddpm_core.memory import FLOAT32, Need, activation_bytes, parameter_count, require
-from ddpm_core.paths import check_outputs, check_space
-from ddpm_core.recorded import find_config, load_recorded
+from ddpm_core.runtime.atomic import atomic_write
+from ddpm_core.runtime.memory import FLOAT32, Need, activation_bytes, parameter_count, require
+from ddpm_core.runtime.paths import check_outputs, check_space
+from ddpm_core.training.datasets import check_image_files
+from ddpm_core.weights.integrity import manifest_sidecar
+from ddpm_core.weights.recorded import find_config, load_recorded
 
 DDIM_DEFAULT_STEPS = 50
 CHUNK_BYTES = 1 << 30
@@ -67,7 +67,7 @@ class Resolved:
 
 
 def resolve(args: Any) -> Resolved:
-    """The weights and every config ``sample`` needs (``ddpm_core.recorded``), with the command line's overrides."""
+    """The weights and every config ``sample`` needs (``ddpm_core.weights.recorded``), with the command line's overrides."""
     r = load_recorded(args.weights, args.config)
     loaded, weights = r.loaded, args.weights
     flags = {"--timesteps": ("timesteps", args.timesteps), "--schedule": ("schedule", args.schedule)}
@@ -138,7 +138,7 @@ def check_finite(states: np.ndarray, first: int, n: int) -> None:
 
 
 def sampling_need(cfg: UnetConfig, n: int, shape: tuple[int, int, int], chunk: int, steps: int, scale: int) -> Need:
-    """A lower bound of ``sample_main``'s memory (``ddpm_core.memory``): the model and one chunk's forward pass,
+    """A lower bound of ``sample_main``'s memory (``ddpm_core.runtime.memory``): the model and one chunk's forward pass,
     its noise and states, the ``n`` samples kept (float32, the clipped copy and the uint8 copy ``to_uint8`` makes)
     and the grid picture (with the scaled copy of the samples ``tile`` makes)."""
     c, h, w = shape

@@ -1,8 +1,8 @@
 """The MindSpore twin behind numpy (``ddpm_core.contract.TwinAdapter``): the twin's one load path.
 
 ``train``, ``sample``, the parity side, the tests and the bench all build and load models here, so
-"PyTorch-named weights into this twin" is written once: through ``ddpm_core.weights.torch_to_ms``
-(names and layouts from ``ddpm_core.naming``). ``Tensor.asnumpy()`` can share memory with a
+"PyTorch-named weights into this twin" is written once: through ``ddpm_core.weights.converter.torch_to_ms``
+(names and layouts from ``ddpm_core.weights.naming``). ``Tensor.asnumpy()`` can share memory with a
 Parameter, so every array handed out is an explicit copy. Mirrors ddpm_torch/adapter.py.
 """
 from __future__ import annotations
@@ -14,8 +14,9 @@ from mindspore import Tensor, nn
 
 from ddpm_core.config import UnetConfig
 from ddpm_core.contract import Record, Recorder, State, to_tuple
-from ddpm_core.naming import unet_parameters
-from ddpm_core.weights import WeightsError, torch_to_ms
+from ddpm_core.errors import WeightsError
+from ddpm_core.weights.converter import torch_to_ms
+from ddpm_core.weights.naming import unet_parameters
 from ddpm_ms.unet import Unet
 
 

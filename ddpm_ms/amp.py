@@ -17,7 +17,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, amp, nn
 
-from ddpm_core.amp import DtypeRecord, Policy
+from ddpm_core.runtime.amp import DtypeRecord, Policy
 
 DTYPES = {"float16": ms.float16, "bfloat16": ms.bfloat16}
 

@@ -4,10 +4,10 @@
 ``mindspore.dataset.ImageFolderDataset`` read and decode; ``vision`` transforms resize and center-crop
 to the image size (the tutorial's ``Resize(image_size, Inter.BILINEAR)``, ``CenterCrop``) when the images
 are not already that size, and ``ToTensor`` scales to [0, 1]. Which examples form a batch comes from the
-tape (``ddpm_core.train_tape``) through a sampler; the flip and the [-1, 1] scaling are applied after
+tape (``ddpm_core.training.tape``) through a sampler; the flip and the [-1, 1] scaling are applied after
 loading, by the shared loop (docs/training.md).
 
-``--data digits`` bypasses the framework: both twins get ``ddpm_core.digits.ArrayData``, the same numpy array.
+``--data digits`` bypasses the framework: both twins get ``ddpm_core.training.digits.ArrayData``, the same numpy array.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import mindspore.dataset as ds
 import numpy as np
 from mindspore.dataset import vision
 
-from ddpm_core.datasets import IMAGE_EXTENSIONS, DataError, DataSpec
-from ddpm_core.digits import DIGITS, ArrayData, open_digits
+from ddpm_core.training.datasets import IMAGE_EXTENSIONS, DataError, DataSpec
+from ddpm_core.training.digits import DIGITS, ArrayData, open_digits
 
 _DECODE_FAILED = re.compile(r"Invalid image, (.+?) decode failed")
 

@@ -20,9 +20,9 @@ from typing import Any
 import mindspore as ms
 from mindspore import device_context
 
-from ddpm_core.amp import Policy, train_policy
-from ddpm_core.devices import parse_device
 from ddpm_core.errors import EnvironmentRefused
+from ddpm_core.runtime.amp import Policy, train_policy
+from ddpm_core.runtime.devices import parse_device
 
 
 def resolve_device(name: str | None, option: str = "--device") -> str:

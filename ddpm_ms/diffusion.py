@@ -21,7 +21,7 @@ from ddpm_core.config import (
     check_same_shape,
     check_timestep_range,
 )
-from ddpm_core.frameworks import framework_of
+from ddpm_core.runtime.frameworks import framework_of
 from ddpm_core.schedules import DDIM_COEFS, ddim_plan, make_schedule
 
 ArrayLike = np.ndarray | Tensor

@@ -12,7 +12,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
-from ddpm_core.distributed import World, launched_by
+from ddpm_core.runtime.distributed import World, launched_by
 
 PEER_FAILURES: tuple[type[BaseException], ...] = ()
 """Errors to report as "another worker stopped": none. MindSpore raises a plain ``RuntimeError`` for a failed

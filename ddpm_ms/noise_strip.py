@@ -14,8 +14,8 @@ from mindspore.dataset import vision
 
 from ddpm_core.cli import run_main
 from ddpm_core.config import DiffusionConfig
-from ddpm_core.datasets import DataError
 from ddpm_core.sampling import noise_strip_main
+from ddpm_core.training.datasets import DataError
 from ddpm_ms import device as devices
 from ddpm_ms.diffusion import GaussianDiffusion
 

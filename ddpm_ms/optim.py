@@ -19,7 +19,7 @@ import mindspore as ms
 from mindspore import Tensor, amp, nn, ops
 
 from ddpm_core.config import check_same_shape
-from ddpm_core.distributed import World
+from ddpm_core.runtime.distributed import World
 from ddpm_ms import distributed
 from ddpm_ms.diffusion import ArrayLike, GaussianDiffusion
 

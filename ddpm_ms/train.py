@@ -1,7 +1,7 @@
 """``python -m ddpm_ms.train --data DIR --out RUN_DIR``: the tutorial's training in MindSpore; mirrors
 ddpm_torch/train.py.
 
-The loop, the run folder and the options are shared (``ddpm_core.train_loop``, ``ddpm_core.cli``); this file
+The loop, the run folder and the options are shared (``ddpm_core.training.loop``, ``ddpm_core.cli``); this file
 holds what is MindSpore's own: the ``Trainer`` (model, the tutorial's ``nn.Adam`` over its
 ``cosine_decay_lr`` list, one training step), its checkpoint file, and ``train_steps`` for training
 parity. Nothing here draws from MindSpore's RNG except the seeded initial weights. The device is MindSpore's
@@ -19,15 +19,15 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor
 
-from ddpm_core.amp import train_loss_scale
 from ddpm_core.cli import run_main
 from ddpm_core.config import DiffusionConfig, UnetConfig
-from ddpm_core.distributed import World
 from ddpm_core.errors import RunError
-from ddpm_core.train_loop import CHECKPOINT_FORMAT, train_main
-from ddpm_core.train_settings import checkpoint_mismatch
-from ddpm_core.train_tape import shard
-from ddpm_core.weights import ms_to_torch
+from ddpm_core.runtime.amp import train_loss_scale
+from ddpm_core.runtime.distributed import World
+from ddpm_core.training.loop import CHECKPOINT_FORMAT, train_main
+from ddpm_core.training.settings import checkpoint_mismatch
+from ddpm_core.training.tape import shard
+from ddpm_core.weights.converter import ms_to_torch
 from ddpm_ms import device as devices
 from ddpm_ms import distributed
 from ddpm_ms.adapter import Adapter
@@ -55,7 +55,7 @@ class Trainer:
     the same parameters and checkpoints either way. ``device`` is MindSpore's device target for the process
     (``device.resolve_device``); ``precision`` ("fp32", "bf16", "fp16") runs the forward pass under
     ``amp.auto_mixed_precision`` level "auto" with float32 weights, fp16 with the fixed loss scale
-    ``ddpm_core.amp.DEFAULT_LOSS_SCALE``; ``deterministic`` as ``device.use_deterministic``."""
+    ``ddpm_core.runtime.amp.DEFAULT_LOSS_SCALE``; ``deterministic`` as ``device.use_deterministic``."""
 
     framework = "ms"
     naming = "ms"
@@ -144,7 +144,7 @@ def train_steps(unet_config: UnetConfig, diffusion_config: DiffusionConfig, weig
     ``ts[k]``, ``noises[k]`` and learning rate ``lrs[k]``. Returns the loss of every step and the final
     weights (PyTorch names, copied); ``compile`` as ``--compile``, ``device`` and ``composed_ops`` as the ``Trainer``'s. In a
     data-parallel job (``world``) every rank passes the whole tape and computes its slice of each batch
-    (``train_tape.shard``); the losses are the global batch's. The same function in ddpm_torch/train.py is its parity twin."""
+    (``ddpm_core.training.tape.shard``); the losses are the global batch's. The same function in ddpm_torch/train.py is its parity twin."""
     trainer = Trainer(unet_config, diffusion_config, lrs, weights=weights, compile=compile, world=world, device=device,
                       composed_ops=composed_ops)
     r, n = world.rank, world.size

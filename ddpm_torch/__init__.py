@@ -4,14 +4,14 @@ Mirrors ``ddpm_ms`` module for module and name for name; where MindSpore's defau
 PyTorch's, this package reproduces MindSpore's behaviour explicitly (docs/porting.md).
 
 Importing this package lowers PyTorch's intra-op threads to the cores other processes leave free
-(``ddpm_core.environment.default_threads``), unless ``OMP_NUM_THREADS`` is set: on a busy machine
+(``ddpm_core.runtime.environment.default_threads``), unless ``OMP_NUM_THREADS`` is set: on a busy machine
 PyTorch's default of one thread per core ran 3-4x slower (docs/training.md, "Threads").
 """
-from ddpm_core.frameworks import require
+from ddpm_core.runtime.frameworks import require
 
-require("torch")  # without PyTorch: one line naming the extra to install (ddpm_core.frameworks)
+require("torch")  # without PyTorch: one line naming the extra to install (ddpm_core.runtime.frameworks)
 
-from ddpm_core.environment import lower_torch_threads  # noqa: E402
+from ddpm_core.runtime.environment import lower_torch_threads  # noqa: E402
 
 lower_torch_threads()
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddpm_core.amp import DtypeRecord, Policy
+from ddpm_core.runtime.amp import DtypeRecord, Policy
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -4,10 +4,10 @@
 ``torchvision.datasets.ImageFolder`` read and decode; ``transforms`` resize and center-crop to the
 image size (the tutorial's ``Resize(image_size, BILINEAR)``, ``CenterCrop``) when the images are not
 already that size, and ``ToTensor`` scales to [0, 1]. Which examples form a batch comes from the
-tape (``ddpm_core.train_tape``); the flip and the [-1, 1] scaling are applied after loading, by the
+tape (``ddpm_core.training.tape``); the flip and the [-1, 1] scaling are applied after loading, by the
 shared loop (docs/training.md).
 
-``--data digits`` bypasses the framework: both twins get ``ddpm_core.digits.ArrayData``, the same numpy array.
+``--data digits`` bypasses the framework: both twins get ``ddpm_core.training.digits.ArrayData``, the same numpy array.
 """
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ddpm_core.frameworks import require
+from ddpm_core.runtime.frameworks import require
 
 require("torchvision")  # a PyTorch build of one's own may come without it: name the extra
 
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import datasets, transforms  # noqa: E402
 
-from ddpm_core.datasets import DataError, DataSpec, is_image_file  # noqa: E402
-from ddpm_core.digits import DIGITS, ArrayData, open_digits  # noqa: E402
+from ddpm_core.training.datasets import DataError, DataSpec, is_image_file  # noqa: E402
+from ddpm_core.training.digits import DIGITS, ArrayData, open_digits  # noqa: E402
 
 
 def image_transforms(spec: DataSpec) -> list:
@@ -70,7 +70,7 @@ class TrainingData:
             self.dataset = datasets.ImageFolder(spec.torchvision_root, transform=transform, loader=load_image,
                                                 is_valid_file=is_image_file)
             if tuple(p for p, _ in self.dataset.samples) != spec.files:
-                raise DataError(f"{spec.source}: torchvision lists the images differently from ddpm_core.datasets")
+                raise DataError(f"{spec.source}: torchvision lists the images differently from ddpm_core.training.datasets")
         if len(self.dataset) != spec.examples:
             raise DataError(f"{spec.source}: torchvision reads {len(self.dataset)} examples, expected {spec.examples}")
 

@@ -11,7 +11,7 @@ Rules it keeps:
     (``torch.autocast("cpu")`` runs float16 and bfloat16), bfloat16 on CUDA only where the GPU has it natively
     (``torch.cuda.is_bf16_supported(including_emulation=False)``: compute capability 8.0 or newer);
   * ``use_deterministic`` switches PyTorch's deterministic algorithms and cuDNN's deterministic kernels on or
-    off; ``CUBLAS_WORKSPACE_CONFIG`` (ddpm_core.environment) is set first, before any cuBLAS handle exists;
+    off; ``CUBLAS_WORKSPACE_CONFIG`` (ddpm_core.runtime.environment) is set first, before any cuBLAS handle exists;
   * ``on_cpu`` copies a checkpoint's tensors to the CPU, so no saved file names a device.
 """
 from __future__ import annotations
@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from ddpm_core.amp import Policy, train_policy
-from ddpm_core.devices import parse_device
-from ddpm_core.distributed import launched_by
-from ddpm_core.environment import CUBLAS_VARIABLE, pin_cublas_workspace
 from ddpm_core.errors import EnvironmentRefused, UserError
+from ddpm_core.runtime.amp import Policy, train_policy
+from ddpm_core.runtime.devices import parse_device
+from ddpm_core.runtime.distributed import launched_by
+from ddpm_core.runtime.environment import CUBLAS_VARIABLE, pin_cublas_workspace
 
 
 def resolve_device(name: str | None, option: str = "--device") -> str:

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ddpm_core.distributed import World, launched_by, timeout_s
+from ddpm_core.runtime.distributed import World, launched_by, timeout_s
 
 PEER_FAILURES: tuple[type[BaseException], ...] = (dist.DistBackendError, dist.DistNetworkError)
 """What a collective raises here when another rank has died or stopped answering."""

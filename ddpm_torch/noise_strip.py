@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ddpm_core.frameworks import require
+from ddpm_core.runtime.frameworks import require
 
 require("torchvision")  # a PyTorch build of one's own may come without it: name the extra
 

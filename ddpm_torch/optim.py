@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddpm_core.distributed import World
+from ddpm_core.runtime.distributed import World
 from ddpm_torch import distributed
 from ddpm_torch.diffusion import ArrayLike, GaussianDiffusion, capture_graph
 

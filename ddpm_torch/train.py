@@ -1,7 +1,7 @@
 """``python -m ddpm_torch.train --data DIR --out RUN_DIR``: the tutorial's training in PyTorch; mirrors
 ddpm_ms/train.py.
 
-The loop, the run folder and the options are shared (``ddpm_core.train_loop``, ``ddpm_core.cli``); this file
+The loop, the run folder and the options are shared (``ddpm_core.training.loop``, ``ddpm_core.cli``); this file
 holds what is PyTorch's own: the ``Trainer`` (model, ``MindSporeAdam`` over the tutorial's
 ``cosine_decay_lr`` list, one training step), its checkpoint file, and ``train_steps`` for training
 parity. Nothing here draws from torch's RNG except the seeded initial weights (drawn on the CPU, then moved:
@@ -19,14 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddpm_core.amp import train_loss_scale
 from ddpm_core.cli import run_main
 from ddpm_core.config import DiffusionConfig, UnetConfig
-from ddpm_core.distributed import World
 from ddpm_core.errors import RunError
-from ddpm_core.train_loop import CHECKPOINT_FORMAT, train_main
-from ddpm_core.train_settings import checkpoint_mismatch
-from ddpm_core.train_tape import shard
+from ddpm_core.runtime.amp import train_loss_scale
+from ddpm_core.runtime.distributed import World
+from ddpm_core.training.loop import CHECKPOINT_FORMAT, train_main
+from ddpm_core.training.settings import checkpoint_mismatch
+from ddpm_core.training.tape import shard
 from ddpm_torch import device as devices
 from ddpm_torch import distributed
 from ddpm_torch.adapter import Adapter
@@ -48,7 +48,7 @@ class Trainer:
     ``weights`` (PyTorch names) replaces the seeded initialisation (``torch.manual_seed(seed)``). ``device``
     (as ``device.resolve_device`` returns it) holds the model, the optimizer state and every batch;
     ``precision`` ("fp32", "bf16", "fp16") runs the forward pass under ``torch.autocast`` with float32 weights,
-    fp16 with the fixed loss scale ``ddpm_core.amp.DEFAULT_LOSS_SCALE``; ``deterministic`` as
+    fp16 with the fixed loss scale ``ddpm_core.runtime.amp.DEFAULT_LOSS_SCALE``; ``deterministic`` as
     ``device.use_deterministic``."""
 
     framework = "torch"
@@ -126,7 +126,7 @@ def train_steps(unet_config: UnetConfig, diffusion_config: DiffusionConfig, weig
     """Train from ``weights`` (PyTorch names) on a given tape: step k uses ``x_starts[k]`` (in [-1, 1]),
     ``ts[k]``, ``noises[k]`` and learning rate ``lrs[k]``. Returns the loss of every step and the final
     weights (PyTorch names, copied); ``compile`` as ``--compile``, ``device`` as the ``Trainer``'s. In a data-parallel job (``world``) every rank passes
-    the whole tape and computes its slice of each batch (``train_tape.shard``); the losses are the global batch's. The same function in ddpm_ms/train.py is its parity twin."""
+    the whole tape and computes its slice of each batch (``ddpm_core.training.tape.shard``); the losses are the global batch's. The same function in ddpm_ms/train.py is its parity twin."""
     trainer = Trainer(unet_config, diffusion_config, lrs, weights=weights, compile=compile, world=world, device=device)
     r, n = world.rank, world.size
     losses = [trainer.step(shard(x, r, n), shard(t, r, n), shard(e, r, n)) for x, t, e in zip(x_starts, ts, noises)]

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm_core import launch
-from ddpm_core.datasets import write_synthetic_fashion_mnist
-from ddpm_core.environment import child_env
-from ddpm_core.weights import load_weights
+from ddpm_core.runtime import launch
+from ddpm_core.runtime.environment import child_env
+from ddpm_core.training.datasets import write_synthetic_fashion_mnist
+from ddpm_core.weights.files import load_weights
 
 TINY = ["--dim", "8", "--dim-mults", "1,2", "--image-size", "8", "--timesteps", "10"]
 

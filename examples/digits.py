@@ -19,10 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-from ddpm_core.atomic import atomic_write_bytes
 from ddpm_core.config import UnetConfig
-from ddpm_core.digits import RECIPE
-from ddpm_core.weights import save_weights
+from ddpm_core.runtime.atomic import atomic_write_bytes
+from ddpm_core.training.digits import RECIPE
+from ddpm_core.weights.files import save_weights
 from parity.engine.initial import initial_weights
 
 

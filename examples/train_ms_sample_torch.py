@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ddpm_core.datasets import write_synthetic_fashion_mnist
+from ddpm_core.training.datasets import write_synthetic_fashion_mnist
 
 TINY = ["--max-steps", "20", "--dim", "8", "--timesteps", "20", "--batch-size", "8", "--save-every", "10"]
 

@@ -10,7 +10,7 @@ was not measured), MindSpore ``amp.auto_mixed_precision`` O1, O2, O3 and "auto".
 noise prediction against the float64 specification, and the cross difference of each MindSpore level with
 PyTorch's float16 autocast; the "matched" pair is the one with the smallest cross difference. A policy that
 cannot run says why in its column. The markdown is deterministic for a given machine and versions, and is
-written atomically (``ddpm_core.atomic``) between ``<!-- amp-table:begin -->`` and ``<!-- amp-table:end -->``.
+written atomically (``ddpm_core.runtime.atomic``) between ``<!-- amp-table:begin -->`` and ``<!-- amp-table:end -->``.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ddpm_core.amp import DtypeRecord, Policy
 from ddpm_core.config import TUTORIAL_UNET, UnetConfig
+from ddpm_core.runtime.amp import DtypeRecord, Policy
 
 BEGIN, END = "<!-- amp-table:begin -->", "<!-- amp-table:end -->"
 PORTING = Path(__file__).resolve().parent.parent / "docs" / "porting.md"
@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m parity.amp_table", description=__doc__.split("\n\n")[0])
     p.add_argument("--write", action="store_true", help=f"write the tables into {PORTING} between the markers")
     args = p.parse_args(argv)
-    from ddpm_core.atomic import atomic_write_bytes
+    from ddpm_core.runtime.atomic import atomic_write_bytes
     from parity.env import fingerprint, setup_mindspore, setup_torch
 
     env = fingerprint(setup_torch("cpu", 1), setup_mindspore("CPU", 1), "pynative")

@@ -7,7 +7,7 @@
 
 With no arguments it needs no data and no files: the tutorial's U-Net (dim 28, 1 channel,
 dim_mults (1, 2, 4)), T=200 linear, Huber loss, seeded initial weights computed in numpy
-(parity.engine.initial) and moved through ddpm_core.weights.torch_to_ms, one random tape (parity.engine.tape).
+(parity.engine.initial) and moved through ddpm_core.weights.converter.torch_to_ms, one random tape (parity.engine.tape).
 
 Exit codes: 0 every check passes; 1 a numeric or settings mismatch; 2 a structural problem (weights
 that do not map, a bad input file, a bad config or option, a run whose estimated memory exceeds what the
@@ -23,7 +23,6 @@ import sys
 import time
 from typing import Any, Sequence
 
-from ddpm_core.amp import MS_LEVELS
 from ddpm_core.cli import exit_after_main
 from ddpm_core.config import (
     LOSS_TYPES,
@@ -34,8 +33,6 @@ from ddpm_core.config import (
     read_unet_config,
     resolve_diffusion,
 )
-from ddpm_core.devices import MS_DEVICES
-from ddpm_core.distributed import World
 from ddpm_core.errors import (
     EXIT_ENVIRONMENT,
     EXIT_USER_ERROR,
@@ -44,8 +41,11 @@ from ddpm_core.errors import (
     UserError,
     one_line,
 )
-from ddpm_core.integrity import manifest_sidecar
-from ddpm_core.paths import check_outputs
+from ddpm_core.runtime.amp import MS_LEVELS
+from ddpm_core.runtime.devices import MS_DEVICES
+from ddpm_core.runtime.distributed import World
+from ddpm_core.runtime.paths import check_outputs
+from ddpm_core.weights.integrity import manifest_sidecar
 from parity.distributed import DEFAULT_TIMEOUT_S
 from parity.engine.report import Report
 from parity.engine.checks import CHECKS
@@ -115,14 +115,14 @@ def _device_options(p: argparse.ArgumentParser, frameworks: Sequence[str] = FRAM
 
 def _weights(args: argparse.Namespace) -> tuple[UnetConfig, dict, str, Any]:
     """(config, PyTorch-named weights, where they came from, the run's spec). With --weights, the settings
-    recorded with them (``ddpm_core.recorded``: the safetensors metadata, a run's config.json beside them) give
+    recorded with them (``ddpm_core.weights.recorded``: the safetensors metadata, a run's config.json beside them) give
     the config, the diffusion settings and the image size unless an option does; an option contradicting the
-    recorded diffusion settings is a ValueError. The memory the run needs is checked (``ddpm_core.memory``)
+    recorded diffusion settings is a ValueError. The memory the run needs is checked (``ddpm_core.runtime.memory``)
     before the seeded weights are made."""
     flags = {"--timesteps": ("timesteps", args.timesteps), "--schedule": ("schedule", args.schedule),
              "--loss-type": ("loss_type", args.loss_type)}
     if args.weights:
-        from ddpm_core.recorded import load_recorded
+        from ddpm_core.weights.recorded import load_recorded
 
         found = load_recorded(args.weights, args.config)
         cfg, state = found.loaded.config, found.loaded.state
@@ -158,7 +158,7 @@ def _check_outputs(args: argparse.Namespace, *outputs: tuple[str, str | None]) -
 def _require_memory(spec: Any) -> None:
     """``TooLarge`` (exit 2) when a lower bound of the run's memory exceeds what the machine has available: the
     weights in numpy and in both twins, the tape, and one training batch's feature maps."""
-    from ddpm_core.memory import (
+    from ddpm_core.runtime.memory import (
         FLOAT32,
         Need,
         activation_bytes,

@@ -3,7 +3,7 @@ move U-Net weights between PyTorch (.pt/.pth), MindSpore (.ckpt) and .safetensor
 
 A thin layer over ``ddpm_core.weights`` (docs/weights.md): formats come from the extensions, the
 checks are strict, the write is atomic. The settings recorded with SRC (its metadata, or a run's config.json
-beside it: ``ddpm_core.recorded``) travel into a .safetensors DST. Expected failures (weights that do not fit, a file that
+beside it: ``ddpm_core.weights.recorded``) travel into a .safetensors DST. Expected failures (weights that do not fit, a file that
 cannot be read or written, a bad config) print one ``error: `` line per problem on stderr and
 exit with status 2, without a traceback. Notes (what was skipped, what was written, which existing
 file was replaced) go to stderr; the manifest, when printed, is the only thing on stdout. A manifest
@@ -25,21 +25,16 @@ import json
 import sys
 from pathlib import Path
 
-from ddpm_core.atomic import atomic_write_bytes
-from ddpm_core.errors import EXIT_ENVIRONMENT, EXIT_USER_ERROR, EnvironmentRefused, MissingFramework, UserError, one_line
-from ddpm_core.weights import (
-    DTYPES,
-    WeightsError,
-    cast_weights,
-    convert,
-    describe_skipped,
-    format_of,
-    manifest,
-    save_weights,
-)
-from ddpm_core.integrity import manifest_sidecar
-from ddpm_core.paths import check_outputs, check_space, same_file
-from ddpm_core.recorded import load_recorded
+from ddpm_core.errors import (EXIT_ENVIRONMENT, EXIT_USER_ERROR, EnvironmentRefused, MissingFramework, UserError,
+                              WeightsError, one_line)
+from ddpm_core.runtime.atomic import atomic_write_bytes
+from ddpm_core.runtime.paths import check_outputs, check_space, same_file
+from ddpm_core.weights.converter import DTYPES, cast_weights, convert
+from ddpm_core.weights.extras import describe_skipped
+from ddpm_core.weights.files import save_weights
+from ddpm_core.weights.formats import format_of
+from ddpm_core.weights.integrity import manifest, manifest_sidecar
+from ddpm_core.weights.recorded import load_recorded
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,5 @@
 """Scores for sets of generated 8x8 digits, with nothing downloaded: a small classifier trained on the
-digits' training split (``ddpm_core.digits``) is the feature extractor, as Inception-v3 is for FID/KID.
+digits' training split (``ddpm_core.training.digits``) is the feature extractor, as Inception-v3 is for FID/KID.
 
   * ``DigitClassifier``: scikit-learn's ``MLPClassifier`` (one hidden layer of ``HIDDEN`` ReLUs, fixed
     ``random_state``) on the 64 pixels in [0, 1]; its hidden activations are the features.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ddpm_core.digits import CLASSES, load_split
+from ddpm_core.training.digits import CLASSES, load_split
 
 HIDDEN = 128
 CONFIDENT = 0.9

@@ -28,12 +28,12 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ddpm_core.atomic import atomic_write
 from ddpm_core.config import DiffusionConfig, UnetConfig
-from ddpm_core.distributed import World
-from ddpm_core.environment import child_env
 from ddpm_core.errors import EXIT_ENVIRONMENT, EXIT_USER_ERROR, EnvironmentRefused, UserError
-from ddpm_core.launch import LaunchError, describe, job_command, run
+from ddpm_core.runtime.atomic import atomic_write
+from ddpm_core.runtime.distributed import World
+from ddpm_core.runtime.environment import child_env
+from ddpm_core.runtime.launch import LaunchError, describe, job_command, run
 from parity.engine.compare import Comparison, Summary
 from parity.engine.rows import Row, pairs_row
 from parity.engine.suite import RunSpec

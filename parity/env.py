@@ -7,7 +7,7 @@ Rules:
     "highest"); on a MindSpore GPU, TF32 is switched off too; on Ascend, the precision mode is
     "must_keep_origin_dtype" and HF32 is off. What was set is recorded in the fingerprint.
   * Each framework is imported only when its setup function is called, so ``record``/``compare``
-    import only the framework they run; a missing one is ``ddpm_core.frameworks.MissingFramework``.
+    import only the framework they run; a missing one is ``ddpm_core.runtime.frameworks.MissingFramework``.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import platform
 import sys
 from typing import Any
 
-from ddpm_core.environment import ISA_VARIABLE, THREADS_VARIABLE, pin_isa
-from ddpm_core.frameworks import require
+from ddpm_core.runtime.environment import ISA_VARIABLE, THREADS_VARIABLE, pin_isa
+from ddpm_core.runtime.frameworks import require
 
 
 def _cpu_model() -> str:

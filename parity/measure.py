@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{output:<18}{w['max_abs']:>10.1e}{w['atol_needed']:>11.1e}{w['rel_l2']:>10.1e}{w['one_minus_cos']:>10.1e}"
               f"   {lim[0]:.0e}/{lim[1]:.0e}/{lim[2]:.0e}   {margin}")
     if args.json:
-        from ddpm_core.atomic import atomic_write_bytes
+        from ddpm_core.runtime.atomic import atomic_write_bytes
 
         atomic_write_bytes(args.json, json.dumps({"worst": worst, "runs": runs}, indent=1).encode())
     return 0

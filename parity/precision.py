@@ -3,7 +3,7 @@
 Rule: the twins are driven exactly as the float32 run drives them (``parity.suite.run_side`` through the
 sides' public methods), with their models put under a named policy by the twins' own ``amp`` modules
 (PyTorch ``torch.autocast``, MindSpore ``amp.auto_mixed_precision`` at ``--ms-amp``) and the fixed loss scale
-``ddpm_core.amp.DEFAULT_LOSS_SCALE`` for gradients and training steps. Every row compares each twin with a
+``ddpm_core.runtime.amp.DEFAULT_LOSS_SCALE`` for gradients and training steps. Every row compares each twin with a
 float64 reference on the same inputs: the noise predictions and the losses with the specification
 (``ddpm_core.reference``, through ``parity.engine.anchor``), the gradients and the Adam steps with the PyTorch twin
 run in float64 (the specification has no backward pass; the ``float64 logic`` row holds that twin to the
@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ddpm_core.amp import DEFAULT_LOSS_SCALE, Policy
+from ddpm_core.runtime.amp import DEFAULT_LOSS_SCALE, Policy
 from parity.engine.anchor import Float64, anchor_outputs
 from parity.engine.compare import Comparison, Summary, compare
 from parity.engine.localise import localise_against_reference

@@ -2,7 +2,7 @@
 minutes on a 2-core CPU; docs/quality.md).
 
     python -m parity.quality [--seeds 2] [--ms-seeds M] [--n 300] [--out runs/quality] [--jobs 2] [--json PATH]
-                             [--sampler ddpm|ddim] [--sample-steps K] [training options of ddpm_core.digits.RECIPE]
+                             [--sampler ddpm|ddim] [--sample-steps K] [training options of ddpm_core.training.digits.RECIPE]
 
 For each seed s, both twins train on scikit-learn's digits (``--data digits``) from the same initial weights
 (``parity.engine.initial.initial_weights(cfg, s)``) and the same per-step tape (``--seed s``), through their own training
@@ -39,13 +39,13 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_core.atomic import atomic_write_bytes
 from ddpm_core.cli import int_list, positive_int, run_main
-from ddpm_core.errors import UserError
 from ddpm_core.config import UnetConfig
-from ddpm_core.digits import RECIPE, from_model_range, load_split
-from ddpm_core.environment import child_env
-from ddpm_core.weights import save_weights
+from ddpm_core.errors import UserError
+from ddpm_core.runtime.atomic import atomic_write_bytes
+from ddpm_core.runtime.environment import child_env
+from ddpm_core.training.digits import RECIPE, from_model_range, load_split
+from ddpm_core.weights.files import save_weights
 from parity.digit_scores import CONFIDENT, DigitClassifier, kid, set_scores
 from parity.engine.initial import initial_weights
 
@@ -67,7 +67,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-steps", type=positive_int, default=None, help="DDIM steps (DDPM takes all T)")
     p.add_argument("--jobs", type=positive_int, default=2, help="processes at a time")
     p.add_argument("--json", metavar="PATH", help="write every figure here")
-    g = p.add_argument_group("training (default: ddpm_core.digits.RECIPE, the recipe of examples/digits.py)")
+    g = p.add_argument_group("training (default: ddpm_core.training.digits.RECIPE, the recipe of examples/digits.py)")
     for option, value in RECIPE.items():
         kind = int_list if option == "dim-mults" else float if option in ("lr", "min-lr") else positive_int
         g.add_argument(f"--{option}", type=kind, default=kind(value))
@@ -204,7 +204,7 @@ def score(jobs: list[Job], classifier: DigitClassifier) -> dict[str, Any]:
 def drift(jobs: list[Job], out: Path) -> list[dict[str, Any]]:
     """For each seed both twins trained: the largest per-step loss difference over the whole run (log.jsonl),
     the largest final weight difference, and how far training moved the weights from the shared start."""
-    from ddpm_core.weights import load_weights
+    from ddpm_core.weights.files import load_weights
 
     runs = {(j.twin, j.seed): j.run_dir for j in jobs}
     found = []

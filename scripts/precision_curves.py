@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm_core.digits import RECIPE
-from ddpm_core.environment import child_env
+from ddpm_core.runtime.environment import child_env
+from ddpm_core.training.digits import RECIPE
 
 REPO = Path(__file__).resolve().parents[1]
 

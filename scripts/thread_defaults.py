@@ -1,6 +1,6 @@
 """Side by side: a training step of each twin with 1 intra-op thread and with every core, on a quiet machine
 and on a busy one (``--spin N`` processes that spin, started and stopped here), and which count
-``ddpm_core.environment.default_threads`` picks in each case. The measurements behind the thread default
+``ddpm_core.runtime.environment.default_threads`` picks in each case. The measurements behind the thread default
 (docs/training.md, "Threads").
 
     python scripts/thread_defaults.py [--spin 2] [--steps 4] [--batch 8] [--frameworks torch,ms]
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from ddpm_core.environment import child_env, cores, default_threads
+from ddpm_core.runtime.environment import child_env, cores, default_threads
 
 REPO = Path(__file__).resolve().parents[1]
 MARK = "@@threads "

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ddpm_core.environment import child_env
+from ddpm_core.runtime.environment import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_OLDEST = ["torch==2.11.0", "torchvision==0.26.0"]

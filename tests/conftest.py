@@ -9,7 +9,7 @@ No framework is imported here unless it is installed: each twin is built when a 
 a test whose framework is missing skips, saying so (tests/host.py: ``needs``, ``need``, ``framework``;
 ``--require-frameworks`` / ``DDPM_PARITY_REQUIRE`` turn a missing framework into a stop).
 """
-from ddpm_core.environment import pin_isa
+from ddpm_core.runtime.environment import pin_isa
 
 pin_isa()  # MindSpore's oneDNN must see this before its first CPU kernel (docs/performance.md)
 
@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from ddpm_core.config import TUTORIAL_DIFFUSION, DiffusionConfig, UnetConfig  # noqa: E402
-from ddpm_core.naming import unet_parameters  # noqa: E402
+from ddpm_core.weights.naming import unet_parameters  # noqa: E402
 from parity.engine.initial import initial_weights  # noqa: E402
 from tests.host import REQUIRE_VARIABLE, TWIN_FRAMEWORK, TWINS, available, missing, need, needs, required  # noqa: E402
 

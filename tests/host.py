@@ -14,7 +14,7 @@ On a host with one framework (docs/hosts.md) the suite runs every test of that f
     start-up, exit status 4, when a named framework cannot be imported (tests/conftest.py): CI installs both
     frameworks and sets it (.ci/run), so there a missing framework fails instead of skipping.
 
-Framework names are top-level modules, as in ``ddpm_core.frameworks.EXTRAS``; ``ms`` stands for ``mindspore``.
+Framework names are top-level modules, as in ``ddpm_core.runtime.frameworks.EXTRAS``; ``ms`` stands for ``mindspore``.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from types import ModuleType
 
 import pytest
 
-from ddpm_core.frameworks import EXTRAS
+from ddpm_core.runtime.frameworks import EXTRAS
 
 REQUIRE_VARIABLE = "DDPM_PARITY_REQUIRE"
 ALIASES = {"ms": "mindspore"}

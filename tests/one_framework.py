@@ -23,11 +23,11 @@ HOST = {"torch": ("mindspore",), "ms": ("torch", "torchvision")}
 
 
 def blocked_env(blocked: tuple[str, ...], base: dict | None = None, **extra: str) -> dict[str, str]:
-    """The environment of a child process (``ddpm_core.environment.child_env``) where ``blocked`` modules, and
+    """The environment of a child process (``ddpm_core.runtime.environment.child_env``) where ``blocked`` modules, and
     any the parent already blocks, cannot be imported. CI's demand that every framework import
     (``DDPM_PARITY_REQUIRE``, .ci/run) does not hold on the host this simulates, so it is not passed on unless
     ``extra`` sets it."""
-    from ddpm_core.environment import child_env
+    from ddpm_core.runtime.environment import child_env
     from tests.host import REQUIRE_VARIABLE
 
     env = child_env(pythonpath=os.pathsep.join([str(SITE), str(ROOT)]), base=base, GLOG_v="3", **extra)

@@ -15,8 +15,8 @@ import pytest
 
 from ddpm_core.cli import train_parser
 from ddpm_core.config import DiffusionConfig
-from ddpm_core.datasets import make_stage_dir, prepare_data
-from ddpm_core.environment import child_env
+from ddpm_core.runtime.environment import child_env
+from ddpm_core.training.datasets import make_stage_dir, prepare_data
 from tests.host import needs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ Read in this order:
   diffusion.py  ``ReferenceDiffusion``: q_sample, the losses, the ancestral step and loop, DDIM
 
 Rules: importing this package imports neither torch nor mindspore; weights are PyTorch-named
-({``ddpm_core.naming`` torch_name: array}) and checked strictly; everything is computed in float64
+({``ddpm_core.weights.naming`` torch_name: array}) and checked strictly; everything is computed in float64
 from the exact table values the twins index (float32, upcast); nothing is drawn at random.
 
     from ddpm_core.reference import ReferenceUnet, ReferenceDiffusion

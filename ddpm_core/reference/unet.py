@@ -44,12 +44,12 @@ from ddpm_core.reference.layers import (
     sinusoidal_embedding,
     upsample,
 )
-from ddpm_core.weights import check_weights
+from ddpm_core.weights.converter import check_weights
 
 
 class ReferenceUnet:
     """``Unet(cfg)`` holding float64 copies of ``weights`` ({PyTorch name: array}, strictly the parameters
-    ``ddpm_core.naming.unet_parameters(cfg)`` lists: a missing, extra or mis-shaped key is a ``ValueError``
+    ``ddpm_core.weights.naming.unet_parameters(cfg)`` lists: a missing, extra or mis-shaped key is a ``ValueError``
     naming it). Calling it computes the noise prediction in float64."""
 
     def __init__(self, cfg: UnetConfig, weights: Mapping[str, np.ndarray]):

@@ -23,7 +23,7 @@ Rules:
     processes use less than a quarter of a core, and it records, for every measurement, the CPU that processes
     other than the bench used meanwhile ("foreign" cores, from /proc/stat) and the 1-minute load average.
   * Data-parallel scaling (``--workers 1,2``, parity/bench/scaling.py): weak scaling of each framework's fast
-    path in ``--configs``, launched by ``ddpm_core.launch``. Nothing here asserts a speed.
+    path in ``--configs``, launched by ``ddpm_core.runtime.launch``. Nothing here asserts a speed.
 
 Modules: ``workloads`` (what a CPU worker times), ``load`` (/proc readings), ``orchestrate`` (the workers, the
 figures, the goals), ``scaling`` (data parallelism), ``markdown``, ``cuda`` / ``cuda_run`` (the GPU bench),

@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from ddpm_core.atomic import atomic_write_bytes
 from ddpm_core.config import TUTORIAL_UNET, read_unet_config
 from ddpm_core.errors import UserError
+from ddpm_core.runtime.atomic import atomic_write_bytes
 from parity.bench.cuda import CUDA_CONFIGS, DEFAULT_CUDA_CONFIGS
 from parity.bench.load import cpu_info, wait_quiet
 from parity.bench.markdown import markdown
@@ -142,7 +142,7 @@ def cuda_main(args: argparse.Namespace) -> int:
     """``--device cuda``: the profile (``--profile``), the batch sweep (``--batches``: the outputs are rewritten
     after every measurement, so a run stopped from outside keeps what it had) or the table at one batch."""
     from ddpm_core.errors import EXIT_ENVIRONMENT, EnvironmentRefused
-    from ddpm_core.frameworks import MissingFramework
+    from ddpm_core.runtime.frameworks import MissingFramework
     from parity.bench.cuda_run import cuda_markdown, prepare, run_cuda
     from parity.bench.profile import profile_configs
     from parity.bench.sweep import run_sweep, sweep_markdown

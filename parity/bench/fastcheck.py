@@ -27,9 +27,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ddpm_core.atomic import atomic_write_bytes
 from ddpm_core.config import TUTORIAL_UNET, DiffusionConfig, read_unet_config
 from ddpm_core.errors import EXIT_ENVIRONMENT, UserError
+from ddpm_core.runtime.atomic import atomic_write_bytes
 
 TRAIN_PATHS: dict[str, tuple[dict[str, bool], bool | None]] = {
     # name -> (make_train_step keywords, MindSporeAdam foreach); the first is the reference

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ddpm_core.environment import ISA, child_env, default_threads
+from ddpm_core.runtime.environment import ISA, child_env, default_threads
 from parity.bench.load import Foreign, cpu_seconds, wait_quiet
 from parity.bench.workloads import CONFIGS, MARK, REPO, T
 

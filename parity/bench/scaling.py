@@ -1,5 +1,5 @@
 """Data-parallel scaling (``--workers 1,2``): weak scaling of each framework's fast training path, the
-twin's ``Trainer`` with N workers at a fixed per-worker batch, launched through ``ddpm_core.launch``
+twin's ``Trainer`` with N workers at a fixed per-worker batch, launched through ``ddpm_core.runtime.launch``
 (torchrun / msrun for N > 1, a plain process for N = 1: a launcher with one worker runs the same
 single-process step, plus start-up).
 
@@ -19,10 +19,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ddpm_core import launch
-from ddpm_core.atomic import atomic_write_bytes
 from ddpm_core.config import UnetConfig
-from ddpm_core.environment import ISA, child_env, use_threads
+from ddpm_core.runtime import launch
+from ddpm_core.runtime.atomic import atomic_write_bytes
+from ddpm_core.runtime.environment import ISA, child_env, use_threads
 from parity.bench.load import Foreign, cpu_seconds, process_tree, wait_quiet
 from parity.bench.orchestrate import stats
 from parity.bench.workloads import REPO, inputs, lrs

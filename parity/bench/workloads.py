@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ddpm_core.config import UnetConfig
-from ddpm_core.environment import ISA_VARIABLE
+from ddpm_core.runtime.environment import ISA_VARIABLE
 
 T = 200  # the tutorial's timesteps: every throughput is for this many sampling steps
 MARK = "@@bench "  # a worker's replies start with this; MindSpore may print other lines

@@ -33,10 +33,10 @@ from typing import Any, Mapping
 import numpy as np
 from numpy.lib import format as npy
 
-from ddpm_core.atomic import atomic_write, write_npz
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.errors import UserError
-from ddpm_core.naming import unet_parameters
+from ddpm_core.runtime.atomic import atomic_write, write_npz
+from ddpm_core.weights.naming import unet_parameters
 from parity.engine.initial import weights_hash
 from parity.engine.suite import RunSpec, implied_outputs
 from parity.engine.tape import TapeSpec, tape_hash, tape_shapes

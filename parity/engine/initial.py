@@ -11,15 +11,14 @@ identity. ``weights_hash`` is the sha256 over the canonical PyTorch-named state.
 """
 from __future__ import annotations
 
-import hashlib
 import zlib
 from typing import Mapping
 
 import numpy as np
 
 from ddpm_core.config import UnetConfig
-from ddpm_core.naming import unet_parameters
-from ddpm_core.weights import tensor_digest
+from ddpm_core.weights.digest import manifest_digest
+from ddpm_core.weights.naming import unet_parameters
 
 NORM_MODULES = ("GroupNorm", "LayerNorm")
 NORM_JITTER = 0.1
@@ -52,8 +51,5 @@ def initial_weights(cfg: UnetConfig, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def weights_hash(state_torch_named: Mapping[str, np.ndarray]) -> str:
-    """sha256 over the sorted (name, tensor digest) pairs of a PyTorch-named state."""
-    h = hashlib.sha256()
-    for name in sorted(state_torch_named):
-        h.update(f"{name}={tensor_digest(np.asarray(state_torch_named[name]))};".encode())
-    return h.hexdigest()
+    """sha256 over the sorted (name, tensor digest) pairs of a PyTorch-named state (``manifest_digest``)."""
+    return manifest_digest(state_torch_named)

@@ -3,7 +3,7 @@
 Rules: the exit code is 0 only if every gating row passes and the settings check found nothing;
 information rows (``gate=False``) never fail a run. The JSON holds every comparison (per tensor, per
 step), the localisation, the environment fingerprint, the tape and weight hashes and the timings,
-and is written atomically (``ddpm_core.atomic``).
+and is written atomically (``ddpm_core.runtime.atomic``).
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ddpm_core.atomic import atomic_write_bytes
 from ddpm_core.errors import EXIT_MISMATCH, EXIT_OK
+from ddpm_core.runtime.atomic import atomic_write_bytes
 from parity.engine.localise import Finding
 from parity.engine.settings import SettingMismatch, summarize
 from parity.engine.rows import Row

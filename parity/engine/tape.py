@@ -9,13 +9,13 @@ replayed the same tape.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
 import numpy as np
 
 from ddpm_core.schedules import ddim_timesteps
+from ddpm_core.weights.digest import TAPE_FRAME, state_digest
 
 PROBE_SHAPE = (2, 1, 2, 2)
 """Image shape of the diffusion-math probes (toy models, no U-Net): tiny, so they cost nothing."""
@@ -114,9 +114,4 @@ def tape_shapes(spec: TapeSpec) -> dict[str, tuple[tuple[int, ...], str]]:
 
 def tape_hash(tape: Mapping[str, np.ndarray]) -> str:
     """sha256 over (name, dtype, shape, little-endian bytes) of every array, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(tape):
-        a = np.asarray(tape[name])
-        h.update(f"{name}|{a.dtype.name}|{list(a.shape)}|".encode())
-        h.update(np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes())
-    return h.hexdigest()
+    return state_digest(tape, TAPE_FRAME)

@@ -21,9 +21,7 @@ import os
 import sys
 from typing import Sequence
 
-from ddpm_core.atomic import atomic_write_bytes, output_problem
 from ddpm_core.cli import exit_after_main
-from ddpm_core.paths import check_outputs
 from ddpm_core.errors import (
     EXIT_ENVIRONMENT,
     EXIT_MISMATCH,
@@ -35,6 +33,8 @@ from ddpm_core.errors import (
     WeightsError,
     one_line,
 )
+from ddpm_core.runtime.atomic import atomic_write_bytes, output_problem
+from ddpm_core.runtime.paths import check_outputs
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ddpm_core.environment import pin_isa
+from ddpm_core.runtime.environment import pin_isa
 
 pin_isa()  # before MindSpore's first CPU kernel (as ddpm_ms/__init__ does)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ddpm_core.atomic import atomic_write
 from ddpm_core.errors import EnvironmentRefused
+from ddpm_core.runtime.atomic import atomic_write
 from parity.pair.report import PairReport
 
 MAX_PANELS = 4

@@ -11,7 +11,7 @@ Rules it keeps:
   * MindSpore to PyTorch (``.ckpt`` SRC): the same map read backwards (``WeightMap.to_torch``); the tensors the
     map drops (``num_batches_tracked``) are taken from the SPEC's PyTorch model, and a line on stderr says so;
   * values move, never change (a layout transposes or reshapes): converting there and back is bit-identical;
-  * the write is atomic with the format's checksum (a ``.ckpt`` gets MindSpore's CRC footer; ``ddpm_core.ckpt``).
+  * the write is atomic with the format's checksum (a ``.ckpt`` gets MindSpore's CRC footer; ``ddpm_core.weights.ckpt``).
 """
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ddpm_core.atomic import atomic_write
 from ddpm_core.errors import UserError, WeightsError
-from ddpm_core.formats import READERS, SAFETENSORS_CHECKSUM, SAFETENSORS_FORMAT, SAFETENSORS_VERSION, entries_digest, \
+from ddpm_core.runtime.atomic import atomic_write
+from ddpm_core.weights.formats import READERS, SAFETENSORS_CHECKSUM, SAFETENSORS_FORMAT, SAFETENSORS_VERSION, entries_digest, \
     format_of
-from ddpm_core.paths import check_space
+from ddpm_core.runtime.paths import check_space
 from parity.pair.mapping import WeightMap
 
 
@@ -56,11 +56,11 @@ def spec_map(spec: Any) -> tuple[WeightMap, dict[str, np.ndarray]]:
 def _write(path: Path, state: Mapping[str, np.ndarray]) -> None:
     fmt = format_of(path)
     if fmt == "mindspore":
-        from ddpm_core import ckpt
+        from ddpm_core.weights import ckpt
 
         atomic_write(path, lambda tmp: ckpt.write(tmp, state, crc_check=True))
     elif fmt == "torch":
-        from ddpm_core.frameworks import require
+        from ddpm_core.runtime.frameworks import require
 
         torch = require("torch")
         atomic_write(path, lambda tmp: torch.save({n: torch.from_numpy(np.array(v)) for n, v in state.items()}, tmp))

@@ -2,7 +2,7 @@
 (``ddpm_core.contract.Side``; model building, loading and capture come from the twin's adapter).
 
 Same interface as ``parity.sides.torch.TorchSide``. Rules: inputs come from the tape (never
-MindSpore's RNG); weights arrive PyTorch-named and go through ``ddpm_core.weights.torch_to_ms``;
+MindSpore's RNG); weights arrive PyTorch-named and go through ``ddpm_core.weights.converter.torch_to_ms``;
 every array returned is an explicit copy; gradients and states are returned under PyTorch names.
 ``compiled=True`` runs the samplers' steps through the twin's ``ms.jit`` graphs (compiled once per
 run and shape); localisation always runs PyNative, where forward hooks fire.

@@ -1,10 +1,10 @@
-"""ddpm_core.atomic.write_fault: which failures of a writer are the file system's, and which keep their type."""
+"""ddpm_core.runtime.atomic.write_fault: which failures of a writer are the file system's, and which keep their type."""
 import errno
 
 import pytest
 
-from ddpm_core import atomic
 from ddpm_core.errors import EnvironmentRefused, MissingFramework, UserError
+from ddpm_core.runtime import atomic
 
 
 def test_an_os_error_in_the_chain_gives_its_reason(tmp_path):

@@ -1,9 +1,9 @@
-"""ddpm_core.ckpt: MindSpore checkpoints read and written without MindSpore, byte for byte as MindSpore's own
+"""ddpm_core.weights.ckpt: MindSpore checkpoints read and written without MindSpore, byte for byte as MindSpore's own
 ``save_checkpoint`` writes them and readable by its ``load_checkpoint``, with and without the CRC footer."""
 import numpy as np
 import pytest
 
-from ddpm_core import ckpt
+from ddpm_core.weights import ckpt
 from tests.host import framework
 
 

@@ -1,14 +1,14 @@
-"""Device and precision names (ddpm_core/devices.py, ddpm_core/amp.py) and the cuBLAS workspace policy
-(ddpm_core/environment.py): each framework's own spelling, any case, and one line naming the other
+"""Device and precision names (ddpm_core/runtime/devices.py, ddpm_core/runtime/amp.py) and the cuBLAS workspace policy
+(ddpm_core/runtime/environment.py): each framework's own spelling, any case, and one line naming the other
 framework's word when it is given to the wrong twin."""
 from __future__ import annotations
 
 import pytest
 
-from ddpm_core.amp import DEFAULT_LOSS_SCALE, train_loss_scale, train_policy
-from ddpm_core.devices import parse_device
-from ddpm_core.environment import CUBLAS_DETERMINISTIC, CUBLAS_VARIABLE, pin_cublas_workspace
 from ddpm_core.errors import UserError
+from ddpm_core.runtime.amp import DEFAULT_LOSS_SCALE, train_loss_scale, train_policy
+from ddpm_core.runtime.devices import parse_device
+from ddpm_core.runtime.environment import CUBLAS_DETERMINISTIC, CUBLAS_VARIABLE, pin_cublas_workspace
 
 
 @pytest.mark.parametrize("framework,text,expected", [

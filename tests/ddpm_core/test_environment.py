@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from ddpm_core.environment import ISA, ISA_VARIABLE, THREADS_VARIABLE, child_env, default_threads, pin_isa
+from ddpm_core.runtime.environment import ISA, ISA_VARIABLE, THREADS_VARIABLE, child_env, default_threads, pin_isa
 
 
 @pytest.mark.parametrize("n_cores, load, expected", [

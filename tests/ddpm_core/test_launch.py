@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from ddpm_core import launch
-from ddpm_core.environment import child_env
+from ddpm_core.runtime import launch
+from ddpm_core.runtime.environment import child_env
 
 
 def test_job_commands():

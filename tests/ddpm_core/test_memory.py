@@ -1,4 +1,4 @@
-"""``ddpm_core.memory``: the machine's available memory is read right, a refusal names its largest part, and
+"""``ddpm_core.runtime.memory``: the machine's available memory is read right, a refusal names its largest part, and
 the estimate is a lower bound of a real training step's memory that is not far below it (a bound 100x too low
 would refuse nothing; one above the real need would refuse runs that fit)."""
 from __future__ import annotations
@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from ddpm_core.config import TUTORIAL_UNET, UnetConfig
-from ddpm_core.environment import child_env
-from ddpm_core.memory import (
+from ddpm_core.runtime.environment import child_env
+from ddpm_core.runtime.memory import (
     GIB,
     Need,
     TooLarge,
@@ -38,7 +38,7 @@ def test_available_memory_is_meminfo_capped_by_the_cgroup_limit(tmp_path):
 def test_nothing_is_refused_where_the_machine_cannot_say(tmp_path, monkeypatch):
     monkeypatch.delattr(os, "sysconf")
     assert available_bytes(tmp_path / "absent", ()) is None
-    monkeypatch.setattr("ddpm_core.memory.available_bytes", lambda: None)
+    monkeypatch.setattr("ddpm_core.runtime.memory.available_bytes", lambda: None)
     require(Need({"everything": 10**30}), "a run", "do less")  # no exception
 
 
@@ -61,7 +61,7 @@ def test_parameter_count_is_exact_for_any_size():
 MEASURE = """
 import numpy as np
 from ddpm_core.config import DiffusionConfig, UnetConfig
-from ddpm_core.memory import training_need
+from ddpm_core.runtime.memory import training_need
 from ddpm_torch.train import Trainer
 def peak():  # VmHWM belongs to this process's memory map (ru_maxrss can keep the parent's from before exec)
     line = next(ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))

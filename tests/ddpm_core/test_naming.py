@@ -1,10 +1,10 @@
-"""ddpm_core.naming: the parameter table itself (its agreement with both twins' live parameters is
+"""ddpm_core.weights.naming: the parameter table itself (its agreement with both twins' live parameters is
 tested in tests/twins/test_unet.py::test_parameter_table_matches_live_parameters)."""
 import numpy as np
 import pytest
 
 from ddpm_core.config import TUTORIAL_UNET, UnetConfig
-from ddpm_core.naming import (
+from ddpm_core.weights.naming import (
     GROUP_NORM_RENAMES,
     LAYOUT_RULES,
     parameter_count,

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from ddpm_core.config import TUTORIAL_DIFFUSION, TUTORIAL_UNET, DiffusionConfig, UnetConfig
-from ddpm_core.naming import unet_parameters
 from ddpm_core.reference import ReferenceDiffusion, ReferenceUnet, layers
 from ddpm_core.schedules import make_schedule
+from ddpm_core.weights.naming import unet_parameters
 from parity.engine.compare import compare
 from parity.engine.tolerances import tolerance
 from tests.conftest import get_twin, seeded_weights

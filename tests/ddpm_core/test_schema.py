@@ -12,8 +12,8 @@ import pytest
 
 from ddpm_core import schema
 from ddpm_core.errors import RunError, UserError
-from ddpm_core.run_folder import check_latest
-from ddpm_core.train_settings import RUN_SCHEMA, Settings
+from ddpm_core.training.run_folder import check_latest
+from ddpm_core.training.settings import RUN_SCHEMA, Settings
 
 RECORD = {"step": 2, "checkpoint": "checkpoints/step_000000002.pt", "bytes": 10, "sha256": "a" * 64}
 SETTINGS = Settings(framework="torch", data="d", data_format="fashion-mnist", image_size=8, channels=1, workers=0,

@@ -13,7 +13,7 @@ from tests.host import needs
 def test_mindspores_cpu_float32_exp_is_tens_of_ulps_off_and_pytorchs_is_within_one() -> None:
     import torch
 
-    from ddpm_core.environment import pin_isa
+    from ddpm_core.runtime.environment import pin_isa
 
     pin_isa()
     import mindspore as ms

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ddpm_core.config import DiffusionConfig, UnetConfig
-from ddpm_core.environment import child_env
+from ddpm_core.runtime.environment import child_env
 from parity.engine.initial import initial_weights
 from tests.host import need
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ddpm_core.config import DiffusionConfig, UnetConfig
-from ddpm_core.weights import ms_to_torch
+from ddpm_core.weights.converter import ms_to_torch
 from parity.api import assert_close
 from tests.conftest import get_twin
 from tests.host import TWINS, available, need, needs

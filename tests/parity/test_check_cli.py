@@ -97,7 +97,7 @@ def test_weights_file_and_config_file_in_process(tmp_path):
     import torch
 
     from ddpm_core.config import UnetConfig
-    from ddpm_core.weights import save_weights
+    from ddpm_core.weights.files import save_weights
     from parity.check import main
     from parity.engine.initial import initial_weights
 
@@ -186,7 +186,7 @@ def test_weights_bring_their_diffusion_settings(tmp_path, capsys):
     import torch
 
     from ddpm_core.config import DiffusionConfig, UnetConfig
-    from ddpm_core.weights import save_weights
+    from ddpm_core.weights.files import save_weights
     from parity.check import main
     from parity.engine.golden import load_golden
     from parity.engine.initial import initial_weights

@@ -3,7 +3,7 @@ stale when the weights change after a graph was compiled."""
 import numpy as np
 
 from ddpm_core.config import DiffusionConfig, UnetConfig
-from ddpm_core.weights import torch_to_ms
+from ddpm_core.weights.converter import torch_to_ms
 from tests.host import available, needs
 
 if available("torch") and available("mindspore"):

@@ -11,8 +11,9 @@ import pytest
 
 from parity.api import assert_close
 from ddpm_core.config import TUTORIAL_UNET, UnetConfig
-from ddpm_core.naming import unet_parameters
-from ddpm_core.weights import load_weights, manifest, save_weights
+from ddpm_core.weights.files import load_weights, save_weights
+from ddpm_core.weights.integrity import manifest
+from ddpm_core.weights.naming import unet_parameters
 from parity.convert import main
 from tests import one_framework
 from tests.host import framework, needs
@@ -49,7 +50,7 @@ def assert_same_as_mindspore_conversion(ckpt: Path, pt: Path) -> None:
     ms = framework("mindspore")
     torch = framework("torch")
 
-    from ddpm_core.weights import ms_to_torch
+    from ddpm_core.weights.converter import ms_to_torch
 
     by_ms = ms_to_torch({k: v.asnumpy() for k, v in ms.load_checkpoint(str(ckpt)).items()}, TUTORIAL_UNET)
     ours = torch.load(pt, weights_only=True)
@@ -264,7 +265,7 @@ def test_manifest_sidecar_is_verified_and_kept_up_to_date(tmp_path, capsys):
 def test_converter_removes_only_its_own_stale_temporaries(tmp_path):
     """A converter killed mid-write (SIGKILL) leaves .DST.<host>-<pid>.<random>.tmp; the next conversion to
     DST removes those whose process is gone, and nothing else."""
-    from ddpm_core.atomic import host_tag
+    from ddpm_core.runtime.atomic import host_tag
 
     save_weights(random_weights(SMALL), tmp_path / "w.pt", "torch", SMALL)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

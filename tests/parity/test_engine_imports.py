@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import parity.engine
-from ddpm_core.environment import child_env
+from ddpm_core.runtime.environment import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = ("torch", "mindspore", "ddpm_torch", "ddpm_ms", "parity.sides")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from ddpm_core.config import DiffusionConfig, UnetConfig
-from ddpm_core.distributed import World
+from ddpm_core.runtime.distributed import World
 from parity.api import assert_close
 from parity.bench import fastcheck
 from tests.host import available, needs

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from ddpm_core.config import UnetConfig
-from ddpm_core.weights import load_weights, manifest, save_weights
+from ddpm_core.weights.files import load_weights, save_weights
+from ddpm_core.weights.integrity import manifest
 from parity.engine.initial import initial_weights
 from tests.one_framework import ROOT, run
 from tests.host import framework, needs
@@ -115,7 +116,7 @@ def test_convert_on_each_host(tmp_path):
 
     ms = framework("mindspore")
 
-    from ddpm_core.weights import torch_to_ms
+    from ddpm_core.weights.converter import torch_to_ms
 
     want = torch_to_ms(state, CFG)
     got = ms.load_checkpoint(str(tmp_path / "w.ckpt"))

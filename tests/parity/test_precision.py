@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ddpm_core.amp import Policy
+from ddpm_core.runtime.amp import Policy
 from parity.api import make_spec
 from parity.engine.initial import initial_weights
 from tests.parity.conftest import SIZE, TINY, TINY_T

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ddpm_core.config import TUTORIAL_UNET, DiffusionConfig, UnetConfig
-from ddpm_core.naming import unet_parameters
+from ddpm_core.weights.naming import unet_parameters
 from parity.engine.initial import initial_weights, weights_hash
 from parity.engine.tape import TapeSpec, make_tape, tape_hash
 

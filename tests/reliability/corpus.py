@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ddpm_core.environment import child_env
+from ddpm_core.runtime.environment import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 

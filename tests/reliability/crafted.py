@@ -12,10 +12,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ddpm_core import ckpt
 from ddpm_core.config import UnetConfig
-from ddpm_core.naming import unet_parameters
-from ddpm_core.weights import save_weights
+from ddpm_core.weights import ckpt
+from ddpm_core.weights.files import save_weights
+from ddpm_core.weights.naming import unet_parameters
 
 SMALL = UnetConfig(dim=8, channels=1, dim_mults=(1, 2))
 SMALL_JSON = json.dumps({"dim": 8, "channels": 1, "dim_mults": [1, 2]})

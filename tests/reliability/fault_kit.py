@@ -24,7 +24,7 @@ TINY_DIFFUSION = DiffusionConfig(timesteps=10)
 
 def tiny_weights(path: Path) -> Path:
     """The seeded initial weights of ``TINY_UNET`` at ``path`` (its extension picks the format), with T=10."""
-    from ddpm_core.weights import save_weights
+    from ddpm_core.weights.files import save_weights
     from parity.engine.initial import initial_weights
 
     save_weights(initial_weights(TINY_UNET, 0), path, "torch", TINY_UNET, diffusion=TINY_DIFFUSION)

@@ -7,7 +7,7 @@ Was (on 1754895): run.json with dim changed gave a 146-line traceback in the PyT
 latest.json's "checkpoints" as a string or a list of numbers, a traceback in both; a .ckpt whose dims overflow
 to 0 a reshape traceback; --config /dev/zero read until MemoryError; "dim_mults": "12" trained a (1, 2) U-Net;
 an all-int32 .safetensors gave 115 error lines. The schema, header and config checks themselves are shared
-core code (ddpm_core.schema, ddpm_core.tensor_headers, ddpm_core.config), so each twin's command line is
+core code (ddpm_core.schema, ddpm_core.weights.tensor_headers, ddpm_core.config), so each twin's command line is
 driven through a share of the cases, and through the one that reaches its own checkpoint loader.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from ddpm_core.errors import WeightsError
-from ddpm_core.weights import load_weights
+from ddpm_core.weights.files import load_weights
 from tests.host import needs
 from tests.reliability.corpus import run_cli, sha256_of
 from tests.reliability.crafted import (

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from ddpm_core.config import DiffusionConfig, UnetConfig
-from ddpm_core.datasets import write_synthetic_fashion_mnist
-from ddpm_core.weights import load_weights, save_weights
+from ddpm_core.training.datasets import write_synthetic_fashion_mnist
+from ddpm_core.weights.files import load_weights, save_weights
 from parity.engine.initial import initial_weights
 from tests.host import PROGRAM_FRAMEWORKS, PROGRAM_TWINS, needs
 from tests.reliability.corpus import run_cli

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from ddpm_core.atomic import atomic_write, host_tag
 from ddpm_core.errors import OutputError
-from ddpm_core.run_folder import RunDir
-from ddpm_core.weights import save_weights
+from ddpm_core.runtime.atomic import atomic_write, host_tag
+from ddpm_core.training.run_folder import RunDir
+from ddpm_core.weights.files import save_weights
 from parity.convert import main as convert_main
 from parity.engine.initial import initial_weights
 from tests.host import PROGRAM_TWINS, needs, recording_twin
@@ -108,7 +108,7 @@ def test_a_killed_record_leaves_a_temporary_that_the_next_record_removes(tmp_pat
     next record to the same file removes it, and nothing else: not a live process's, another file's, or the
     user's own."""
     golden = tmp_path / "g.npz"
-    kill = ("import os, signal, sys\nfrom ddpm_core.atomic import atomic_path\n"
+    kill = ("import os, signal, sys\nfrom ddpm_core.runtime.atomic import atomic_path\n"
             "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_bytes(b'x' * 100000)\n"
             "    os.kill(os.getpid(), signal.SIGKILL)\n")
     subprocess.run([sys.executable, "-c", kill, str(golden)], cwd=ROOT, env={"PYTHONPATH": str(ROOT)}, check=False)

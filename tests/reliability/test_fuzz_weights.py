@@ -7,9 +7,9 @@ the file's size: the Python and numpy memory the read allocates (``tracemalloc``
 ``READ_PEAK_PER_BYTE`` times the file's size plus ``READ_PEAK_SLACK``, and what it returns is no larger than
 the file (twice it for bfloat16, which is widened to float32). The C allocations inside torch, protobuf and
 safetensors are sized by what the header checks have already compared with the file's size
-(``ddpm_core.tensor_headers``; the crafted cases in test_crafted_files.py show each refusal).
+(``ddpm_core.weights.tensor_headers``; the crafted cases in test_crafted_files.py show each refusal).
 
-Files come from the project's own writers (``save_weights``, ``ddpm_core.ckpt.serialize``), mutated byte by byte
+Files come from the project's own writers (``save_weights``, ``ddpm_core.weights.ckpt.serialize``), mutated byte by byte
 (flips, overwrites with extreme integers, truncation, insertion), and from headers built field by field with
 extreme values (negative, overflowing and oversized dims, offsets and lengths). Bounded in time:
 ``derandomize=True`` and a fixed ``max_examples`` per format, so every run tries the same files.
@@ -30,12 +30,12 @@ hypothesis = pytest.importorskip("hypothesis", reason="the fuzz tests need hypot
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from ddpm_core import ckpt  # noqa: E402
 from ddpm_core.config import UnetConfig  # noqa: E402
 from ddpm_core.errors import UserError  # noqa: E402
-from ddpm_core.naming import unet_parameters  # noqa: E402
-from ddpm_core.tensor_headers import READ_PEAK_PER_BYTE, READ_PEAK_SLACK, SAFETENSORS_ITEMSIZE  # noqa: E402
-from ddpm_core.weights import load_weights, save_weights  # noqa: E402
+from ddpm_core.weights import ckpt  # noqa: E402
+from ddpm_core.weights.files import load_weights, save_weights  # noqa: E402
+from ddpm_core.weights.naming import unet_parameters  # noqa: E402
+from ddpm_core.weights.tensor_headers import READ_PEAK_PER_BYTE, READ_PEAK_SLACK, SAFETENSORS_ITEMSIZE  # noqa: E402
 from tests.host import available, needs  # noqa: E402
 
 TINY = UnetConfig(dim=4, channels=1, dim_mults=(1,))
@@ -190,7 +190,7 @@ def test_a_safetensors_of_crafted_headers_reads_cleanly(folder, header, data, le
 
 def test_the_allocation_check_catches_a_reader_that_trusts_a_header(folder, seeds, monkeypatch):
     """A planted bug: a reader that allocates what a header declares (16 MiB, for a 37 kB file) is caught."""
-    from ddpm_core import formats
+    from ddpm_core.weights import formats
 
     honest = formats.READERS["mindspore"]
 

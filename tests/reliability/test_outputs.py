@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from ddpm_core.environment import child_env
 from ddpm_core.errors import OutputError
-from ddpm_core.paths import check_inside, check_outputs
-from ddpm_core.run_folder import locked
+from ddpm_core.runtime.environment import child_env
+from ddpm_core.runtime.paths import check_inside, check_outputs
+from ddpm_core.training.run_folder import locked
 from tests.host import PROGRAM_FRAMEWORKS, PROGRAM_TWINS, needs
 from tests.reliability.corpus import ROOT, run_cli, sha256_of
 from tests.reliability.fault_kit import refused, tiny_weights

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from numpy.lib import format as npy
 
-from ddpm_core.environment import child_env
+from ddpm_core.runtime.environment import child_env
 from tests.host import needs, recording_twin
 from tests.reliability.corpus import ROOT, run_cli
 
@@ -221,7 +221,7 @@ def test_a_comparison_missing_an_implied_output_fails():
 def huge_weights(tmp_path_factory) -> Path:
     """Every weight 1e30 (finite, a valid sha256): every output of both twins is NaN or inf."""
     from ddpm_core.config import DiffusionConfig, UnetConfig
-    from ddpm_core.weights import save_weights
+    from ddpm_core.weights.files import save_weights
     from parity.engine.initial import initial_weights
 
     cfg = UnetConfig(dim=8, channels=1, dim_mults=(1, 2))

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddpm_core.environment import child_env
+from ddpm_core.runtime.environment import child_env
 from tests.host import PROGRAM_FRAMEWORKS, PROGRAM_TWINS, need
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddpm_core.datasets import DataError, make_stage_dir, prepare_data
-from ddpm_core.train_tape import (
+from ddpm_core.training.datasets import DataError, make_stage_dir, prepare_data
+from ddpm_core.training.tape import (
     apply_flips,
     batch_indices,
     shard,
@@ -39,7 +39,7 @@ def test_staging_folders_of_killed_processes_are_removed(tmp_path, monkeypatch):
     import sys
     import tempfile
 
-    from ddpm_core import datasets
+    from ddpm_core.training import datasets
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from ddpm_core.datasets import DataError, prepare_data
-from ddpm_core.digits import HELDOUT_PER_CLASS, load_raw, load_split, split_indices
-from ddpm_core.train_tape import apply_flips, batch_indices, step_draws, to_model_range
-from ddpm_core.weights import save_weights
+from ddpm_core.training.datasets import DataError, prepare_data
+from ddpm_core.training.digits import HELDOUT_PER_CLASS, load_raw, load_split, split_indices
+from ddpm_core.training.tape import apply_flips, batch_indices, step_draws, to_model_range
+from ddpm_core.weights.files import save_weights
 from tests.train.conftest import TINY, train, twin_module
 
 HELDOUT_SHA256 = "d7cd2bb79a7a93fecad7c9ab631f058b4c1bcea51aefa2a4774ccf6f981355ac"

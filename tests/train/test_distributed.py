@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from parity.api import assert_close
-from ddpm_core.environment import child_env
-from ddpm_core.launch import job_command
-from ddpm_core.weights import load_weights
+from ddpm_core.runtime.environment import child_env
+from ddpm_core.runtime.launch import job_command
+from ddpm_core.weights.files import load_weights
 from tests.host import PROGRAM_FRAMEWORKS, need
 from tests.train.conftest import REPO, TINY, run_cli, train
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddpm_core.datasets import DataError
-from ddpm_core.download import default_root, download_fashion_mnist
+from ddpm_core.training.datasets import DataError
+from ddpm_core.training.download import default_root, download_fashion_mnist
 from tests.blocker.sitecustomize import Blocker
 from tests.host import available, need, needs
 from tests.train import mirror
@@ -56,7 +56,7 @@ def test_train_downloads_and_both_twins_read_it(tmp_path):
     assert settings["data"] == str(cache / "fashion-mnist") and settings["examples"] == 12
     assert len((run / "log.jsonl").read_text().splitlines()) == 1
     # MindSpore's twin reads the same folder, the same pixels as torchvision's
-    from ddpm_core.datasets import make_stage_dir, prepare_data
+    from ddpm_core.training.datasets import make_stage_dir, prepare_data
 
     with make_stage_dir() as stage:
         spec = prepare_data(settings["data"], "auto", 28, None, stage)

@@ -4,7 +4,7 @@ checkpoint names the intact one to resume from; a diverged run stops at once; ba
 settings are one line before any work, and leave nothing behind that blocks a retry.
 
 MindSpore's PyNative steps cost seconds each on the CI machine, so the MindSpore cases train at most 2 steps;
-the run-folder logic they share with PyTorch (ddpm_core.train_loop, ddpm_core.run_folder) is exercised at length
+the run-folder logic they share with PyTorch (ddpm_core.training.loop, ddpm_core.training.run_folder) is exercised at length
 with PyTorch."""
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import sys
 import numpy as np
 import pytest
 
-from ddpm_core.atomic import host_tag
+from ddpm_core.runtime.atomic import host_tag
 from ddpm_core.sampling import sample_main
-from ddpm_core.weights import load_weights
+from ddpm_core.weights.files import load_weights
 from tests.conftest import damage_tensor_bytes
 from tests.train.conftest import TINY, train, twin_module
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from ddpm_core.images import grid_size
 from ddpm_core.sampling import sample_noise
-from ddpm_core.weights import load_weights
+from ddpm_core.weights.files import load_weights
 from tests.train.conftest import make_image_folder, twin_module
 
 

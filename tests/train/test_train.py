@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from parity.api import assert_close
-from ddpm_core.weights import load_weights
+from ddpm_core.weights.files import load_weights
 from tests.train.conftest import (
     TINY,
     make_fashion_mnist,
@@ -188,7 +188,7 @@ def assert_same_steps(what: str, a: tuple, b: tuple, start: dict[str, np.ndarray
 def test_parity_train_steps_agree(make_weights):
     """Both twins' ``train_steps``: 3 steps from the same weights on the same tape."""
     from ddpm_core.config import DiffusionConfig, UnetConfig
-    from ddpm_core.train_tape import apply_flips, tape_arrays, to_model_range
+    from ddpm_core.training.tape import apply_flips, tape_arrays, to_model_range
 
     cfg, diffusion = UnetConfig(dim=8, channels=1, dim_mults=(1, 2)), DiffusionConfig(timesteps=10)
     tape = tape_arrays(0, range(3), 12, 4, (1, 8, 8), diffusion.timesteps)
@@ -222,7 +222,7 @@ def test_same_init_weights_give_the_same_losses_in_both_twins(tmp_path, fashion_
 def test_mindspore_graph_training_matches_pynative(make_weights):
     """MindSpore trains with its U-Net forward as an ``ms.jit`` graph by default (``--compile auto``)."""
     from ddpm_core.config import DiffusionConfig, UnetConfig
-    from ddpm_core.train_tape import tape_arrays
+    from ddpm_core.training.tape import tape_arrays
 
     cfg, diffusion = UnetConfig(dim=8, channels=1, dim_mults=(1, 2)), DiffusionConfig(timesteps=10)
     tape = tape_arrays(1, range(2), 12, 4, (1, 8, 8), diffusion.timesteps)

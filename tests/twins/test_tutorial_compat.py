@@ -9,7 +9,7 @@ import pytest
 
 from parity.api import assert_close
 from ddpm_core.config import TUTORIAL_DIFFUSION, TUTORIAL_UNET
-from ddpm_core.naming import unet_parameters
+from ddpm_core.weights.naming import unet_parameters
 from tests.host import available, needs
 
 if available("mindspore"):

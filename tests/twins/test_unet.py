@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ddpm_core.config import TUTORIAL_UNET, UnetConfig
-from ddpm_core.naming import parameter_count, unet_parameters
+from ddpm_core.weights.naming import parameter_count, unet_parameters
 from tests.host import available, framework, needs
 
 if available("mindspore"):
@@ -126,7 +126,7 @@ TABLE_CONFIGS = [
 
 @pytest.mark.parametrize("cfg", TABLE_CONFIGS, ids=lambda c: f"{c.dim}-{c.dim_mults}-{c.use_convnext}-{c.with_time_emb}")
 def test_parameter_table_matches_live_parameters(twin, cfg):
-    """ddpm_core.naming lists exactly this twin's parameters: names in registration order, and shapes."""
+    """ddpm_core.weights.naming lists exactly this twin's parameters: names in registration order, and shapes."""
     live = twin.parameters(twin.build(cfg))
     assert live == twin.table_names(cfg)
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from ddpm_core.naming import unet_parameters
+from ddpm_core.weights.naming import unet_parameters
 from parity.engine.checks.base import Check, Judge, SideRun
 from parity.engine.rows import pairs_row
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ddpm_core.naming import unet_parameters
+from ddpm_core.weights.naming import unet_parameters
 from parity.engine.checks.base import Check, Judge, SideRun
 from parity.engine.rows import pairs_row
 

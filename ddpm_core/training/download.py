@@ -3,7 +3,7 @@
 
 Rules it keeps:
   * The folder gets torchvision's layout, ``ROOT/FashionMNIST/raw/`` with the four ``.gz`` files and their
-    extracted IDX files, which ``ddpm_core.datasets`` reads for either twin.
+    extracted IDX files, which ``ddpm_core.training.datasets`` reads for either twin.
   * An existing complete copy (every IDX file valid, every ``.gz`` present matching torchvision's MD5) is used
     as it is, without the network.
   * A download goes to a private temporary folder beside the destination first; only files that are complete,
@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ddpm_core.datasets import DataError, read_idx_header
+from ddpm_core.training.datasets import DataError, read_idx_header
 
 CACHE_ENV = "DDPM_PARITY_DATA"
 
@@ -31,7 +31,7 @@ def default_root() -> Path:
 
 
 def _torchvision_dataset() -> type:
-    from ddpm_core.frameworks import MissingFramework, require
+    from ddpm_core.runtime.frameworks import MissingFramework, require
 
     try:
         return require("torchvision.datasets").FashionMNIST

@@ -2,10 +2,10 @@
 and ``.safetensors``, and their checksums; every weight problem is a ``ddpm_core.errors.WeightsError``.
 
 Rules it keeps: each framework (and safetensors) is imported inside the reader or writer of its own
-format, never at import time; ``.ckpt`` files are read and written without MindSpore (``ddpm_core.ckpt``,
+format, never at import time; ``.ckpt`` files are read and written without MindSpore (``ddpm_core.weights.ckpt``,
 byte for byte as ``mindspore.save_checkpoint`` writes them); PyTorch files are read with ``torch.load(weights_only=True)``; a file
 that cannot be read is one ``WeightsError`` naming it; what a file declares about its tensors is checked
-against its real size before anything is allocated (``ddpm_core.tensor_headers``). ``ddpm_core.weights`` builds the strict,
+against its real size before anything is allocated (``ddpm_core.weights.tensor_headers``). ``ddpm_core.weights.files`` builds the strict,
 atomic ``load_weights``/``save_weights`` on top of these.
 
 Checksums: every file written here carries one, in the place its format offers, and every reader
@@ -14,12 +14,11 @@ verifies it before trusting a value (``RawFile.verified``); a mismatch is one ``
   * ``.ckpt``: MindSpore's own ``crc_check=True`` trailer, ``b"crc_num"`` + the CRC-32 of everything
     before it as 10 big-endian bytes (checked here byte by byte, with or without MindSpore);
   * ``.safetensors``: ``sha256`` in the metadata, over every tensor's name, dtype, shape and bytes.
-A file from elsewhere may carry none (``verified`` False): ``ddpm_core.weights`` then checks that
+A file from elsewhere may carry none (``verified`` False): ``ddpm_core.weights.files`` then checks that
 its values are plausible.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import warnings
@@ -32,8 +31,9 @@ import numpy as np
 
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.errors import WeightsError, type_and_first_sentence
-from ddpm_core.frameworks import require
-from ddpm_core.tensor_headers import check_safetensors_header, check_zip_sizes
+from ddpm_core.runtime.frameworks import require
+from ddpm_core.weights.digest import SAFETENSORS_FRAME, state_digest
+from ddpm_core.weights.tensor_headers import check_safetensors_header, check_zip_sizes
 
 FORMATS = {".pt": "torch", ".pth": "torch", ".ckpt": "mindspore", ".safetensors": "safetensors"}
 """file extension -> format. ``torch`` files are written in torch naming, ``mindspore`` in ms naming,
@@ -41,7 +41,7 @@ FORMATS = {".pt": "torch", ".pth": "torch", ".ckpt": "mindspore", ".safetensors"
 SAFETENSORS_FORMAT = "ddpm-parity-weights"
 SAFETENSORS_VERSION = "1"
 SAFETENSORS_CHECKSUM = "sha256"
-"""metadata key of ``entries_digest`` over the file's tensors"""
+"""metadata key of the tensors' ``state_digest`` (framed by ``SAFETENSORS_FRAME``)"""
 IMAGE_SIZE_KEY = "image_size"
 """safetensors metadata key: the height = width the model was trained at (a decimal string)"""
 BFLOAT16_FORMATS = ("torch", "mindspore")
@@ -79,16 +79,6 @@ def _damaged(path: Path, what: str) -> WeightsError:
     return WeightsError([f"damaged: {what}; the file changed after it was written"], f"cannot read {path}")
 
 
-def entries_digest(entries: Mapping[str, np.ndarray]) -> str:
-    """sha256 over every tensor's name, dtype, shape and little-endian bytes, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(entries):
-        value = np.asarray(entries[name])
-        h.update(f"{name}\0{value.dtype.name}{list(value.shape)}\0".encode())
-        h.update(np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes())
-    return h.hexdigest()
-
-
 def check_zip_crc(path: Path) -> bool:
     """``torch.save``'s zip format: True when every member passes its CRC-32; False when the file is not a zip
     (the legacy format, which has no checksum); a ``WeightsError`` when a member fails or cannot be read."""
@@ -110,7 +100,7 @@ def check_zip_crc(path: Path) -> bool:
 def check_ckpt_crc(path: Path) -> bool:
     """True when the ``.ckpt`` ends with MindSpore's CRC footer and the CRC-32 matches; False when it has
     no footer (saved without ``crc_check=True``); a ``WeightsError`` on a mismatch."""
-    from ddpm_core import ckpt
+    from ddpm_core.weights import ckpt
 
     ok = ckpt.verify_crc(Path(path).read_bytes())
     if ok is False:
@@ -178,7 +168,7 @@ def _read_torch(path: Path) -> RawFile:
 
 
 def _read_mindspore(path: Path) -> RawFile:
-    from ddpm_core import ckpt
+    from ddpm_core.weights import ckpt
 
     verified = check_ckpt_crc(path)
     try:
@@ -211,7 +201,7 @@ def _read_safetensors(path: Path) -> RawFile:
         raise WeightsError([f"format_version {version!r}; this reader knows {SAFETENSORS_VERSION!r}"],
                            f"cannot read {path}")
     recorded = metadata.get(SAFETENSORS_CHECKSUM)
-    if recorded is not None and recorded != entries_digest(entries):
+    if recorded is not None and recorded != state_digest(entries, SAFETENSORS_FRAME):
         raise _damaged(path, f"its tensors do not match the {SAFETENSORS_CHECKSUM} in its metadata")
     return RawFile(entries, {k: v.dtype.name for k, v in entries.items()}, metadata=metadata,
                    verified=recorded is not None)
@@ -231,8 +221,8 @@ def _write_torch(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: 
 def _write_mindspore(path: Path, state: Mapping[str, np.ndarray], naming: str, cfg: UnetConfig, dtype: str | None,
                      diffusion: DiffusionConfig | None = None, image_size: int | None = None):
     """Tensors only (``load_param_into_net(strict_load=True)`` takes it as is), with MindSpore's CRC footer,
-    written by ``ddpm_core.ckpt`` (no MindSpore needed)."""
-    from ddpm_core import ckpt
+    written by ``ddpm_core.weights.ckpt`` (no MindSpore needed)."""
+    from ddpm_core.weights import ckpt
 
     types = {n: ckpt.BFLOAT16 for n in state} if dtype == "bfloat16" else None
     try:
@@ -249,7 +239,7 @@ def _write_safetensors(path: Path, state: Mapping[str, np.ndarray], naming: str,
 
     tensors = {n: np.ascontiguousarray(v) for n, v in state.items()}
     metadata = {"format": SAFETENSORS_FORMAT, "format_version": SAFETENSORS_VERSION, "naming": naming,
-                "unet_config": cfg.to_json(), SAFETENSORS_CHECKSUM: entries_digest(tensors)}
+                "unet_config": cfg.to_json(), SAFETENSORS_CHECKSUM: state_digest(tensors, SAFETENSORS_FRAME)}
     if diffusion is not None:
         metadata["diffusion_config"] = diffusion.to_json()
     if image_size is not None:

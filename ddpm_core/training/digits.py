@@ -14,13 +14,13 @@ Rules it keeps:
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from ddpm_core.datasets import DataError, DataSpec
+from ddpm_core.training.datasets import DataError, DataSpec
+from ddpm_core.weights.digest import digest
 
 DIGITS = "digits"
 """The ``--data`` value that selects this source (a folder of that name is ``--data ./digits``)."""
@@ -62,9 +62,9 @@ def load_raw() -> tuple[np.ndarray, np.ndarray]:
     if images.shape != (1797, NATIVE_SIZE, NATIVE_SIZE) or labels.shape != (1797,):
         raise DataError(f"scikit-learn's digits have shape {images.shape} / {labels.shape}, expected (1797, 8, 8) / (1797,)")
     images, labels = images.astype(np.uint8), labels.astype(np.uint8)
-    digest = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
-    if digest != DIGITS_SHA256:
-        raise DataError(f"scikit-learn's digits (sha256 {digest[:16]}...) differ from the copy this project's split "
+    found = digest((images, labels))
+    if found != DIGITS_SHA256:
+        raise DataError(f"scikit-learn's digits (sha256 {found[:16]}...) differ from the copy this project's split "
                         f"and results were made with ({DIGITS_SHA256[:16]}...)")
     return images, labels
 

@@ -1,14 +1,13 @@
-"""What makes weights trustworthy, beyond the checksum each file format carries (``ddpm_core.formats``):
+"""What makes weights trustworthy, beyond the checksum each file format carries (``ddpm_core.weights.formats``):
 per-tensor digests and the manifest, the manifest sidecar, and the plausibility of values read from a
 file that carries no checksum. Each problem is one ``WeightsError`` line.
 
-Rules it keeps: a digest covers dtype, shape and little-endian bytes, so equal manifests mean
-bit-identical weights; a sidecar ``<weights file>.manifest.json`` is verified whenever it exists;
+Rules it keeps: a manifest holds each tensor's ``ddpm_core.weights.digest.tensor_digest`` (dtype, shape and
+little-endian bytes), so equal manifests mean bit-identical weights; a sidecar ``<weights file>.manifest.json`` is verified whenever it exists;
 values from a file without a checksum must be finite and within ``PLAUSIBLE_MAX_ABS``.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,6 +16,7 @@ import numpy as np
 
 from ddpm_core import schema
 from ddpm_core.errors import UserError, WeightsError
+from ddpm_core.weights.digest import tensor_digest
 
 PLAUSIBLE_MAX_ABS = 1e4
 """The largest |weight| a file without a checksum may hold. The U-Net's weights stay within about +-10,
@@ -29,14 +29,6 @@ MANIFEST_SCHEMA = schema.dict_of(schema.string(pattern="[0-9a-f]{64}"))
 """A manifest: {tensor name: sha256 as 64 lowercase hex digits}."""
 MANIFEST_LIMIT = 16 << 20
 """The largest manifest read (16 MiB: some 100,000 tensors)."""
-
-
-def tensor_digest(value: np.ndarray) -> str:
-    """sha256 of dtype, shape and the little-endian bytes of ``value``."""
-    value = np.asarray(value)
-    h = hashlib.sha256(f"{value.dtype.name}{list(value.shape)}".encode())
-    h.update(np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes())
-    return h.hexdigest()
 
 
 def manifest(state_torch_named: Mapping[str, np.ndarray]) -> dict[str, str]:

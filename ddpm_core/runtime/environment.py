@@ -28,7 +28,7 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
-from ddpm_core.distributed import TIMEOUT_ENV
+from ddpm_core.runtime.distributed import TIMEOUT_ENV
 
 ISA_VARIABLE = "ONEDNN_MAX_CPU_ISA"
 ISA = "AVX2"

@@ -5,8 +5,8 @@ Rules:
   * the launchers are the frameworks' own: ``torchrun`` (PyTorch, ``torch.distributed``) and ``msrun``
     (MindSpore, its data-parallel mode); a process learns its rank from the environment they set, and the
     twins' ``distributed.init`` modules join the job;
-  * every rank computes the same global tape (``ddpm_core.train_tape``) and keeps its contiguous slice
-    (``train_tape.shard``): rank r of N takes examples [r * B/N, (r + 1) * B/N) of each global batch of B,
+  * every rank computes the same global tape (``ddpm_core.training.tape``) and keeps its contiguous slice
+    (``ddpm_core.training.tape.shard``): rank r of N takes examples [r * B/N, (r + 1) * B/N) of each global batch of B,
     with their flips, timesteps and noise, so N workers train on exactly what one process trains on;
   * each rank's loss is the mean over its slice and the gradients are averaged over the ranks, which is the
     gradient of the global mean (every slice has B/N examples); the logged loss is the ranks' mean;

@@ -8,7 +8,7 @@ Rules it keeps:
   * ``.safetensors``: the header length, the JSON header (each entry's dtype, shape and data offsets) and
     every tensor's extent are checked here, by reading only the header, before the safetensors library maps
     the file; ``.pt`` (``torch.save``'s zip): the members' declared sizes, uncompressed, must fit in the file,
-    so nothing is inflated beyond it; ``.ckpt``: ``ddpm_core.ckpt`` checks each tensor with ``declared_bytes``.
+    so nothing is inflated beyond it; ``.ckpt``: ``ddpm_core.weights.ckpt`` checks each tensor with ``declared_bytes``.
 """
 from __future__ import annotations
 

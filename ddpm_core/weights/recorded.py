@@ -5,7 +5,7 @@ image size it was trained at — found the same way by every command that reads 
 Rules it keeps:
   * they come from ``--config`` (JSON text or a file) when given, else from a run's ``config.json`` beside the
     weights (or beside the run folder of a ``checkpoints/`` file), and from the weights file's own metadata
-    (safetensors, ``ddpm_core.formats``), which wins over the config and must agree with it: a disagreement is
+    (safetensors, ``ddpm_core.weights.formats``), which wins over the config and must agree with it: a disagreement is
     one ``UserError`` naming both sources;
   * nothing is guessed: a setting recorded nowhere is None, and the command says what it assumes instead.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ddpm_core.config import ConfigFile, DiffusionConfig, read_config
 from ddpm_core.errors import UserError
-from ddpm_core.weights import LoadedWeights, load_weights
+from ddpm_core.weights.files import LoadedWeights, load_weights
 
 
 def find_config(weights: str | os.PathLike) -> Path | None:
@@ -43,7 +43,7 @@ class Recorded:
 
 
 def load_recorded(weights: str | os.PathLike, config: str | None = None, naming: str = "torch") -> Recorded:
-    """Read ``weights`` (strictly, ``ddpm_core.weights.load_weights``) with the settings recorded with them;
+    """Read ``weights`` (strictly, ``ddpm_core.weights.files.load_weights``) with the settings recorded with them;
     ``config`` is ``--config``'s value (None: a config.json beside the weights, if there is one)."""
     weights = Path(weights)
     beside = None if config else find_config(weights)

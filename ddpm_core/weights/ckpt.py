@@ -20,7 +20,7 @@ runtime, and no clash with MindSpore's own ``checkpoint.proto`` when both are lo
 
 Rules it keeps: imports neither framework; every problem is one ``CheckpointError`` (a ``ValueError``)
 naming it; a read checks each tensor's dims (integers >= 0, at most ``MAX_DIMS``) and its byte count,
-computed without overflow, against its shape and dtype before any array is made (``ddpm_core.tensor_headers``).
+computed without overflow, against its shape and dtype before any array is made (``ddpm_core.weights.tensor_headers``).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from ddpm_core.tensor_headers import MAX_DIMS, declared_bytes
+from ddpm_core.weights.tensor_headers import MAX_DIMS, declared_bytes
 
 CRC_MARK = b"crc_num"
 CRC_BYTES = 10
@@ -237,7 +237,7 @@ def serialize(entries: Mapping[str, Any] | Iterable[tuple[str, Any]], crc_check:
     """The bytes ``mindspore.save_checkpoint`` writes for these ``(name, value)`` pairs, in order.
 
     ``value`` is a numpy array or a string; ``tensor_types`` may name ``BFloat16`` for float32 arrays on the
-    bfloat16 grid (``ddpm_core.weights.round_to_bfloat16``). ``crc_check`` appends the CRC footer.
+    bfloat16 grid (``ddpm_core.weights.converter.round_to_bfloat16``). ``crc_check`` appends the CRC footer.
     ``chunk_bytes`` is MindSpore's piece size (tests shrink it, as they shrink MindSpore's ``SLICE_SIZE``).
     """
     Checkpoint, _ = message_classes()

@@ -65,7 +65,7 @@ class DtypeRecord:
 
 
 def train_policy(framework: str, precision: str) -> Policy:
-    """The policy of training's ``--precision`` (``ddpm_core.devices.PRECISIONS``) in ``framework`` ("torch":
+    """The policy of training's ``--precision`` (``ddpm_core.runtime.devices.PRECISIONS``) in ``framework`` ("torch":
     ``torch.autocast``; "ms": amp level "auto"; fp32: full precision)."""
     if precision == "fp32":
         return Policy(framework, "fp32" if framework == "torch" else "O0")

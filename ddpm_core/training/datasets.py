@@ -1,7 +1,7 @@
 """Training data on disk, checked before any framework loader sees it: Fashion-MNIST IDX files
 (plain or ``.gz``) and folders of images, the layout each framework's loader expects, and the
 one-line ``DataError`` that names the offending file. ``--data digits`` (scikit-learn's built-in
-digits, nothing on disk) is handed to ``ddpm_core.digits``.
+digits, nothing on disk) is handed to ``ddpm_core.training.digits``.
 
 Rules it keeps:
   * Every problem a user can cause (a missing folder, a truncated or corrupt IDX file, a file that is
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm_core.atomic import host_tag, process_alive
 from ddpm_core.errors import DataError
+from ddpm_core.runtime.atomic import host_tag, process_alive
 
 FORMATS = ("fashion-mnist", "image-folder", "digits")
 TRAIN_IMAGES = "train-images-idx3-ubyte"
@@ -237,10 +237,10 @@ def prepare_data(data: str | os.PathLike, fmt: str, image_size: int, channels: i
 
     ``fmt`` is ``"auto"`` or one of ``FORMATS``; ``channels`` None takes the format's default
     (1 for Fashion-MNIST, 3 for images). ``data`` "digits" is scikit-learn's built-in digits
-    (``ddpm_core.digits``): nothing is read from disk or staged.
+    (``ddpm_core.training.digits``): nothing is read from disk or staged.
     """
     if is_digits(data, fmt):
-        from ddpm_core.digits import digits_spec
+        from ddpm_core.training.digits import digits_spec
 
         return digits_spec(image_size, channels)
     if fmt == "digits":

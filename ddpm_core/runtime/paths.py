@@ -16,8 +16,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ddpm_core.atomic import free_bytes, output_problem
 from ddpm_core.errors import OutputError
+from ddpm_core.runtime.atomic import free_bytes, output_problem
 
 Named = tuple[str, "str | os.PathLike | None"]
 """(the option that names it, e.g. ``--weights``; the path, or None when the option was not given)."""
@@ -41,7 +41,7 @@ def _given(named: Sequence[Named]) -> list[tuple[str, str]]:
 
 def check_outputs(outputs: Sequence[Named], inputs: Sequence[Named] = ()) -> None:
     """Refuse, with one ``OutputError``, an output that is the same file as an input or as another output,
-    then an output that could not be written (``ddpm_core.atomic.output_problem``)."""
+    then an output that could not be written (``ddpm_core.runtime.atomic.output_problem``)."""
     outs, ins = _given(outputs), _given(inputs)
     for i, (option, path) in enumerate(outs):
         for other, other_path in ins:

@@ -1,18 +1,18 @@
 """The training loop, framework-neutral: it drives a twin's ``Trainer`` and ``TrainingData`` through the
 per-step tape (docs/training.md), and reads top to bottom: command line and settings, the data-parallel
 job, the data, the trainer (new or restored), the steps, the checkpoints, the export. The settings are
-``ddpm_core.train_settings``'s; the folder, its records and checkpoints ``ddpm_core.run_folder``'s.
+``ddpm_core.training.settings``'s; the folder, its records and checkpoints ``ddpm_core.training.run_folder``'s.
 
 Rules it keeps:
   * a file is either complete or absent: checkpoints, records, settings and exports go through
-    ``ddpm_core.atomic``; the records name a checkpoint only after that checkpoint is in place, so a run
+    ``ddpm_core.runtime.atomic``; the records name a checkpoint only after that checkpoint is in place, so a run
     killed at any instant resumes from the last complete checkpoint;
   * a new run writes nothing until its settings are valid and its trainer is built, and one that stops
     before completing a step leaves no folder behind that would block a retry;
   * a non-finite loss, a loss above ``--max-loss`` (a divergence no real run reaches, ``cli.DEFAULT_MAX_LOSS``)
     or non-finite weights at a checkpoint stop the run at once with one line naming the step; the checkpoints
     written before stay, and nothing is exported;
-  * a model and batch whose memory (``ddpm_core.memory``, a lower bound) exceeds what the machine has available
+  * a model and batch whose memory (``ddpm_core.runtime.memory``, a lower bound) exceeds what the machine has available
     are refused in one line before anything else: no download, no folder, no data-parallel job joined;
   * resuming replays nothing and skips nothing: the log is cut back to the checkpoint's step and the tape
     is a function of (seed, step), so the resumed loss curve equals an uninterrupted one exactly, given the
@@ -21,7 +21,7 @@ Rules it keeps:
   * ``DDPM_KILL_AT`` (``after-step:K``, ``during-save:K``, ``before-pointer:K``) sends the process a real
     SIGKILL at that point (in a data-parallel job, only rank ``DDPM_KILL_RANK`` when that is set); the tests
     use it to interrupt runs deterministically;
-  * data parallel (``torchrun`` / ``msrun``, ddpm_core/distributed.py): every rank runs this loop on its slice
+  * data parallel (``torchrun`` / ``msrun``, ddpm_core/runtime/distributed.py): every rank runs this loop on its slice
     of each global batch; rank 0 alone writes the run folder, and every rank resumes from the same checkpoint;
   * one training per run folder: rank 0 holds the folder's lock from before its first check to its exit
     (``RunDir.lock``); the folder must be writable, must not be (or lie inside) ``--data``, and its file system
@@ -46,15 +46,15 @@ import numpy as np
 from ddpm_core.cli import train_parser
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.contract import Devices, Distributed, Trainer
-from ddpm_core.datasets import DataSpec, make_stage_dir, prepare_data
-from ddpm_core.distributed import World, launched_size
-from ddpm_core.download import download_fashion_mnist
 from ddpm_core.errors import Diverged, OutputError, RunError, UserError
-from ddpm_core.memory import require, training_need
-from ddpm_core.paths import check_inside, check_space
-from ddpm_core.run_folder import ResumePoint, RunDir, kill_point
-from ddpm_core.train_settings import Settings, check_settings, run_and_settings
-from ddpm_core.train_tape import (
+from ddpm_core.runtime.distributed import World, launched_size
+from ddpm_core.runtime.memory import require, training_need
+from ddpm_core.runtime.paths import check_inside, check_space
+from ddpm_core.training.datasets import DataSpec, make_stage_dir, prepare_data
+from ddpm_core.training.download import download_fashion_mnist
+from ddpm_core.training.run_folder import ResumePoint, RunDir, kill_point
+from ddpm_core.training.settings import Settings, check_settings, run_and_settings
+from ddpm_core.training.tape import (
     TAPE_VERSION,
     apply_flips,
     batch_indices,
@@ -105,7 +105,7 @@ def train_main(argv: Sequence[str] | None, prog: str, framework: str,
 
 
 def check_memory(s: Settings, workers: int) -> None:
-    """``TooLarge`` when one worker's training step cannot fit in the memory available (``ddpm_core.memory``: a
+    """``TooLarge`` when one worker's training step cannot fit in the memory available (``ddpm_core.runtime.memory``: a
     lower bound; the data's channel count, not read yet, is taken as 1). A model that cannot be built is left to
     ``check_settings``, which names the problem."""
     try:
@@ -160,7 +160,7 @@ def _start(run: RunDir, s: Settings, data: Any, make_trainer: Callable[..., Trai
     lrs = s.learning_rates()
     weights = None
     if s.init_weights and (point is None or point.checkpoint is None):  # a checkpoint replaces them
-        from ddpm_core.weights import load_weights
+        from ddpm_core.weights.files import load_weights
 
         weights = load_weights(s.init_weights, naming="torch", config=s.unet_config()).state
     trainer = make_trainer(s.unet_config(), s.diffusion_config(), lrs, seed=s.seed, weights=weights,
@@ -303,7 +303,7 @@ def _meta(s: Settings, trainer: Trainer, step: int, lrs: list[float]) -> dict[st
 def export(run: RunDir, trainer: Trainer, cfg: UnetConfig, diffusion: DiffusionConfig, image_size: int) -> None:
     """RUN_DIR/model.{pt|ckpt} in the twin's format and RUN_DIR/model.safetensors (which also records the
     diffusion settings and the image size, so they travel with the file), via ``ddpm_core.weights``."""
-    from ddpm_core.weights import save_weights
+    from ddpm_core.weights.files import save_weights
 
     state = trainer.state()
     save_weights(state, run.path / f"model{trainer.checkpoint_ext}", trainer.naming, cfg)

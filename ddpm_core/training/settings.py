@@ -24,14 +24,14 @@ from typing import Any
 from ddpm_core import schema
 from ddpm_core.cli import COMPILE_CHOICES, DEFAULT_MAX_LOSS, explicit_options
 from ddpm_core.config import LOSS_TYPES, SCHEDULES, DiffusionConfig, UnetConfig
-from ddpm_core.datasets import FORMATS as DATA_FORMATS
-from ddpm_core.datasets import default_flip, default_image_size
-from ddpm_core.devices import PRECISIONS
-from ddpm_core.download import default_root
 from ddpm_core.errors import RunError, UserError
-from ddpm_core.run_folder import RunDir, read_json
+from ddpm_core.runtime.devices import PRECISIONS
 from ddpm_core.schedules import cosine_decay_lr
-from ddpm_core.train_tape import TAPE_VERSION, steps_per_epoch
+from ddpm_core.training.datasets import FORMATS as DATA_FORMATS
+from ddpm_core.training.datasets import default_flip, default_image_size
+from ddpm_core.training.download import default_root
+from ddpm_core.training.run_folder import RunDir, read_json
+from ddpm_core.training.tape import TAPE_VERSION, steps_per_epoch
 
 FRAMEWORKS = ("torch", "ms")
 """The twins a run is trained with, by package suffix (``python -m ddpm_<framework>.train``)."""

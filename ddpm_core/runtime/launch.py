@@ -4,10 +4,10 @@ and the tails of its logs.
 
 Rules:
   * one worker is a plain ``python -m MODULE`` process (a launcher with one worker runs the same thing plus
-    its start-up); N > 1 workers go through ``ddpm_core.distributed.torchrun_command`` / ``msrun_command``;
+    its start-up); N > 1 workers go through ``ddpm_core.runtime.distributed.torchrun_command`` / ``msrun_command``;
   * every job runs in a new session (its own process group): on a timeout, or when the caller is
     interrupted, the whole group is killed, so no launcher or worker outlives the call;
-  * the environment comes from ``ddpm_core.environment.child_env`` (the caller passes it);
+  * the environment comes from ``ddpm_core.runtime.environment.child_env`` (the caller passes it);
   * a failure is described by ``describe``: what ran, why it stopped, the first ``error: `` line any process
     printed and the last lines of every log. Never a hang.
 Imports neither framework.
@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ddpm_core.distributed import free_port, msrun_command, torchrun_command
+from ddpm_core.runtime.distributed import free_port, msrun_command, torchrun_command
 
 LAUNCHERS = {"torch": "torchrun", "ms": "msrun"}
 TAIL_LINES = 12

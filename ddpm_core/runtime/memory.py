@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ddpm_core.config import ATTENTION_DIM_HEAD, ATTENTION_HEADS, UnetConfig
 from ddpm_core.errors import UserError
-from ddpm_core.naming import parameter_count
+from ddpm_core.weights.naming import parameter_count
 
 FLOAT32 = 4
 GIB = 1 << 30

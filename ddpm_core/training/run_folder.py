@@ -19,7 +19,7 @@ Rules it keeps:
     ``--allow-other-files``) beside other files, never over a file named like one it writes;
   * nothing is deleted unless the run's records name it: pruning keeps the newest ``--keep`` checkpoints by
     the steps recorded in latest.json (never by file names), and temporary files are removed only when their
-    name says this host's killed process made them for one of the run's own files (``ddpm_core.atomic``);
+    name says this host's killed process made them for one of the run's own files (``ddpm_core.runtime.atomic``);
   * a checkpoint is trusted only through its record (size and sha256) or, for one the records lack, its
     own checksum; a damaged newest checkpoint, or checkpoints without latest.json, stop ``--resume`` with
     one line that names the way on (``--from-step N``), never a silent restart.
@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -39,9 +38,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ddpm_core import schema
-from ddpm_core.atomic import atomic_write, atomic_write_bytes, output_problem, remove_stale_temporaries
 from ddpm_core.errors import OutputError, RunError, WeightsError
-from ddpm_core.formats import verify_checksum
+from ddpm_core.runtime.atomic import atomic_write, atomic_write_bytes, output_problem, remove_stale_temporaries
+from ddpm_core.weights.digest import file_digest
+from ddpm_core.weights.formats import verify_checksum
 
 KILL_ENV = "DDPM_KILL_AT"
 KILL_RANK_ENV = "DDPM_KILL_RANK"
@@ -58,14 +58,6 @@ def kill_point(where: str, step: int, rank: int = 0) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -238,7 +230,7 @@ class RunDir:
         path = self.path / entry["checkpoint"]
         if not path.is_file():
             return f"{self.latest_file}: names {path}, which does not exist"
-        if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+        if path.stat().st_size != entry["bytes"] or file_digest(path) != entry["sha256"]:
             return f"{path}: does not match the sha256 recorded in {self.latest_file}; the file was changed or damaged"
         return None
 
@@ -259,7 +251,7 @@ class RunDir:
         atomic_write(path, write)
         kill_point("before-pointer", step)
         entry = {"step": step, "checkpoint": str(path.relative_to(self.path)), "bytes": path.stat().st_size,
-                 "sha256": sha256_file(path)}
+                 "sha256": file_digest(path)}
         records = [e for e in self.records() if e["step"] < step] + [entry]
         write_json(self.latest_file, {**entry, "framework": framework, "checkpoints": records[-keep:]})
         for e in records[:-keep]:
@@ -323,7 +315,7 @@ class RunDir:
             return
         path = self.path / point.checkpoint
         entry = {"step": point.step, "checkpoint": point.checkpoint, "bytes": path.stat().st_size,
-                 "sha256": sha256_file(path)}
+                 "sha256": file_digest(path)}
         write_json(self.latest_file, {**entry, "framework": framework, "checkpoints": records + [entry]})
 
     # ------------------------------------------------------------ the log
