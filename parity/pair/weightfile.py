@@ -23,10 +23,10 @@ import numpy as np
 
 from ddpm_core.errors import UserError, WeightsError
 from ddpm_core.runtime.atomic import atomic_write
-from ddpm_core.weights.formats import READERS, SAFETENSORS_CHECKSUM, SAFETENSORS_FORMAT, SAFETENSORS_VERSION, entries_digest, \
-    format_of
 from ddpm_core.runtime.paths import check_space
-from parity.pair.mapping import WeightMap
+from ddpm_core.weights.digest import SAFETENSORS_FRAME, state_digest
+from ddpm_core.weights.formats import READERS, SAFETENSORS_CHECKSUM, SAFETENSORS_FORMAT, SAFETENSORS_VERSION, format_of
+from ddpm_core.weights.mapping import WeightMap
 
 
 def _check(state: Mapping[str, np.ndarray], need: Mapping[str, tuple[int, ...]], dropped: set[str], side: str,
@@ -69,7 +69,7 @@ def _write(path: Path, state: Mapping[str, np.ndarray]) -> None:
 
         tensors = {n: np.ascontiguousarray(v) for n, v in state.items()}
         meta = {"format": SAFETENSORS_FORMAT, "format_version": SAFETENSORS_VERSION, "naming": "torch",
-                SAFETENSORS_CHECKSUM: entries_digest(tensors)}
+                SAFETENSORS_CHECKSUM: state_digest(tensors, SAFETENSORS_FRAME)}
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
