@@ -1,5 +1,5 @@
 """Framework-neutral core shared by both twins: configuration and schedules at the top, and three rooms:
-``weights`` (naming, conversion, files, integrity, the one digest), ``training`` (the loop, its settings,
+``weights`` (naming, the weight-mapping engine, conversion, files, integrity, the one digest), ``training`` (the loop, its settings,
 tape, run folder and data) and ``runtime`` (environment, devices, memory, launchers, atomic writes).
 
 Rule: nothing here imports torch or mindspore at import time, and nothing imports a twin

@@ -1,6 +1,8 @@
 """The weights room: a U-Net's weights between PyTorch, MindSpore and files, and how they are trusted.
 
-``naming`` (the one parameter table), ``converter`` (strict renaming and casting between the two namings),
+``naming`` (the one parameter table), ``mapping`` (the weight-mapping engine: the U-Net's table is its explicit
+map, and ``parity.pair`` maps any pair with it), ``converter`` (strict renaming and casting between the two
+namings, through that map),
 ``extras`` (training extras a checkpoint may carry), ``files`` (``load_weights``/``save_weights``), ``formats``,
 ``ckpt`` and ``tensor_headers`` (the three file formats, read without their frameworks where possible),
 ``integrity`` (manifests, sidecars, plausibility), ``recorded`` (the settings recorded with weights) and

@@ -32,7 +32,7 @@ from parity.engine.tape import tape_hash
 from parity.engine.tolerances import device_class, tolerance
 from parity.pair.calls import Call, CallTree
 from parity.pair.judge import with_overrides
-from parity.pair.mapping import Tensor
+from ddpm_core.weights.mapping import Tensor
 from parity.pair.modules import ModuleInfo, pair_modules
 from parity.pair.report import PairReport
 from parity.pair.run import as_args, judge_input, other_side, pair_map

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from parity.pair.mapping import WeightMap, lcs
+from ddpm_core.weights.mapping import WeightMap, lcs
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from ddpm_core.errors import EnvironmentRefused, WeightsError  # noqa: E402
 from parity.env import setup_mindspore  # noqa: E402
 from parity.sides.ms_settings import ms_settings  # noqa: E402
 from parity.pair.calls import CallRecorder, CallTree, flatten  # noqa: E402
-from parity.pair.mapping import Tensor  # noqa: E402
+from ddpm_core.weights.mapping import Tensor  # noqa: E402
 from parity.pair.modules import ModuleInfo  # noqa: E402
 from parity.pair.settings import ACTIVATIONS  # noqa: E402
 

@@ -17,7 +17,7 @@ from xml.sax.saxutils import escape, quoteattr
 from parity.engine.compare import Summary
 from parity.pair.judge import Judged
 from parity.pair.localise import Divergence
-from parity.pair.mapping import WeightMap
+from ddpm_core.weights.mapping import WeightMap
 from parity.pair.modules import ModulePairs
 from parity.pair.settings import SettingDifference
 

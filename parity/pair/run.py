@@ -1,7 +1,7 @@
 """``compare``: one PyTorch model against its port (a MindSpore cell, or PyTorch on another device), every input.
 
 What a run guarantees:
-  * the weights are the PyTorch model's, mapped onto the other side by ``parity.pair.mapping`` (a map with any
+  * the weights are the PyTorch model's, mapped onto the other side by ``ddpm_core.weights.mapping`` (a map with any
     problem stops the run: ``WeightsError``, exit 2) and read back bit-identical, or the weights row fails;
   * every input is run three times (PyTorch float32, the other side, PyTorch float64 as the arbiter) with every
     module call recorded; its outputs are judged under the machine-relative gate, its paired layers' settings
@@ -25,7 +25,7 @@ from parity.engine.tolerances import device_class, tolerance
 from parity.pair.judge import judge, with_overrides
 from parity.pair.localise import Localiser
 from parity.pair.loop import Tape, plan, run_loop
-from parity.pair.mapping import WeightMap, map_weights
+from ddpm_core.weights.mapping import WeightMap, map_weights
 from parity.pair.modules import ModulePairs, pair_modules
 from parity.pair.report import InputResult, PairReport
 from parity.pair.settings import SettingDifference, compare_settings

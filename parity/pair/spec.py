@@ -1,7 +1,7 @@
 """A SPEC file: the Python file a user writes to describe a pair for ``python -m parity.pair SPEC.py``.
 
 A SPEC defines ``torch_model()``, ``ms_model()`` and ``inputs()`` (a list; each item a numpy array or a tuple of
-them, the model's positional arguments), and optionally ``name_map`` (a mapping, see parity.pair.mapping),
+them, the model's positional arguments), and optionally ``name_map`` (a mapping, see ddpm_core.weights.mapping),
 ``devices`` (``{"torch": "cpu", "ms": "CPU"}``), ``loss(outputs)`` (a training step is then compared) and
 ``optimizers`` (``{"torch": make, "ms": make}``, ``make(parameters)`` returning that framework's optimizer) and
 ``tolerances`` (``{"pair_output": {"k": 20}}``: the machine-relative rules, parity.pair.judge.with_overrides);

@@ -20,7 +20,7 @@ from ddpm_core.errors import EnvironmentRefused, UserError, type_and_first_sente
 from parity.sides.torch_settings import torch_settings
 from parity.env import setup_torch
 from parity.pair.calls import CallRecorder, CallTree, flatten
-from parity.pair.mapping import Tensor
+from ddpm_core.weights.mapping import Tensor
 from parity.pair.modules import ModuleInfo
 
 _ENGINE_KINDS = ("Conv2d", "ConvTranspose2d", "Linear", "GroupNorm", "GELU", "Softmax", "LogSoftmax", "LayerNorm")

@@ -14,7 +14,7 @@ from typing import Any
 
 from parity.pair.judge import Gates, blame, different_function, judge
 from parity.pair.localise import Divergence, Localiser
-from parity.pair.mapping import WeightMap
+from ddpm_core.weights.mapping import WeightMap
 from parity.pair.modules import ModulePairs
 from parity.pair.report import TrainPass
 from parity.pair.settings import SettingDifference

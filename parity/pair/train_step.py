@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from parity.pair.judge import Gates, Judged, blame, judge
-from parity.pair.mapping import LAYOUTS, WeightMap
+from ddpm_core.weights.mapping import LAYOUTS, WeightMap
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Weights that map themselves, and modules paired through them (parity.pair.mapping / .modules): framework-free,
+"""Weights that map themselves, and modules paired through them (ddpm_core.weights.mapping / parity.pair.modules): framework-free,
 on hand-made name tables, so each rule is shown to map what it should and to refuse what it should not."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ddpm_core.errors import WeightsError
-from parity.pair.mapping import Tensor, map_weights
+from ddpm_core.weights.mapping import Tensor, map_weights
 from parity.pair.modules import ModuleInfo, pair_modules
 
 
