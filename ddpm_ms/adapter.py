@@ -2,8 +2,9 @@
 
 ``train``, ``sample``, the parity side, the tests and the bench all build and load models here, so
 "PyTorch-named weights into this twin" is written once: through ``ddpm_core.weights.converter.torch_to_ms``
-(names and layouts from ``ddpm_core.weights.naming``). ``Tensor.asnumpy()`` can share memory with a
-Parameter, so every array handed out is an explicit copy. Mirrors ddpm_torch/adapter.py.
+(names and layouts by the weight-mapping engine, with ``ddpm_core.weights.naming``'s table as its map).
+``Tensor.asnumpy()`` can share memory with a Parameter, so every array handed out is an explicit copy.
+Mirrors ddpm_torch/adapter.py.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from ddpm_core.config import UnetConfig
 from ddpm_core.contract import Record, Recorder, State, to_tuple
 from ddpm_core.errors import WeightsError
 from ddpm_core.weights.converter import torch_to_ms
-from ddpm_core.weights.naming import unet_parameters
+from ddpm_core.weights.naming import unet_weight_map
 from ddpm_ms.unet import Unet
 
 
@@ -65,7 +66,7 @@ class Adapter:
     @staticmethod
     def torch_names(model: nn.Cell) -> dict[str, str]:
         """MindSpore parameter name -> PyTorch name, for this model's configuration."""
-        return {s.ms_name: s.torch_name for s in unet_parameters(model.config)}
+        return {e.ms: e.torch for e in unet_weight_map(model.config).entries}
 
     def state(self, model: nn.Cell) -> State:
         """Every parameter, PyTorch-named, copied."""

@@ -1,12 +1,13 @@
 """Weights between the two namings, strictly: ``{name: ndarray}`` in PyTorch or MindSpore naming, checked
-against the parameter table in ``ddpm_core.weights.naming`` and renamed (and re-laid out) through it, and cast
-only when asked (docs/weights.md). ``ddpm_core.weights.files`` reads and writes files with it.
+against the parameter table in ``ddpm_core.weights.naming``, renamed and re-laid out by the weight-mapping engine
+with that table as its explicit map (``naming.unet_weight_map``, ``WeightMap.to_ms``/``to_torch``), and cast only
+when asked (docs/weights.md). ``ddpm_core.weights.files`` reads and writes files with it.
 
 Rules it keeps:
   * Strict: a missing key, an unexpected key, a wrong shape, a dtype that is not floating point,
     or a non-finite value is an error, reported one line per offending key; nothing is dropped
     silently.
-  * Exact: values are only renamed (and re-laid out by a named rule); a cast happens only when
+  * Exact: values are only renamed (and re-laid out by a named layout); a cast happens only when
     asked for (``dtype=``), and a cast that overflows is an error.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from ddpm_core.config import UnetConfig
 from ddpm_core.errors import WeightsError
-from ddpm_core.weights.naming import LAYOUT_RULES, ParamSpec, unet_parameters
+from ddpm_core.weights.naming import ParamSpec, unet_parameters, unet_weight_map
 
 NAMINGS = ("torch", "ms")
 DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -87,21 +88,15 @@ def check_weights(state: Mapping[str, np.ndarray], cfg: UnetConfig, naming: str)
 def convert(state: Mapping[str, np.ndarray], cfg: UnetConfig, src: str, dst: str) -> dict[str, np.ndarray]:
     """``state`` in ``src`` naming -> a new dict in ``dst`` naming, in the model's parameter order.
 
-    Checks ``state`` strictly first; values are not cast, only renamed and re-laid out.
+    Checks ``state`` strictly first; values are not cast, only renamed and re-laid out by the U-Net's
+    ``WeightMap`` (whose entries follow the table, so the order is the model's).
     """
     check_naming(dst)
     check_weights(state, cfg, src)
-    out: dict[str, np.ndarray] = {}
-    for spec in unet_parameters(cfg):
-        to_ms, to_torch = LAYOUT_RULES[spec.rule]
-        if src == "torch":
-            value = np.asarray(state[spec.torch_name])
-            out_name, value = (spec.ms_name, to_ms(value)) if dst == "ms" else (spec.torch_name, value)
-        else:
-            value = np.asarray(state[spec.ms_name])
-            out_name, value = (spec.torch_name, to_torch(value)) if dst == "torch" else (spec.ms_name, value)
-        out[out_name] = value
-    return out
+    if src == dst:
+        return {name: np.asarray(state[name]) for name in expected_parameters(cfg, src)}
+    weight_map = unet_weight_map(cfg)
+    return weight_map.to_ms(state) if dst == "ms" else weight_map.to_torch(state)
 
 
 def torch_to_ms(state: Mapping[str, np.ndarray], cfg: UnetConfig) -> dict[str, np.ndarray]:

@@ -1,8 +1,11 @@
-"""Weights that map themselves: a PyTorch state (parameters and buffers) onto a MindSpore port's names.
+"""Weights that map themselves: a PyTorch state (parameters and buffers) onto a MindSpore port's names. The one
+weight-mapping engine: ``parity.pair`` maps any pair with it, and the twins' U-Net maps through it with its parameter
+table as the explicit map (``ddpm_core.weights.naming.unet_weight_map``, used by ``ddpm_core.weights.converter``).
 
 Rules it keeps (framework-free: it sees names, shapes and the class of each tensor's owner module, never a tensor):
-  * the user's explicit map is applied first and is final (a key is a PyTorch parameter or module path, a value
-    the MindSpore parameter or cell path it becomes, ``None`` to drop it, or ``(name, layout)``);
+  * the explicit map (``name_map``: the user's, or the U-Net's table) is applied first and is final (a key is a
+    PyTorch parameter or module path, a value the MindSpore parameter or cell path it becomes, ``None`` to drop
+    it, or ``(name, layout)`` with a layout of ``LAYOUTS``, the one layout vocabulary);
   * then the rules, in order: the identical name, then a leaf rename the owner's kind calls for (``LEAF_RULES``:
     norm ``weight``/``bias`` -> ``gamma``/``beta``, BatchNorm statistics, Embedding's ``embedding_table``), with
     a layout (``LAYOUTS``) where the shapes differ only by one (Conv1d's extra axis); a ``DROPPED`` leaf that
@@ -165,7 +168,7 @@ def _fits(t: Tensor, ms_shape: tuple[int, ...]) -> str | None:
     return None
 
 
-def _layout_shape(t: Tensor, layout: str) -> tuple[int, ...] | None:
+def layout_shape(t: Tensor, layout: str) -> tuple[int, ...] | None:
     """The MindSpore shape ``layout`` gives ``t`` (None where it cannot apply)."""
     if layout == "transpose" and len(t.shape) == 2:
         return t.shape[::-1]
@@ -261,7 +264,7 @@ def _user_entries(user: Mapping[str, object], torch_t: Sequence[Tensor], ms_t: S
 
 
 def map_weights(torch_tensors: Sequence[Tensor], ms_tensors: Sequence[Tensor],
-                user_map: Mapping[str, object] | None = None) -> WeightMap:
+                name_map: Mapping[str, object] | None = None) -> WeightMap:
     """Map every PyTorch tensor onto MindSpore's (see the module docstring for the order and the rules)."""
     wm = WeightMap(torch_shapes={t.name: t.shape for t in torch_tensors}, ms_shapes={t.name: t.shape for t in ms_tensors})
     ms_by = {t.name: t for t in ms_tensors}
@@ -277,13 +280,13 @@ def map_weights(torch_tensors: Sequence[Tensor], ms_tensors: Sequence[Tensor],
         claimed[ms_name] = t.name
         wm.entries.append(Entry(t.name, ms_name, how, layout))
 
-    for t, target, layout in _user_entries(user_map or {}, torch_tensors, ms_tensors, wm):
+    for t, target, layout in _user_entries(name_map or {}, torch_tensors, ms_tensors, wm):
         if target is None:
             done.add(t.name)
             wm.dropped.append((t.name, "dropped by the user's name_map"))
             continue
         want = ms_by[target].shape
-        fitted = _fits(t, want) if layout == "same" else layout if _layout_shape(t, layout) == want else None
+        fitted = _fits(t, want) if layout == "same" else layout if layout_shape(t, layout) == want else None
         if fitted is None:
             done.add(t.name)
             wm.problems.append(f"name_map: {t.name!r} {t.shape} does not fit {target!r} {want} (layout {layout!r})")

@@ -1,12 +1,16 @@
 """THE parameter table of the U-Net: every parameter's PyTorch name, MindSpore name, shape and
-layout rule, derived from a ``UnetConfig`` by walking the architecture once.
+layout, derived from a ``UnetConfig`` by walking the architecture once.
 
 Naming rules (the only places the two frameworks' names differ):
   * GroupNorm affine parameters: PyTorch ``weight``/``bias`` <-> MindSpore ``gamma``/``beta``.
   * Everything else keeps its structural path (``downs.1.0.net.1.weight``) in both, which is
     the name the tutorial's checkpoints carry after its rename loop.
-Layout rules: every tensor has the same layout in both frameworks today (``identity``); a
-rule that ever differs gets a named function in ``LAYOUT_RULES`` and is tested both ways.
+Layouts: every tensor has the same layout in both frameworks today (``same``). Layouts are named in the
+weight-mapping engine's one vocabulary (``ddpm_core.weights.mapping.LAYOUTS``, tested both ways there).
+
+The table is the mapping engine's explicit map for the U-Net: ``unet_weight_map(cfg)`` is
+``map_weights`` over the table's tensors with the table as ``name_map``, and the strict converter
+renames and re-lays out through it, so the DDPM check and ``parity.pair`` map weights with one engine.
 
 Tests check this table against both twins' live parameters for many configurations, so a
 twin that drifts from the other (or from the tutorial) fails there first.
@@ -16,34 +20,29 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping
-
-import numpy as np
+from typing import Iterator, Mapping
 
 from ddpm_core.config import ATTENTION_DIM_HEAD, ATTENTION_HEADS, UnetConfig
+from ddpm_core.weights.mapping import Tensor, WeightMap, layout_shape, map_weights
 
 GROUP_NORM_RENAMES = {"weight": "gamma", "bias": "beta"}
-
-LAYOUT_RULES: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
-    "identity": (lambda a: a, lambda a: a),
-}
-"""rule name -> (torch layout -> ms layout, ms layout -> torch layout)."""
 
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """One parameter: its name in each framework, its (PyTorch) shape, the module kind, the layout rule."""
+    """One parameter: its name in each framework, its (PyTorch) shape, the module kind, and its layout (a name in
+    ``ddpm_core.weights.mapping.LAYOUTS``)."""
 
     torch_name: str
     ms_name: str
     shape: tuple[int, ...]
     module: str
-    rule: str = "identity"
+    layout: str = "same"
 
 
-def _param(prefix: str, leaf: str, shape: tuple[int, ...], module: str, rule: str = "identity") -> ParamSpec:
+def _param(prefix: str, leaf: str, shape: tuple[int, ...], module: str) -> ParamSpec:
     ms_leaf = GROUP_NORM_RENAMES[leaf] if module == "GroupNorm" else leaf
-    return ParamSpec(f"{prefix}.{leaf}", f"{prefix}.{ms_leaf}", shape, module, rule)
+    return ParamSpec(f"{prefix}.{leaf}", f"{prefix}.{ms_leaf}", shape, module)
 
 
 def _conv(prefix: str, cin: int, cout: int, k: int, bias: bool = False, groups: int = 1) -> Iterator[ParamSpec]:
@@ -143,6 +142,28 @@ def _registration_order(specs: list[ParamSpec]) -> list[ParamSpec]:
 def torch_to_ms_names(cfg: UnetConfig) -> dict[str, str]:
     """PyTorch name -> MindSpore name for ``Unet(cfg)``."""
     return {s.torch_name: s.ms_name for s in unet_parameters(cfg)}
+
+
+def unet_tensors(cfg: UnetConfig, naming: str) -> list[Tensor]:
+    """The table's tensors of ``Unet(cfg)`` as the mapping engine sees them, in ``naming`` (``torch`` or ``ms``):
+    name, shape (on that side, after the layout), owner module path and kind."""
+    out = []
+    for s in unet_parameters(cfg):
+        name = s.torch_name if naming == "torch" else s.ms_name
+        if naming == "ms":  # a layout that cannot apply keeps the shape, and the map reports the misfit
+            shape = layout_shape(Tensor(s.torch_name, s.shape, "", s.module), s.layout) or s.shape
+        else:
+            shape = s.shape
+        out.append(Tensor(name, shape, name.rsplit(".", 1)[0], s.module))
+    return out
+
+
+def unet_weight_map(cfg: UnetConfig) -> WeightMap:
+    """The mapping engine's ``WeightMap`` for ``Unet(cfg)``: ``map_weights`` over the table's PyTorch and
+    MindSpore tensors with the table (names and layouts) as the explicit ``name_map``. Every entry comes from
+    the table (``how == "user"``) and ``problems`` is empty (tests/ddpm_core/test_naming.py shows both)."""
+    table = {s.torch_name: (s.ms_name, s.layout) for s in unet_parameters(cfg)}
+    return map_weights(unet_tensors(cfg, "torch"), unet_tensors(cfg, "ms"), name_map=table)
 
 
 def parameter_count(cfg: UnetConfig) -> int:

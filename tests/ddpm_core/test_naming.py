@@ -4,12 +4,14 @@ import numpy as np
 import pytest
 
 from ddpm_core.config import TUTORIAL_UNET, UnetConfig
+from ddpm_core.weights.mapping import LAYOUTS, map_weights
 from ddpm_core.weights.naming import (
     GROUP_NORM_RENAMES,
-    LAYOUT_RULES,
     parameter_count,
     torch_to_ms_names,
     unet_parameters,
+    unet_tensors,
+    unet_weight_map,
 )
 
 CONFIGS = [
@@ -43,7 +45,7 @@ def test_names_unique_and_only_group_norm_renamed(cfg):
             assert s.ms_name == f"{prefix}.{GROUP_NORM_RENAMES[leaf]}"
         else:
             assert s.ms_name == s.torch_name
-        assert s.rule in LAYOUT_RULES
+        assert s.layout in LAYOUTS
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=str)
@@ -84,10 +86,53 @@ def test_layouts_conv_transpose_is_in_out():
     assert specs["downs.0.2.fn.fn.to_out.1.g"].shape == (1, 28, 1, 1)
 
 
-def test_layout_rules_round_trip():
-    a = np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2)
-    for name, (to_ms, to_torch) in LAYOUT_RULES.items():
-        np.testing.assert_array_equal(to_torch(to_ms(a)), a, err_msg=name)
+def test_the_weight_map_round_trips_bit_for_bit():
+    cfg = CONFIGS[1]
+    rng = np.random.default_rng(0)
+    state = {s.torch_name: rng.standard_normal(s.shape).astype(np.float32) for s in unet_parameters(cfg)}
+    wm = unet_weight_map(cfg)
+    ms_state = wm.to_ms(state)
+    assert list(ms_state) == [s.ms_name for s in unet_parameters(cfg)]  # the model's order
+    back = wm.to_torch(ms_state)
+    assert list(back) == list(state) and all(back[n].tobytes() == state[n].tobytes() for n in state)
+
+
+# The table is the engine's explicit map: needed as the contract, and sufficient (it gives exactly the table).
+MAP_CONFIGS = [TUTORIAL_UNET, UnetConfig(dim=8, channels=3, dim_mults=(1, 2), use_convnext=True),
+               UnetConfig(dim=8, channels=3, dim_mults=(1, 2), use_convnext=False)]
+
+
+@pytest.mark.parametrize("cfg", MAP_CONFIGS, ids=str)
+def test_the_engine_with_the_table_as_its_map_gives_exactly_the_table(cfg):
+    wm = unet_weight_map(cfg)
+    assert wm.problems == [] and wm.dropped == []
+    assert wm.ms_name() == torch_to_ms_names(cfg)
+    assert list(wm.ms_name()) == list(torch_to_ms_names(cfg))  # and in the table's order
+    assert {e.how for e in wm.entries} == {"user"} and {e.layout for e in wm.entries} == {"same"}
+
+
+@pytest.mark.parametrize("cfg", MAP_CONFIGS, ids=str)
+def test_rules_alone_recover_every_name_of_the_table(cfg):
+    """The measured fact docs/weights.md states: without the table, the engine's rules (identical names, then
+    GroupNorm's weight/bias -> gamma/beta by its kind) recover all of the U-Net's names; structure is not needed."""
+    wm = map_weights(unet_tensors(cfg, "torch"), unet_tensors(cfg, "ms"))
+    assert wm.problems == [] and wm.ms_name() == torch_to_ms_names(cfg)
+    renamed = sum(s.module == "GroupNorm" for s in unet_parameters(cfg))
+    assert wm.counts() == {"identical": len(wm.entries) - renamed, "rule": renamed, "dropped": 0}
+    if cfg == TUTORIAL_UNET:
+        assert wm.counts() == {"identical": 102, "rule": 64, "dropped": 0}
+
+
+def test_a_table_entry_that_disagrees_with_the_rules_is_what_the_engine_follows():
+    """The table is final: an entry the rules would not choose (a plausible table bug) is followed, and the
+    strict map stays clean, so the table-equality test above is what catches it, not the engine."""
+    cfg = MAP_CONFIGS[1]
+    table = {s.torch_name: (s.ms_name, s.layout) for s in unet_parameters(cfg)}
+    a, b = "downs.0.0.net.0.weight", "downs.0.0.net.0.bias"
+    table[a], table[b] = table[b], table[a]
+    wm = map_weights(unet_tensors(cfg, "torch"), unet_tensors(cfg, "ms"), name_map=table)
+    assert wm.problems == [] and wm.ms_name()[a] == "downs.0.0.net.0.beta"
+    assert wm.ms_name() != torch_to_ms_names(cfg)
 
 
 def test_torch_to_ms_names_map():
