@@ -25,7 +25,13 @@ from ddpm_core.errors import UserError, WeightsError
 from ddpm_core.runtime.atomic import atomic_write
 from ddpm_core.runtime.paths import check_space
 from ddpm_core.weights.digest import SAFETENSORS_FRAME, state_digest
-from ddpm_core.weights.formats import READERS, SAFETENSORS_CHECKSUM, SAFETENSORS_FORMAT, SAFETENSORS_VERSION, format_of
+from ddpm_core.weights.formats import (
+    READERS,
+    SAFETENSORS_CHECKSUM,
+    SAFETENSORS_FORMAT,
+    SAFETENSORS_VERSION,
+    format_of,
+)
 from ddpm_core.weights.mapping import WeightMap
 
 
