@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         from parity.pair.golden import record
 
         spec = load_spec(args.spec, options, skip=("ms_model",))
-        manifest = record(spec, args.record)
+        manifest = record(spec, args.record, train_pass=not args.no_train_pass)
         calls = sum(len(r["t"]["calls"]) for r in manifest["pair"]["runs"])
         print(f"recorded {args.record}: {len(spec.inputs)} input(s), {calls} module call(s), "
               f"{len(manifest['pair']['tensors'])} tensors; compare it where the port runs: python -m parity.pair "
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.compare:
         from parity.pair.golden import compare_golden
 
-        report = compare_golden(spec, args.compare)
+        report = compare_golden(spec, args.compare, train_pass=not args.no_train_pass)
         print(report.text())
     else:
         from parity.pair.run import compare

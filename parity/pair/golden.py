@@ -45,7 +45,8 @@ from parity.pair.loop import Tape, forced_run, free_run, judge_loop, plan
 from parity.pair.mapping import Tensor
 from parity.pair.modules import ModuleInfo, pair_modules
 from parity.pair.report import PairReport
-from parity.pair.run import as_args, judge_input, other_side, pair_map
+from parity.pair.run import as_args, has_statistics, judge_input, other_side, pair_map, settings_by_module, \
+    trained_input
 from parity.pair.train_step import Trained, judge_step, step_on
 
 TORCH_ENTRIES = ("torch_model", "inputs", "optimizers", "loop")
@@ -85,11 +86,16 @@ def _tree(arrays: dict[str, np.ndarray], prefix: str, tree: CallTree, inputs: bo
              _store(arrays, f"{prefix}/{c.order}/o", c.outputs)] for c in tree.calls]
 
 
-def _record_input(side_t: Any, ref: Any, args: tuple, i: int, out: dict[str, np.ndarray]) -> dict:
-    """Input ``i``'s float32 and float64 runs with every call, and the float64 single step of every float32 call."""
+def _record_input(side_t: Any, ref: Any, args: tuple, i: str, out: dict[str, np.ndarray],
+                  buffers: Sequence[str] = ()) -> dict:
+    """Input ``i``'s float32 and float64 runs with every call, then ``buffers`` of both sides (running statistics
+    after a training-mode pass), and the float64 single step of every float32 call."""
     out_t, tree_t = side_t.forward(args, record=True)
     out_r, tree_r = ref.forward(args, record=True)
     assert tree_t is not None and tree_r is not None  # record=True
+    for which, side in (("t", side_t), ("r", ref)):
+        state = side.state() if buffers else {}
+        out.update({f"{i}/b/{which}/{n}": state[n] for n in buffers})
     steps: dict[str, Any] = {}
     for c in tree_t.calls:
         try:
@@ -118,9 +124,10 @@ def _trained(golden: Golden, prefix: str) -> Trained:
             None if names["stepped"] is None else {n: out[f"{prefix}/w/{n}"] for n in names["stepped"]})
 
 
-def record(spec: Any, path: str | Path) -> dict:
-    """Run the SPEC's PyTorch model (float32 and the float64 arbiter) on its inputs, its training step and its loop,
-    and write the golden file ``path`` (see the module docstring); returns its manifest."""
+def record(spec: Any, path: str | Path, train_pass: bool = True) -> dict:
+    """Run the SPEC's PyTorch model (float32 and the float64 arbiter) on its inputs, its training-mode pass (with
+    running statistics, unless not ``train_pass``), its training step and its loop, and write the golden file
+    ``path`` (see the module docstring); returns its manifest."""
     from parity.env import fingerprint
     from parity.pair.torch_side import TorchPairSide
 
@@ -129,14 +136,25 @@ def record(spec: Any, path: str | Path) -> dict:
     tape, timesteps, loop_tape = _tape(spec)
     all_args = [as_args(x, i) for i, x in enumerate(spec.inputs)]
     out: dict[str, np.ndarray] = {}
-    runs = [_record_input(side_t, ref, args, i, out) for i, args in enumerate(all_args)]
+    runs = [_record_input(side_t, ref, args, str(i), out) for i, args in enumerate(all_args)]
     settings = {m.path: side_t.settings(m.path) for m in side_t.tree()}
     pair = {"spec": {"name": spec.path.name, "options": torch_options(spec)}, "label": side_t.label,
             "device": str(side_t.device), "inputs": [len(a) for a in all_args],
             "tensors": [[t.name, list(t.shape), t.owner, t.kind] for t in side_t.tensors()],
             "tree": [[m.path, m.kind, list(m.children), list(m.tensors)] for m in side_t.tree()],
-            "settings": {p: s for p, s in settings.items() if s is not None}, "runs": runs}
+            "settings": {p: s for p, s in settings.items() if s is not None}, "runs": runs,
+            "buffers": side_t.buffers()}
     start = side_t.state()
+    if train_pass and pair["buffers"]:  # every input: the comparing host picks the one one process would
+        passes = []
+        for i, args in enumerate(all_args):
+            try:
+                with side_t.train_mode(), ref.train_mode():
+                    passes.append(_record_input(side_t, ref, args, f"T{i}", out, pair["buffers"]))
+            finally:
+                side_t.load(start)
+                ref.load(start)
+        pair["train_pass"] = {"runs": passes}
     if spec.loss is not None:  # every input: the comparing host picks the one one process would
         for i, args in enumerate(all_args):
             for which, side in (("t", side_t), ("r", ref)):
@@ -165,17 +183,19 @@ def _tuples(v: Any) -> Any:
 
 class RecordedSide:
     """PyTorch's side of a pair as a golden file recorded it, answering as ``TorchPairSide`` does (``which``: "t"
-    the float32 model, "r" the float64 arbiter)."""
+    the float32 model, "r" the float64 arbiter; ``train``: its training-mode passes and single steps)."""
 
     framework = "torch"
 
-    def __init__(self, golden: Golden, which: str):
+    def __init__(self, golden: Golden, which: str, train: bool = False):
         pair, self.g, self.which = golden.manifest["pair"], golden, which
+        self._mode = "T" if train else ""
+        """the recorded runs' key prefix: "" eval mode, "T" training mode"""
         self.label = pair["label"] if which == "t" else "PyTorch float64"
         self.device = pair["device"]
         self._settings = {p: (s[0], _tuples(s[1])) for p, s in pair["settings"].items()}
         self._inputs = [tuple(golden.tape[f"{i}/{j}"] for j in range(n)) for i, n in enumerate(pair["inputs"])]
-        self._runs = pair["runs"]
+        self._runs = pair["train_pass"]["runs"] if train else pair["runs"]
 
     def tensors(self) -> list[Tensor]:
         return [Tensor(n, tuple(s), o, k) for n, s, o, k in self.g.manifest["pair"]["tensors"]]
@@ -189,6 +209,15 @@ class RecordedSide:
     def settings(self, path: str) -> tuple[str, dict[str, Any]] | None:
         return self._settings.get(path)
 
+    def buffers(self) -> list[str]:
+        return list(self.g.manifest["pair"]["buffers"])
+
+    def passed(self, index: int) -> tuple:
+        """Input ``index``'s recorded training-mode pass as ``parity.pair.train_pass.pass_on`` returns it."""
+        out, tree = self.forward(self._inputs[index], record=True)
+        prefix = f"T{index}/b/{self.which}"
+        return out, tree, {n: self.g.outputs[f"{prefix}/{n}"] for n in self.buffers()}
+
     def _arrays(self, prefix: str, mask: list[bool]) -> tuple:
         return tuple(self.g.outputs[f"{prefix}/{k}"] if present else None for k, present in enumerate(mask))
 
@@ -200,7 +229,7 @@ class RecordedSide:
 
     def forward(self, args: Sequence[np.ndarray], record: bool = False) -> tuple[tuple, CallTree | None]:
         i = self._index(args)
-        run, prefix = self._runs[i][self.which], f"{i}/{self.which}"
+        run, prefix = self._runs[i][self.which], f"{self._mode}{i}/{self.which}"
         calls = [Call(p, k, kind, parent, order, self._arrays(f"{prefix}/{order}/i", ins),
                       self._arrays(f"{prefix}/{order}/o", outs), finished)
                  for p, k, kind, parent, order, finished, ins, outs in run["calls"]]
@@ -212,14 +241,25 @@ class RecordedSide:
             for p, k, kind, parent, order, finished, ins, outs in run["t"]["calls"]:
                 if p != path:
                     continue
-                rec = self._arrays(f"{i}/t/{order}/i", ins)
+                rec = self._arrays(f"{self._mode}{i}/t/{order}/i", ins)
                 if len(rec) == len(inputs) and all((a is None and b is None) or (a is not None and b is not None and
                                                    np.array_equal(a, b)) for a, b in zip(rec, inputs)):
                     step = run["steps"][str(order)]
                     if isinstance(step, str):
                         raise RuntimeError(step)
-                    return self._arrays(f"{i}/s/{order}", step)
+                    return self._arrays(f"{self._mode}{i}/s/{order}", step)
         raise RuntimeError(f"the golden file holds no float64 run of `{path}` on these inputs")
+
+
+def _check_train_pass(pair: dict, path: str | Path) -> None:
+    """``GoldenError`` when the training-mode pass one process would run is not in the file."""
+    if "buffers" not in pair:
+        raise GoldenError(f"{path}: manifest field pair.buffers is missing (recorded by an older parity.pair, before "
+                          "training-mode passes were recorded): record it again, or compare with --no-train-pass")
+    if pair["buffers"] and "train_pass" not in pair:
+        raise GoldenError(f"{path}: member out/T0/t/o/0.npy is missing: the model has running statistics and the "
+                          "file holds no training-mode pass (recorded with --no-train-pass): record it again, or "
+                          "compare with --no-train-pass")
 
 
 def _check_identity(golden: Golden, path: str | Path, spec: Any) -> tuple[list[int], Tape | None]:
@@ -250,14 +290,18 @@ def _check_identity(golden: Golden, path: str | Path, spec: Any) -> tuple[list[i
     return timesteps, tape
 
 
-def compare_golden(spec: Any, path: str | Path) -> PairReport:
+def compare_golden(spec: Any, path: str | Path, train_pass: bool = True) -> PairReport:
     """The SPEC's port (built here, with its shims) against the PyTorch side recorded in the golden file ``path``:
-    every input, then the training step and the loop when the SPEC defines them, each judged by the code one
-    process judges with."""
+    every input, then the training-mode pass (unless not ``train_pass``), the training step and the loop when the
+    model and the SPEC call for them, each judged by the code one process judges with."""
     golden = load_golden(path, kind="pair")
     try:
         side_t, ref = RecordedSide(golden, "t"), RecordedSide(golden, "r")
         timesteps, tape = _check_identity(golden, path, spec)
+        if train_pass:
+            _check_train_pass(golden.manifest["pair"], path)
+        passes = [RecordedSide(golden, w, train=True) for w in ("t", "r")] if "train_pass" in golden.manifest["pair"] \
+            else []
         n = len(golden.manifest["pair"]["inputs"])
         steps = [(_trained(golden, f"train/{i}/t"), _trained(golden, f"train/{i}/r")) for i in range(n)
                  if spec.loss is not None]
@@ -281,9 +325,11 @@ def compare_golden(spec: Any, path: str | Path) -> PairReport:
         raise UserError(str(e)) from None
     args = [tuple(golden.tape[f"{i}/{j}"] for j in range(n)) for i, n in enumerate(golden.manifest["pair"]["inputs"])]
     results = [judge_input(i, a, side_t, side_o, ref, pairs, gates) for i, a in enumerate(args)]
-    trained = looped = None
-    if spec.loss is not None:  # on the input one process picks: the first that passes
-        k = next((r.index for r in results if r.passed), 0)
+    trained = looped = train = None
+    k = trained_input(results)
+    if train_pass and has_statistics(side_t, wm):
+        train = _train_pass(passes, side_o, wm, pairs, args[k], k, settings_by_module(results[k]), start, gates)
+    if spec.loss is not None:
         o = step_on(side_o, args[k], spec.loss, spec.optimizers.get("ms"), wm.to_ms(start))
         trained = judge_step(k, steps[k][0], o, steps[k][1], wm, side_o.label, False, gates)
     if tape is not None:
@@ -291,14 +337,29 @@ def compare_golden(spec: Any, path: str | Path) -> PairReport:
         forced_o = forced_run(side_o, spec.step, timesteps, tape, free_t, free_o)
         looped = judge_loop(timesteps, free_t, free_o, free_r, forced_o, forced_r, gates, side_o.label)
     recorded = golden.manifest.get("environment", {})
-    done = ", ".join(["PyTorch's float32 and float64 runs and single steps"] + ["training steps"] * bool(trained)
-                     + ["loop states"] * bool(looped))
+    done = ", ".join(["PyTorch's float32 and float64 runs and single steps"] + ["its training-mode pass"] * bool(train)
+                     + ["its training step"] * bool(trained) + ["its loop states"] * bool(looped))
     note = (f"compared with the golden file {Path(path).name}, recorded by {side_t.label} "
-            f"{recorded.get('torch', '')} on {recorded.get('cpu_model', 'another host')}: {done} are the "
-            "recording's; the training-mode pass needs both frameworks live and is not compared from a golden file")
+            f"{recorded.get('torch', '')} on {recorded.get('cpu_model', 'another host')}: {done} are the recording's")
     from parity.env import fingerprint
 
-    report = PairReport(spec.path.stem, side_t.label, side_o.label, wm, weights, pairs, results, None,
+    report = PairReport(spec.path.stem, side_t.label, side_o.label, wm, weights, pairs, results, train,
                         {**fingerprint(None, side_o.info, compiled=False), "recorded": recorded}, trained, [note])
     report.loop, report.shims = looped, [getattr(s, "description", None) or repr(s) for s in spec.shims]
     return report
+
+
+def _train_pass(passes: list[RecordedSide], side_o: Any, wm: Any, pairs: Any, args: tuple, k: int,
+                by_module: dict[str, list], start: dict[str, np.ndarray], gates: Any) -> Any:
+    """The port's training-mode pass on input ``k`` against PyTorch's recorded ones, judged by ``judge_pass``."""
+    from parity.pair.train_pass import judge_pass, pass_on
+
+    side_t, ref = passes
+    try:
+        with side_o.train_mode():
+            o = pass_on(side_o, args, lambda s: wm.to_torch(s.state()))
+            return judge_pass(side_t.passed(k), o, ref.passed(k), side_o.run_module, ref.run_module, pairs, wm,
+                              {m.path: m.kind for m in side_t.tree()}, side_t.buffers(), k, by_module, side_o.label,
+                              gates)
+    finally:
+        side_o.load(wm.to_ms(start))
