@@ -102,7 +102,7 @@ def _guard(path: Path, what: str, fn: Callable[[], Any]) -> Any:
     except (UserError, EnvironmentRefused):
         raise
     except Exception as e:  # noqa: BLE001 - any failure of the user's code is a bad SPEC, said in one line
-        raise UserError(f"SPEC {path.name}: {what} failed: {type_and_first_sentence(e)}") from None
+        raise UserError(f"SPEC {path.name}: {what} failed: {type_and_first_sentence(e)}") from e
 
 
 def _call(path: Path, name: str, entry: Any, options: Mapping[str, Any], used: set[str]) -> Any:
