@@ -284,9 +284,9 @@ def _check_identity(golden: Golden, path: str | Path, spec: Any) -> tuple[list[i
                           f"{timesteps}: record it again")
     mine = tape_hash(arrays)
     if mine != golden.manifest["tape_sha256"]:
-        raise GoldenError(f"{path}: its inputs{' and loop tape' if tape is not None else ''} (sha256 "
-                          f"{golden.manifest['tape_sha256'][:12]}) are not this SPEC's (sha256 {mine[:12]}): "
-                          "recorded from another SPEC or version of it")
+        what = "inputs() and loop tape" if tape is not None else "inputs()"
+        raise GoldenError(f"{path}: its {what.replace('()', '')} (sha256 {golden.manifest['tape_sha256'][:12]}) are "
+                          f"not this SPEC's {what} (sha256 {mine[:12]}): recorded from another SPEC or version of it")
     return timesteps, tape
 
 
