@@ -251,15 +251,10 @@ class RecordedSide:
         raise RuntimeError(f"the golden file holds no float64 run of `{path}` on these inputs")
 
 
-def _check_train_pass(pair: dict, path: str | Path) -> None:
-    """``GoldenError`` when the training-mode pass one process would run is not in the file."""
-    if "buffers" not in pair:
-        raise GoldenError(f"{path}: manifest field pair.buffers is missing (recorded by an older parity.pair, before "
-                          "training-mode passes were recorded): record it again, or compare with --no-train-pass")
-    if pair["buffers"] and "train_pass" not in pair:
-        raise GoldenError(f"{path}: member out/T0/t/o/0.npy is missing: the model has running statistics and the "
-                          "file holds no training-mode pass (recorded with --no-train-pass): record it again, or "
-                          "compare with --no-train-pass")
+def _train_pass_missing(path: str | Path, what: str) -> GoldenError:
+    return GoldenError(f"{path}: {what} is missing: the model has running statistics and the file holds no "
+                       "training-mode pass (recorded by an older parity.pair, or with --no-train-pass): record it "
+                       "again, or compare with --no-train-pass")
 
 
 def _check_identity(golden: Golden, path: str | Path, spec: Any) -> tuple[list[int], Tape | None]:
@@ -298,8 +293,8 @@ def compare_golden(spec: Any, path: str | Path, train_pass: bool = True) -> Pair
     try:
         side_t, ref = RecordedSide(golden, "t"), RecordedSide(golden, "r")
         timesteps, tape = _check_identity(golden, path, spec)
-        if train_pass:
-            _check_train_pass(golden.manifest["pair"], path)
+        if train_pass and "buffers" not in golden.manifest["pair"]:  # older: which buffers it had is unknown
+            raise _train_pass_missing(path, "manifest field pair.buffers")
         passes = [RecordedSide(golden, w, train=True) for w in ("t", "r")] if "train_pass" in golden.manifest["pair"] \
             else []
         n = len(golden.manifest["pair"]["inputs"])
@@ -328,6 +323,8 @@ def compare_golden(spec: Any, path: str | Path, train_pass: bool = True) -> Pair
     trained = looped = train = None
     k = trained_input(results)
     if train_pass and has_statistics(side_t, wm):
+        if not passes:
+            raise _train_pass_missing(path, "member out/T0/t/o/0.npy")
         train = _train_pass(passes, side_o, wm, pairs, args[k], k, settings_by_module(results[k]), start, gates)
     if spec.loss is not None:
         o = step_on(side_o, args[k], spec.loss, spec.optimizers.get("ms"), wm.to_ms(start))

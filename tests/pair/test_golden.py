@@ -82,7 +82,8 @@ def _older(golden: Path, tmp_path: Path, drop: str) -> Path:
 def test_a_file_without_what_the_spec_implies_is_refused_naming_it(golden: Path, tmp_path: Path,
                                                                      capsys: pytest.CaptureFixture) -> None:
     """Never a pass on less than the SPEC implies: a file recorded before training steps (or training-mode passes)
-    were recorded is one line naming the missing member or field."""
+    were recorded, or recorded with --no-train-pass for a model with running statistics, is one line naming the
+    missing member or field."""
     rc, err = _run([TINY, "--compare", _older(golden, tmp_path, "train_step")], capsys)
     assert rc == 2 and len(err) == 1 and "member out/train/0/t/loss.npy is missing; SPEC tiny_pair.py defines " \
         "loss() and this file holds no train step" in err[0], err
@@ -91,6 +92,11 @@ def test_a_file_without_what_the_spec_implies_is_refused_naming_it(golden: Path,
     assert rc == 2 and len(err) == 1 and "manifest field pair.buffers is missing" in err[0], err
     rc, err = _run([TINY, "--compare", older, "--no-train-pass", "--set", "slip=gelu"], capsys)
     assert rc == 1 and err == []  # without the training-mode pass it holds everything: compared, the slip found
+    without = tmp_path / "without_pass.npz"
+    assert _run([TINY, "--record", without, "--no-train-pass"], capsys) == (0, [])
+    rc, err = _run([TINY, "--compare", without], capsys)
+    assert rc == 2 and len(err) == 1 and "member out/T0/t/o/0.npy is missing: the model has running statistics" \
+        in err[0], err
 
 
 def _run(args: list, capsys: pytest.CaptureFixture) -> tuple[int, list[str]]:
