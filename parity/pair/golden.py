@@ -138,19 +138,20 @@ def record(spec: Any, path: str | Path, train_pass: bool = True) -> dict:
     out: dict[str, np.ndarray] = {}
     runs = [_record_input(side_t, ref, args, str(i), out) for i, args in enumerate(all_args)]
     settings = {m.path: side_t.settings(m.path) for m in side_t.tree()}
-    pair = {"spec": {"name": spec.path.name, "options": torch_options(spec)}, "label": side_t.label,
+    buffers = side_t.buffers()
+    pair: dict[str, Any] = {"spec": {"name": spec.path.name, "options": torch_options(spec)}, "label": side_t.label,
             "device": str(side_t.device), "inputs": [len(a) for a in all_args],
             "tensors": [[t.name, list(t.shape), t.owner, t.kind] for t in side_t.tensors()],
             "tree": [[m.path, m.kind, list(m.children), list(m.tensors)] for m in side_t.tree()],
             "settings": {p: s for p, s in settings.items() if s is not None}, "runs": runs,
-            "buffers": side_t.buffers()}
+            "buffers": buffers}
     start = side_t.state()
-    if train_pass and pair["buffers"]:  # every input: the comparing host picks the one one process would
+    if train_pass and buffers:  # every input: the comparing host picks the one one process would
         passes = []
         for i, args in enumerate(all_args):
             try:
                 with side_t.train_mode(), ref.train_mode():
-                    passes.append(_record_input(side_t, ref, args, f"T{i}", out, pair["buffers"]))
+                    passes.append(_record_input(side_t, ref, args, f"T{i}", out, buffers))
             finally:
                 side_t.load(start)
                 ref.load(start)
