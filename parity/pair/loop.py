@@ -14,7 +14,9 @@ Rules it keeps (framework-free; the sides are reached through ``side.run_step``)
     float64 on that step, at that timestep), never a side's error against float64, so a timestep where float32
     rounds worse (a sine of an argument near 1000) gets the gate its rounding calls for, and no other does;
   * a failing step is blamed on the side farther from float64, and the report says at which timesteps the loop
-    parts and at which it does not.
+    parts and at which it does not;
+  * running (``free_run``, ``forced_run``) and judging (``judge_loop``) are apart: two hosts judge PyTorch's recorded
+    states and the port's live ones with the same ``judge_loop`` (``parity.pair.golden``).
 """
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ tests what eval mode cannot; it runs on PyTorch float32, the other side and the 
 is deterministic) and every call recorded; its outputs are judged and localised like an input's; a buffer that
 differs is the owning module's own difference only when that module's inputs still agree (else it is inherited
 from a difference upstream and only counted); every side's weights and buffers are restored afterwards, whatever
-happens.
+happens; running (``pass_on``) and judging (``judge_pass``) are apart, so two hosts judge PyTorch's recorded pass
+with the same code.
 """
 from __future__ import annotations
 

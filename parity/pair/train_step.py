@@ -6,7 +6,8 @@ frameworks' tensors have, e.g. ``(out ** 2).mean()``); ``optimizers`` maps a fra
 of the parameter list that returns its optimizer, and the float64 arbiter uses PyTorch's; gradients and stepped
 weights come back under PyTorch's names through the weight map's layouts; every tensor is judged under its own
 machine-relative gate (its float32 rounding, as a module call's output) and a failing one is blamed on the side
-farther from float64; every side's weights are restored afterwards, whatever happens.
+farther from float64; every side's weights are restored afterwards, whatever happens; running (``step_on``) and
+judging (``judge_step``) are apart, so two hosts judge PyTorch's recorded step with the same code.
 """
 from __future__ import annotations
 
