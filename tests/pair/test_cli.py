@@ -127,13 +127,11 @@ def loss(outputs):
 @pytest.mark.parametrize("where, says", [
     ("ms", "MindSpore cell `block.fc1` (Linear): TypeError: unsupported operand type(s) for +: 'Tensor' and 'str'"),
     ("torch", "PyTorch module `block.fc1` (Linear): TypeError: unsupported operand type(s) for +: 'Tensor' and 'str'"),
-    ("loss", "the training step on MindSpore (the model, the SPEC's loss or optimizers): ZeroDivisionError: "
-             "division by zero"),
 ])
-def test_an_exception_in_the_users_code_is_one_line_naming_the_spec_and_where(
+def test_an_exception_in_a_models_module_is_one_line_naming_the_spec_and_the_module(
         tmp_path: Path, capsys: pytest.CaptureFixture, where: str, says: str) -> None:
-    """Not a traceback: which SPEC, which module (or the entry) of which side, the exception; exit 2. With
-    --traceback, the user's own frames follow the line."""
+    """Not a traceback: which SPEC, which module of which side, the exception; exit 2. With --traceback, the
+    user's own frames follow the line."""
     from parity.pair.__main__ import main
 
     spec = _spec(tmp_path, BAD)
@@ -143,3 +141,13 @@ def test_an_exception_in_the_users_code_is_one_line_naming_the_spec_and_where(
     assert main([str(spec), "--set", f"where={where}", "--no-train-pass", "--traceback"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0] == f"error: SPEC spec.py: {says}" and err[1].startswith("Traceback") and str(spec) in "\n".join(err)
+
+
+@needs("torch", "mindspore")
+def test_an_exception_in_the_specs_loss_is_one_line_naming_the_training_step(tmp_path: Path) -> None:
+    """In a child process: MindSpore 2.10 keeps its PyNative gradient state broken after an exception inside
+    ``value_and_grad`` (the next LayerNorm gradient in the process fails), so this one does not run in ours."""
+    spec = _spec(tmp_path, BAD)
+    run_cli("parity.pair", [spec, "--set", "where=loss", "--no-train-pass"], rc=2, inputs=[spec],
+            says="error: SPEC spec.py: the training step on MindSpore (the model, the SPEC's loss or optimizers): "
+                 "ZeroDivisionError: division by zero")
