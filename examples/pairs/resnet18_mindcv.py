@@ -10,14 +10,19 @@ one image at each of ``sizes`` (64x64 and 65x65 by default: ``--set sizes=[64,66
 ``maxpool``: "same" keeps mindcv's stem pooling as shipped (``nn.MaxPool2d(3, 2, pad_mode="same")``);
 "pad" replaces it with torchvision's (3x3, stride 2, one pixel of padding on every side). docs/pairs.md says what
 the tool finds and why.
+
+Each framework is imported only where it is used, so the file is also the SPEC of two hosts (``--record GOLDEN``
+where torchvision runs, ``--compare GOLDEN`` where mindcv runs).
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-import torch
 
 
-def torch_model(seed: int = 0) -> torch.nn.Module:
+def torch_model(seed: int = 0) -> Any:
+    import torch
     import torchvision
 
     torch.manual_seed(seed)

@@ -29,6 +29,9 @@ What the SPEC declares, and why:
     cumulative alphas in float64 (diffusers keeps them in float32).
   * ``ms_variance``: the mindone scheduler's ``variance_type``; "fixed_large" plants a porting slip (beta_t where
     the posterior variance belongs) that only the loop can see.
+
+Each framework is imported only where it is used, so the file is also the SPEC of two hosts
+(``--record GOLDEN`` where diffusers runs, ``--compare GOLDEN`` where mindone runs).
 """
 from __future__ import annotations
 
@@ -40,7 +43,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import torch
 
 BETAS = (1e-4, 0.02, 1000)
 """DDPMScheduler's defaults (linear betas): the schedule of the inputs, the loss and the loop."""
@@ -52,8 +54,15 @@ def _config(size: int, channels: list[int]) -> dict[str, Any]:
             "up_block_types": ("AttnUpBlock2D", "UpBlock2D"), "norm_num_groups": 8, "attention_head_dim": 8}
 
 
-def torch_model(size: int = 16, channels: list[int] = [16, 32], seed: int = 0) -> torch.nn.Module:  # noqa: B006
+def _is_torch(value: Any) -> bool:
+    """A PyTorch module or tensor (PyTorch is not imported for the question: a MindSpore host may lack it)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, (torch.nn.Module, torch.Tensor))
+
+
+def torch_model(size: int = 16, channels: list[int] = [16, 32], seed: int = 0) -> Any:  # noqa: B006
     import diffusers
+    import torch
 
     diffusers.utils.logging.set_verbosity_error()  # else it warns at every .to(dtype), the float64 copy's too
     torch.manual_seed(seed)
@@ -89,24 +98,25 @@ def shims(shim: bool = True, exp: str = "float32") -> list[Any]:
     return (list(module.SHIMS) if shim else []) + ([module.PRECISE_EXP] if exp == "float64" else [])
 
 
-class _Float64Timesteps(torch.nn.Module):
-    """diffusers' ``Timesteps`` (the sinusoidal embedding) computed in float64: the arbiter's."""
+def arbiter(model64: Any) -> Any:
+    """The float64 model with its ``time_proj`` (diffusers' ``Timesteps``: the sinusoidal embedding) computed in
+    float64."""
+    import torch
 
-    def __init__(self, inner: torch.nn.Module):
-        super().__init__()
-        self.n, self.flip, self.shift = inner.num_channels, inner.flip_sin_to_cos, inner.downscale_freq_shift
-        self.scale = inner.scale
+    class Float64Timesteps(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module):
+            super().__init__()
+            self.n, self.flip, self.shift = inner.num_channels, inner.flip_sin_to_cos, inner.downscale_freq_shift
+            self.scale = inner.scale
 
-    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
-        half = self.n // 2
-        freq = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float64) / (half - self.shift))
-        arg = self.scale * timesteps[:, None].double() * freq[None, :]
-        emb = torch.cat([arg.sin(), arg.cos()], dim=-1)
-        return torch.cat([emb[:, half:], emb[:, :half]], dim=-1) if self.flip else emb
+        def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
+            half = self.n // 2
+            freq = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float64) / (half - self.shift))
+            arg = self.scale * timesteps[:, None].double() * freq[None, :]
+            emb = torch.cat([arg.sin(), arg.cos()], dim=-1)
+            return torch.cat([emb[:, half:], emb[:, :half]], dim=-1) if self.flip else emb
 
-
-def arbiter(model64: torch.nn.Module) -> torch.nn.Module:
-    model64.time_proj = _Float64Timesteps(model64.time_proj)
+    model64.time_proj = Float64Timesteps(model64.time_proj)
     return model64
 
 
@@ -136,7 +146,7 @@ def loss(outputs: Any) -> Any:
     """Mean squared error of the predicted noise against the eps in the inputs (the same for every input)."""
     out = outputs[0]  # diffusers' UNet2DOutput and mindone's tuple both index so
     eps = _EPS["eps"]
-    target = torch.as_tensor(eps, dtype=out.dtype) if isinstance(out, torch.Tensor) else _ms_tensor(eps)
+    target = sys.modules["torch"].as_tensor(eps, dtype=out.dtype) if _is_torch(out) else _ms_tensor(eps)
     return ((out - target) ** 2).mean()
 
 
@@ -147,15 +157,27 @@ def _ms_tensor(a: np.ndarray) -> Any:
 
 
 def optimizers(lr: float = 0.1) -> dict[str, Any]:
-    from mindspore import nn
+    def sgd(framework: str, ps: list) -> Any:  # each framework imported when its side steps (one may be absent)
+        if framework == "torch":
+            import torch
 
-    return {"torch": lambda ps: torch.optim.SGD(ps, lr=lr), "ms": lambda ps: nn.SGD(ps, learning_rate=lr)}
+            return torch.optim.SGD(ps, lr=lr)
+        from mindspore import nn
+
+        return nn.SGD(ps, learning_rate=lr)
+
+    return {"torch": lambda ps: sgd("torch", ps), "ms": lambda ps: sgd("ms", ps)}
 
 
 def loop(steps: int = 10, seed: int = 0, size: int = 16) -> dict[str, Any]:
-    import diffusers
-
-    s = diffusers.DDPMScheduler()
+    """The timesteps of diffusers' scheduler, or of mindone's where PyTorch is absent (the same; a golden file
+    recorded with other timesteps is refused)."""
+    try:
+        import torch  # noqa: F401 - only whether it is there
+        import diffusers as library
+    except ModuleNotFoundError:
+        import mindone.diffusers as library  # type: ignore[no-redef]
+    s = library.DDPMScheduler()
     s.set_timesteps(steps)
     return {"timesteps": [int(t) for t in s.timesteps], "shape": [1, 3, size, size], "seed": seed}
 
@@ -169,6 +191,7 @@ def _scheduler(framework: str, dtype: Any, steps: int, variance: str) -> Any:
     if key not in _SCHEDULERS:
         if framework == "torch":
             import diffusers
+            import torch
 
             s = diffusers.DDPMScheduler(variance_type=variance)
             if dtype == torch.float64:
@@ -204,7 +227,7 @@ def _injected(module: Any, noise: Any, t: int) -> Iterator[None]:
 
 
 def step(model: Any, x: Any, t: int, noise: Any, steps: int = 10, ms_variance: str = "fixed_small") -> Any:
-    if isinstance(model, torch.nn.Module):
+    if _is_torch(model):
         from diffusers.schedulers import scheduling_ddpm
 
         s = _scheduler("torch", x.dtype, steps, "fixed_small")

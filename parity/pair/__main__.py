@@ -11,7 +11,9 @@ MindSpore side and prints which the verdict catches (parity.pair.selftest); its 
 (parity.pair.golden).
 
 Rules it keeps: output paths are checked before any work and written atomically after it; an expected problem is
-one ``error:`` line without a traceback.
+one ``error:`` line without a traceback, and so is an exception raised in the user's code (the SPEC's entries, a
+module of either model, the SPEC's step, loss, optimizers, arbiter or shims): ``error: SPEC X: <where>: <type>:
+<message>``, exit 2; ``--traceback`` prints that exception's traceback under the line.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import argparse
 import json
 import os
 import sys
+import traceback
+from pathlib import Path
 from typing import Sequence
 
 from ddpm_core.cli import exit_after_main
@@ -58,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "recorded in GOLDEN, and judge it against the recorded PyTorch side")
     p.add_argument("--no-train-pass", action="store_true",
                    help="skip the training-mode pass that compares running statistics")
+    p.add_argument("--traceback", action="store_true",
+                   help="under the one error line for an exception in the SPEC's or the models' code, print its "
+                        "traceback")
     p.add_argument("--self-test", action="store_true",
                    help="plant small bugs in the MindSpore side one at a time (each norm's epsilon x1.2, a weight "
                         "x(1+1e-5), each activation's variant) and report which the verdict catches, and where")
@@ -86,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         from parity.pair.golden import record
 
         spec = load_spec(args.spec, options, skip=("ms_model",))
-        manifest = record(spec, args.record)
+        manifest = record(spec, args.record, train_pass=not args.no_train_pass)
         calls = sum(len(r["t"]["calls"]) for r in manifest["pair"]["runs"])
         print(f"recorded {args.record}: {len(spec.inputs)} input(s), {calls} module call(s), "
               f"{len(manifest['pair']['tensors'])} tensors; compare it where the port runs: python -m parity.pair "
@@ -114,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.compare:
         from parity.pair.golden import compare_golden
 
-        report = compare_golden(spec, args.compare)
+        report = compare_golden(spec, args.compare, train_pass=not args.no_train_pass)
         print(report.text())
     else:
         from parity.pair.run import compare
@@ -136,11 +143,23 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK if report.passed else EXIT_MISMATCH
 
 
+def _cause(args: argparse.Namespace, e: BaseException) -> None:
+    """With ``--traceback``, the traceback of the user's exception behind ``e`` (its cause), on stderr."""
+    if args.traceback and e.__cause__ is not None:
+        traceback.print_exception(e.__cause__, file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from parity.pair.calls import UserCodeError
+
     os.environ.setdefault("GLOG_v", "3")  # MindSpore: errors only, so the table stays readable
     args = build_parser().parse_args(argv)
     try:
         return run(args)
+    except UserCodeError as e:  # the user's code failed mid-run: which SPEC, where, what
+        print(f"error: SPEC {Path(args.spec).name}: {one_line(e)}", file=sys.stderr)
+        _cause(args, e)
+        return EXIT_USER_ERROR
     except WeightsError as e:  # every problem, one line each, under the one error line
         print(f"error: {e.context}: {len(e.problems)} problem(s)", file=sys.stderr)
         for line in e.problems:
@@ -148,9 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except (EnvironmentRefused, MissingFramework) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
+        _cause(args, e)
         return EXIT_ENVIRONMENT
     except (UserError, OSError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
+        _cause(args, e)
         return EXIT_USER_ERROR
 
 

@@ -7,14 +7,44 @@ forward hook and passes its own ``to_numpy``):
   * a module called several times gets call numbers 0, 1, ... and the key ``path#k`` (``path`` for call 0);
   * each call knows the call it ran inside (``parent``), so the tree is the real nesting of calls, not of names;
   * ``active`` is the innermost module running, so a failure inside a forward pass can name its module (outputs
-    are copied before the call leaves the stack, so an asynchronous framework's error surfaces in its module).
+    are copied before the call leaves the stack, so an asynchronous framework's error surfaces in its module);
+  * an exception the user's code raises (a model's module, the SPEC's step, loss, optimizer or arbiter) becomes
+    ``UserCodeError`` naming where it ran (``user_code``), the original kept as its cause.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
+
+from ddpm_core.errors import EnvironmentRefused, UserError, type_and_first_sentence
+
+
+class UserCodeError(UserError):
+    """An exception raised in the user's code during a pair run, named by where it ran (exit 2, one line); the
+    original exception is its ``__cause__`` (``python -m parity.pair --traceback`` prints it)."""
+
+
+@contextlib.contextmanager
+def user_code(where: Callable[[], str]) -> Iterator[None]:
+    """Run the user's code: an exception it raises (not ours: ``UserError``, ``EnvironmentRefused``) becomes
+    ``UserCodeError`` with ``where()``, asked when it failed, in front of its type and first sentence."""
+    try:
+        yield
+    except (UserError, EnvironmentRefused):
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure of the user's code, named where it happened
+        raise UserCodeError(f"{where()}: {type_and_first_sentence(e)}") from e
+
+
+def module_text(framework: str, path: str | None, kinds: Mapping[str, str]) -> str:
+    """A module for a message: ``MindSpore cell `block.fc1` (Dense)``, or the model itself."""
+    noun = "cell" if framework == "MindSpore" else "module"
+    if path is None:
+        return f"the {framework} model"
+    return f"{framework} {noun} `{path or '(root)'}` ({kinds.get(path, '?')})"
 
 
 def flatten(value: Any, to_numpy: Callable[[Any], np.ndarray]) -> tuple:

@@ -14,7 +14,9 @@ Rules it keeps (framework-free; the sides are reached through ``side.run_step``)
     float64 on that step, at that timestep), never a side's error against float64, so a timestep where float32
     rounds worse (a sine of an argument near 1000) gets the gate its rounding calls for, and no other does;
   * a failing step is blamed on the side farther from float64, and the report says at which timesteps the loop
-    parts and at which it does not.
+    parts and at which it does not;
+  * running (``free_run``, ``forced_run``) and judging (``judge_loop``) are apart: two hosts judge PyTorch's recorded
+    states and the port's live ones with the same ``judge_loop`` (``parity.pair.golden``).
 """
 from __future__ import annotations
 
@@ -137,27 +139,57 @@ class LoopResult:
         return {"passed": self.passed, "steps": [s.to_dict() for s in self.steps]}
 
 
-def run_loop(side_t: Any, side_o: Any, ref: Any, step: Step, timesteps: Sequence[int], tape: Tape, gates: Gates,
-             teacher_forced: bool = True) -> LoopResult:
-    """The loop on the three sides from ``tape`` (see the module docstring)."""
-    if len(tape.noise) != len(timesteps):
-        raise UserError(f"loop: the tape has {len(tape.noise)} noise arrays for {len(timesteps)} timesteps")
-    result = LoopResult(other_label=side_o.label)
-    x_t = x_o = x_r = tape.start
-    for i, (t, noise) in enumerate(zip(timesteps, tape.noise)):
-        y_t = side_t.run_step(step, x_t, t, noise)
-        y_o = side_o.run_step(step, x_o, t, noise)
-        y_r = ref.run_step(step, x_r, t, noise)
-        free = judge(f"loop step {i} (t={t})", [y_t], [y_o], [y_r], "pair_loop", gates)
+def free_run(side: Any, step: Step, timesteps: Sequence[int], tape: Tape) -> list[np.ndarray]:
+    """``side``'s loop from the tape's start, each step fed its own previous state: the state after every step."""
+    states, x = [], tape.start
+    for t, noise in zip(timesteps, tape.noise):
+        x = side.run_step(step, x, t, noise)
+        states.append(x)
+    return states
+
+
+def forced_run(side: Any, step: Step, timesteps: Sequence[int], tape: Tape, states_t: Sequence[np.ndarray],
+               free: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``side``'s step i from PyTorch float32's state i (``states_t[i - 1]``): teacher-forced. Step 0 starts from the
+    tape on every side, so it is ``free[0]``, the side's own free-running step 0."""
+    return [free[0], *(side.run_step(step, states_t[i - 1], t, noise)
+                       for i, (t, noise) in enumerate(zip(timesteps, tape.noise)) if i)]
+
+
+def judge_loop(timesteps: Sequence[int], free_t: Sequence[np.ndarray], free_o: Sequence[np.ndarray],
+               free_r: Sequence[np.ndarray], forced_o: Sequence[np.ndarray] | None,
+               forced_r: Sequence[np.ndarray] | None, gates: Gates, other_label: str) -> LoopResult:
+    """Every step judged from the three free-running trajectories and (when given) the other side's and the
+    arbiter's teacher-forced steps: the one verdict of a loop, whether the states were computed here or recorded
+    on another host (``parity.pair.golden``)."""
+    result = LoopResult(other_label=other_label)
+    for i, t in enumerate(timesteps):
+        free = judge(f"loop step {i} (t={t})", [free_t[i]], [free_o[i]], [free_r[i]], "pair_loop", gates)
         forced = None
-        if teacher_forced:
-            f_o = side_o.run_step(step, x_t, t, noise) if i else y_o  # step 0 starts from the tape on every side
-            f_r = ref.run_step(step, x_t, t, noise) if i else y_r
-            forced = judge(f"loop step {i} (t={t}), teacher-forced", [y_t], [f_o], [f_r], "pair_loop", gates)
+        if forced_o is not None and forced_r is not None:
+            forced = judge(f"loop step {i} (t={t}), teacher-forced", [free_t[i]], [forced_o[i]], [forced_r[i]],
+                           "pair_loop", gates)
         v = StepVerdict(i, int(t), free, forced)
         if not v.passed:
             j = forced if v.own else free
-            v.blame = blame(j.err_torch, j.err_other, side_o.label)  # type: ignore[union-attr]
+            v.blame = blame(j.err_torch, j.err_other, other_label)  # type: ignore[union-attr]
         result.steps.append(v)
-        x_t, x_o, x_r = y_t, y_o, y_r
     return result
+
+
+def check_tape(timesteps: Sequence[int], tape: Tape) -> None:
+    """``UserError`` unless the tape has one noise array per timestep."""
+    if len(tape.noise) != len(timesteps):
+        raise UserError(f"loop: the tape has {len(tape.noise)} noise arrays for {len(timesteps)} timesteps")
+
+
+def run_loop(side_t: Any, side_o: Any, ref: Any, step: Step, timesteps: Sequence[int], tape: Tape, gates: Gates,
+             teacher_forced: bool = True) -> LoopResult:
+    """The loop on the three sides from ``tape`` (see the module docstring), judged by ``judge_loop``."""
+    check_tape(timesteps, tape)
+    free_t, free_o, free_r = (free_run(s, step, timesteps, tape) for s in (side_t, side_o, ref))
+    forced_o = forced_r = None
+    if teacher_forced:
+        forced_o = forced_run(side_o, step, timesteps, tape, free_t, free_o)
+        forced_r = forced_run(ref, step, timesteps, tape, free_t, free_r)
+    return judge_loop(timesteps, free_t, free_o, free_r, forced_o, forced_r, gates, side_o.label)

@@ -22,10 +22,10 @@ pin_isa()  # before MindSpore's first CPU kernel (as ddpm_ms/__init__ does)
 import mindspore as ms  # noqa: E402
 from mindspore import nn  # noqa: E402
 
-from ddpm_core.errors import EnvironmentRefused, WeightsError  # noqa: E402
+from ddpm_core.errors import EnvironmentRefused, UserError, WeightsError, type_and_first_sentence  # noqa: E402
 from parity.env import setup_mindspore  # noqa: E402
 from parity.sides.ms_settings import ms_settings  # noqa: E402
-from parity.pair.calls import CallRecorder, CallTree, flatten  # noqa: E402
+from parity.pair.calls import CallRecorder, CallTree, UserCodeError, flatten, module_text  # noqa: E402
 from ddpm_core.weights.mapping import Tensor  # noqa: E402
 from parity.pair.modules import ModuleInfo  # noqa: E402
 from parity.pair.settings import ACTIVATIONS  # noqa: E402
@@ -161,20 +161,30 @@ class MsPairSide:
     def numpy(x: Any) -> np.ndarray:
         return np.array(x.asnumpy(), copy=True)
 
+    def _place(self, rec: CallRecorder | None, where: str) -> tuple[str, str]:
+        """Where a failure happened, for a kernel message and for a user-code one: the innermost cell running (a
+        forward pass), else ``where`` (a cell path, or words)."""
+        cell = (rec.active() if rec is not None else None) or where
+        if cell not in self._cells:
+            return cell, cell
+        kinds = {cell: kind_of(self._cells[cell])}
+        return f"cell `{cell or '(root)'}` ({kinds[cell]})", module_text("MindSpore", cell, kinds)
+
     def _run(self, fn: Any, rec: CallRecorder | None, where: str) -> Any:
         try:
             with contextlib.ExitStack() as stack:
                 for shim in self.shims:
                     stack.enter_context(shim)
                 return fn()
-        except RuntimeError as e:
-            op = _missing_kernel(e)
-            if op is None:
-                raise
-            cell = (rec.active() if rec is not None else None) or where
-            place = f"cell `{cell or '(root)'}` ({kind_of(self._cells[cell])})" if cell in self._cells else cell
-            raise KernelMissing(f"MindSpore has no {self.device} kernel for {op}, in {place}; pass a shim of "
-                                f"standard ops in the SPEC") from None
+        except (UserError, EnvironmentRefused):
+            raise
+        except Exception as e:  # noqa: BLE001 - a missing kernel, else a failure of the user's code: named
+            op = _missing_kernel(e) if isinstance(e, RuntimeError) else None
+            place, named = self._place(rec, where)
+            if op is not None:
+                raise KernelMissing(f"MindSpore has no {self.device} kernel for {op}, in {place}; pass a shim of "
+                                    f"standard ops in the SPEC") from None
+            raise UserCodeError(f"{named}: {type_and_first_sentence(e)}") from e
 
     def forward(self, args: Sequence[np.ndarray], record: bool = False) -> tuple[tuple, CallTree | None]:
         """The model's outputs on ``args`` (flattened to numpy), and the call tree when ``record``. The hooks run
@@ -206,11 +216,12 @@ class MsPairSide:
         params = self.model.trainable_params()
         names = {id(p): n for n, p in self._params.items()}
         fn = ms.value_and_grad(lambda *xs: loss(self.model(*xs)), None, params)
-        value, grads = self._run(lambda: fn(*(self._tensor(a) for a in args)), None, "")
+        where = "the training step on MindSpore (the model, the SPEC's loss or optimizers)"
+        value, grads = self._run(lambda: fn(*(self._tensor(a) for a in args)), None, where)
         by_name = {names[id(p)]: self.numpy(g) for p, g in zip(params, grads)}
         after = None
         if make_optimizer is not None:
-            make_optimizer(params)(tuple(grads))
+            self._run(lambda: make_optimizer(params)(tuple(grads)), None, where)
             after = {names[id(p)]: self.numpy(p) for p in params}
         return self.numpy(value), by_name, after
 

@@ -107,6 +107,25 @@ def judge_input(i: int, args: tuple, side_t: Any, side_o: Any, ref: Any, pairs: 
                        loc.depth(), _small_integers(args))
 
 
+def trained_input(results: Sequence[InputResult]) -> int:
+    """The input the training-mode pass and the training step run on: the first that passes (input 0 if none
+    does), so they test what the eval-mode comparison could not."""
+    return next((r.index for r in results if r.passed), 0)
+
+
+def has_statistics(side_t: Any, wm: WeightMap) -> bool:
+    """Whether the model has running statistics the port holds too: a training-mode pass is then compared."""
+    return any(b in wm.ms_name() for b in side_t.buffers())
+
+
+def settings_by_module(result: InputResult) -> dict[str, list[SettingDifference]]:
+    """An input's settings differences by PyTorch module path."""
+    out: dict[str, list[SettingDifference]] = {}
+    for d in result.settings:
+        out.setdefault(d.torch_module, []).append(d)
+    return out
+
+
 def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_map: Mapping[str, Any] | None = None,
             torch_device: str = "cpu", other_device: str = "", train_pass: bool = True, name: str = "",
             tamper: Callable[[Any], None] | None = None, loss: Callable[[Any], Any] | None = None,
@@ -154,12 +173,9 @@ def compare(torch_model: Any, other_model: Any, inputs: Sequence[Any], *, name_m
                            amp or "float32")
     results = [judge_input(i, args, side_t, side_o, ref, pairs, gates) for i, args in enumerate(all_args)]
     train = trained = None
-    k = next((r.index for r in results if r.passed), 0)
-    if train_pass and any(b in wm.ms_name() for b in side_t.buffers()):
-        by_module: dict[str, list[SettingDifference]] = {}
-        for d in results[k].settings:
-            by_module.setdefault(d.torch_module, []).append(d)
-        train = training_pass(side_t, side_o, ref, wm, pairs, all_args[k], k, by_module, gates)
+    k = trained_input(results)
+    if train_pass and has_statistics(side_t, wm):
+        train = training_pass(side_t, side_o, ref, wm, pairs, all_args[k], k, settings_by_module(results[k]), gates)
     if loss is not None:
         trained = training_step(side_t, side_o, ref, wm, all_args[k], k, loss, optimizers or {}, gates)
     looped = None

@@ -40,6 +40,8 @@ REQUIRED = ("torch_model", "ms_model", "inputs")
 OPTIONAL = ("name_map", "devices", "optimizers", "tolerances", "shims", "loop")
 OTHER = "other"
 """The entry (and ``--other``) that makes the other side the PyTorch model compiled or under autocast."""
+PORT_ONLY = ("shims",)
+"""Entries of the port alone: not built when ``ms_model`` is skipped (a PyTorch host's ``--record``)."""
 PASSED_AS_IS = ("loss", "arbiter", "step")
 """Entries that are functions of the run, not of the options: never called while loading."""
 
@@ -100,7 +102,7 @@ def _guard(path: Path, what: str, fn: Callable[[], Any]) -> Any:
     except (UserError, EnvironmentRefused):
         raise
     except Exception as e:  # noqa: BLE001 - any failure of the user's code is a bad SPEC, said in one line
-        raise UserError(f"SPEC {path.name}: {what} failed: {type_and_first_sentence(e)}") from None
+        raise UserError(f"SPEC {path.name}: {what} failed: {type_and_first_sentence(e)}") from e
 
 
 def _call(path: Path, name: str, entry: Any, options: Mapping[str, Any], used: set[str]) -> Any:
@@ -127,7 +129,8 @@ def load_spec(path: str | Path, options: Mapping[str, Any] | None = None, other:
               skip: tuple[str, ...] = ()) -> Spec:
     """Import the SPEC at ``path`` and build everything it describes (see the module docstring); ``other`` is
     ``--other`` (it replaces the SPEC's ``other`` entry); ``skip`` names model entries not to build (None in the
-    Spec): a two-host run builds only its own framework's model (``parity.pair.golden``)."""
+    Spec): a two-host run builds only its own framework's model (``parity.pair.golden``), and without ``ms_model``
+    neither its ``shims``."""
     path = Path(path)
     options = dict(options or {})
     module = _import(path)
@@ -143,16 +146,18 @@ def load_spec(path: str | Path, options: Mapping[str, Any] | None = None, other:
     if missing:
         raise UserError(f"SPEC {path.name}: missing {', '.join(n + '()' for n in missing)} "
                         f"(a SPEC defines {', '.join(n + '()' for n in required)})")
+    skip = (*skip, *PORT_ONLY) if "ms_model" in skip else skip
     for n in skip:  # their options still count as taken
         if callable(getattr(module, n, None)):
             used.update(k for k in options if k in inspect.signature(getattr(module, n)).parameters)
     built = {n: _call(path, n, getattr(module, n), options, used) for n in required}
-    built.update({n: None for n in skip})
+    built.update({n: None for n in skip if n in REQUIRED})
     if variant:
         from parity.pair.variants import TorchVariant
 
         built["ms_model"] = TorchVariant(_call(path, "torch_model", module.torch_model, options, used), **variant)
-    extra = {n: _call(path, n, getattr(module, n), options, used) for n in OPTIONAL if hasattr(module, n)}
+    extra = {n: _call(path, n, getattr(module, n), options, used) for n in OPTIONAL
+             if hasattr(module, n) and n not in skip}
     step = _bind_step(path, getattr(module, "step", None), options, used)
     unknown = sorted(set(options) - used)
     if unknown:

@@ -19,7 +19,7 @@ from torch import nn
 from ddpm_core.errors import EnvironmentRefused, UserError, type_and_first_sentence
 from parity.sides.torch_settings import torch_settings
 from parity.env import setup_torch
-from parity.pair.calls import CallRecorder, CallTree, flatten
+from parity.pair.calls import CallRecorder, CallTree, flatten, module_text, user_code
 from ddpm_core.weights.mapping import Tensor
 from parity.pair.modules import ModuleInfo
 
@@ -170,7 +170,10 @@ class TorchPairSide:
         """A float64 copy of this model on the CPU: the arbiter; ``arbiter(model64)`` (a SPEC's) may return it with
         code that casts to float32 whatever the model's dtype replaced."""
         model = copy.deepcopy(self.model).cpu().to(torch.float64)
-        return TorchPairSide(arbiter(model) if arbiter is not None else model, "cpu", torch.float64, "PyTorch float64")
+        if arbiter is not None:
+            with user_code(lambda: "the SPEC's arbiter()"):
+                model = arbiter(model)
+        return TorchPairSide(model, "cpu", torch.float64, "PyTorch float64")
 
     # ------------------------------------------------------------ running
     def _tensor(self, a: np.ndarray | None) -> Any:
@@ -224,12 +227,15 @@ class TorchPairSide:
             for m in self._modules.values():
                 handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
         try:
-            with torch.no_grad(), self._precision():
+            with torch.no_grad(), self._precision(), user_code(lambda: self._where(rec.active())):
                 out = self._callable("")(*(self._tensor(a) for a in args))
         finally:
             for h in handles:
                 h.remove()
         return flatten(out, self.numpy), (rec.tree() if record else None)
+
+    def _where(self, path: str | None) -> str:
+        return module_text(self.label, path, {p: kind_of(m) for p, m in self._modules.items()})
 
     def run_module(self, path: str, inputs: tuple) -> tuple:
         """Module ``path`` alone on recorded inputs (numpy), numpy outputs."""
@@ -244,19 +250,20 @@ class TorchPairSide:
         params = dict(self.model.named_parameters())
         for p in params.values():
             p.grad = None
-        with self._precision():
-            value = loss(self._callable("")(*(self._tensor(a) for a in args)))
-        value.backward()
-        grads = {n: self.numpy(p.grad) for n, p in params.items() if p.grad is not None}
-        after = None
-        if make_optimizer is not None:
-            make_optimizer(list(params.values())).step()
-            after = {n: self.numpy(p) for n, p in params.items()}
+        with user_code(lambda: f"the training step on {self.label} (the model, the SPEC's loss or optimizers)"):
+            with self._precision():
+                value = loss(self._callable("")(*(self._tensor(a) for a in args)))
+            value.backward()
+            grads = {n: self.numpy(p.grad) for n, p in params.items() if p.grad is not None}
+            after = None
+            if make_optimizer is not None:
+                make_optimizer(list(params.values())).step()
+                after = {n: self.numpy(p) for n, p in params.items()}
         return self.numpy(value), grads, after
 
     def run_step(self, step: Callable[..., Any], x: np.ndarray, t: int, noise: np.ndarray) -> np.ndarray:
         """One step of a SPEC's loop (parity.pair.loop) on this side: ``step(model, x, t, noise)``, numpy out."""
-        with torch.no_grad():
+        with torch.no_grad(), user_code(lambda: f"the SPEC's step() at t={t} on {self.label}"):
             return self.numpy(step(self.model, self._tensor(x), int(t), self._tensor(noise)))
 
     def settings(self, path: str) -> tuple[str, dict[str, Any]] | None:

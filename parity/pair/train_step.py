@@ -6,7 +6,8 @@ frameworks' tensors have, e.g. ``(out ** 2).mean()``); ``optimizers`` maps a fra
 of the parameter list that returns its optimizer, and the float64 arbiter uses PyTorch's; gradients and stepped
 weights come back under PyTorch's names through the weight map's layouts; every tensor is judged under its own
 machine-relative gate (its float32 rounding, as a module call's output) and a failing one is blamed on the side
-farther from float64; every side's weights are restored afterwards, whatever happens.
+farther from float64; every side's weights are restored afterwards, whatever happens; running (``step_on``) and
+judging (``judge_step``) are apart, so two hosts judge PyTorch's recorded step with the same code.
 """
 from __future__ import annotations
 
@@ -99,24 +100,40 @@ def _verdicts(t: Mapping[str, np.ndarray], o: Mapping[str, np.ndarray], r: Mappi
     return out
 
 
+Trained = tuple  # (loss, gradients by name, parameters after one optimizer step or None): one side's step
+
+
+def step_on(side: Any, args: tuple, loss: Callable[[Any], Any], make_optimizer: Callable[[list], Any] | None,
+            restore: Mapping[str, np.ndarray]) -> Trained:
+    """One side's training step on ``args`` in training mode; its weights are ``restore``d afterwards, whatever
+    happens."""
+    try:
+        with side.train_mode():
+            return side.train_step(args, loss, make_optimizer)
+    finally:
+        side.load(dict(restore))
+
+
+def judge_step(index: int, t: Trained, o: Trained, r: Trained, wm: WeightMap, other_label: str, same_names: bool,
+               gates: Gates) -> StepResult:
+    """The training step's verdict from PyTorch float32's (``t``), the other side's (``o``, under its own names
+    unless ``same_names``) and the arbiter's (``r``) steps: the one verdict, whether PyTorch's were computed here or
+    recorded on another host (``parity.pair.golden``)."""
+    (lt, gt, at), (lo, go, ao), (lr, gr, ar) = t, o, r
+    result = StepResult(index, judge("training-step loss", [lt], [lo], [lr], "pair_output", gates),
+                        other_label=other_label)
+    result.grads = _verdicts(gt, _torch_named(wm, go, same_names), gr, other_label, gates)
+    if at is not None and ao is not None and ar is not None:
+        result.stepped = _verdicts(at, _torch_named(wm, ao, same_names), ar, other_label, gates)
+    return result
+
+
 def training_step(side_t: Any, side_o: Any, ref: Any, wm: WeightMap, args: tuple, index: int,
                   loss: Callable[[Any], Any], optimizers: Mapping[str, Callable[[list], Any]],
                   gates: Gates) -> StepResult:
-    """The training step on ``args`` (see the module docstring)."""
+    """The training step on ``args`` (see the module docstring), judged by ``judge_step``."""
     start = side_t.state()
-    try:
-        with side_t.train_mode(), side_o.train_mode(), ref.train_mode():
-            lt, gt, at = side_t.train_step(args, loss, optimizers.get("torch"))
-            lo, go, ao = side_o.train_step(args, loss, optimizers.get(side_o.framework))
-            lr, gr, ar = ref.train_step(args, loss, optimizers.get("torch"))
-    finally:
-        side_t.load(start)
-        side_o.load(wm.to_ms(start))
-        ref.load(start)
-    same = side_o.framework == "torch"
-    result = StepResult(index, judge("training-step loss", [lt], [lo], [lr], "pair_output", gates),
-                        other_label=side_o.label)
-    result.grads = _verdicts(gt, _torch_named(wm, go, same), gr, side_o.label, gates)
-    if at is not None and ao is not None and ar is not None:
-        result.stepped = _verdicts(at, _torch_named(wm, ao, same), ar, side_o.label, gates)
-    return result
+    t = step_on(side_t, args, loss, optimizers.get("torch"), start)
+    o = step_on(side_o, args, loss, optimizers.get(side_o.framework), wm.to_ms(start))
+    r = step_on(ref, args, loss, optimizers.get("torch"), start)
+    return judge_step(index, t, o, r, wm, side_o.label, side_o.framework == "torch", gates)

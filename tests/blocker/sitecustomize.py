@@ -5,10 +5,13 @@ Python imports ``sitecustomize`` at start-up from the first folder on ``sys.path
 folder on ``PYTHONPATH`` and the variable set (``tests/one_framework.py`` sets both), each Python started
 with that environment, children and grandchildren included, behaves as on a host without those frameworks.
 A meta-path finder placed first raises ``ModuleNotFoundError`` (``name`` the top-level module) for each
-blocked module and its submodules: what ``import torch`` raises where PyTorch is not installed.
+blocked module and its submodules: what ``import torch`` raises where PyTorch is not installed; and
+``importlib.util.find_spec`` answers None for them, as it does there (libraries probe with it: mindone asks
+whether torchvision is installed before it imports its optional loaders).
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
@@ -32,5 +35,14 @@ def blocked_here() -> tuple[str, ...]:
     return tuple(m for m in os.environ.get(VARIABLE, "").split(",") if m)
 
 
+def probing(blocked: tuple[str, ...], find_spec=importlib.util.find_spec):  # type: ignore[no-untyped-def]
+    """``importlib.util.find_spec`` answering None for ``blocked`` modules and their submodules (not installed)."""
+    def probe(name: str, package: str | None = None) -> object:
+        absolute = importlib.util.resolve_name(name, package) if name.startswith(".") else name
+        return None if absolute.split(".")[0] in blocked else find_spec(name, package)
+    return probe
+
+
 if __name__ == "sitecustomize" and blocked_here():  # at start-up; not when a test imports the class
     sys.meta_path.insert(0, Blocker(blocked_here()))
+    importlib.util.find_spec = probing(blocked_here())

@@ -93,3 +93,61 @@ def test_the_depth_plot_is_a_png(tmp_path: Path) -> None:
 
     assert main([str(TINY), "--set", "slip=ln_eps", "--no-train-pass", "--plot", str(tmp_path / "d.png")]) == 1
     assert (tmp_path / "d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+BAD = '''from tests.pair.tiny_pair import inputs, ms_model as _ms, torch_model as _torch, loss as _loss, optimizers
+
+
+def _fail(*args):
+    raise TypeError("unsupported operand type(s) for +: 'Tensor' and 'str'")
+
+
+def torch_model(where="ms"):
+    m = _torch()
+    if where == "torch":
+        m.block.fc1.forward = _fail
+    return m
+
+
+def ms_model(where="ms"):
+    m = _ms()
+    if where == "ms":
+        m.block.fc1.construct = _fail
+    return m
+
+
+def loss(outputs):
+    if type(outputs).__module__.startswith("mindspore"):
+        return 1 / 0
+    return _loss(outputs)
+'''
+
+
+@needs("torch", "mindspore")
+@pytest.mark.parametrize("where, says", [
+    ("ms", "MindSpore cell `block.fc1` (Linear): TypeError: unsupported operand type(s) for +: 'Tensor' and 'str'"),
+    ("torch", "PyTorch module `block.fc1` (Linear): TypeError: unsupported operand type(s) for +: 'Tensor' and 'str'"),
+])
+def test_an_exception_in_a_models_module_is_one_line_naming_the_spec_and_the_module(
+        tmp_path: Path, capsys: pytest.CaptureFixture, where: str, says: str) -> None:
+    """Not a traceback: which SPEC, which module of which side, the exception; exit 2. With --traceback, the
+    user's own frames follow the line."""
+    from parity.pair.__main__ import main
+
+    spec = _spec(tmp_path, BAD)
+    assert main([str(spec), "--set", f"where={where}", "--no-train-pass"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"error: SPEC spec.py: {says}"], err
+    assert main([str(spec), "--set", f"where={where}", "--no-train-pass", "--traceback"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"error: SPEC spec.py: {says}" and err[1].startswith("Traceback") and str(spec) in "\n".join(err)
+
+
+@needs("torch", "mindspore")
+def test_an_exception_in_the_specs_loss_is_one_line_naming_the_training_step(tmp_path: Path) -> None:
+    """In a child process: MindSpore 2.10 keeps its PyNative gradient state broken after an exception inside
+    ``value_and_grad`` (the next LayerNorm gradient in the process fails), so this one does not run in ours."""
+    spec = _spec(tmp_path, BAD)
+    run_cli("parity.pair", [spec, "--set", "where=loss", "--no-train-pass"], rc=2, inputs=[spec],
+            says="error: SPEC spec.py: the training step on MindSpore (the model, the SPEC's loss or optimizers): "
+                 "ZeroDivisionError: division by zero")

@@ -26,28 +26,77 @@ def golden(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_compare_on_a_mindspore_host_gives_the_one_process_verdict(golden: Path, tmp_path: Path) -> None:
-    """The honest port passes; a transposed head weight (no setting can show it) fails at `head`, blamed on
-    MindSpore, with the very figures of the one-process comparison (the same recorded arrays, the same gates)."""
+def _one_process(slip: str = "") -> dict:
     from parity.pair import compare
     from tests.pair import tiny_pair as tp
 
+    return compare(tp.torch_model(), tp.ms_model(slip), tp.inputs(), name_map=tp.name_map(slip), loss=tp.loss,
+                   optimizers=tp.optimizers(), name="tiny_pair").to_dict()
+
+
+def _same(two: dict, one: dict) -> None:
+    """Every verdict and figure equal; only the notes (where PyTorch ran) and the environment may differ."""
+    assert {k: v for k, v in two.items() if k not in ("notes", "environment")} == \
+        {k: v for k, v in one.items() if k not in ("notes", "environment")}
+
+
+def test_compare_on_a_mindspore_host_gives_the_one_process_verdict(golden: Path, tmp_path: Path) -> None:
+    """The honest port passes; a transposed head weight (no setting can show it) fails at `head`, blamed on
+    MindSpore; MindSpore's BatchNorm given PyTorch's momentum is found by the training-mode pass, which the golden
+    file carries too: each with the very figures of the one-process comparison (the same recorded arrays, the same
+    gates), the training step's loss, gradients and SGD step included."""
     honest = one_framework.run("ms", "parity.pair", [TINY, "--compare", golden, "--json", tmp_path / "ok.json"])
     assert honest.returncode == 0 and "PASS: the pair matches" in honest.stdout, honest.stdout + honest.stderr
-    assert "torch" not in json.loads((tmp_path / "ok.json").read_text())["environment"]  # PyTorch was not there
-    slip = one_framework.run("ms", "parity.pair", [TINY, "--compare", golden, "--set", "slip=transpose",
-                                                   "--json", tmp_path / "slip.json"])
-    assert slip.returncode == 1 and "error:" not in slip.stderr, slip.stderr
-    two = json.loads((tmp_path / "slip.json").read_text())
-    one = compare(tp.torch_model(), tp.ms_model("transpose"), tp.inputs(), name_map=tp.name_map("transpose"),
-                  train_pass=False).to_dict()
-    first = two["first_divergence"]
-    assert first["module"] == {"torch": "head", "other": "head"} and first["blame"] == "MindSpore" and first["own"]
-    assert {k: first[k] for k in ("module", "blame", "own", "different_function", "err_vs_float64", "output")} == \
-        {k: one["first_divergence"][k] for k in ("module", "blame", "own", "different_function", "err_vs_float64",
-                                                  "output")}
-    assert two["inputs"][0]["output"] == one["inputs"][0]["output"]
-    assert any("training-mode pass and the training step" in n for n in two["notes"])
+    ok = json.loads((tmp_path / "ok.json").read_text())
+    assert "torch" not in ok["environment"]  # PyTorch was not there
+    assert len(ok["training_step"]["gradients"]) == 12 and ok["training_mode"]["passed"]
+    assert any("its training-mode pass, its training step are the recording's" in n for n in ok["notes"])
+    _same(ok, _one_process())
+    for slip, rc in (("transpose", 1), ("momentum", 1)):
+        res = one_framework.run("ms", "parity.pair", [TINY, "--compare", golden, "--set", f"slip={slip}",
+                                                      "--json", tmp_path / f"{slip}.json"])
+        assert res.returncode == rc and "error:" not in res.stderr, res.stderr
+        two = json.loads((tmp_path / f"{slip}.json").read_text())
+        _same(two, _one_process(slip))
+        module = "head" if slip == "transpose" else "bn"
+        first = two["first_divergence"]
+        assert first["module"] == {"torch": module, "other": module} and first["blame"] == "MindSpore", first
+    bad = two["training_mode"]["buffers"]  # momentum: the running statistics after the training-mode pass
+    assert [b["buffer"] for b in bad] == ["bn.running_mean", "bn.running_var"] and bad[0]["blame"] == "MindSpore"
+
+
+def _older(golden: Path, tmp_path: Path, drop: str) -> Path:
+    """``golden`` as an older parity.pair wrote it: without the manifest field ``drop`` and the members it held
+    (written afresh, digests and all, so only what is missing can be refused)."""
+    from parity.engine.golden import load_golden, save_pair_golden
+
+    g = load_golden(golden, kind="pair")
+    pair = {k: v for k, v in g.manifest["pair"].items() if k not in (drop, "members", "train_pass")}
+    prefix = {"train_step": "train/", "buffers": "T"}[drop]
+    out = {k: v for k, v in g.outputs.items() if not k.startswith(prefix)}
+    path = tmp_path / f"without_{drop}.npz"
+    save_pair_golden(path, pair, g.tape, g.weights, out, g.manifest["environment"])
+    return path
+
+
+def test_a_file_without_what_the_spec_implies_is_refused_naming_it(golden: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """Never a pass on less than the SPEC implies: a file recorded before training steps (or training-mode passes)
+    were recorded, or recorded with --no-train-pass for a model with running statistics, is one line naming the
+    missing member or field."""
+    rc, err = _run([TINY, "--compare", _older(golden, tmp_path, "train_step")], capsys)
+    assert rc == 2 and len(err) == 1 and "member out/train/0/t/loss.npy is missing; SPEC tiny_pair.py defines " \
+        "loss() and this file holds no train step" in err[0], err
+    older = _older(golden, tmp_path, "buffers")
+    rc, err = _run([TINY, "--compare", older], capsys)
+    assert rc == 2 and len(err) == 1 and "manifest field pair.buffers is missing" in err[0], err
+    rc, err = _run([TINY, "--compare", older, "--no-train-pass", "--set", "slip=gelu"], capsys)
+    assert rc == 1 and err == []  # without the training-mode pass it holds everything: compared, the slip found
+    without = tmp_path / "without_pass.npz"
+    assert _run([TINY, "--record", without, "--no-train-pass"], capsys) == (0, [])
+    rc, err = _run([TINY, "--compare", without], capsys)
+    assert rc == 2 and len(err) == 1 and "member out/T0/t/o/0.npy is missing: the model has running statistics" \
+        in err[0], err
 
 
 def _run(args: list, capsys: pytest.CaptureFixture) -> tuple[int, list[str]]:

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import pytest
 
+import json
+from pathlib import Path
+
 from parity.pair import compare
 from parity.pair.spec import load_spec
+from tests import one_framework
 from tests.host import available, needs
 from tests.reliability.corpus import ROOT
 
@@ -32,7 +36,7 @@ SPEC = ROOT / "examples" / "pairs" / "unet2d_mindone.py"
 
 def _run(*, loop: bool = True, train: bool = True, **options: object) -> object:
     spec = load_spec(SPEC, options)
-    return compare(spec.torch_model, spec.ms_model, spec.inputs, name_map=spec.name_map, name="unet2d",
+    return compare(spec.torch_model, spec.ms_model, spec.inputs, name_map=spec.name_map, name=SPEC.stem,
                    loss=spec.loss if train else None, optimizers=spec.optimizers, shims=spec.shims,
                    arbiter=spec.arbiter, step=spec.step if loop else None, loop=spec.loop)
 
@@ -87,3 +91,22 @@ def test_without_the_shim_the_run_stops_naming_the_op_and_the_cell(capsys: pytes
     assert err == ["error: MindSpore has no CPU kernel for Arange, in cell `time_proj` (Timesteps); pass a shim of "
                    "standard ops in the SPEC"]
     assert mint.nn.Conv2d.construct is conv  # shims are entered per call and left: the process never keeps them
+
+
+def test_two_hosts_give_the_one_process_verdict_with_the_arbiter_and_the_shims(tmp_path: Path) -> None:
+    """Recorded where only PyTorch is (the SPEC's float64 time embedding in the arbiter's records), compared where
+    only MindSpore is (the SPEC's kernel shims around the port, else exit 3): as shipped, the forward pass, the
+    training step and a 2-step loop give every figure and the verdict of one process."""
+    options = ["--set", "timesteps=[999]", "--set", "steps=2"]
+    golden = tmp_path / "unet2d.npz"
+    rec = one_framework.run("torch", "parity.pair", [SPEC, "--record", golden, *options])
+    assert rec.returncode == 0, rec.stderr[-2000:]
+    res = one_framework.run("ms", "parity.pair", [SPEC, "--compare", golden, *options, "--json", tmp_path / "two.json"])
+    assert res.returncode == 1 and "error:" not in res.stderr, res.stderr[-2000:]
+    two = json.loads((tmp_path / "two.json").read_text())
+    one = _run(timesteps=[999], steps=2).to_dict()
+    assert {k: v for k, v in two.items() if k not in ("notes", "environment")} == \
+        {k: v for k, v in one.items() if k not in ("notes", "environment")}
+    assert two["first_divergence"]["module"]["torch"] == "time_proj" and two["first_divergence"]["blame"] == "MindSpore"
+    assert len(two["training_step"]["gradients"]) == 144 and [s["timestep"] for s in two["loop"]["steps"]] == [500, 0]
+    assert "mint.arange -> ops.arange" in " ".join(two["shims"])
