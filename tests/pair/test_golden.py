@@ -4,11 +4,14 @@ verdict; a golden file that is damaged, edited, of the other kind or recorded fo
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from ddpm_core.runtime.environment import child_env
 from tests import one_framework
 from tests.host import needs
 from tests.reliability.corpus import ROOT
@@ -26,12 +29,22 @@ def golden(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _one_process(slip: str = "") -> dict:
-    from parity.pair import compare
-    from tests.pair import tiny_pair as tp
-
-    return compare(tp.torch_model(), tp.ms_model(slip), tp.inputs(), name_map=tp.name_map(slip), loss=tp.loss,
-                   optimizers=tp.optimizers(), name="tiny_pair").to_dict()
+def _one_process(tmp_path: Path, slips: tuple[str, ...]) -> dict[str, dict]:
+    """Each slip's one-process verdict as a user gets it: ``python -m parity.pair`` with both frameworks, in
+    children of their own (started together), so no state of this test process can colour the figures."""
+    runs = {}
+    for slip in slips:
+        out = tmp_path / f"one_{slip or 'honest'}.json"
+        args = [str(TINY), *(["--set", f"slip={slip}"] if slip else []), "--json", str(out)]
+        runs[slip] = (out, subprocess.Popen([sys.executable, "-m", "parity.pair", *args], cwd=ROOT, text=True,
+                                            env=child_env(pythonpath=ROOT), stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE))
+    reports = {}
+    for slip, (out, proc) in runs.items():
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode in (0, 1) and out.is_file(), err[-2000:]
+        reports[slip] = json.loads(out.read_text())
+    return reports
 
 
 def _same(two: dict, one: dict) -> None:
@@ -45,19 +58,20 @@ def test_compare_on_a_mindspore_host_gives_the_one_process_verdict(golden: Path,
     MindSpore; MindSpore's BatchNorm given PyTorch's momentum is found by the training-mode pass, which the golden
     file carries too: each with the very figures of the one-process comparison (the same recorded arrays, the same
     gates), the training step's loss, gradients and SGD step included."""
+    one = _one_process(tmp_path, ("", "transpose", "momentum"))
     honest = one_framework.run("ms", "parity.pair", [TINY, "--compare", golden, "--json", tmp_path / "ok.json"])
     assert honest.returncode == 0 and "PASS: the pair matches" in honest.stdout, honest.stdout + honest.stderr
     ok = json.loads((tmp_path / "ok.json").read_text())
     assert "torch" not in ok["environment"]  # PyTorch was not there
     assert len(ok["training_step"]["gradients"]) == 12 and ok["training_mode"]["passed"]
     assert any("its training-mode pass, its training step are the recording's" in n for n in ok["notes"])
-    _same(ok, _one_process())
+    _same(ok, one[""])
     for slip, rc in (("transpose", 1), ("momentum", 1)):
         res = one_framework.run("ms", "parity.pair", [TINY, "--compare", golden, "--set", f"slip={slip}",
                                                       "--json", tmp_path / f"{slip}.json"])
         assert res.returncode == rc and "error:" not in res.stderr, res.stderr
         two = json.loads((tmp_path / f"{slip}.json").read_text())
-        _same(two, _one_process(slip))
+        _same(two, one[slip])
         module = "head" if slip == "transpose" else "bn"
         first = two["first_divergence"]
         assert first["module"] == {"torch": module, "other": module} and first["blame"] == "MindSpore", first
