@@ -23,7 +23,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ddpm_core.cli import exit_after_main
 from ddpm_core.errors import (
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     spec = load_spec(args.spec, options, args.other, skip=("torch_model",) if args.compare else ())
     torch_device = spec.devices.get("torch", "cpu")
-    devices = {"torch_device": torch_device, "other_device": torch_device if spec.other else spec.devices.get("ms", "")}
+    devices: dict[str, Any] = {"torch_device": torch_device, "other_device": torch_device if spec.other else spec.devices.get("ms", "")}
     if args.self_test and spec.other:
         raise UserError("--self-test plants bugs in a MindSpore side; the other side here is PyTorch "
                         f"({', '.join(f'{k} {v}' for k, v in spec.other.items())})")

@@ -183,14 +183,16 @@ class Localiser:
         chain = node
         while step.passed and chain.parent is not None:  # inherited: replay the enclosing calls, innermost first
             parent = self.t.get(chain.parent)
-            up = None if parent is None or parent.path not in self.to_other else self.single_step(parent)
+            if parent is None or parent.path not in self.to_other:
+                break
+            up = self.single_step(parent)
             if up is None:
                 break
             if not up[0].passed:
                 step, et, eo = up
-                first_seen, node, verdict = node.key, parent, self.judged(parent) or verdict  # type: ignore[assignment]
+                first_seen, node, verdict = node.key, parent, self.judged(parent) or verdict
                 break
-            chain = parent  # type: ignore[assignment]
+            chain = parent
         partner = self.partner(node)
         who = blame(et, eo, self.other_label) if not step.passed else "neither"
         own_err = eo if who == self.other_label else et

@@ -9,6 +9,8 @@ figures, not hidden.
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -39,6 +41,12 @@ class Probe:
                 self.blame or "-", f"{self.output_rel_l2:.1e}"]
 
 
+def _swap_side(plant: Callable[..., Any], *args_then_side: Any) -> Any:
+    """``plant(side, *args)`` called as ``partial(_swap_side, plant, *args)(side)``: the plan's arguments bound first."""
+    *args, side = args_then_side
+    return plant(side, *args)
+
+
 def _plans(side: Any, report: PairReport) -> list[tuple[str, Callable[[Any], Any]]]:
     """(label, plant(side) -> Plant | None) for every norm, the first / middle / last weight, every activation."""
     from parity.pair.ms_side import kind_of
@@ -48,14 +56,18 @@ def _plans(side: Any, report: PairReport) -> list[tuple[str, Callable[[Any], Any
     kinds = {p: kind_of(c) for p, c in side._cells.items()}
     for path, kind in kinds.items():
         if kind in NORMS:
-            plans.append((path, lambda s, p=path, k=kind: plant_eps(s, p, k)))
+            plans.append((path, functools.partial(_swap_side, plant_eps, path, kind)))
     weights = [e.ms for e in report.weight_map.entries if len(report.weight_map.ms_shapes[e.ms]) >= 2]
     for name in dict.fromkeys([weights[0], weights[len(weights) // 2], weights[-1]] if weights else []):
-        plans.append((name, lambda s, n=name: plant_weight(s, n)))
+        plans.append((name, functools.partial(_swap_side, plant_weight, name)))
     for path, kind in kinds.items():
         if kind in VARIANTS:
-            plans.append((path, lambda s, p=path, k=kind: plant_activation(s, p, k)))
+            plans.append((path, functools.partial(_swap_side, plant_activation, path, kind)))
     return plans
+
+
+def _keep(plan: Callable[[Any], Any], out: list[Any], side: Any) -> None:
+    out.append(plan(side))
 
 
 def self_test(torch_model: Any, ms_model: Any, inputs: Sequence[Any], *, name_map: Mapping[str, Any] | None = None,
@@ -64,8 +76,8 @@ def self_test(torch_model: Any, ms_model: Any, inputs: Sequence[Any], *, name_ma
               arbiter: Callable[[Any], Any] | None = None) -> tuple[PairReport, list[Probe]]:
     """The base comparison (no plant) and, when it passes, one probe per planted bug (the SPEC's ``shims`` and
     ``arbiter`` in every run)."""
-    run = {"name_map": name_map, "torch_device": torch_device, "other_device": other_device, "train_pass": False,
-           "tolerances": tolerances, "shims": shims, "arbiter": arbiter}
+    run: dict[str, Any] = {"name_map": name_map, "torch_device": torch_device, "other_device": other_device,
+                           "train_pass": False, "tolerances": tolerances, "shims": shims, "arbiter": arbiter}
     base = compare(torch_model, ms_model, inputs, **run)
     if not base.passed:
         return base, []
@@ -74,8 +86,7 @@ def self_test(torch_model: Any, ms_model: Any, inputs: Sequence[Any], *, name_ma
     probes = []
     for label, plan in _plans(MsPairSide(ms_model, other_device or "CPU"), base):
         planted: list[Any] = []
-        report = compare(torch_model, ms_model, inputs, tamper=lambda s, plan=plan, out=planted: out.append(plan(s)),
-                         **run)
+        report = compare(torch_model, ms_model, inputs, tamper=functools.partial(_keep, plan, planted), **run)
         plant = planted[0] if planted else None
         if plant is None:
             probes.append(Probe("eps", label, "not plantable (unknown internals)", False, "", "", "", False, 0.0))
