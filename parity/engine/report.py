@@ -15,8 +15,8 @@ from typing import Any
 from ddpm_core.errors import EXIT_MISMATCH, EXIT_OK
 from ddpm_core.runtime.atomic import atomic_write_bytes
 from parity.engine.localise import Finding
-from parity.engine.settings import SettingMismatch, summarize
 from parity.engine.rows import Row
+from parity.engine.settings import SettingMismatch, summarize
 
 SIDE_LABELS = {"torch": "PyTorch", "ms": "MindSpore"}
 

@@ -18,8 +18,8 @@ import numpy as np
 from ddpm_core.config import LOSS_TYPES, DiffusionConfig, UnetConfig
 from ddpm_core.contract import D, M, Side
 from ddpm_core.schedules import cosine_decay_lr
-from parity.engine.checks import CHECKS, REGISTRY, RUN_ORDER, tolerance_of
 from parity.engine.anchor import Anchor
+from parity.engine.checks import CHECKS, REGISTRY, RUN_ORDER, tolerance_of
 from parity.engine.checks.base import Check, Followed, Judge, SideRun
 from parity.engine.compare import Comparison, Summary
 from parity.engine.rows import SIDES, Row

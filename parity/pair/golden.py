@@ -21,9 +21,9 @@ Rules it keeps:
   * a golden file recorded for another pair is refused naming what differs: the SPEC's name, the options its
     PyTorch entries take, the loop's timesteps, or its inputs and loop tape (their digest against this SPEC's);
     a file without the training step or the loop the SPEC defines (recorded by an older version) is refused
-    naming the missing member, never compared on less than the SPEC implies;
-  * what it does not carry is said in the report: the training-mode pass needs both frameworks live and is not
-    compared from a golden file.
+    naming the missing member, never compared on less than the SPEC implies; so is one without the training-mode
+    pass a model with running statistics implies, unless the comparing host says ``--no-train-pass``;
+  * the report's note says what was compared from the file (the runs and single steps, the training-mode pass).
 """
 from __future__ import annotations
 
@@ -35,18 +35,25 @@ from typing import Any, Sequence
 import numpy as np
 
 from ddpm_core.errors import EnvironmentRefused, UserError, type_and_first_sentence
+from ddpm_core.weights.mapping import Tensor
 from parity.engine.compare import compare_many
 from parity.engine.golden import Golden, GoldenError, load_golden, save_pair_golden
 from parity.engine.tape import tape_hash
 from parity.engine.tolerances import device_class, tolerance
 from parity.pair.calls import Call, CallTree
 from parity.pair.judge import with_overrides
-from ddpm_core.weights.mapping import Tensor
 from parity.pair.loop import Tape, forced_run, free_run, judge_loop, plan
 from parity.pair.modules import ModuleInfo, pair_modules
 from parity.pair.report import PairReport
-from parity.pair.run import as_args, has_statistics, judge_input, other_side, pair_map, settings_by_module, \
-    trained_input
+from parity.pair.run import (
+    as_args,
+    has_statistics,
+    judge_input,
+    other_side,
+    pair_map,
+    settings_by_module,
+    trained_input,
+)
 from parity.pair.train_step import Trained, judge_step, step_on
 
 TORCH_ENTRIES = ("torch_model", "inputs", "optimizers", "loop")

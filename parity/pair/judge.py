@@ -19,8 +19,15 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from parity.engine.compare import Comparison, compare
-from parity.engine.tolerances import BLAME_RATIO, RELATIVE, RELATIVE_AMP, RelativeRule, Tolerance, machine_relative, \
-    tolerance
+from parity.engine.tolerances import (
+    BLAME_RATIO,
+    RELATIVE,
+    RELATIVE_AMP,
+    RelativeRule,
+    Tolerance,
+    machine_relative,
+    tolerance,
+)
 
 ULP = float(np.finfo(np.float32).eps)
 

@@ -12,7 +12,8 @@ Rules it keeps (framework-free; the sides are reached through ``side.run_step``)
     from PyTorch float32's state i, so each step's own error is told from the drift it inherits;
   * every step is judged under its own machine-relative gate (``pair_loop``: k x PyTorch float32's error against
     float64 on that step, at that timestep), never a side's error against float64, so a timestep where float32
-    rounds worse (a sine of an argument near 1000) gets the gate its rounding calls for, and no other does;
+    rounds worse (an embedding's argument t x frequency near t=1000) gets the gate its rounding calls for, and no
+    other does;
   * a failing step is blamed on the side farther from float64, and the report says at which timesteps the loop
     parts and at which it does not;
   * running (``free_run``, ``forced_run``) and judging (``judge_loop``) are apart: two hosts judge PyTorch's recorded
@@ -80,6 +81,11 @@ class StepVerdict:
         """The step's own error: it fails even from PyTorch's state."""
         return self.forced is not None and not self.forced.passed
 
+    @property
+    def deciding(self) -> Judged:
+        """The judgement that decides blame: teacher-forced for a step's own error, else free-running."""
+        return self.forced if self.forced is not None and self.own else self.free
+
     def label(self) -> str:
         return f"loop step {self.index} (t={self.timestep})"
 
@@ -109,8 +115,7 @@ class LoopResult:
         if not bad:
             return []
         s = bad[0]
-        j = s.forced if s.own else s.free
-        assert j is not None
+        j = s.deciding
         c = j.comparison
         why = ("from PyTorch's state it still differs: the step's own error (the model or the scheduler; the forward "
                "rows say whether the model does)" if s.own else
@@ -129,8 +134,7 @@ class LoopResult:
         s = next((x for x in self.steps if not x.passed), None)
         if s is None:
             return None
-        j = s.forced if s.own else s.free
-        assert j is not None
+        j = s.deciding
         return {"input": None, "module": None, "loop_step": s.index, "timestep": s.timestep, "own": s.own,
                 "error": "loop step: own" if s.own else "loop step: inherited", "blame": s.blame,
                 "err_vs_float64": {"torch": j.err_torch, "other": j.err_other}, "message": self.findings()[0]}
@@ -171,8 +175,7 @@ def judge_loop(timesteps: Sequence[int], free_t: Sequence[np.ndarray], free_o: S
                            "pair_loop", gates)
         v = StepVerdict(i, int(t), free, forced)
         if not v.passed:
-            j = forced if v.own else free
-            v.blame = blame(j.err_torch, j.err_other, other_label)  # type: ignore[union-attr]
+            v.blame = blame(v.deciding.err_torch, v.deciding.err_other, other_label)
         result.steps.append(v)
     return result
 

@@ -23,12 +23,12 @@ import mindspore as ms  # noqa: E402
 from mindspore import nn  # noqa: E402
 
 from ddpm_core.errors import EnvironmentRefused, UserError, WeightsError, type_and_first_sentence  # noqa: E402
-from parity.env import setup_mindspore  # noqa: E402
-from parity.sides.ms_settings import ms_settings  # noqa: E402
-from parity.pair.calls import CallRecorder, CallTree, UserCodeError, flatten, module_text  # noqa: E402
 from ddpm_core.weights.mapping import Tensor  # noqa: E402
+from parity.env import setup_mindspore  # noqa: E402
+from parity.pair.calls import CallRecorder, CallTree, UserCodeError, flatten, module_text  # noqa: E402
 from parity.pair.modules import ModuleInfo  # noqa: E402
 from parity.pair.settings import ACTIVATIONS  # noqa: E402
+from parity.sides.ms_settings import ms_settings  # noqa: E402
 
 _VOCABULARY = {"Dense": "Linear", "SequentialCell": "Sequential", "CellList": "ModuleList",
                "Conv2dTranspose": "ConvTranspose2d"}

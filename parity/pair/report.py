@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
+from ddpm_core.weights.mapping import WeightMap
 from parity.engine.compare import Summary
 from parity.pair.judge import Judged
 from parity.pair.localise import Divergence
-from ddpm_core.weights.mapping import WeightMap
 from parity.pair.modules import ModulePairs
 from parity.pair.settings import SettingDifference
 

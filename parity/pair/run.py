@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ddpm_core.errors import UserError
+from ddpm_core.weights.mapping import WeightMap, map_weights
 from parity.engine.compare import compare_many
 from parity.engine.tolerances import device_class, tolerance
 from parity.pair.judge import judge, with_overrides
 from parity.pair.localise import Localiser
 from parity.pair.loop import Tape, plan, run_loop
-from ddpm_core.weights.mapping import WeightMap, map_weights
 from parity.pair.modules import ModulePairs, pair_modules
 from parity.pair.report import InputResult, PairReport
 from parity.pair.settings import SettingDifference, compare_settings

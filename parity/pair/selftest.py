@@ -10,7 +10,6 @@ figures, not hidden.
 from __future__ import annotations
 
 import functools
-
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
 

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from ddpm_core.errors import EnvironmentRefused, UserError, type_and_first_sentence
-from parity.sides.torch_settings import torch_settings
+from ddpm_core.weights.mapping import Tensor
 from parity.env import setup_torch
 from parity.pair.calls import CallRecorder, CallTree, flatten, module_text, user_code
-from ddpm_core.weights.mapping import Tensor
 from parity.pair.modules import ModuleInfo
+from parity.sides.torch_settings import torch_settings
 
 _ENGINE_KINDS = ("Conv2d", "ConvTranspose2d", "Linear", "GroupNorm", "GELU", "Softmax", "LogSoftmax", "LayerNorm")
 RECOMPILE_LIMIT = 64

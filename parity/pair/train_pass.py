@@ -13,13 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ddpm_core.weights.mapping import WeightMap
 from parity.pair.judge import Gates, blame, different_function, judge
 from parity.pair.localise import Divergence, Localiser, Replay
-from ddpm_core.weights.mapping import WeightMap
 from parity.pair.modules import ModulePairs
 from parity.pair.report import TrainPass
 from parity.pair.settings import SettingDifference
-
 
 Passed = tuple  # (outputs, call tree, floating buffers after the pass by PyTorch name): one side's pass
 

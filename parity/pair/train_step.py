@@ -16,8 +16,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from parity.pair.judge import Gates, Judged, blame, judge
 from ddpm_core.weights.mapping import LAYOUTS, WeightMap
+from parity.pair.judge import Gates, Judged, blame, judge
 
 
 @dataclass
