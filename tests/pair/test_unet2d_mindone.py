@@ -2,7 +2,7 @@
 (examples/pairs/unet2d_mindone.py, 16x16, MindSpore on the CPU with the SPEC's kernel shim).
 
 As shipped, mindone's time embedding is farther from float64 than float32 rounding allows: MindSpore's CPU float32
-``exp`` is up to ~40 ulp off, and the embedding multiplies that by t. The tool must find that module at every
+``exp`` is up to 64 ulp off, and the embedding multiplies that by t. The tool must find that module at every
 timestep, blame MindSpore, and pass the forward pass, the training step and the 10-step loop once the SPEC's
 ``exp=float64`` removes it; a scheduler slip only the loop can see must be caught there; without the shim the run
 must stop with exit 3 naming the op and the cell.

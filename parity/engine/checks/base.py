@@ -15,19 +15,16 @@ Rules a check keeps:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Mapping, Sequence
 
 import numpy as np
 
-from ddpm_core.contract import InferenceSide, Side, State
+from ddpm_core.contract import D, InferenceSide, M, Side, State
 from parity.engine.rows import SIDES, Row
 from parity.engine.threeway import STEP_OUTPUTS, Anchored, Rounding, anchored
 
 if TYPE_CHECKING:
     from parity.engine.suite import RunSpec
-
-M = TypeVar("M")
-D = TypeVar("D")
 
 Followed = tuple[np.ndarray, np.ndarray, str]
 """(PyTorch's values, MindSpore's values, who computed them from whose outputs): an output one side computed
