@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddpm_core.cli import run_main
+from ddpm_core.cli import exit_after_main, run_main
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.errors import RunError
 from ddpm_core.runtime.amp import train_loss_scale
@@ -139,4 +139,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_after_main(main())

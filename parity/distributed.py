@@ -28,6 +28,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from ddpm_core.cli import exit_after_main
 from ddpm_core.config import DiffusionConfig, UnetConfig
 from ddpm_core.errors import EXIT_ENVIRONMENT, EXIT_USER_ERROR, EnvironmentRefused, UserError
 from ddpm_core.runtime.atomic import atomic_write
@@ -247,4 +248,4 @@ def training_rows(runs: Runs, w0: Mapping[str, np.ndarray], steps: int, workers:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after_main(main())

@@ -139,16 +139,25 @@ def tail(paths: Sequence[Path], lines: int = TAIL_LINES, chars: int | None = Non
     return "\n".join(parts) or "(no output)"
 
 
+CRASH_MARKS = ("terminate called", "Fatal Python error", "Segmentation fault", "Aborted", "Killed")
+"""How a worker's own crash starts its line (a launcher prints only the signal number of it)."""
+
+
 def first_error(paths: Sequence[Path]) -> str:
-    """The first ``error: ...`` line any of ``paths`` holds ("" if none)."""
+    """The first ``error: ...`` line any of ``paths`` holds, else the first line of a crash (``CRASH_MARKS``);
+    "" if neither."""
+    crash = ""
     for path in paths:
         try:
-            for line in Path(path).read_text(errors="replace").splitlines():
-                if line.startswith("error: "):
-                    return line
+            lines = Path(path).read_text(errors="replace").splitlines()
         except OSError:
             continue
-    return ""
+        for line in lines:
+            if line.startswith("error: "):
+                return line
+            if not crash and line.lstrip().startswith(CRASH_MARKS):
+                crash = line.strip()
+    return crash
 
 
 def describe(what: str, job: JobCommand, finished: Finished, log: Path, why: str | None = None) -> str:

@@ -1,6 +1,5 @@
 """``python -m parity.bench``: see parity/bench/__init__.py."""
-import sys
-
+from ddpm_core.cli import exit_after_main
 from parity.bench.cli import main
 
-sys.exit(main())
+exit_after_main(main())

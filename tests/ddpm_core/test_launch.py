@@ -53,3 +53,19 @@ def test_a_failure_is_described_with_its_first_error_and_log_tail(tmp_path):
     first, *rest = message.splitlines()
     assert first == "PyTorch training, a single process, exited with code 2; error: rank 0: no such file"
     assert rest == ["--- job.log (last 3 lines)", "warming up", "error: rank 0: no such file", "bye"]
+
+
+def test_a_crash_is_named_though_the_launcher_prints_pages_after_it(tmp_path):
+    """A rank killed by ``std::terminate`` (CI saw one): its one line of cause, not the launcher's footer of
+    signal numbers, reaches the message; an ``error:`` line of ours still comes first."""
+    footer = "; ".join(f"print('rank 1 exitcode -6 (SIGABRT) line {i}')" for i in range(20))
+    code = ("import os, sys; print('warming up', flush=True); "
+            "sys.stderr.write('terminate called without an active exception\\n'); sys.stderr.flush(); "
+            f"{footer}; sys.stdout.flush(); os.abort()")
+    job = launch.job_command("torch", 1, "unused", [])
+    finished = launch.run([sys.executable, "-c", code], child_env(), tmp_path, tmp_path / "job.log", timeout_s=60)
+    assert finished.code == -6
+    first = launch.describe("PyTorch training", job, finished, tmp_path / "job.log").splitlines()[0]
+    assert first == "PyTorch training, a single process, exited with code -6; terminate called without an active exception"
+    (tmp_path / "rank0.log").write_text("error: rank 0: disk full\n")
+    assert launch.first_error([tmp_path / "job.log", tmp_path / "rank0.log"]) == "error: rank 0: disk full"
