@@ -20,6 +20,7 @@ from ddpm_core.errors import (
     UserError,
 )
 from ddpm_core.runtime.devices import DEVICE_HELP, PRECISIONS
+from ddpm_core.runtime.distributed import launched_by
 
 COMPILE_CHOICES = ("auto", "on", "off")
 DEFAULT_MAX_LOSS = 100.0
@@ -236,7 +237,12 @@ def exit_after_main(code: int) -> None:
     the GIL, and one that asks for it while the interpreter finalizes is ended by ``pthread_exit`` inside a
     noexcept destructor, so the rank dies of ``std::terminate`` (SIGABRT, "terminate called without an active
     exception") after its work is done. Measured with torch 2.14.1 on 2 cores, rank 0 one second later than
-    rank 1: 7 of 30 two-rank jobs aborted ending through teardown, 2 of 30 with a barrier first, 0 of 30 here."""
+    rank 1: 7 of 30 two-rank jobs aborted ending through teardown, 2 of 30 with a barrier first, 0 of 30 here.
+
+    An msrun worker is the exception and exits through the teardown: that is where MindSpore tells msrun's
+    scheduler the worker has finished (without it the scheduler reports the worker as timed out)."""
     sys.stdout.flush()
     sys.stderr.flush()
+    if launched_by() == "msrun":
+        sys.exit(code)
     os._exit(code)

@@ -109,6 +109,15 @@ def test_a_rank_ends_without_the_interpreters_teardown(entry, cli_env, tmp_path)
     assert "TEARDOWN RAN" not in proc.stdout
 
 
+def test_an_msrun_worker_ends_through_the_teardown(cli_env, tmp_path):
+    """The exception: MindSpore tells msrun's scheduler in its teardown that a worker has finished (skipped, the
+    scheduler reports the worker as timed out and the job fails; measured)."""
+    env = {**cli_env, "MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "2"}
+    code = "import atexit; from ddpm_core.cli import exit_after_main; atexit.register(print, 'TEARDOWN RAN'); exit_after_main(3)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 3 and "TEARDOWN RAN" in proc.stdout
+
+
 @needs("torch", "torchvision")  # the workers run ddpm_torch.train
 def test_rank_on_the_wrong_slice_is_caught(tmp_path):
     """Planted: every rank trains on rank 0's slice (the batch's second half is never seen)."""
